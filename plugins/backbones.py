@@ -1,0 +1,166 @@
+"""Classifier backbones: torchvision's ResNet18 (the paper's) and any timm model.
+
+Built modules take float images (B, 3, H, W) in [0, 1] and normalise them themselves, so masks,
+explainers and the runner never deal with normalisation constants.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from xaibench.errors import UserError
+from xaibench.hookspecs import hookimpl
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _normalized(net, mean, std):
+    import torch
+
+    class NormalizedClassifier(torch.nn.Module):
+        """``net`` applied to ``(images - mean) / std``; images float (B, 3, H, W) in [0, 1]."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+        def forward(self, images):
+            return self.net((images - self.mean) / self.std)
+
+    return NormalizedClassifier()
+
+
+def _resolve(module, dotted: str):
+    for part in dotted.split("."):
+        try:
+            module = module[int(part)] if part.lstrip("-").isdigit() else getattr(module, part)
+        except (AttributeError, IndexError, TypeError):
+            raise UserError(f"target layer {dotted!r} not found in {type(module).__name__}") from None
+    return module
+
+
+def load_state_file(path: Path) -> dict:
+    """A state dict from ``.safetensors`` or a tensors-only torch file (``weights_only=True``)."""
+    import torch
+
+    if not path.is_file():
+        raise UserError(f"weights file {str(path)!r} does not exist; give an existing file or 'none'")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(
+            f"weights file {str(path)!r} cannot be loaded as tensors only ({type(exc).__name__}: {exc}); "
+            "xaibench never unpickles code: save a state_dict, or convert it to .safetensors"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
+
+
+class ResNet18:
+    """torchvision ResNet18 with a new ``num_classes`` head.
+
+    ``weights``: ``none`` (random initialisation), ``imagenet`` (torchvision's IMAGENET1K_V1, from the
+    torch hub cache; downloaded there if the network allows) or a path to a ``.safetensors`` / ``.pth``
+    state dict of a ResNet18 (its ``fc`` head is kept only if its shape fits).
+    ``target_layer``: dotted path inside torchvision's ResNet hooked by CAM explainers."""
+
+    def __init__(self, *, weights: str = "none", target_layer: str = "layer4"):
+        self.weights = weights
+        self.target_layer = target_layer
+
+    def _imagenet_state(self):
+        import torch
+        from torchvision.models import ResNet18_Weights
+
+        spec = ResNet18_Weights.IMAGENET1K_V1
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(spec.url).name
+        try:
+            return spec.get_state_dict(progress=True)
+        except Exception as exc:
+            raise UserError(
+                f"ImageNet weights for resnet18 are not cached at {cached} and could not be downloaded "
+                f"({type(exc).__name__}: {exc}). Download {spec.url} on a machine with network access and "
+                f"copy it to {cached}, pass its path as 'weights', or use 'weights: none'."
+            ) from None
+
+    def build(self, num_classes: int, *, pretrained: bool = True):
+        import torch
+        from torchvision.models import resnet18
+
+        net = resnet18(num_classes=1000)
+        if pretrained and self.weights != "none":
+            state = self._imagenet_state() if self.weights == "imagenet" else load_state_file(Path(self.weights))
+            state = {k.removeprefix("net."): v for k, v in state.items() if k not in ("mean", "std")}
+            fc_fits = state.get("fc.weight") is not None and state["fc.weight"].shape[0] == num_classes
+            if not fc_fits:
+                state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing or unexpected:
+                raise UserError(
+                    f"weights {self.weights!r} do not fit resnet18: {len(missing)} missing keys "
+                    f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+                )
+            if not fc_fits:
+                net.fc = torch.nn.Linear(net.fc.in_features, num_classes)
+        else:
+            net.fc = torch.nn.Linear(net.fc.in_features, num_classes)
+        return _normalized(net, IMAGENET_MEAN, IMAGENET_STD)
+
+    def target_layers(self, model):
+        return [_resolve(model.net, self.target_layer)]
+
+
+class TimmBackbone:
+    """Any timm model by ``name``; ``pretrained`` loads timm's weights (from its local cache offline).
+
+    ``target_layer``: dotted path in the timm model; by default the module of its last feature stage."""
+
+    def __init__(self, *, name: str = "resnet18", pretrained: bool = False, target_layer: Optional[str] = None):
+        self.name = name
+        self.pretrained = pretrained
+        self.target_layer = target_layer
+
+    def build(self, num_classes: int, *, pretrained: bool = True):
+        import timm
+
+        if not timm.is_model(self.name):
+            from xaibench.registry import closest
+
+            hint = closest(self.name, timm.list_models())
+            raise UserError(f"timm has no model {self.name!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+        try:
+            net = timm.create_model(self.name, pretrained=pretrained and self.pretrained, num_classes=num_classes)
+        except Exception as exc:
+            if not (pretrained and self.pretrained):
+                raise
+            raise UserError(
+                f"timm could not load pretrained weights for {self.name!r} ({type(exc).__name__}: {exc}); "
+                "put them in the Hugging Face cache on this machine, or use 'pretrained: false'"
+            ) from None
+        cfg = getattr(net, "pretrained_cfg", {}) or {}
+        return _normalized(net, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+
+    def target_layers(self, model):
+        if self.target_layer:
+            return [_resolve(model.net, self.target_layer)]
+        info = getattr(model.net, "feature_info", None)
+        if not info:
+            raise UserError(f"timm model {self.name!r} has no feature_info; set 'target_layer' explicitly")
+        last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
+        return [_resolve(model.net, last["module"])]
+
+
+@hookimpl
+def register_backbones(register):
+    register("resnet18", ResNet18)
+    register("timm", TimmBackbone)

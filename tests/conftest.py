@@ -1,0 +1,80 @@
+import textwrap
+
+import numpy as np
+import pytest
+
+import xaibench.registry as registry_module
+from xaibench import hookimpl
+from xaibench.contracts import Sample
+from xaibench.registry import Registry
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A fresh registry of the installed plugins, also used by the CLI for the duration of the test."""
+    reg = Registry()
+    monkeypatch.setattr(registry_module, "_default", reg)
+    return reg
+
+
+@pytest.fixture
+def add_plugin(registry):
+    """Register a plugin object for one test and unregister it afterwards."""
+    added = []
+
+    def add(plugin, name="test-plugin"):
+        registry.add_plugin(plugin, name=name)
+        added.append(name)
+        return plugin
+
+    yield add
+    for name in added:
+        registry.remove_plugin(name)
+
+
+class BlobDataset:
+    """A tiny dataset for tests: a bright square on noise means class 1; masks only on class 1."""
+
+    classes = ["absent", "present"]
+
+    def __init__(self, *, size: int = 32, n: int = 16, seed: int = 0):
+        self.size, self.n, self.seed = size, n, seed
+
+    def split(self, name):
+        rng = np.random.default_rng([self.seed, ("train", "val", "test").index(name)])
+        samples = []
+        for i in range(self.n if name != "val" else 0):
+            image = rng.integers(0, 120, (self.size, self.size, 3), dtype=np.uint8)
+            label = i % 2
+            mask = None
+            if label:
+                r, c = rng.integers(0, self.size // 2, 2)
+                mask = np.zeros((self.size, self.size), bool)
+                mask[r : r + self.size // 3, c : c + self.size // 3] = True
+                image[mask] = (230, 200, 40)
+            samples.append(Sample(f"{name}-{i}", image, label, mask))
+        return samples
+
+    def fingerprint(self):
+        return f"blob-{self.size}-{self.n}-{self.seed}"
+
+
+class BlobPlugin:
+    @hookimpl
+    def register_datasets(self, register):
+        register("blobs", BlobDataset)
+
+
+@pytest.fixture
+def blobs(add_plugin):
+    return add_plugin(BlobPlugin(), name="blobs-plugin")
+
+
+@pytest.fixture
+def write_grid(tmp_path):
+    def write(text, name="grid.yaml"):
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write

@@ -1,0 +1,96 @@
+import pytest
+
+from xaibench.cli import main
+from xaibench.errors import GridError
+from xaibench.grid import expand, load_grid, parse_grid
+
+GRID = """\
+name: t
+seeds: [0, 1]
+datasets:
+  - name: blobs
+    size: 32
+backbones: [resnet18]
+masks: [white, black, median, blur]
+ensembles:
+  - name: logit-mix
+    sweep: {alpha: [0.8, 0.9, 1.0]}
+explainers: [gradcam]
+seeders: [{name: top-k, k: 2}]
+segmenters: [random-walker, watershed]
+"""
+
+
+def test_expansion_is_the_cross_product_with_a_baseline_per_seed(registry, blobs):
+    grid = parse_grid(GRID, registry=registry)
+    cells = expand(grid)
+    # per seed: (1 baseline + 4 masks x 3 alphas) variants x 1 explainer x (1 seeder x 2 segmenters)
+    assert len(cells) == 2 * (1 + 4 * 3) * 2
+    assert len({c.cell_id for c in cells}) == len(cells)
+    baseline = [c for c in cells if c.mask is None]
+    assert len(baseline) == 2 * 2 and all(c.ensemble is None for c in baseline)
+    alphas = sorted({c.ensemble.params["alpha"] for c in cells if c.ensemble})
+    assert alphas == [0.8, 0.9, 1.0]
+
+
+def test_plan_shares_trainings_across_alphas_explainers_and_segmenters(registry, blobs):
+    from xaibench.stages import build_plan
+
+    grid = parse_grid(GRID, registry=registry)
+    plan = build_plan(grid, expand(grid), registry)
+    assert plan.count("train") == 2  # one baseline per seed
+    assert plan.count("finetune") == 8  # 4 masks per seed
+    # alpha=1.0 reduces to the baseline, so its explanation is the baseline's: 1 + 4 masks x 2 alphas per seed
+    assert plan.count("explain") == 2 * (1 + 4 * 2)
+
+
+def _error(registry, text):
+    with pytest.raises(GridError) as err:
+        parse_grid(text, "g.yaml", registry=registry)
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (GRID.replace("name: blobs", "name: blobz"), ["g.yaml:4:11", "Did you mean 'blobs'?"]),
+        (GRID.replace("size: 32", "sise: 32"), ["g.yaml:5:5", "unknown parameter (accepted: size, n, seed)"]),
+        (GRID.replace("size: 32", "size: big"), ["g.yaml:5:11", "valid integer"]),
+        (GRID.replace("[0.8, 0.9, 1.0]", "[0.8, 1.5]"), ["g.yaml:10:26", "sweep.alpha[1]", "less than or equal to 1"]),
+        (GRID.replace("[0.8, 0.9, 1.0]", "[]"), ["g.yaml:10:20", "at least 1 item"]),
+        (GRID.replace("[0.8, 0.9, 1.0]", "[0.8, 0.8]"), ["g.yaml:10:12", "repeats a value"]),
+        (GRID.replace("seeds: [0, 1]", "seeds: []"), ["g.yaml:2:8", "at least 1 item"]),
+        (GRID.replace("seeds: [0, 1]", "seeds: [1, 1]"), ["g.yaml:2:8", "repeat a value"]),
+        (GRID.replace("explainers: [gradcam]", "explainers: [gradcam]\nepochs: 3"), ["g.yaml:12:1", "unknown key"]),
+        (GRID + "train: {epochs: -1}\n", ["g.yaml:14:17", "train.epochs", "greater than or equal to 1"]),
+        (GRID.replace("backbones: [resnet18]", "backbones: [resnet18"), ["g.yaml:", "YAML syntax error"]),
+        (GRID.replace("explainers: [gradcam]\n", ""), ["seeders need at least one explainer"]),
+    ],
+)
+def test_grid_errors_name_the_yaml_location(registry, blobs, text, expected):
+    message = _error(registry, text)
+    for fragment in expected:
+        assert fragment in message, message
+
+
+def test_missing_grid_file(registry, tmp_path):
+    with pytest.raises(GridError, match="does not exist"):
+        load_grid(tmp_path / "nope.yaml", registry)
+
+
+def test_cli_bad_grid_exits_2_and_writes_nothing(registry, blobs, write_grid, tmp_path, capsys):
+    path = write_grid(GRID.replace("name: white", "name: whit").replace("[white,", "[whit,"))
+    out = tmp_path / "out"
+    assert main(["run", "--grid", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid grid") and "Did you mean 'white'?" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_dry_run_prints_cells_and_trainings_and_writes_nothing(registry, blobs, write_grid, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--grid", str(write_grid(GRID)), "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "52 cells" in printed and "10 trainings (2 baseline, 8 masked fine-tunes)" in printed
+    assert not out.exists()

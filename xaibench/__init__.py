@@ -1,0 +1,14 @@
+"""xaibench: explanation-guided classification and segmentation benchmarks for aerial imagery."""
+
+from .hookspecs import hookimpl
+from .registry import create, get_registry
+
+__version__ = "0.1.0"
+
+
+def load_dataset(name: str, **params):
+    """Build a registered dataset by name: ``load_dataset("synthetic", image_size=64)``."""
+    return create("datasets", name, **params)
+
+
+__all__ = ["hookimpl", "create", "get_registry", "load_dataset", "__version__"]

@@ -1,0 +1,41 @@
+"""Exceptions. ``UserError`` and its subclasses are mistakes a user can fix: the CLI prints them as one
+message and exits with code 2. Anything else escaping is a bug in xaibench or a plugin."""
+
+
+class XaibenchError(Exception):
+    """Base class of every error xaibench raises on purpose."""
+
+
+class UserError(XaibenchError):
+    """A mistake in a grid, an argument or the data on disk; the message says what, where and what to do."""
+
+
+class GridError(UserError):
+    """A grid file that cannot be read or does not validate."""
+
+
+class UnknownComponentError(UserError):
+    """A component name that no plugin registered."""
+
+
+class ComponentParamsError(UserError):
+    """Parameters a component does not accept, or of the wrong type or range.
+
+    ``problems`` is a list of ``(parameter, message)`` pairs so callers can point at each one."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{where}: {msg}" for where, msg in self.problems))
+
+
+class PluginError(XaibenchError):
+    """A plugin that breaks the plugin contract (duplicate names, hooks matching no spec, bad factories)."""
+
+
+class StageError(XaibenchError):
+    """A stage that failed while running; carries the stage key and the original traceback text."""
+
+    def __init__(self, message, *, key=None, traceback_text=None):
+        super().__init__(message)
+        self.key = key
+        self.traceback_text = traceback_text

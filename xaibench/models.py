@@ -1,0 +1,40 @@
+"""Model plumbing: ensembles as modules and weight files on disk (safetensors only)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def ensemble_model(raw, masked, rule):
+    """An ``nn.Module`` whose logits are ``rule(raw(x), masked(x))``; differentiable into both members."""
+    import torch
+
+    class EnsembleModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.raw = raw
+            self.masked = masked
+
+        def forward(self, images):
+            return rule(self.raw(images), self.masked(images))
+
+    return EnsembleModel()
+
+
+def save_weights(model, path: Path) -> None:
+    """Write the model's state dict as safetensors, atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(model, path: Path):
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path)))
+    return model

@@ -1,0 +1,260 @@
+"""The component registry: loads plugins through pluggy and builds components by kind and name.
+
+Every component, built-in or third-party, arrives through the ``xaibench`` entry-point group. The registry
+answers three questions: which components exist (``components``), whether a name and its parameters are
+valid (``validate``), and how to build one (``create``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.metadata
+import inspect
+import typing
+import warnings
+from typing import Any, Callable
+
+import pluggy
+import pydantic
+
+from . import hookspecs
+from .errors import ComponentParamsError, PluginError, UnknownComponentError
+
+KINDS = (
+    "datasets",
+    "masks",
+    "backbones",
+    "ensembles",
+    "explainers",
+    "seeders",
+    "segmenters",
+    "executors",
+)
+
+ENTRY_POINT_GROUP = "xaibench"
+
+
+class PluginLoadWarning(UserWarning):
+    """A third-party plugin could not be loaded; everything else still works."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """One registered component: its kind, name, factory and who provided it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    distribution: str
+    version: str
+
+    def describe(self) -> dict:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "plugin": self.plugin,
+            "distribution": self.distribution,
+            "version": self.version,
+        }
+
+
+def _params_model(component: Component) -> type[pydantic.BaseModel]:
+    """A pydantic model of the factory's keyword parameters (annotations become validators)."""
+    try:
+        signature = inspect.signature(component.factory)
+    except (TypeError, ValueError) as exc:  # builtins without a signature
+        raise PluginError(
+            f"{component.kind} {component.name!r} from plugin {component.plugin!r}: factory has no "
+            f"inspectable signature ({exc}); register a class or function with keyword parameters"
+        ) from None
+    try:
+        hints = typing.get_type_hints(
+            component.factory.__init__ if inspect.isclass(component.factory) else component.factory,
+            include_extras=True,
+        )
+    except Exception:
+        hints = {}
+    fields: dict[str, Any] = {}
+    extra = "forbid"
+    for name, param in signature.parameters.items():
+        if param.kind is param.VAR_KEYWORD:
+            extra = "allow"
+            continue
+        if param.kind is param.VAR_POSITIONAL:
+            continue
+        annotation = hints.get(name, Any)
+        default = ... if param.default is param.empty else param.default
+        fields[name] = (annotation, default)
+    config = pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=())
+    return pydantic.create_model(f"{component.kind}:{component.name}", __config__=config, **fields)
+
+
+def closest(name: str, choices) -> str | None:
+    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.4)
+    return matches[0] if matches else None
+
+
+class Registry:
+    """Components of every kind, collected from a pluggy plugin manager."""
+
+    def __init__(self, *, load_entry_points: bool = True):
+        self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self._dists: dict[str, tuple[str, str]] = {}
+        self._components: dict[str, dict[str, Component]] | None = None
+        self._param_models: dict[tuple[str, str], type[pydantic.BaseModel]] = {}
+        if load_entry_points:
+            self._load_entry_points()
+
+    # -- plugins -------------------------------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else "unknown"
+            dist_version = dist.version if dist is not None else "unknown"
+            if self.pm.get_plugin(ep.name) is not None:
+                raise PluginError(
+                    f"two plugins use the entry-point name {ep.name!r} (the second from distribution "
+                    f"{dist_name!r}); rename one of them in its pyproject.toml"
+                )
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken third-party plugin must not break the rest
+                warnings.warn(
+                    f"xaibench plugin {ep.name!r} from distribution {dist_name!r} failed to load and "
+                    f"is skipped: {type(exc).__name__}: {exc}",
+                    PluginLoadWarning,
+                    stacklevel=2,
+                )
+                continue
+            self.add_plugin(module, name=ep.name, distribution=dist_name, version=dist_version)
+        self.check()
+
+    def add_plugin(self, plugin, *, name: str, distribution: str | None = None, version: str = "0"):
+        """Register a plugin object (module or instance with ``@hookimpl`` methods) and check it."""
+        self.pm.register(plugin, name=name)
+        self._dists[name] = (distribution or name, version)
+        self._components = None
+        return plugin
+
+    def remove_plugin(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self._dists.pop(name, None)
+        self._components = None
+        self._param_models.clear()
+
+    def check(self) -> None:
+        """Fail if a hook implementation matches no hook spec (for example a misspelled hook name)."""
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            name = self.pm.get_name(exc.plugin) if exc.plugin is not None else "?"
+            raise PluginError(
+                f"plugin {name!r} implements a hook that xaibench does not define: {exc}. "
+                f"Valid hooks: {', '.join('register_' + k for k in KINDS)}"
+            ) from None
+
+    # -- components ----------------------------------------------------------------------------------
+    @property
+    def components(self) -> dict[str, dict[str, Component]]:
+        if self._components is None:
+            self.check()
+            self._components = self._collect()
+        return self._components
+
+    def _collect(self) -> dict[str, dict[str, Component]]:
+        found: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+        for kind in KINDS:
+            hook = getattr(self.pm.hook, f"register_{kind}")
+            for impl in reversed(hook.get_hookimpls()):  # registration order
+                plugin = impl.plugin_name
+                distribution, version = self._dists.get(plugin, (plugin, "0"))
+
+                def register(name, factory, *, _kind=kind, _plugin=plugin, _d=distribution, _v=version):
+                    if not isinstance(name, str) or not name:
+                        raise PluginError(f"plugin {_plugin!r} registered a {_kind} with a non-string name {name!r}")
+                    if not callable(factory):
+                        raise PluginError(
+                            f"plugin {_plugin!r} registered {_kind} {name!r} with a factory that is not "
+                            f"callable ({factory!r}); pass a class or function"
+                        )
+                    existing = found[_kind].get(name)
+                    if existing is not None:
+                        raise PluginError(
+                            f"{_kind} {name!r} is registered twice: by plugin {existing.plugin!r} "
+                            f"(distribution {existing.distribution!r}) and by plugin {_plugin!r} "
+                            f"(distribution {_d!r}); rename one of them"
+                        )
+                    found[_kind][name] = Component(_kind, name, factory, _plugin, _d, _v)
+
+                impl.function(register=register)
+        return found
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components[kind])
+
+    def get(self, kind: str, name: str) -> Component:
+        if kind not in KINDS:
+            raise ValueError(f"unknown component kind {kind!r}; kinds are {KINDS}")
+        try:
+            return self.components[kind][name]
+        except KeyError:
+            valid = self.names(kind)
+            hint = closest(str(name), valid)
+            did_you_mean = f" Did you mean {hint!r}?" if hint else ""
+            raise UnknownComponentError(
+                f"unknown {kind[:-1]} {name!r}.{did_you_mean} Valid {kind}: {', '.join(valid) or '(none)'}"
+            ) from None
+
+    def validate(self, kind: str, name: str, params: dict | None = None) -> dict:
+        """Check ``params`` against the component's keyword parameters; return them coerced.
+
+        Raises ``UnknownComponentError`` or ``ComponentParamsError`` (with the parameter path)."""
+        component = self.get(kind, name)
+        key = (kind, name)
+        if key not in self._param_models:
+            self._param_models[key] = _params_model(component)
+        model = self._param_models[key]
+        try:
+            validated = model.model_validate(params or {})
+        except pydantic.ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                where = ".".join(str(p) for p in err["loc"]) or "(parameters)"
+                msg = err["msg"]
+                if err["type"] == "extra_forbidden":
+                    accepted = ", ".join(model.model_fields) or "none"
+                    msg = f"unknown parameter (accepted: {accepted})"
+                problems.append((where, msg))
+            raise ComponentParamsError(problems) from None
+        given = set((params or {}).keys())
+        out = {k: getattr(validated, k) for k in model.model_fields if k in given}
+        if validated.model_extra:
+            out.update(validated.model_extra)
+        return out
+
+    def create(self, kind: str, name: str, **params):
+        """Build a component: validate ``params`` then call the factory with them as keywords."""
+        component = self.get(kind, name)
+        return component.factory(**self.validate(kind, name, params))
+
+    def describe(self) -> list[dict]:
+        return [c.describe() for kind in KINDS for _, c in sorted(self.components[kind].items())]
+
+
+_default: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry of installed plugins, loaded on first use."""
+    global _default
+    if _default is None:
+        _default = Registry()
+    return _default
+
+
+def create(kind: str, name: str, **params):
+    """Build a registered component: ``create("masks", "blur", sigma=8)``."""
+    return get_registry().create(kind, name, **params)

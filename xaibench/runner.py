@@ -1,0 +1,197 @@
+"""Runs a grid: plan the stages, execute the missing ones, score every cell, write the results.
+
+Resuming is the default: a stage whose record says done and whose artifact exists is reused, so running
+the same command again after a crash or with an extended grid only computes what is new.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import leaderboard, metrics
+from .grid import expand, load_grid
+from .registry import get_registry
+from .stages import TRAINING_KINDS, Plan, StageRunner, build_plan
+from .store import Store, load_arrays
+
+
+def plan_grid(grid_path, registry=None):
+    """Load and validate a grid and plan its stages; raises ``UserError`` and writes nothing."""
+    registry = registry or get_registry()
+    grid = load_grid(grid_path, registry)
+    cells = expand(grid)
+    plan = build_plan(grid, cells, registry)
+    registry.validate("executors", grid.executor.name, grid.executor.params)
+    return grid, plan
+
+
+def describe_plan(grid, plan: Plan) -> str:
+    lines = [f"grid {grid.name!r}: {len(plan.cells)} cells, {len(plan.stages)} stages, "
+             f"{plan.count(*TRAINING_KINDS)} trainings "
+             f"({plan.count('train')} baseline, {plan.count('finetune')} masked fine-tunes)"]
+    for cp in plan.cells:
+        labels = cp.cell.labels()
+        lines.append("  " + " | ".join(f"{k}={v}" for k, v in labels.items() if v != ""))
+    return "\n".join(lines)
+
+
+def _depths(plan: Plan) -> dict[str, int]:
+    depth: dict[str, int] = {}
+    for key, stage in plan.stages.items():  # insertion order is a topological order
+        depth[key] = 1 + max((depth[d] for d in stage.deps), default=-1)
+    return depth
+
+
+def execute(plan: Plan, store: Store, runner: StageRunner, executor, *, progress=True) -> dict:
+    """Run every stage not already done; record results in the store. Returns counters."""
+    from tqdm.auto import tqdm
+
+    counts = {"stages_run": 0, "stages_reused": 0, "stages_failed": 0, "trainings_run": 0, "trainings_reused": 0}
+    failed: dict[str, str] = {}
+    depth = _depths(plan)
+    waves: dict[int, list] = {}
+    for key, stage in plan.stages.items():
+        waves.setdefault(depth[key], []).append(stage)
+    todo = []
+    for stage in plan.stages.values():
+        record = store.stage(stage.key)
+        if record and record["status"] == "done" and runner.artifact_exists(stage):
+            counts["stages_reused"] += 1
+            counts["trainings_reused"] += stage.kind in TRAINING_KINDS
+        else:
+            todo.append(stage.key)
+    pending = set(todo)
+    with tqdm(total=len(todo), desc="stages", unit="stage", disable=not progress, dynamic_ncols=True) as bar:
+        for level in sorted(waves):
+            ready = []
+            for stage in waves[level]:
+                if stage.key not in pending:
+                    continue
+                broken = [d for d in stage.deps if d in failed]
+                if broken:
+                    failed[stage.key] = f"skipped: upstream stage failed ({failed[broken[0]]})"
+                    counts["stages_failed"] += 1
+                    bar.update(1)
+                    continue
+                ready.append(stage)
+            for stage, result in zip(ready, executor.map(runner, ready)):
+                bar.update(1)
+                if result["ok"]:
+                    store.record_stage(stage.key, stage.kind, stage.label, "done", meta=result["meta"],
+                                       seconds=result["seconds"])
+                    counts["stages_run"] += 1
+                    counts["trainings_run"] += stage.kind in TRAINING_KINDS
+                else:
+                    store.record_stage(stage.key, stage.kind, stage.label, "failed", error=result["traceback"],
+                                       seconds=result["seconds"])
+                    failed[stage.key] = f"{stage.label}: {result['error']}"
+                    counts["stages_failed"] += 1
+                    tqdm.write(f"stage failed: {stage.label}: {result['error']}", file=sys.stderr)
+    counts["failed"] = failed
+    return counts
+
+
+class _Arrays:
+    """Loads each cached artifact once while cells are scored."""
+
+    def __init__(self, runner: StageRunner):
+        self.runner = runner
+        self.loaded: dict[tuple, dict] = {}
+
+    def __call__(self, kind: str, key: str) -> dict:
+        if (kind, key) not in self.loaded:
+            self.loaded[(kind, key)] = load_arrays(self.runner.path(kind, key))
+        return self.loaded[(kind, key)]
+
+
+def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold: float) -> dict:
+    """The metrics of one cell, computed from cached artifacts (cheap: no model is run)."""
+    import torch
+
+    test = runner.data(cp.data, "test")
+    labels = test["labels"]
+    logits = arrays("logits", cp.raw_logits)["test"]
+    if cp.cell.ensemble is not None:
+        rule = registry.create("ensembles", cp.cell.ensemble.name, **cp.cell.ensemble.params)
+        masked = arrays("logits", cp.masked_logits)["test"]
+        logits = rule(torch.from_numpy(logits), torch.from_numpy(masked)).numpy()
+    out = {"accuracy": metrics.accuracy(logits, labels), "n_test": int(len(labels))}
+    if cp.explain:
+        explained = arrays("explain", cp.explain)
+        truth = test["masks"][explained["index"]]
+        scores = metrics.iou(metrics.binarise(explained["maps"], cam_threshold), truth)
+        out["jaccard"], out["jaccard_excluded"] = metrics.mean_excluding_nan(scores)
+        out["jaccard_n"] = int(np.isfinite(scores).sum())
+    if cp.segment:
+        segmented = arrays("segment", cp.segment)
+        masks = np.unpackbits(segmented["masks"], axis=-1, count=int(segmented["width"])).astype(bool)
+        truth = test["masks"][arrays("explain", cp.explain)["index"]]
+        scores = metrics.iou(masks, truth)
+        out["seg_iou"], out["seg_excluded"] = metrics.mean_excluding_nan(scores)
+        out["seg_n"] = int(np.isfinite(scores).sum())
+    return out
+
+
+def run(grid_path, out_dir, *, dry_run: bool = False, registry=None, progress: bool = True, echo=print) -> dict:
+    """Run a grid into ``out_dir``; returns the run summary (also written to ``out_dir/run.json``).
+
+    Every user error (bad grid, unknown component, missing files) is raised before anything is written."""
+    started = time.perf_counter()
+    registry = registry or get_registry()
+    grid, plan = plan_grid(grid_path, registry)
+    if dry_run:
+        echo(describe_plan(grid, plan))
+        return {"cells": len(plan.cells), "trainings": plan.count(*TRAINING_KINDS), "dry_run": True}
+    executor = registry.create("executors", grid.executor.name, **grid.executor.params)
+    out_dir = Path(out_dir)
+    store = Store(out_dir)
+    try:
+        shutil.copyfile(grid_path, out_dir / "grid.yaml")
+        runner = StageRunner(store, registry, device=grid.device, progress=progress)
+        try:
+            counts = execute(plan, store, runner, executor, progress=progress)
+        finally:
+            executor.close()
+        failed = counts.pop("failed")
+        arrays = _Arrays(runner)
+        rows = []
+        for cp in plan.cells:
+            broken = [failed[k] for k in cp.keys if k in failed]
+            if broken:
+                rows.append((cp.cell.cell_id, cp.cell.labels(), "failed", {}, broken[0]))
+                continue
+            try:
+                scores = score_cell(cp, runner, arrays, registry, grid.protocol.cam_threshold)
+                rows.append((cp.cell.cell_id, cp.cell.labels(), "done", scores, None))
+            except Exception as exc:
+                rows.append((cp.cell.cell_id, cp.cell.labels(), "failed", {}, f"scoring: {type(exc).__name__}: {exc}"))
+        store.record_cells(rows)
+        current = {cp.cell.cell_id for cp in plan.cells}
+        cell_rows = [c for c in store.cells() if c["cell_id"] in current]
+        md_path, csv_path = leaderboard.write(out_dir, cell_rows, title=f"xaibench leaderboard: {grid.name}")
+        summary = {
+            "grid": grid.name,
+            "cells": len(plan.cells),
+            "cells_done": sum(1 for r in rows if r[2] == "done"),
+            "cells_failed": sum(1 for r in rows if r[2] == "failed"),
+            **counts,
+            "wall_s": round(time.perf_counter() - started, 3),
+            "device": runner.device,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "plugins": registry.describe(),
+            "leaderboard": [md_path.name, csv_path.name],
+        }
+        tmp = out_dir / "run.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(out_dir / "run.json")
+        return summary
+    finally:
+        store.close()

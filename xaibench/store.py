@@ -1,0 +1,119 @@
+"""The results store of one run directory: SQLite for stage and cell records, files for artifacts.
+
+Layout of ``DIR``: ``store.sqlite`` (tables ``stages`` and ``cells``), ``cache/<stage kind>/<key>.*``
+(artifacts: safetensors weights, ``.npz`` arrays that load without pickle). Every write is atomic: files
+are written to a temporary name and renamed, rows are committed in one transaction, so a crash never
+leaves a half-written record that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS stages (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    label TEXT NOT NULL,
+    status TEXT NOT NULL,          -- done | failed
+    meta TEXT,                     -- JSON
+    error TEXT,
+    seconds REAL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS cells (
+    cell_id TEXT PRIMARY KEY,
+    labels TEXT NOT NULL,          -- JSON: dataset, backbone, seed, mask, ensemble, alpha, ...
+    status TEXT NOT NULL,          -- done | failed
+    metrics TEXT,                  -- JSON
+    error TEXT,
+    updated_at REAL
+);
+"""
+
+
+def save_arrays(path: Path, **arrays) -> None:
+    """Write arrays to ``path`` (.npz) atomically; object arrays are refused so loading needs no pickle."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for name, value in arrays.items():
+        if np.asarray(value).dtype == object:
+            raise TypeError(f"array {name!r} has dtype object; store plain numeric or string arrays")
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+class Store:
+    """Stage and cell records of one run directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.cache = self.root / "cache"
+        self.db = sqlite3.connect(self.root / "store.sqlite", timeout=30)
+        self.db.executescript(SCHEMA)
+        self.db.commit()
+
+    @classmethod
+    def open_existing(cls, root: Path) -> "Store":
+        from .errors import UserError
+
+        if not (Path(root) / "store.sqlite").is_file():
+            raise UserError(f"{str(root)!r} holds no xaibench results (no store.sqlite); pass a run's --out folder")
+        return cls(root)
+
+    def close(self):
+        self.db.close()
+
+    # -- stages --------------------------------------------------------------------------------------
+    def artifact(self, kind: str, key: str, suffix: str) -> Path:
+        return self.cache / kind / f"{key}{suffix}"
+
+    def stage(self, key: str) -> dict | None:
+        row = self.db.execute(
+            "SELECT key, kind, label, status, meta, error, seconds FROM stages WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        return {
+            "key": row[0], "kind": row[1], "label": row[2], "status": row[3],
+            "meta": json.loads(row[4]) if row[4] else {}, "error": row[5], "seconds": row[6],
+        }
+
+    def record_stage(self, key, kind, label, status, *, meta=None, error=None, seconds=None) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, kind, label, status, json.dumps(meta or {}), error, seconds, time.time()),
+            )
+
+    # -- cells ---------------------------------------------------------------------------------------
+    def record_cells(self, rows) -> None:
+        """``rows``: iterable of (cell_id, labels dict, status, metrics dict, error), in one transaction."""
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?)",
+                [(cid, json.dumps(labels), status, json.dumps(metrics), error, now)
+                 for cid, labels, status, metrics, error in rows],
+            )
+
+    def cells(self) -> list[dict]:
+        out = []
+        for cid, labels, status, metrics, error in self.db.execute(
+            "SELECT cell_id, labels, status, metrics, error FROM cells ORDER BY rowid"
+        ):
+            out.append({"cell_id": cid, **json.loads(labels), "status": status,
+                        **(json.loads(metrics) if metrics else {}), "error": error})
+        return out

@@ -1,0 +1,131 @@
+"""Training and inference loops shared by every backbone: plain PyTorch, deterministic for a seed.
+
+Images arrive as uint8 arrays (N, H, W, 3) and are converted once to float (N, 3, H, W) in [0, 1].
+Augmentation draws one of the 8 dihedral transforms per sample (aerial tiles have no canonical
+orientation) and applies it to the image and its foreground mask alike.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+
+from .errors import StageError
+
+
+def to_tensor(images: np.ndarray):
+    """uint8 (N, H, W, 3) → float32 tensor (N, 3, H, W) in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _dihedral(x, codes):
+    """Apply per-sample dihedral transforms: bit 0 = horizontal flip, 1 = vertical flip, 2 = transpose."""
+    import torch
+
+    def pick(bit, transformed):
+        chosen = ((codes >> bit) & 1).bool().view(-1, *([1] * (x.dim() - 1)))
+        return torch.where(chosen, transformed, x)
+
+    x = pick(0, x.flip(-1))
+    x = pick(1, x.flip(-2))
+    if x.shape[-1] == x.shape[-2]:
+        x = pick(2, x.transpose(-1, -2))
+    return x
+
+
+def fit(
+    model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    optimizer: str,
+    augment: bool,
+    seed: int,
+    device: str,
+    foreground: np.ndarray | None = None,
+    mask_fn: Callable | None = None,
+    progress: Callable | None = None,
+) -> dict:
+    """Train ``model`` in place with cross-entropy; returns statistics.
+
+    ``foreground`` bool (N, H, W) and ``mask_fn`` (a Mask component) together make masked training:
+    each augmented batch is masked on the device before the forward pass. ``progress(n)`` is called
+    after every step with the number of images processed. Raises ``StageError`` on a non-finite loss."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    x_all = to_tensor(images)
+    y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    fg_all = torch.from_numpy(np.asarray(foreground, dtype=bool))[:, None] if foreground is not None else None
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    n = len(y_all)
+    steps_per_epoch = math.ceil(n / batch_size)
+    losses = []
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        epoch_loss = 0.0
+        for step in range(steps_per_epoch):
+            index = order[step * batch_size : (step + 1) * batch_size]
+            x = x_all[index].to(device, non_blocking=True)
+            y = y_all[index].to(device, non_blocking=True)
+            fg = fg_all[index].to(device) if fg_all is not None else None
+            if augment:
+                codes = torch.randint(0, 8, (len(index),), generator=generator).to(device)
+                x = _dihedral(x, codes)
+                fg = _dihedral(fg, codes) if fg is not None else None
+            if mask_fn is not None:
+                x = mask_fn(x, fg)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            if not torch.isfinite(loss):
+                raise StageError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                 "lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            epoch_loss += loss.item() * len(index)
+            if progress is not None:
+                progress(len(index))
+        losses.append(epoch_loss / n)
+    seconds = time.perf_counter() - start
+    return {
+        "epoch_losses": losses,
+        "images_seen": n * epochs,
+        "seconds": seconds,
+        "images_per_second": n * epochs / seconds if seconds > 0 else None,
+    }
+
+
+def predict_logits(model, images: np.ndarray, *, batch_size: int, device: str) -> np.ndarray:
+    """float32 logits (N, C) of ``model`` in eval mode, without gradients."""
+    import torch
+
+    model.to(device).eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = to_tensor(images[start : start + batch_size]).to(device)
+            out.append(model(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
