@@ -77,6 +77,13 @@ class ResNet18:
         self.weights = weights
         self.target_layer = target_layer
 
+    def check(self) -> None:
+        """Fail before a run starts when the weights cannot be had (no file, no cache and no network)."""
+        if self.weights == "imagenet":
+            self._imagenet_state()
+        elif self.weights != "none":
+            load_state_file(Path(self.weights))
+
     def _imagenet_state(self):
         import torch
         from torchvision.models import ResNet18_Weights
@@ -93,15 +100,14 @@ class ResNet18:
             ) from None
 
     def build(self, num_classes: int, *, pretrained: bool = True):
-        import torch
         from torchvision.models import resnet18
 
-        net = resnet18(num_classes=1000)
+        net = resnet18(num_classes=num_classes)
         if pretrained and self.weights != "none":
             state = self._imagenet_state() if self.weights == "imagenet" else load_state_file(Path(self.weights))
             state = {k.removeprefix("net."): v for k, v in state.items() if k not in ("mean", "std")}
-            fc_fits = state.get("fc.weight") is not None and state["fc.weight"].shape[0] == num_classes
-            if not fc_fits:
+            head = state.get("fc.weight")
+            if head is None or head.shape[0] != num_classes:  # a new task gets a freshly initialised head
                 state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             missing, unexpected = net.load_state_dict(state, strict=False)
             missing = [k for k in missing if not k.startswith("fc.")]
@@ -110,10 +116,6 @@ class ResNet18:
                     f"weights {self.weights!r} do not fit resnet18: {len(missing)} missing keys "
                     f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
                 )
-            if not fc_fits:
-                net.fc = torch.nn.Linear(net.fc.in_features, num_classes)
-        else:
-            net.fc = torch.nn.Linear(net.fc.in_features, num_classes)
         return _normalized(net, IMAGENET_MEAN, IMAGENET_STD)
 
     def target_layers(self, model):

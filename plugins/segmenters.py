@@ -1,0 +1,323 @@
+"""Point-prompted segmenters: the random walker, marker watershed, and Segment Anything (SAM).
+
+The two classical segmenters turn prompts into a marker image (``seed_markers``) and grow the
+foreground marker over the image; SAM takes the points directly.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from pathlib import Path
+from typing import Annotated, Literal, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from xaibench.contracts import Prompts
+from xaibench.errors import UserError
+from xaibench.hookspecs import hookimpl
+
+UNLABELLED, FOREGROUND, BACKGROUND = 0, 1, 2
+
+SAM_CHECKPOINT_URLS = {
+    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+}
+
+
+# -- markers ----------------------------------------------------------------------------------------
+
+
+def seed_markers(shape: tuple[int, int], prompts: Prompts, *, seed_radius: int, border: int) -> np.ndarray:
+    """The marker image of one prompt set: int32 (H, W) of ``UNLABELLED``, ``FOREGROUND``, ``BACKGROUND``.
+
+    Foreground: discs of radius ``seed_radius`` around the positive points. Background: the same discs
+    around the negative points when there are any; otherwise the image border, a ring ``border``
+    pixels wide, minus every pixel within ``seed_radius + border`` of a positive point. That gap keeps
+    at least ``border`` unlabelled pixels between the two labels, so a region that touches the image
+    edge (common for land cover) is not cut off right at its seed. Where discs overlap, foreground
+    wins: a click on the object is explicit, a background assumption is not. Points are rounded to
+    the nearest pixel and clipped to the image. Where no background pixel is left (a tiny image), the
+    segmenters return an all-True mask: every pixel is reached by the foreground alone."""
+    foreground = _discs(shape, prompts.positive, seed_radius)
+    if len(prompts.negative):
+        background = _discs(shape, prompts.negative, seed_radius)
+    else:
+        background = _border_ring(shape, border) & ~_discs(shape, prompts.positive, seed_radius + border)
+    markers = np.full(shape, UNLABELLED, dtype=np.int32)
+    markers[background] = BACKGROUND
+    markers[foreground] = FOREGROUND
+    return markers
+
+
+def _discs(shape: tuple[int, int], points: np.ndarray, radius: int) -> np.ndarray:
+    """Bool mask of the pixels within ``radius`` (inclusive) of any (x, y) point."""
+    rows = np.arange(shape[0])[:, None]
+    cols = np.arange(shape[1])[None, :]
+    mask = np.zeros(shape, dtype=bool)
+    for x, y in points:
+        col = min(max(int(round(float(x))), 0), shape[1] - 1)
+        row = min(max(int(round(float(y))), 0), shape[0] - 1)
+        mask |= (rows - row) ** 2 + (cols - col) ** 2 <= radius**2
+    return mask
+
+
+def _border_ring(shape: tuple[int, int], width: int) -> np.ndarray:
+    ring = np.ones(shape, dtype=bool)
+    ring[width:-width, width:-width] = False
+    return ring
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
+    return image
+
+
+class _MarkerSegmenter:
+    """Shared ``segment`` loop of the marker-based segmenters.
+
+    Subclasses implement ``_prepare(image)`` (per-image work, done once per call) and
+    ``_foreground(prepared, markers) -> bool (H, W)`` for markers holding both labels."""
+
+    def segment(self, image: np.ndarray, prompts: Sequence[Prompts]) -> list[np.ndarray]:
+        image = _check_image(image)
+        shape = image.shape[:2]
+        prepared = None
+        masks = []
+        for prompt_set in prompts:
+            if not len(prompt_set.positive):
+                masks.append(np.zeros(shape, dtype=bool))
+                continue
+            markers = seed_markers(shape, prompt_set, seed_radius=self.seed_radius, border=self.border)
+            if not (markers == BACKGROUND).any():
+                # Nothing marks the background, so every pixel is reached only by the foreground.
+                masks.append(np.ones(shape, dtype=bool))
+                continue
+            if prepared is None:
+                prepared = self._prepare(image)
+            masks.append(np.asarray(self._foreground(prepared, markers), dtype=bool))
+        return masks
+
+    def _prepare(self, image: np.ndarray):
+        raise NotImplementedError
+
+    def _foreground(self, prepared, markers: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RandomWalkerSegmenter(_MarkerSegmenter):
+    """Random-walker segmentation (Grady 2006) seeded by point prompts.
+
+    ``segment(image, prompts) -> list[np.ndarray]``: ``image`` uint8 (H, W, 3) RGB; one bool (H, W)
+    mask per prompt set, True where a random walk from the pixel most likely first reaches a
+    foreground marker (markers as in ``seed_markers``). Edge weights use all three colour channels;
+    ``beta`` is the diffusion penalty of ``skimage.segmentation.random_walker`` (larger = walks stop
+    harder at colour edges). A prompt set without positive points gives an all-False mask. On a
+    constant image (no edges to follow, e.g. a no-data tile) each pixel takes its nearest marker."""
+
+    def __init__(
+        self,
+        *,
+        seed_radius: Annotated[int, Field(ge=0)] = 2,
+        border: Annotated[int, Field(ge=1)] = 2,
+        beta: Annotated[float, Field(gt=0)] = 130.0,
+    ):
+        self.seed_radius = seed_radius
+        self.border = border
+        self.beta = beta
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        from skimage.util import img_as_float
+
+        return img_as_float(image)
+
+    def _foreground(self, prepared: np.ndarray, markers: np.ndarray) -> np.ndarray:
+        if np.ptp(prepared) == 0:
+            # random_walker scales weights by 1 / std(image), which is undefined here.
+            return _nearest_marker(markers) == FOREGROUND
+        from skimage.segmentation import random_walker
+
+        with warnings.catch_warnings():
+            # The iterative solver overshoots [0, 1] by about its tolerance; only the argmax is used.
+            warnings.filterwarnings("ignore", message="The probability range is outside", category=UserWarning)
+            labels = random_walker(prepared, markers, beta=self.beta, mode="cg_j", channel_axis=-1)
+        return labels == FOREGROUND
+
+
+def _nearest_marker(markers: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    _, (rows, cols) = ndimage.distance_transform_edt(markers == UNLABELLED, return_indices=True)
+    return markers[rows, cols]
+
+
+class WatershedSegmenter(_MarkerSegmenter):
+    """Marker-controlled watershed on the colour gradient, seeded by point prompts.
+
+    ``segment(image, prompts) -> list[np.ndarray]``: ``image`` uint8 (H, W, 3) RGB; one bool (H, W)
+    mask per prompt set, True on the basin flooded from the foreground markers (markers as in
+    ``seed_markers``). The relief is the root-sum-square of the Sobel gradient magnitudes of the R, G
+    and B channels, so an edge between colours of equal brightness still counts; it is computed once
+    per call. ``compactness`` > 0 gives the more regular compact watershed. A prompt set without
+    positive points gives an all-False mask."""
+
+    def __init__(
+        self,
+        *,
+        seed_radius: Annotated[int, Field(ge=0)] = 2,
+        border: Annotated[int, Field(ge=1)] = 2,
+        compactness: Annotated[float, Field(ge=0)] = 0.0,
+    ):
+        self.seed_radius = seed_radius
+        self.border = border
+        self.compactness = compactness
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        from skimage.filters import sobel
+        from skimage.util import img_as_float
+
+        channels = img_as_float(image)
+        return np.sqrt(sum(sobel(channels[..., c]) ** 2 for c in range(channels.shape[2])))
+
+    def _foreground(self, prepared: np.ndarray, markers: np.ndarray) -> np.ndarray:
+        from skimage.segmentation import watershed
+
+        return watershed(prepared, markers, compactness=self.compactness) == FOREGROUND
+
+
+# -- Segment Anything -------------------------------------------------------------------------------
+
+
+class SamSegmenter:
+    """Segment Anything (Kirillov et al. 2023) prompted with the points.
+
+    ``segment(image, prompts) -> list[np.ndarray]``: ``image`` uint8 (H, W, 3) RGB; one bool (H, W)
+    mask per prompt set. The image embedding is computed once per call and shared by all prompt sets;
+    each set's points (positive and negative) go to ``SamPredictor.predict``. With ``multimask``
+    "best", "largest" or "union" SAM returns three candidate masks and the one with the highest
+    predicted IoU, the one with the most pixels, or their union is kept; "single" asks SAM for one
+    mask. A prompt set without positive points gives an all-False mask.
+
+    ``checkpoint``: path to the official weights of ``model_type`` (see ``SAM_CHECKPOINT_URLS``). The
+    model is loaded on the first ``segment`` call, on ``device`` ("auto": CUDA when available, else
+    CPU), and kept; it is not pickled with the segmenter, so each worker process loads its own."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint: str | None = None,
+        model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b",
+        multimask: Literal["best", "largest", "union", "single"] = "best",
+        device: str = "auto",
+    ):
+        self.checkpoint = checkpoint
+        self.model_type = model_type
+        self.multimask = multimask
+        self.device = device
+        self._model = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_model"] = None
+        return state
+
+    def segment(self, image: np.ndarray, prompts: Sequence[Prompts]) -> list[np.ndarray]:
+        image = np.ascontiguousarray(_check_image(image))
+        prompts = list(prompts)
+        model = self._loaded_model()
+        shape = image.shape[:2]
+        if not any(len(prompt_set.positive) for prompt_set in prompts):
+            return [np.zeros(shape, dtype=bool) for _ in prompts]
+
+        from segment_anything import SamPredictor
+
+        predictor = SamPredictor(model)
+        predictor.set_image(image)
+        masks = []
+        for prompt_set in prompts:
+            if not len(prompt_set.positive):
+                masks.append(np.zeros(shape, dtype=bool))
+                continue
+            candidates, scores, _ = predictor.predict(
+                point_coords=prompt_set.points,
+                point_labels=prompt_set.labels,
+                multimask_output=self.multimask != "single",
+            )
+            masks.append(self._choose(np.asarray(candidates, dtype=bool), np.asarray(scores)))
+        return masks
+
+    def _choose(self, candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """One (H, W) mask from SAM's (C, H, W) candidates by the ``multimask`` policy."""
+        if self.multimask == "best":
+            return candidates[int(np.argmax(scores))]
+        if self.multimask == "largest":
+            return candidates[int(np.argmax(candidates.sum(axis=(1, 2))))]
+        if self.multimask == "union":
+            return candidates.any(axis=0)
+        return candidates[0]
+
+    def _loaded_model(self):
+        if self._model is None:
+            model = self._build_model()
+            model.to(self._resolve_device())
+            model.eval()
+            self._model = model
+        return self._model
+
+    def _resolve_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(
+                f"sam: device={self.device!r} but CUDA is not available on this machine; "
+                f"use device: auto or device: cpu"
+            )
+        return self.device
+
+    def check(self) -> Path:
+        """The checkpoint's path; a ``UserError`` saying where to get it if it is unset or missing.
+
+        Called before a run starts, so a missing checkpoint stops the run before anything is written."""
+        url = SAM_CHECKPOINT_URLS[self.model_type]
+        download = (
+            f"Download the official {self.model_type} weights from {url} (other sizes: "
+            f"{', '.join(u for t, u in SAM_CHECKPOINT_URLS.items() if t != self.model_type)}) and set "
+            f"the sam parameter 'checkpoint' to the file's path"
+        )
+        if self.checkpoint is None:
+            raise UserError(f"sam: parameter 'checkpoint' is not set. {download}.")
+        path = Path(self.checkpoint).expanduser()
+        if not path.is_file():
+            raise UserError(
+                f"sam: checkpoint file {str(path)!r} (parameter 'checkpoint') does not exist. {download}."
+            )
+        return path
+
+    def _build_model(self):
+        """The SAM model of ``model_type`` with the weights in ``checkpoint`` (a ``torch.nn.Module``)."""
+        path = self.check()
+        url = SAM_CHECKPOINT_URLS[self.model_type]
+
+        from segment_anything import sam_model_registry
+
+        try:
+            return sam_model_registry[self.model_type](checkpoint=str(path))
+        except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+            raise UserError(
+                f"sam: checkpoint {str(path)!r} could not be loaded as model_type {self.model_type!r}: "
+                f"{type(exc).__name__}: {exc}. Check that 'model_type' matches the checkpoint; the "
+                f"official {self.model_type} checkpoint is {url}"
+            ) from None
+
+
+@hookimpl
+def register_segmenters(register):
+    register("random-walker", RandomWalkerSegmenter)
+    register("watershed", WatershedSegmenter)
+    register("sam", SamSegmenter)
