@@ -6,7 +6,7 @@ from .registry import create, get_registry
 __version__ = "0.1.0"
 
 
-def load_dataset(name: str, **params):
+def load_dataset(name: str, /, **params):
     """Build a registered dataset by name: ``load_dataset("synthetic", image_size=64)``."""
     return create("datasets", name, **params)
 

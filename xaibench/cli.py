@@ -73,7 +73,14 @@ def _cmd_leaderboard(args) -> int:
     return 0
 
 
+def _warning_line(message, category, filename, lineno, line=None):
+    return f"warning: {message}\n"
+
+
 def main(argv=None) -> int:
+    import warnings
+
+    warnings.formatwarning = _warning_line
     args = _parser().parse_args(argv)
     handler = {"run": _cmd_run, "plugins": _cmd_plugins, "leaderboard": _cmd_leaderboard}[args.command]
     try:

@@ -235,7 +235,7 @@ class Registry:
             out.update(validated.model_extra)
         return out
 
-    def create(self, kind: str, name: str, **params):
+    def create(self, kind: str, name: str, /, **params):
         """Build a component: validate ``params`` then call the factory with them as keywords."""
         component = self.get(kind, name)
         return component.factory(**self.validate(kind, name, params))
@@ -255,6 +255,6 @@ def get_registry() -> Registry:
     return _default
 
 
-def create(kind: str, name: str, **params):
+def create(kind: str, name: str, /, **params):
     """Build a registered component: ``create("masks", "blur", sigma=8)``."""
     return get_registry().create(kind, name, **params)

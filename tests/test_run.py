@@ -1,0 +1,111 @@
+"""End-to-end runs of tiny grids through the CLI, with real training on 32-pixel synthetic tiles."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xaibench import hookimpl
+from xaibench.cli import main
+
+GRID = """\
+name: tiny
+seeds: [0]
+datasets:
+  - name: synthetic
+    n_train: 24
+    n_val: 0
+    n_test: 16
+    image_size: 32
+backbones: [resnet18]
+masks: [white, blur]
+ensembles:
+  - name: logit-mix
+    sweep: {alpha: [0.5, 1.0]}
+explainers: [gradcam]
+seeders: [{name: top-k, k: 2, min_distance: 4}]
+segmenters: [random-walker]
+train: {epochs: 1, batch_size: 8}
+finetune: {epochs: 1, batch_size: 8}
+"""
+
+
+@pytest.fixture
+def run_grid(registry, write_grid, tmp_path):
+    out = tmp_path / "run"
+
+    def run(text, *extra):
+        code = main(["run", "--grid", str(write_grid(text)), "--out", str(out), "--quiet", *extra])
+        summary = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else None
+        return code, summary
+
+    run.out = out
+    return run
+
+
+def test_tiny_run_writes_results_and_a_rerun_trains_nothing(run_grid, capsys):
+    code, first = run_grid(GRID)
+    assert code == 0
+    for key in ("cells", "cells_done", "cells_failed", "trainings_run", "trainings_reused", "wall_s"):
+        assert key in first
+    assert first["cells"] == first["cells_done"] == 1 + 2 * 2
+    assert (first["trainings_run"], first["trainings_reused"]) == (3, 0)  # baseline + one per mask
+
+    table = pd.read_csv(run_grid.out / "leaderboard.csv")
+    assert len(table) == 5 and set(table["status"]) == {"done"}
+    assert table["accuracy"].between(0, 1).all() and table["jaccard"].between(0, 1).all()
+    assert table["seg_iou"].between(0, 1).all()
+    baseline = table[table["ensemble"] == "baseline"]["accuracy"].item()
+    # alpha = 1 is the raw model alone, whatever the mask
+    assert np.allclose(table[table["alpha"] == 1.0]["accuracy"], baseline)
+
+    markdown = (run_grid.out / "leaderboard.md").read_text()
+    assert "| | white | blur |" in markdown and "| α=0.5 |" in markdown and "| Baseline |" in markdown
+    assert "cells: 5 done, 0 failed" in capsys.readouterr().out
+
+    code, second = run_grid(GRID)
+    assert code == 0
+    assert (second["trainings_run"], second["trainings_reused"], second["stages_run"]) == (0, 3, 0)
+    assert pd.read_csv(run_grid.out / "leaderboard.csv").equals(table)
+
+
+def test_adding_a_segmenter_or_an_alpha_retrains_nothing(run_grid):
+    run_grid(GRID)
+    code, summary = run_grid(GRID.replace("[random-walker]", "[random-walker, watershed]")
+                             .replace("[0.5, 1.0]", "[0.5, 0.75, 1.0]"))
+    assert code == 0 and summary["trainings_run"] == 0
+    assert summary["cells"] == 2 * (1 + 2 * 3)
+    # new: 2 explanations (alpha 0.75 per mask) and their seeds; random-walker on those 2 and watershed
+    # on all 5 explanations (baseline, 2 masks x alpha 0.5, 2 masks x alpha 0.75)
+    assert summary["stages_run"] == 2 + 2 + (2 + 5)
+
+
+def test_a_failing_plugin_fails_its_cells_only(run_grid, add_plugin):
+    class Exploding:
+        def segment(self, image, prompts):
+            raise RuntimeError("boom")
+
+    class Plugin:
+        @hookimpl
+        def register_segmenters(self, register):
+            register("exploding", Exploding)
+
+    add_plugin(Plugin(), name="exploding-plugin")
+    code, summary = run_grid(GRID.replace("[random-walker]", "[random-walker, exploding]"))
+    assert code == 1
+    assert summary["cells_failed"] == 5 and summary["cells_done"] == 5
+    table = pd.read_csv(run_grid.out / "leaderboard.csv")
+    failed = table[table["status"] == "failed"]
+    assert set(failed["segmenter"]) == {"exploding"}
+    assert failed["error"].str.contains("RuntimeError: boom").all()
+
+
+def test_different_seeds_train_different_models(run_grid):
+    code, summary = run_grid(GRID.replace("seeds: [0]", "seeds: [0, 1]").replace("masks: [white, blur]", "masks: []")
+                             .replace("ensembles:\n  - name: logit-mix\n    sweep: {alpha: [0.5, 1.0]}\n", ""))
+    assert code == 0 and summary["trainings_run"] == 2
+    from safetensors.numpy import load_file
+
+    weights = [load_file(str(p)) for p in sorted((run_grid.out / "cache" / "models").glob("*.safetensors"))]
+    assert not np.array_equal(weights[0]["net.fc.weight"], weights[1]["net.fc.weight"])

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import torch
+
+from xaibench.errors import StageError, UserError
+from xaibench.stages import masks_for_finetuning
+from xaibench.training import _dihedral, fit
+
+
+def _masks():
+    masks = np.zeros((4, 8, 8), bool)
+    masks[0, :2] = True
+    masks[2, 5:] = True
+    return masks, np.array([True, False, True, False])
+
+
+def test_borrow_gives_unannotated_samples_an_annotated_samples_mask():
+    masks, has_mask = _masks()
+    foreground, subset = masks_for_finetuning(masks, has_mask, "borrow", seed=0)
+    assert subset is None
+    assert np.array_equal(foreground[[0, 2]], masks[[0, 2]])
+    for i in (1, 3):
+        assert any(np.array_equal(foreground[i], masks[j]) for j in (0, 2))
+    assert np.array_equal(masks_for_finetuning(masks, has_mask, "borrow", seed=0)[0], foreground)
+
+
+def test_raw_and_drop_policies():
+    masks, has_mask = _masks()
+    foreground, subset = masks_for_finetuning(masks, has_mask, "raw", seed=0)
+    assert foreground[[1, 3]].all() and subset is None
+    _, subset = masks_for_finetuning(masks, has_mask, "drop", seed=0)
+    assert subset.tolist() == [0, 2]
+    with pytest.raises(UserError, match="no training sample has an annotation mask"):
+        masks_for_finetuning(masks, np.zeros(4, bool), "borrow", seed=0)
+
+
+def test_dihedral_transforms_images_and_masks_alike():
+    x = torch.arange(2 * 16, dtype=torch.float32).view(2, 1, 4, 4)
+    codes = torch.tensor([0, 5])  # identity; horizontal flip then transpose
+    out = _dihedral(x, codes)
+    assert torch.equal(out[0], x[0])
+    assert torch.equal(out[1], x[1].flip(-1).transpose(-1, -2))
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
+
+
+def _fit(model, seed, lr=0.1):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (12, 4, 4, 3), dtype=np.uint8)
+    return fit(model, images, np.arange(12) % 2, epochs=2, batch_size=4, lr=lr, weight_decay=0.0,
+               optimizer="sgd", augment=True, seed=seed, device="cpu")
+
+
+def test_fit_is_deterministic_for_a_seed():
+    a, b, c = _tiny_model(), _tiny_model(), _tiny_model()
+    _fit(a, 0), _fit(b, 0), _fit(c, 1)
+    assert torch.equal(a[1].weight, b[1].weight)
+    assert not torch.equal(a[1].weight, c[1].weight)
+
+
+def test_a_non_finite_loss_is_a_clear_error():
+    class Diverged(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(float("nan")))
+
+        def forward(self, x):
+            return x.flatten(1)[:, :2] * self.scale
+
+    with pytest.raises(StageError, match="training loss became nan at epoch 1, step 1"):
+        _fit(Diverged(), 0)
