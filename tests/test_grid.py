@@ -65,6 +65,7 @@ def _error(registry, text):
         (GRID + "train: {epochs: -1}\n", ["g.yaml:14:17", "train.epochs", "greater than or equal to 1"]),
         (GRID.replace("backbones: [resnet18]", "backbones: [resnet18"), ["g.yaml:", "YAML syntax error"]),
         (GRID.replace("explainers: [gradcam]\n", ""), ["seeders need at least one explainer"]),
+        (GRID + "published: nope.csv\n", ["g.yaml:14:12", "published: file", "nope.csv' does not exist"]),
     ],
 )
 def test_grid_errors_name_the_yaml_location(registry, blobs, text, expected):

@@ -29,6 +29,24 @@ def _parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list registered components as JSON")
     plugins.add_argument("--kind", help="only components of this kind (datasets, masks, ...)")
 
+    data = sub.add_parser("data", help="inspect, download or prepare datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    info = data_sub.add_parser("info", help="print split and class counts of a dataset as JSON")
+    info.add_argument("name")
+    info.add_argument("--root", help="dataset folder (default: the dataset's documented location)")
+    info.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                      help="another dataset parameter (repeatable), e.g. --param image_size=64")
+    fetch = data_sub.add_parser("fetch", help="download a dataset (checksum-verified, resumable)")
+    fetch.add_argument("name")
+    fetch.add_argument("--root", help="where to put it (default: $XAIBENCH_DATA/NAME or the user cache)")
+    fetch.add_argument("--url", help="download from this URL instead of the dataset's own")
+    fetch.add_argument("--sha256", help="expected sha256 of the download")
+    prepare = data_sub.add_parser(
+        "prepare", help="build a dataset folder from raw sources; options depend on the dataset",
+        epilog="e.g. xaibench data prepare lcdb-waikato --imagery DIR --lcdb FILE --out DIR --tile-size 224")
+    prepare.add_argument("name")
+    prepare.add_argument("options", nargs=argparse.REMAINDER, help="--option value ...")
+
     board = sub.add_parser("leaderboard", help="print the leaderboard of a run directory")
     board.add_argument("dir", help="a run directory written by 'xaibench run'")
     return parser
@@ -61,13 +79,66 @@ def _cmd_plugins(args) -> int:
     return 0
 
 
+def _parse_value(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _options(tokens: list[str]) -> dict:
+    """``--tile-size 224 --imagery a.tif b.tif`` → ``{"tile_size": 224, "imagery": ["a.tif", "b.tif"]}``."""
+    options: dict = {}
+    key = None
+    for token in tokens:
+        if token.startswith("--"):
+            key = token[2:].replace("-", "_")
+            if key in options:
+                raise UserError(f"option --{token[2:]} is given twice")
+            options[key] = []
+        elif key is None:
+            raise UserError(f"unexpected argument {token!r}: options are written --name value")
+        else:
+            options[key].append(token)
+    return {k: (True if not v else v[0] if len(v) == 1 else list(v)) for k, v in options.items()}
+
+
+def _cmd_data(args) -> int:
+    from . import data
+
+    if args.data_command == "prepare":
+        options = _options(args.options)
+        print(f"prepared: {data.prepare(args.name, options)}")
+        return 0
+    params = {}
+    if args.root:
+        params["root"] = args.root
+    if args.data_command == "info":
+        for item in args.param:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise UserError(f"--param {item!r} is not KEY=VALUE")
+            params[key] = _parse_value(value)
+        print(json.dumps(data.info(args.name, params), indent=2))
+        return 0
+    for key in ("url", "sha256"):
+        if getattr(args, key):
+            params[key] = getattr(args, key)
+    print(f"fetched: {data.fetch(args.name, params)}")
+    return 0
+
+
 def _cmd_leaderboard(args) -> int:
     from . import leaderboard
     from .store import Store
 
     store = Store.open_existing(Path(args.dir))
+    published_path = Path(args.dir) / "published.csv"
+    published = leaderboard.read_published(published_path) if published_path.is_file() else None
     try:
-        print(leaderboard.markdown(leaderboard.frame(store.cells())))
+        print(leaderboard.markdown(leaderboard.frame(store.cells()), published=published))
     finally:
         store.close()
     return 0
@@ -82,7 +153,8 @@ def main(argv=None) -> int:
 
     warnings.formatwarning = _warning_line
     args = _parser().parse_args(argv)
-    handler = {"run": _cmd_run, "plugins": _cmd_plugins, "leaderboard": _cmd_leaderboard}[args.command]
+    handler = {"run": _cmd_run, "plugins": _cmd_plugins, "data": _cmd_data,
+               "leaderboard": _cmd_leaderboard}[args.command]
     try:
         return handler(args)
     except (UserError, PluginError) as exc:

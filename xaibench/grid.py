@@ -17,7 +17,7 @@ import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 import pydantic
 import yaml
@@ -129,6 +129,7 @@ class Grid(pydantic.BaseModel):
     protocol: Protocol = Protocol()
     executor: ComponentSpec = ComponentSpec(name="local")
     device: str = "auto"
+    published: Optional[str] = None  # CSV of published numbers (dataset, mask, alpha, accuracy), relative to the grid
 
     @pydantic.field_validator("seeds")
     @classmethod
@@ -284,6 +285,12 @@ def parse_grid(text: str, path: str = "<grid>", registry=None) -> Grid:
                     problems.append(f"{source.where(loc, key=unknown)}: {_readable_loc(loc)}: {choice.name}: {msg}")
             except UserError as exc:
                 problems.append(f"{source.where(base + ('name',))}: {_readable_loc(base)}: {exc}")
+    if grid.published is not None:
+        published = (Path(path).parent / grid.published).resolve()
+        if not published.is_file():
+            problems.append(f"{source.where(('published',))}: published: file {str(published)!r} does not exist")
+        else:
+            grid.published = str(published)
     if problems:
         unique = list(dict.fromkeys(problems))
         raise GridError("invalid grid:\n  " + "\n  ".join(unique))

@@ -39,29 +39,65 @@ def _fmt(value, scale, digits):
     return f"{value * scale:.{digits}f}"
 
 
-def _layout(df: pd.DataFrame, metric: str, scale: float, digits: int) -> str:
-    """Masks as columns, ensemble rows sorted by α, the baseline row last; mean over seeds."""
+def _name(label: str) -> str:
+    return str(label).split("(", 1)[0]
+
+
+def read_published(path) -> pd.DataFrame:
+    """Published numbers: columns dataset, mask (``none`` for the baseline), alpha, accuracy (%)."""
+    table = pd.read_csv(path)
+    missing = {"dataset", "mask", "alpha", "accuracy"} - set(table.columns)
+    if missing:
+        from .errors import UserError
+
+        raise UserError(f"published table {str(path)!r} lacks the columns {sorted(missing)}")
+    return table
+
+
+def _published_lookup(published: pd.DataFrame | None, dataset: str):
+    """``(mask name, alpha) -> published accuracy in %`` for one dataset, or None."""
+    if published is None:
+        return None
+    rows = published[published["dataset"] == _name(dataset)]
+    if rows.empty:
+        return None
+    return {(str(r["mask"]), round(float(r["alpha"]), 6)): float(r["accuracy"]) for _, r in rows.iterrows()}
+
+
+def _layout(df: pd.DataFrame, metric: str, scale: float, digits: int, published: dict | None = None) -> str:
+    """Masks as columns, ensemble rows sorted by α, the baseline row last; mean over seeds.
+
+    With ``published`` each cell reads ``reproduced / published (Δ)`` where a published number exists."""
     done = df[df["status"] == "done"]
     masks = [m for m in dict.fromkeys(df["mask"]) if m != "none"]
     rows = [e for e in dict.fromkeys(df.sort_values("alpha", kind="stable")["ensemble"]) if e != "baseline"]
     alpha_of = dict(zip(df["ensemble"], df["alpha"]))
+
+    def cell(values, mask, alpha):
+        mean = values.mean() if len(values) else None
+        text = _fmt(mean, scale, digits)
+        paper = (published or {}).get((_name(mask), round(float(alpha), 6)))
+        if paper is None:
+            return text
+        delta = "—" if mean is None or math.isnan(mean) else f"{mean * scale - paper:+.{digits}f}"
+        return f"{text} / {paper:.{digits}f} ({delta})"
+
     header = "| | " + " | ".join(masks or ["raw"]) + " |"
     lines = [header, "|" + "---|" * (len(masks or ["raw"]) + 1)]
     for ensemble in rows:
         cells = []
         for mask in masks:
             sel = done[(done["ensemble"] == ensemble) & (done["mask"] == mask)][metric].astype(float)
-            cells.append(_fmt(sel.mean() if len(sel) else None, scale, digits))
+            cells.append(cell(sel, mask, alpha_of[ensemble]))
         lines.append(f"| {_row_label(ensemble, alpha_of[ensemble])} | " + " | ".join(cells) + " |")
     base = done[done["ensemble"] == "baseline"][metric].astype(float)
     if len(df[df["ensemble"] == "baseline"]):
         filler = [""] * (max(len(masks), 1) - 1)
-        lines.append("| Baseline | " + " | ".join([_fmt(base.mean() if len(base) else None, scale, digits)] + filler)
-                     + " |")
+        lines.append("| Baseline | " + " | ".join([cell(base, "none", 1.0)] + filler) + " |")
     return "\n".join(lines)
 
 
-def markdown(df: pd.DataFrame, title: str = "xaibench leaderboard") -> str:
+def markdown(df: pd.DataFrame, title: str = "xaibench leaderboard", published: pd.DataFrame | None = None) -> str:
     parts = [f"# {title}", ""]
     failed = int((df["status"] != "done").sum())
     parts.append(f"{len(df)} cells, {failed} failed. Values are means over seeds; accuracy is measured on raw "
@@ -71,7 +107,9 @@ def markdown(df: pd.DataFrame, title: str = "xaibench leaderboard") -> str:
         parts += ["", f"## {dataset} · {backbone}", "",
                   f"Seeds: {', '.join(map(str, seeds))}.", ""]
         models = group.drop_duplicates(["seed", "mask", "ensemble"])
-        parts += ["### Accuracy (%)", "", _layout(models, "accuracy", 100, 2)]
+        paper = _published_lookup(published, dataset)
+        heading = "### Accuracy (%)" + (" · reproduced / published (Δ)" if paper else "")
+        parts += [heading, "", _layout(models, "accuracy", 100, 2, paper)]
         for explainer, sub in group[group["explainer"] != ""].groupby("explainer", sort=False):
             explained = sub.drop_duplicates(["seed", "mask", "ensemble"])
             parts += ["", f"### Explanation Jaccard vs ground-truth masks · {explainer}", "",
@@ -88,10 +126,11 @@ def markdown(df: pd.DataFrame, title: str = "xaibench leaderboard") -> str:
     return "\n".join(parts) + "\n"
 
 
-def write(out_dir: Path, rows: list[dict], title: str = "xaibench leaderboard") -> tuple[Path, Path]:
+def write(out_dir: Path, rows: list[dict], title: str = "xaibench leaderboard",
+          published: pd.DataFrame | None = None) -> tuple[Path, Path]:
     df = frame(rows)
     md_path, csv_path = Path(out_dir) / "leaderboard.md", Path(out_dir) / "leaderboard.csv"
-    _atomic_write(md_path, markdown(df, title))
+    _atomic_write(md_path, markdown(df, title, published))
     _atomic_write(csv_path, df.to_csv(index=False))
     return md_path, csv_path
 

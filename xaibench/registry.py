@@ -60,20 +60,13 @@ class Component:
         }
 
 
-def _params_model(component: Component) -> type[pydantic.BaseModel]:
-    """A pydantic model of the factory's keyword parameters (annotations become validators)."""
+def signature_model(fn: Callable, title: str) -> type[pydantic.BaseModel]:
+    """A pydantic model of ``fn``'s keyword parameters: annotations validate, defaults fill in.
+
+    ``fn`` is a class (its ``__init__``) or a function; raises ``TypeError`` if it has no signature."""
+    signature = inspect.signature(fn)
     try:
-        signature = inspect.signature(component.factory)
-    except (TypeError, ValueError) as exc:  # builtins without a signature
-        raise PluginError(
-            f"{component.kind} {component.name!r} from plugin {component.plugin!r}: factory has no "
-            f"inspectable signature ({exc}); register a class or function with keyword parameters"
-        ) from None
-    try:
-        hints = typing.get_type_hints(
-            component.factory.__init__ if inspect.isclass(component.factory) else component.factory,
-            include_extras=True,
-        )
+        hints = typing.get_type_hints(fn.__init__ if inspect.isclass(fn) else fn, include_extras=True)
     except Exception:
         hints = {}
     fields: dict[str, Any] = {}
@@ -84,11 +77,34 @@ def _params_model(component: Component) -> type[pydantic.BaseModel]:
             continue
         if param.kind is param.VAR_POSITIONAL:
             continue
-        annotation = hints.get(name, Any)
         default = ... if param.default is param.empty else param.default
-        fields[name] = (annotation, default)
+        fields[name] = (hints.get(name, Any), default)
     config = pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=())
-    return pydantic.create_model(f"{component.kind}:{component.name}", __config__=config, **fields)
+    return pydantic.create_model(title, __config__=config, **fields)
+
+
+def validate_keywords(model: type[pydantic.BaseModel], params: dict | None) -> dict:
+    """``params`` checked and coerced by ``model``; only the keys given (defaults stay the callee's).
+
+    Raises ``ComponentParamsError`` listing each bad parameter."""
+    try:
+        validated = model.model_validate(params or {})
+    except pydantic.ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(parameters)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown parameter (accepted: {', '.join(model.model_fields) or 'none'})"
+            elif err["type"] == "missing":
+                msg = "required parameter is missing"
+            problems.append((where, msg))
+        raise ComponentParamsError(problems) from None
+    given = set((params or {}).keys())
+    out = {k: getattr(validated, k) for k in model.model_fields if k in given}
+    if validated.model_extra:
+        out.update(validated.model_extra)
+    return out
 
 
 def closest(name: str, choices) -> str | None:
@@ -215,25 +231,14 @@ class Registry:
         component = self.get(kind, name)
         key = (kind, name)
         if key not in self._param_models:
-            self._param_models[key] = _params_model(component)
-        model = self._param_models[key]
-        try:
-            validated = model.model_validate(params or {})
-        except pydantic.ValidationError as exc:
-            problems = []
-            for err in exc.errors():
-                where = ".".join(str(p) for p in err["loc"]) or "(parameters)"
-                msg = err["msg"]
-                if err["type"] == "extra_forbidden":
-                    accepted = ", ".join(model.model_fields) or "none"
-                    msg = f"unknown parameter (accepted: {accepted})"
-                problems.append((where, msg))
-            raise ComponentParamsError(problems) from None
-        given = set((params or {}).keys())
-        out = {k: getattr(validated, k) for k in model.model_fields if k in given}
-        if validated.model_extra:
-            out.update(validated.model_extra)
-        return out
+            try:
+                self._param_models[key] = signature_model(component.factory, f"{kind}:{name}")
+            except (TypeError, ValueError) as exc:
+                raise PluginError(
+                    f"{kind} {name!r} from plugin {component.plugin!r}: factory has no inspectable signature "
+                    f"({exc}); register a class or function with keyword parameters"
+                ) from None
+        return validate_keywords(self._param_models[key], params)
 
     def create(self, kind: str, name: str, /, **params):
         """Build a component: validate ``params`` then call the factory with them as keywords."""

@@ -175,7 +175,12 @@ def run(grid_path, out_dir, *, dry_run: bool = False, registry=None, progress: b
         store.record_cells(rows)
         current = {cp.cell.cell_id for cp in plan.cells}
         cell_rows = [c for c in store.cells() if c["cell_id"] in current]
-        md_path, csv_path = leaderboard.write(out_dir, cell_rows, title=f"xaibench leaderboard: {grid.name}")
+        published = None
+        if grid.published:
+            shutil.copyfile(grid.published, out_dir / "published.csv")
+            published = leaderboard.read_published(out_dir / "published.csv")
+        md_path, csv_path = leaderboard.write(out_dir, cell_rows, title=f"xaibench leaderboard: {grid.name}",
+                                              published=published)
         summary = {
             "grid": grid.name,
             "cells": len(plan.cells),

@@ -1,0 +1,66 @@
+"""Dataset-level operations behind ``xaibench data``: ``info``, ``fetch`` and ``prepare``.
+
+They work on any registered dataset through optional methods of the dataset contract:
+``fetch()`` downloads the data to the dataset's root; a ``prepare(**options)`` static method builds a
+dataset folder from raw sources; ``describe()`` adds dataset-specific facts to ``info``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from .errors import UserError
+from .registry import get_registry, signature_model, validate_keywords
+
+
+def info(name: str, params: dict, registry=None) -> dict:
+    """Counts per split and class, how many samples have masks, and the image sizes seen."""
+    registry = registry or get_registry()
+    dataset = registry.create("datasets", name, **params)
+    if hasattr(dataset, "check"):
+        dataset.check()
+    classes = list(dataset.classes)
+    out: dict = {"dataset": name, "params": params, "classes": classes, "splits": {}}
+    sizes: Counter = Counter()
+    for split in ("train", "val", "test"):
+        samples = list(dataset.split(split))
+        per_class = Counter(classes[int(s.label)] for s in samples)
+        sizes.update(f"{s.image.shape[1]}x{s.image.shape[0]}" for s in samples)
+        out["splits"][split] = {
+            "samples": len(samples),
+            "per_class": {c: per_class.get(c, 0) for c in classes},
+            "with_mask": sum(s.mask is not None for s in samples),
+            "mask_foreground_fraction": float(np.mean([s.mask.mean() for s in samples if s.mask is not None]))
+            if any(s.mask is not None for s in samples) else None,
+        }
+    out["image_sizes"] = dict(sizes)
+    out["fingerprint"] = dataset.fingerprint()
+    if hasattr(dataset, "describe"):
+        out["details"] = dataset.describe()
+    return out
+
+
+def fetch(name: str, params: dict, registry=None):
+    registry = registry or get_registry()
+    dataset = registry.create("datasets", name, **params)
+    if not hasattr(dataset, "fetch"):
+        raise UserError(f"dataset {name!r} has nothing to download (it defines no fetch())")
+    return dataset.fetch()
+
+
+def prepare(name: str, options: dict, registry=None):
+    """Call the dataset's ``prepare`` with ``options`` validated against its signature."""
+    registry = registry or get_registry()
+    factory = registry.get("datasets", name).factory
+    prepare_fn = getattr(factory, "prepare", None)
+    if prepare_fn is None:
+        raise UserError(f"dataset {name!r} needs no preparation (it defines no prepare())")
+    model = signature_model(prepare_fn, f"{name}.prepare")
+    try:
+        options = validate_keywords(model, options)
+    except UserError as exc:
+        flags = ", ".join("--" + f.replace("_", "-") for f in model.model_fields if f != "progress")
+        raise UserError(f"data prepare {name}: {exc} (options: {flags})") from None
+    return prepare_fn(**options)
