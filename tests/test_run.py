@@ -109,3 +109,14 @@ def test_different_seeds_train_different_models(run_grid):
 
     weights = [load_file(str(p)) for p in sorted((run_grid.out / "cache" / "models").glob("*.safetensors"))]
     assert not np.array_equal(weights[0]["net.fc.weight"], weights[1]["net.fc.weight"])
+
+
+def test_a_second_run_on_the_same_folder_is_refused(run_grid, capsys):
+    import fcntl
+
+    run_grid.out.mkdir(parents=True)
+    with open(run_grid.out / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, summary = run_grid(GRID)
+    assert code == 2 and summary is None
+    assert "another xaibench run is using" in capsys.readouterr().err

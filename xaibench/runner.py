@@ -153,6 +153,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, registry=None, progress: b
     out_dir = Path(out_dir)
     store = Store(out_dir)
     try:
+        store.lock()
         shutil.copyfile(grid_path, out_dir / "grid.yaml")
         runner = StageRunner(store, registry, device=grid.device, progress=progress)
         try:

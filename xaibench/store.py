@@ -73,8 +73,28 @@ class Store:
             raise UserError(f"{str(root)!r} holds no xaibench results (no store.sqlite); pass a run's --out folder")
         return cls(root)
 
+    def lock(self) -> None:
+        """Hold the run directory for this process; a second ``xaibench run`` on it is refused."""
+        import fcntl
+
+        from .errors import UserError
+
+        self._lock = open(self.root / ".lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise UserError(f"another xaibench run is using {str(self.root)!r}; wait for it to finish or "
+                            "choose another --out folder") from None
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+
     def close(self):
         self.db.close()
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()
+            self._lock = None
 
     # -- stages --------------------------------------------------------------------------------------
     def artifact(self, kind: str, key: str, suffix: str) -> Path:
