@@ -60,6 +60,15 @@ def test_tiny_run_writes_results_and_a_rerun_trains_nothing(run_grid, capsys):
     # alpha = 1 is the raw model alone, whatever the mask
     assert np.allclose(table[table["alpha"] == 1.0]["accuracy"], baseline)
 
+    from PIL import Image
+
+    assert first["figures"] == ["figures/fig1_masks_synthetic.png",
+                                "figures/fig2_synthetic_gradcam_top-k_random-walker.png"]
+    with Image.open(run_grid.out / first["figures"][0]) as fig1:  # raw + 2 masks; 3 annotated tiles
+        assert fig1.size == (round(2.2 * 3 * 100), round(2.2 * 3 * 100))
+    with Image.open(run_grid.out / first["figures"][1]) as fig2:  # baseline + 2 masks; 4 test tiles
+        assert fig2.size == (round(2.4 * 3 * 100), round(2.4 * 4 * 100))
+
     markdown = (run_grid.out / "leaderboard.md").read_text()
     assert "| | white | blur |" in markdown and "| α=0.5 |" in markdown and "| Baseline |" in markdown
     assert "cells: 5 done, 0 failed" in capsys.readouterr().out

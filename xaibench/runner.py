@@ -180,6 +180,9 @@ def run(grid_path, out_dir, *, dry_run: bool = False, registry=None, progress: b
         if grid.published:
             shutil.copyfile(grid.published, out_dir / "published.csv")
             published = leaderboard.read_published(out_dir / "published.csv")
+        from .figures import write_run_figures
+
+        figures = write_run_figures(plan, runner, arrays, registry, out_dir)
         md_path, csv_path = leaderboard.write(out_dir, cell_rows, title=f"xaibench leaderboard: {grid.name}",
                                               published=published)
         summary = {
@@ -194,6 +197,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, registry=None, progress: b
             "platform": platform.platform(),
             "plugins": registry.describe(),
             "leaderboard": [md_path.name, csv_path.name],
+            "figures": [str(p.relative_to(out_dir)) for p in figures],
         }
         tmp = out_dir / "run.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,156 @@
+"""Figures of a run, written as PNG files under ``DIR/figures/``.
+
+- ``fig1_masks.png``: the paper's Fig. 1, every mask of the grid applied to a few annotated training tiles.
+- ``fig2_<dataset>_<chain>.png``: the paper's Fig. 2 style overlays, per dataset and
+  explainer → seeder → segmenter chain: rows are test tiles, columns the baseline and each masked
+  ensemble; each panel shows the tile, the saliency heat map, the seed points as green stars, the
+  predicted mask's contour (yellow) and the ground-truth contour (cyan).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")[:80]
+
+
+def fig1_masks(images: np.ndarray, masks: np.ndarray, mask_fns: dict, path: Path) -> Path:
+    """``images`` uint8 (N, H, W, 3) with ``masks`` bool (N, H, W); ``mask_fns`` name → Mask component."""
+    import torch
+
+    from .training import to_tensor
+
+    plt = _pyplot()
+    x = to_tensor(images)
+    fg = torch.from_numpy(masks)[:, None]
+    columns = {"raw": x, **{name: fn(x, fg) for name, fn in mask_fns.items()}}
+    fig, axes = plt.subplots(len(images), len(columns), figsize=(2.2 * len(columns), 2.2 * len(images)),
+                             squeeze=False)
+    for col, (name, batch) in enumerate(columns.items()):
+        for row in range(len(images)):
+            ax = axes[row, col]
+            ax.imshow(batch[row].permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def fig2_overlays(panels: list[dict], columns: list[str], rows: int, title: str, path: Path) -> Path:
+    """``panels``: dicts with row, column (name), image uint8 (H, W, 3), saliency float (H, W),
+    points float (N, 2) as (x, y), labels (N,), prediction bool (H, W) or None, truth bool (H, W)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2.4 * len(columns), 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for panel in panels:
+        ax = axes[panel["row"], columns.index(panel["column"])]
+        ax.imshow(panel["image"])
+        ax.imshow(panel["saliency"], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        if panel["truth"].any():
+            ax.contour(panel["truth"].astype(float), levels=[0.5], colors="cyan", linewidths=1)
+        if panel.get("prediction") is not None and panel["prediction"].any():
+            ax.contour(panel["prediction"].astype(float), levels=[0.5], colors="yellow", linewidths=1)
+        points, labels = panel["points"], panel["labels"]
+        if len(points):
+            pos = points[labels == 1]
+            neg = points[labels == 0]
+            ax.scatter(pos[:, 0], pos[:, 1], marker="*", s=120, c="lime", edgecolors="black", linewidths=0.5)
+            if len(neg):
+                ax.scatter(neg[:, 0], neg[:, 1], marker="x", s=50, c="red")
+        if panel["row"] == 0:
+            ax.set_title(panel["column"], fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_run_figures(plan, runner, arrays, registry, out_dir: Path, *, n_images: int = 4) -> list[Path]:
+    """Fig. 1 per dataset and Fig. 2 per dataset and chain, from cached artifacts of finished cells."""
+    written = []
+    figures = Path(out_dir) / "figures"
+    done = [cp for cp in plan.cells if all(runner.artifact_exists(plan.stages[k]) for k in cp.keys)]
+    by_data: dict[str, list] = {}
+    for cp in done:
+        by_data.setdefault(cp.data, []).append(cp)
+    used: set[str] = set()
+
+    def unique(stem: str) -> Path:
+        name, n = _slug(stem), 1
+        while name in used:
+            n += 1
+            name = f"{_slug(stem)}_{n}"
+        used.add(name)
+        return figures / f"{name}.png"
+
+    for data_key, cells in by_data.items():
+        dataset = cells[0].cell.labels()["dataset"]
+        dataset_name = cells[0].cell.dataset.name
+        train = runner.data(data_key, "train")
+        annotated = np.flatnonzero(train["has_mask"])[:3]
+        masks = {cp.cell.mask.label: cp.cell.mask for cp in cells if cp.cell.mask is not None}
+        if len(annotated) and masks:
+            fns = {label: registry.create("masks", m.name, **m.params) for label, m in masks.items()}
+            written.append(fig1_masks(train["images"][annotated], train["masks"][annotated], fns,
+                                      unique(f"fig1_masks_{dataset_name}")))
+        test = runner.data(data_key, "test")
+        seed = min(cp.cell.seed for cp in cells)
+        chains: dict[tuple, list] = {}
+        for cp in cells:
+            if cp.explain and cp.cell.seed == seed and cp.cell.backbone == cells[0].cell.backbone:
+                chains.setdefault((cp.cell.explainer, cp.cell.seeder, cp.cell.segmenter), []).append(cp)
+        for chain, chain_cells in chains.items():
+            # one column per model variant: the baseline and, per mask, its lowest alpha
+            columns: dict[str, object] = {}
+            for cp in sorted(chain_cells, key=lambda c: (c.cell.mask is not None, c.cell.labels()["alpha"])):
+                name = "baseline" if cp.cell.mask is None else f"{cp.cell.mask.label} α={cp.cell.labels()['alpha']:g}"
+                key = cp.cell.mask.label if cp.cell.mask else "baseline"
+                if key not in {k for k, _ in columns.values()}:
+                    columns[name] = (key, cp)
+            panels = []
+            for column, (_, cp) in columns.items():
+                explained = arrays("explain", cp.explain)
+                seeds = arrays("seeds", cp.seeds) if cp.seeds else None
+                segmented = None
+                if cp.segment:
+                    seg = arrays("segment", cp.segment)
+                    segmented = np.unpackbits(seg["masks"], axis=-1, count=int(seg["width"])).astype(bool)
+                for row in range(min(n_images, len(explained["index"]))):
+                    i = explained["index"][row]
+                    keep = seeds["labels"][row] >= 0 if seeds else np.zeros(0, bool)
+                    panels.append({
+                        "row": row, "column": column, "image": test["images"][i],
+                        "saliency": explained["maps"][row].astype(np.float32), "truth": test["masks"][i],
+                        "points": seeds["points"][row][keep] if seeds else np.zeros((0, 2)),
+                        "labels": seeds["labels"][row][keep] if seeds else np.zeros(0),
+                        "prediction": segmented[row] if segmented is not None else None,
+                    })
+            rows = max((p["row"] for p in panels), default=-1) + 1
+            if rows:
+                title = f"{dataset} · {' → '.join(c.label for c in chain if c)}"
+                stem = "_".join(["fig2", dataset_name] + [c.name for c in chain if c])
+                written.append(fig2_overlays(panels, list(columns), rows, title, unique(stem)))
+    return written
