@@ -1,39 +1,73 @@
+import numpy as np
 import pandas as pd
+import pytest
 
 from xaibench import leaderboard
+from xaibench.store import save_arrays
 
 
-def _rows():
-    rows = []
-    for seed, (base, mixed) in enumerate([(0.70, 0.80), (0.72, 0.84)]):
-        common = {"dataset": "kahikatea(image_size=224)", "backbone": "resnet18", "seed": seed,
-                  "explainer": "gradcam", "seeder": "", "segmenter": "", "status": "done", "jaccard": 0.5}
-        rows.append({**common, "mask": "none", "ensemble": "baseline", "alpha": 1.0, "accuracy": base})
-        rows.append({**common, "mask": "median", "ensemble": "logit-mix(alpha=0.9)", "alpha": 0.9,
-                     "accuracy": mixed})
-    return rows
+@pytest.fixture
+def cells(tmp_path):
+    """Two seeds of a baseline and a median-masked ensemble on 10 test images, with per-image files."""
+    correct = {
+        ("baseline", 0): [1, 1, 1, 1, 1, 1, 1, 0, 0, 0],  # 70%
+        ("baseline", 1): [1, 1, 1, 1, 1, 1, 1, 1, 0, 0],  # 80%
+        ("median", 0): [1, 1, 1, 1, 1, 1, 1, 1, 1, 0],  # 90%: c = 2, b = 0
+        ("median", 1): [1, 1, 1, 1, 1, 1, 1, 1, 1, 1],  # 100%: c = 2, b = 0
+    }
+    rows, files = [], {}
+    for (variant, seed), values in correct.items():
+        cell_id = f"{variant}-{seed}"
+        rows.append({"cell_id": cell_id, "dataset": "kahikatea(image_size=224)", "backbone": "resnet18",
+                     "seed": seed, "explainer": "", "seeder": "", "segmenter": "", "status": "done",
+                     "mask": "none" if variant == "baseline" else "median",
+                     "ensemble": "baseline" if variant == "baseline" else "logit-mix(alpha=0.9)",
+                     "alpha": 1.0 if variant == "baseline" else 0.9, "accuracy": float(np.mean(values))})
+        files[cell_id] = tmp_path / f"{cell_id}.npz"
+        save_arrays(files[cell_id], correct=np.array(values, dtype=bool), ids=np.arange(10).astype(str))
+    df = leaderboard.frame(rows)
+    return df, files
 
 
-def test_table_one_layout_averages_seeds():
-    text = leaderboard.markdown(leaderboard.frame(_rows()))
-    assert "| | median |" in text
-    assert "| α=0.9 | 82.00 |" in text
-    assert "| Baseline | 71.00 |" in text
+def test_summary_has_seed_means_cis_spread_and_mcnemar(cells):
+    df, files = cells
+    summary = leaderboard.summarise(df, files).set_index("mask")
+    median = summary.loc["median"]
+    assert median["accuracy"] == pytest.approx(0.95)
+    assert median["accuracy_seed_sd"] == pytest.approx(np.std([0.9, 1.0], ddof=1))
+    assert median["accuracy_ci_low"] <= 0.95 <= median["accuracy_ci_high"] <= 1.0
+    assert (median["n_seeds"], median["seeds_expected"], bool(median["complete"])) == (2, 2, True)
+    # b = 0, c = 4 pooled over seeds: exact two-sided p = 2 * 0.5**4
+    assert (median["mcnemar_b"], median["mcnemar_c"]) == (0, 4)
+    assert median["mcnemar_p"] == pytest.approx(0.125)
+    assert pd.isna(summary.loc["none"].get("mcnemar_p"))
+
+
+def test_table_one_layout_and_detail(cells):
+    df, files = cells
+    text = leaderboard.markdown(df, leaderboard.summarise(df, files))
+    assert "|  | median |" in text
+    assert "| α=0.9 | 95.00 [" in text and "| Baseline | 75.00 [" in text
+    assert "| median | α=0.9 | 95.00 |" in text and "| 2/2 | 0.125 (0/4) |" in text
     assert "Seeds: 0, 1." in text
 
 
-def test_published_numbers_sit_beside_reproduced_ones():
+def test_published_numbers_sit_beside_reproduced_ones(cells):
+    df, files = cells
     published = pd.DataFrame({"dataset": ["kahikatea", "kahikatea", "other"], "mask": ["median", "none", "none"],
                               "alpha": [0.9, 1.0, 1.0], "accuracy": [82.14, 76.91, 50.0]})
-    text = leaderboard.markdown(leaderboard.frame(_rows()), published=published)
+    text = leaderboard.markdown(df, leaderboard.summarise(df, files), published=published)
     assert "reproduced / published (Δ)" in text
-    assert "| α=0.9 | 82.00 / 82.14 (-0.14) |" in text
-    assert "| Baseline | 71.00 / 76.91 (-5.91) |" in text
+    assert "/ 82.14 (+12.86) |" in text and "/ 76.91 (-1.91) |" in text
 
 
-def test_failed_cells_are_listed_not_averaged():
-    rows = _rows()
-    rows[3].update(status="failed", accuracy=None, error="RuntimeError: boom")
-    text = leaderboard.markdown(leaderboard.frame(rows))
-    assert "| α=0.9 | 80.00 |" in text
+def test_missing_seeds_are_marked_and_failures_listed(cells):
+    df, files = cells
+    df.loc[df["cell_id"] == "median-1", ["status", "error"]] = ["failed", "RuntimeError: boom"]
+    summary = leaderboard.summarise(df, files)
+    median = summary.set_index("mask").loc["median"]
+    assert (median["n_seeds"], bool(median["complete"])) == (1, False)
+    assert median["accuracy"] == pytest.approx(0.9)
+    text = leaderboard.markdown(df, summary)
+    assert "†1/2 seeds" in text
     assert "## Failed cells" in text and "RuntimeError: boom" in text

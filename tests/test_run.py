@@ -31,6 +31,42 @@ finetune: {epochs: 1, batch_size: 8}
 """
 
 
+def _check_report(path, figures):
+    """The report parses as HTML, holds every table, and embeds every figure (no external resource)."""
+    from html.parser import HTMLParser
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.images, self.headings = [], [], []
+            self._heading = None
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            if tag == "img":
+                self.images.append(dict(attrs)["src"])
+            if tag in ("h2", "h3", "h4"):
+                self._heading = ""
+
+        def handle_data(self, data):
+            if self._heading is not None:
+                self._heading += data
+
+        def handle_endtag(self, tag):
+            if tag in ("h2", "h3", "h4") and self._heading is not None:
+                self.headings.append(self._heading)
+                self._heading = None
+
+    parser = Collect()
+    parser.feed(path.read_text())
+    # accuracy, its detail, Jaccard, segmentation IoU, plugins
+    assert parser.tags.count("table") == 5
+    assert len(parser.images) == figures and all(src.startswith("data:image/png;base64,") for src in parser.images)
+    assert {"Figures", "Grid", "Plugins", "Machine"} <= set(parser.headings)
+    assert any(h.startswith("Accuracy (%)") for h in parser.headings)
+    assert "http://" not in path.read_text() and "https://" not in path.read_text()
+
+
 @pytest.fixture
 def run_grid(registry, write_grid, tmp_path):
     out = tmp_path / "run"
@@ -63,15 +99,17 @@ def test_tiny_run_writes_results_and_a_rerun_trains_nothing(run_grid, capsys):
     from PIL import Image
 
     assert first["figures"] == ["figures/fig1_masks_synthetic.png",
-                                "figures/fig2_synthetic_gradcam_top-k_random-walker.png"]
+                                "figures/fig2_synthetic_gradcam_top-k_random-walker.png",
+                                "figures/accuracy_vs_alpha_synthetic_resnet18.png"]
     with Image.open(run_grid.out / first["figures"][0]) as fig1:  # raw + 2 masks; 3 annotated tiles
         assert fig1.size == (round(2.2 * 3 * 100), round(2.2 * 3 * 100))
     with Image.open(run_grid.out / first["figures"][1]) as fig2:  # baseline + 2 masks; 4 test tiles
         assert fig2.size == (round(2.4 * 3 * 100), round(2.4 * 4 * 100))
 
     markdown = (run_grid.out / "leaderboard.md").read_text()
-    assert "| | white | blur |" in markdown and "| α=0.5 |" in markdown and "| Baseline |" in markdown
+    assert "|  | white | blur |" in markdown and "| α=0.5 |" in markdown and "| Baseline |" in markdown
     assert "cells: 5 done, 0 failed" in capsys.readouterr().out
+    _check_report(run_grid.out / "report.html", figures=3)
 
     code, second = run_grid(GRID)
     assert code == 0

@@ -47,8 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("name")
     prepare.add_argument("options", nargs=argparse.REMAINDER, help="--option value ...")
 
-    board = sub.add_parser("leaderboard", help="print the leaderboard of a run directory")
-    board.add_argument("dir", help="a run directory written by 'xaibench run'")
+    board = sub.add_parser("leaderboard", help="rebuild the leaderboard of one or more run directories")
+    board.add_argument("dirs", nargs="+", metavar="DIR", help="run directories written by 'xaibench run' (merged)")
+    board.add_argument("--format", choices=["md", "csv", "latex", "html"], default="md")
+    board.add_argument("--output", help="write to this file instead of printing")
     return parser
 
 
@@ -59,11 +61,15 @@ def _cmd_run(args) -> int:
     summary = run(args.grid, out, dry_run=args.dry_run, progress=not args.quiet)
     if args.dry_run:
         return 0
-    print((out / "leaderboard.md").read_text())
+    from . import leaderboard
+
+    df, files, published = leaderboard.load_runs([out])
+    print(leaderboard.markdown(df, leaderboard.summarise(df, files), f"xaibench: {summary['grid']}", published,
+                               brief=True))
     print(f"cells: {summary['cells_done']} done, {summary['cells_failed']} failed of {summary['cells']}; "
           f"trainings: {summary['trainings_run']} run, {summary['trainings_reused']} reused; "
           f"{summary['wall_s']:.1f} s on {summary['device']}")
-    print(f"results: {out / 'leaderboard.md'}, {out / 'leaderboard.csv'}, {out / 'run.json'}")
+    print(f"results: {out / 'leaderboard.md'}, {out / 'report.html'}, {out / 'run.json'}, {out / 'figures'}/")
     return 1 if summary["cells_failed"] else 0
 
 
@@ -132,15 +138,13 @@ def _cmd_data(args) -> int:
 
 def _cmd_leaderboard(args) -> int:
     from . import leaderboard
-    from .store import Store
 
-    store = Store.open_existing(Path(args.dir))
-    published_path = Path(args.dir) / "published.csv"
-    published = leaderboard.read_published(published_path) if published_path.is_file() else None
-    try:
-        print(leaderboard.markdown(leaderboard.frame(store.cells()), published=published))
-    finally:
-        store.close()
+    text = leaderboard.render(args.dirs, args.format)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"written: {args.output}")
+    else:
+        print(text)
     return 0
 
 

@@ -154,3 +154,63 @@ def write_run_figures(plan, runner, arrays, registry, out_dir: Path, *, n_images
                 stem = "_".join(["fig2", dataset_name] + [c.name for c in chain if c])
                 written.append(fig2_overlays(panels, list(columns), rows, title, unique(stem)))
     return written
+
+
+ALPHA_STEP = 0.05
+
+
+def accuracy_vs_alpha(plan, runner, arrays, registry, out_dir: Path, *, step: float = ALPHA_STEP) -> list[Path]:
+    """Per dataset and backbone: test accuracy of each mask's ensemble against α from 0 to 1 in ``step``
+    (mean over seeds), from cached logits; only ensemble rules with an ``alpha`` parameter are swept."""
+    import torch
+
+    from .metrics import accuracy
+
+    alphas = np.round(np.arange(0.0, 1.0 + step / 2, step), 6)
+    groups: dict[tuple, dict] = {}
+    for cp in plan.cells:
+        ensemble = cp.cell.ensemble
+        if ensemble is None or "alpha" not in ensemble.params or cp.masked_logits is None:
+            continue
+        if not (runner.artifact_exists(plan.stages[cp.raw_logits]) and runner.artifact_exists(plan.stages[cp.masked_logits])):
+            continue
+        key = (cp.data, cp.cell.dataset.name, cp.cell.backbone.label)
+        rule = {k: v for k, v in ensemble.params.items() if k != "alpha"}
+        groups.setdefault(key, {})[(cp.cell.mask.label, ensemble.name, json_key(rule), cp.cell.seed)] = (
+            cp.raw_logits, cp.masked_logits, ensemble.name, rule)
+    written = []
+    plt = _pyplot()
+    for (data_key, dataset_name, backbone), entries in groups.items():
+        labels = runner.data(data_key, "test")["labels"]
+        curves: dict[str, list] = {}
+        baseline: dict[int, float] = {}
+        for (mask, _, _, seed), (raw_key, masked_key, name, rule) in entries.items():
+            raw = torch.from_numpy(arrays("logits", raw_key)["test"])
+            masked = torch.from_numpy(arrays("logits", masked_key)["test"])
+            baseline[seed] = accuracy(raw.numpy(), labels)
+            curve = [accuracy(registry.create("ensembles", name, **rule, alpha=float(a))(raw, masked).numpy(), labels)
+                     for a in alphas]
+            curves.setdefault(mask, []).append(curve)
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for mask, seed_curves in curves.items():
+            ax.plot(alphas, 100 * np.mean(seed_curves, axis=0), marker=".", label=mask)
+        ax.axhline(100 * np.mean(list(baseline.values())), color="black", linestyle="--", label="baseline")
+        ax.set_xlabel("α (weight of the raw-image model)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{dataset_name} · {backbone} · mean over {len(baseline)} seed(s)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = Path(out_dir) / "figures" / _slug(f"accuracy_vs_alpha_{dataset_name}_{backbone}")
+        path = path.with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def json_key(value) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)

@@ -1,45 +1,68 @@
-"""Leaderboard tables from the cell records of one or more run stores.
+"""Leaderboards from the cell records of one or more run directories (nothing is recomputed).
 
-``leaderboard.csv`` is the long form (one row per cell, one column per metric); ``leaderboard.md`` shows,
-per dataset and backbone, the paper's Table I layout: masks as columns, ensemble settings (α) as rows and
-a baseline row, for accuracy, explanation Jaccard and segmentation IoU.
+- ``leaderboard.csv``: the long form, one row per cell (dataset/backbone/seed/mask/ensemble/explainer/
+  seeder/segmenter), one column per metric.
+- ``leaderboard_summary.csv``: one row per configuration over its seeds: per metric the mean over seeds,
+  the 95% bootstrap CI over test images, the spread across seeds and the number of seeds; for accuracy
+  also McNemar's paired test against the baseline (see ``xaibench.stats``).
+- ``leaderboard.md``: per dataset and backbone, the paper's Table I layout (masks as columns, α as rows,
+  a baseline row) for accuracy, explanation Jaccard and segmentation IoU, and a detail table per metric.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from . import stats
+
 ID_COLUMNS = ["dataset", "backbone", "seed", "mask", "ensemble", "alpha", "explainer", "seeder", "segmenter"]
+CONFIG_COLUMNS = [c for c in ID_COLUMNS if c != "seed"]
 METRIC_COLUMNS = ["accuracy", "n_test", "jaccard", "jaccard_n", "jaccard_excluded", "seg_iou", "seg_n",
                   "seg_excluded"]
+# metric -> (per-image array in the cell file, display scale, digits, title)
+METRICS = {
+    "accuracy": ("correct", 100.0, 2, "Accuracy (%)"),
+    "jaccard": ("jaccard", 1.0, 3, "Explanation Jaccard vs ground-truth masks"),
+    "seg_iou": ("seg_iou", 1.0, 3, "Segmentation IoU"),
+}
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
-    for column in ID_COLUMNS + METRIC_COLUMNS + ["status", "error"]:
+    for column in ID_COLUMNS + METRIC_COLUMNS + ["status", "error", "cell_id"]:
         if column not in df:
             df[column] = None
-    return df[ID_COLUMNS + ["status"] + METRIC_COLUMNS + ["error"]]
+    return df[ID_COLUMNS + ["status"] + METRIC_COLUMNS + ["error", "cell_id"]]
 
 
-def _row_label(ensemble: str, alpha) -> str:
-    if ensemble == "baseline":
-        return "Baseline"
-    if ensemble.startswith("logit-mix(") and alpha is not None:
-        return f"α={alpha:g}"
-    return ensemble
+def load_runs(dirs) -> tuple[pd.DataFrame, dict[str, Path], pd.DataFrame | None]:
+    """Cell rows of several run directories merged (the first directory wins a repeated cell), the
+    per-image file of each cell, and the published table of the first directory that has one."""
+    from .store import Store
+
+    rows, files, published = [], {}, None
+    for directory in dirs:
+        store = Store.open_existing(Path(directory))
+        try:
+            for row in store.cells():
+                if row["cell_id"] in files:
+                    continue
+                files[row["cell_id"]] = store.cell_path(row["cell_id"])
+                rows.append(row)
+        finally:
+            store.close()
+        candidate = Path(directory) / "published.csv"
+        if published is None and candidate.is_file():
+            published = read_published(candidate)
+    return frame(rows), files, published
 
 
-def _fmt(value, scale, digits):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value * scale:.{digits}f}"
-
-
-def _name(label: str) -> str:
+def _name(label) -> str:
     return str(label).split("(", 1)[0]
 
 
@@ -54,6 +77,81 @@ def read_published(path) -> pd.DataFrame:
     return table
 
 
+# -- summary over seeds -----------------------------------------------------------------------------
+
+
+class _PerImage:
+    def __init__(self, files: dict[str, Path]):
+        self.files = files
+        self.loaded: dict[str, dict] = {}
+
+    def __call__(self, cell_id: str) -> dict:
+        if cell_id not in self.loaded:
+            from .store import load_arrays
+
+            path = self.files.get(cell_id)
+            self.loaded[cell_id] = load_arrays(path) if path is not None and path.is_file() else {}
+        return self.loaded[cell_id]
+
+
+def _matrix(per_image: _PerImage, cell_ids, key: str) -> np.ndarray | None:
+    arrays = [per_image(c).get(key) for c in cell_ids]
+    if not arrays or any(a is None for a in arrays) or len({len(a) for a in arrays}) != 1:
+        return None
+    return np.stack([np.asarray(a, dtype=np.float64) for a in arrays])
+
+
+def summarise(df: pd.DataFrame, files: dict[str, Path]) -> pd.DataFrame:
+    """One row per configuration over its seeds, with CIs, seed spread, seed counts and McNemar p."""
+    per_image = _PerImage(files)
+    done = df[df["status"] == "done"]
+    expected = {key: sorted(group["seed"].unique()) for key, group in df.groupby(["dataset", "backbone"])}
+    baseline = {(r["dataset"], r["backbone"], r["seed"]): r["cell_id"]
+                for _, r in done[done["ensemble"] == "baseline"].iterrows()}
+    out = []
+    for config, group in done.groupby(CONFIG_COLUMNS, sort=False, dropna=False):
+        group = group.drop_duplicates("seed").sort_values("seed")
+        seeds = group["seed"].tolist()
+        row = dict(zip(CONFIG_COLUMNS, config))
+        all_seeds = expected[(row["dataset"], row["backbone"])]
+        row.update(n_seeds=len(seeds), seeds_expected=len(all_seeds), complete=len(seeds) == len(all_seeds))
+        for metric, (key, _, _, _) in METRICS.items():
+            matrix = _matrix(per_image, group["cell_id"], key)
+            if matrix is None:
+                continue
+            means = stats.seed_means(matrix)
+            row[metric] = float(np.nanmean(means)) if np.isfinite(means).any() else float("nan")
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = stats.bootstrap_ci(matrix)
+            row[f"{metric}_seed_sd"] = stats.seed_spread(matrix)
+        if row["ensemble"] != "baseline":
+            pairs = [(c, baseline.get((row["dataset"], row["backbone"], s))) for c, s in zip(group["cell_id"], seeds)]
+            pairs = [(c, b) for c, b in pairs if b is not None]
+            model = _matrix(per_image, [c for c, _ in pairs], "correct")
+            base = _matrix(per_image, [b for _, b in pairs], "correct")
+            if model is not None and base is not None and model.shape == base.shape:
+                test = stats.mcnemar(model.astype(bool), base.astype(bool))
+                row.update(mcnemar_p=test["p"], mcnemar_b=test["b"], mcnemar_c=test["c"])
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+# -- tables -----------------------------------------------------------------------------------------
+
+
+def _fmt(value, scale, digits):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value * scale:.{digits}f}"
+
+
+def _row_label(ensemble: str, alpha) -> str:
+    if ensemble == "baseline":
+        return "Baseline"
+    if str(ensemble).startswith("logit-mix(") and alpha is not None:
+        return f"α={alpha:g}"
+    return str(ensemble)
+
+
 def _published_lookup(published: pd.DataFrame | None, dataset: str):
     """``(mask name, alpha) -> published accuracy in %`` for one dataset, or None."""
     if published is None:
@@ -64,80 +162,147 @@ def _published_lookup(published: pd.DataFrame | None, dataset: str):
     return {(str(r["mask"]), round(float(r["alpha"]), 6)): float(r["accuracy"]) for _, r in rows.iterrows()}
 
 
-def _layout(df: pd.DataFrame, metric: str, scale: float, digits: int, published: dict | None = None) -> str:
-    """Masks as columns, ensemble rows sorted by α, the baseline row last; mean over seeds.
+def _value(row, metric, scale, digits, paper=None) -> str:
+    if metric not in row or pd.isna(row.get(metric)):
+        return "—"
+    text = _fmt(row[metric], scale, digits)
+    low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    if low is not None and not pd.isna(low):
+        text += f" [{_fmt(low, scale, digits)}, {_fmt(high, scale, digits)}]"
+    if not row["complete"]:
+        text += f" †{row['n_seeds']}/{row['seeds_expected']} seeds"
+    if paper is not None:
+        text += f" / {paper:.{digits}f} ({row[metric] * scale - paper:+.{digits}f})"
+    return text
 
-    With ``published`` each cell reads ``reproduced / published (Δ)`` where a published number exists."""
-    done = df[df["status"] == "done"]
-    masks = [m for m in dict.fromkeys(df["mask"]) if m != "none"]
-    rows = [e for e in dict.fromkeys(df.sort_values("alpha", kind="stable")["ensemble"]) if e != "baseline"]
-    alpha_of = dict(zip(df["ensemble"], df["alpha"]))
 
-    def cell(values, mask, alpha):
-        mean = values.mean() if len(values) else None
-        text = _fmt(mean, scale, digits)
-        paper = (published or {}).get((_name(mask), round(float(alpha), 6)))
-        if paper is None:
-            return text
-        delta = "—" if mean is None or math.isnan(mean) else f"{mean * scale - paper:+.{digits}f}"
-        return f"{text} / {paper:.{digits}f} ({delta})"
-
-    header = "| | " + " | ".join(masks or ["raw"]) + " |"
-    lines = [header, "|" + "---|" * (len(masks or ["raw"]) + 1)]
-    for ensemble in rows:
+def table_one(summary: pd.DataFrame, metric: str, published: dict | None = None):
+    """Masks as columns, ensemble rows sorted by α, the baseline row last: ``(header, rows)``."""
+    _, scale, digits, _ = METRICS[metric]
+    masks = [m for m in dict.fromkeys(summary["mask"]) if m != "none"]
+    ensembles = summary[summary["ensemble"] != "baseline"].sort_values("alpha", kind="stable")
+    header = [""] + (masks or ["raw"])
+    rows = []
+    for ensemble, sub in ensembles.groupby("ensemble", sort=False):
+        alpha = sub["alpha"].iloc[0]
         cells = []
         for mask in masks:
-            sel = done[(done["ensemble"] == ensemble) & (done["mask"] == mask)][metric].astype(float)
-            cells.append(cell(sel, mask, alpha_of[ensemble]))
-        lines.append(f"| {_row_label(ensemble, alpha_of[ensemble])} | " + " | ".join(cells) + " |")
-    base = done[done["ensemble"] == "baseline"][metric].astype(float)
-    if len(df[df["ensemble"] == "baseline"]):
-        filler = [""] * (max(len(masks), 1) - 1)
-        lines.append("| Baseline | " + " | ".join([cell(base, "none", 1.0)] + filler) + " |")
+            hit = sub[sub["mask"] == mask]
+            paper = (published or {}).get((_name(mask), round(float(alpha), 6)))
+            cells.append(_value(hit.iloc[0], metric, scale, digits, paper) if len(hit) else "—")
+        rows.append([_row_label(ensemble, alpha)] + cells)
+    base = summary[summary["ensemble"] == "baseline"]
+    if len(base):
+        paper = (published or {}).get(("none", 1.0))
+        rows.append(["Baseline", _value(base.iloc[0], metric, scale, digits, paper)] + [""] * (len(header) - 2))
+    return header, rows
+
+
+def detail_table(summary: pd.DataFrame, metric: str):
+    """One row per model variant: mean, 95% CI, seed spread, seeds, and for accuracy McNemar's p."""
+    _, scale, digits, _ = METRICS[metric]
+    header = ["mask", "ensemble", "mean", "95% CI (test images)", "seed sd", "seeds"]
+    if metric == "accuracy":
+        header.append("McNemar p vs baseline (b/c)")
+    rows = []
+    for _, r in summary.iterrows():
+        if metric not in r or pd.isna(r.get(metric)):
+            continue
+        line = [r["mask"], _row_label(r["ensemble"], r["alpha"]), _fmt(r[metric], scale, digits),
+                f"[{_fmt(r[f'{metric}_ci_low'], scale, digits)}, {_fmt(r[f'{metric}_ci_high'], scale, digits)}]",
+                _fmt(r[f"{metric}_seed_sd"], scale, digits),
+                f"{r['n_seeds']}/{r['seeds_expected']}" + ("" if r["complete"] else " †")]
+        if metric == "accuracy":
+            p = r.get("mcnemar_p")
+            line.append("—" if p is None or pd.isna(p) else f"{p:.3g} ({int(r['mcnemar_b'])}/{int(r['mcnemar_c'])})")
+        rows.append(line)
+    return header, rows
+
+
+def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | None = None):
+    """The leaderboard as ``(level, title, text or (header, rows))`` items, for markdown and HTML."""
+    items = []
+    for (dataset, backbone), group in summary.groupby(["dataset", "backbone"], sort=False):
+        seeds = sorted(df[(df["dataset"] == dataset) & (df["backbone"] == backbone)]["seed"].unique())
+        items.append((2, f"{dataset} · {backbone}", f"Seeds: {', '.join(map(str, seeds))}."))
+        models = group.drop_duplicates(["mask", "ensemble"])
+        paper = _published_lookup(published, dataset)
+        title = "Accuracy (%) on raw test images" + (" · reproduced / published (Δ)" if paper else "")
+        items.append((3, title, table_one(models, "accuracy", paper)))
+        items.append((4, "Accuracy detail", detail_table(models, "accuracy")))
+        for explainer, sub in group[group["explainer"] != ""].groupby("explainer", sort=False):
+            explained = sub.drop_duplicates(["mask", "ensemble"])
+            items.append((3, f"{METRICS['jaccard'][3]} · {explainer}", table_one(explained, "jaccard")))
+            chains = sub[sub["segmenter"] != ""].groupby(["seeder", "segmenter"], sort=False)
+            for (seeder, segmenter), seg in chains:
+                items.append((3, f"{METRICS['seg_iou'][3]} · {explainer} → {seeder} → {segmenter}",
+                              table_one(seg, "seg_iou")))
+    failures = df[df["status"] != "done"]
+    if len(failures):
+        lines = [f"{r['dataset']} {r['backbone']} seed={r['seed']} {r['mask']} {r['ensemble']} {r['explainer']} "
+                 f"{r['seeder']} {r['segmenter']}: {r['error']}" for _, r in failures.iterrows()]
+        items.append((2, "Failed cells", lines))
+    return items
+
+
+NOTE = ("Values are means over seeds with a 95% bootstrap CI over test images in brackets; † marks a "
+        "configuration missing some seeds. Accuracy is measured on raw test images for every model and "
+        "ensemble; McNemar's exact test pools each seed's paired predictions against that seed's baseline.")
+
+
+def _md_table(header, rows) -> str:
+    escape = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(escape, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(escape, row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def markdown(df: pd.DataFrame, title: str = "xaibench leaderboard", published: pd.DataFrame | None = None) -> str:
-    parts = [f"# {title}", ""]
+def markdown(df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench leaderboard",
+             published: pd.DataFrame | None = None, *, brief: bool = False) -> str:
+    """The leaderboard in markdown; ``brief`` keeps only the accuracy tables and the failures."""
     failed = int((df["status"] != "done").sum())
-    parts.append(f"{len(df)} cells, {failed} failed. Values are means over seeds; accuracy is measured on raw "
-                 "test images for every model and ensemble.")
-    for (dataset, backbone), group in df.groupby(["dataset", "backbone"], sort=False):
-        seeds = sorted(group["seed"].unique())
-        parts += ["", f"## {dataset} · {backbone}", "",
-                  f"Seeds: {', '.join(map(str, seeds))}.", ""]
-        models = group.drop_duplicates(["seed", "mask", "ensemble"])
-        paper = _published_lookup(published, dataset)
-        heading = "### Accuracy (%)" + (" · reproduced / published (Δ)" if paper else "")
-        parts += [heading, "", _layout(models, "accuracy", 100, 2, paper)]
-        for explainer, sub in group[group["explainer"] != ""].groupby("explainer", sort=False):
-            explained = sub.drop_duplicates(["seed", "mask", "ensemble"])
-            parts += ["", f"### Explanation Jaccard vs ground-truth masks · {explainer}", "",
-                      _layout(explained, "jaccard", 1, 3)]
-            for (seeder, segmenter), seg in sub[sub["segmenter"] != ""].groupby(["seeder", "segmenter"], sort=False):
-                parts += ["", f"### Segmentation IoU · {explainer} → {seeder} → {segmenter}", "",
-                          _layout(seg, "seg_iou", 1, 3)]
-    failures = df[df["status"] != "done"]
-    if len(failures):
-        parts += ["", "## Failed cells", ""]
-        for _, row in failures.iterrows():
-            parts.append(f"- {row['dataset']} {row['backbone']} seed={row['seed']} {row['mask']} {row['ensemble']} "
-                         f"{row['explainer']} {row['seeder']} {row['segmenter']}: {row['error']}")
+    parts = [f"# {title}", "", f"{len(df)} cells, {failed} failed. {NOTE}"]
+    for level, heading, body in sections(df, summary, published):
+        if brief and level > 2 and not heading.startswith("Accuracy (%)"):
+            continue
+        parts += ["", "#" * level + " " + heading, ""]
+        if isinstance(body, tuple):
+            parts.append(_md_table(*body))
+        elif isinstance(body, list):
+            parts += [f"- {line}" for line in body]
+        else:
+            parts.append(body)
     return "\n".join(parts) + "\n"
 
 
-def write(out_dir: Path, rows: list[dict], title: str = "xaibench leaderboard",
-          published: pd.DataFrame | None = None) -> tuple[Path, Path]:
-    df = frame(rows)
-    md_path, csv_path = Path(out_dir) / "leaderboard.md", Path(out_dir) / "leaderboard.csv"
-    _atomic_write(md_path, markdown(df, title, published))
-    _atomic_write(csv_path, df.to_csv(index=False))
-    return md_path, csv_path
+def write(out_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench leaderboard",
+          published: pd.DataFrame | None = None) -> list[Path]:
+    out_dir = Path(out_dir)
+    paths = [out_dir / "leaderboard.md", out_dir / "leaderboard.csv", out_dir / "leaderboard_summary.csv"]
+    _atomic_write(paths[0], markdown(df, summary, title, published))
+    _atomic_write(paths[1], df.drop(columns=["cell_id"]).to_csv(index=False))
+    _atomic_write(paths[2], summary.to_csv(index=False))
+    return paths
+
+
+def render(dirs, fmt: str) -> str:
+    """``xaibench leaderboard``: the merged leaderboard of run directories as md, csv, latex or html."""
+    df, files, published = load_runs(dirs)
+    summary = summarise(df, files)
+    if fmt == "md":
+        return markdown(df, summary, published=published)
+    if fmt == "csv":
+        return summary.to_csv(index=False)
+    if fmt == "latex":
+        return summary.to_latex(index=False, float_format="%.4f")
+    if fmt == "html":
+        from .report import page
+
+        return page("xaibench leaderboard", df, summary, published=published)
+    raise ValueError(f"unknown format {fmt!r}")
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    import os
-
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)

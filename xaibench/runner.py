@@ -7,6 +7,7 @@ the same command again after a crash or with an extended grid only computes what
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import sys
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import leaderboard, metrics
+from . import leaderboard, metrics, report
+from .figures import accuracy_vs_alpha, write_run_figures
 from .grid import expand, load_grid
 from .registry import get_registry
 from .stages import TRAINING_KINDS, Plan, StageRunner, build_plan
-from .store import Store, load_arrays
+from .store import Store, load_arrays, save_arrays
 
 
 def plan_grid(grid_path, registry=None):
@@ -111,8 +113,11 @@ class _Arrays:
         return self.loaded[(kind, key)]
 
 
-def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold: float) -> dict:
-    """The metrics of one cell, computed from cached artifacts (cheap: no model is run)."""
+def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold: float) -> tuple[dict, dict]:
+    """The metrics of one cell from cached artifacts (cheap: no model is run).
+
+    Returns ``(means, per_image)``: the mean scores, and the per-image arrays they come from (test ids,
+    correctness, per-image Jaccard and segmentation IoU) that confidence intervals and paired tests need."""
     import torch
 
     test = runner.data(cp.data, "test")
@@ -122,13 +127,16 @@ def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold
         rule = registry.create("ensembles", cp.cell.ensemble.name, **cp.cell.ensemble.params)
         masked = arrays("logits", cp.masked_logits)["test"]
         logits = rule(torch.from_numpy(logits), torch.from_numpy(masked)).numpy()
+    correct = np.argmax(logits, axis=1) == labels
     out = {"accuracy": metrics.accuracy(logits, labels), "n_test": int(len(labels))}
+    per_image = {"ids": test["ids"], "correct": correct}
     if cp.explain:
         explained = arrays("explain", cp.explain)
         truth = test["masks"][explained["index"]]
         scores = metrics.iou(metrics.binarise(explained["maps"], cam_threshold), truth)
         out["jaccard"], out["jaccard_excluded"] = metrics.mean_excluding_nan(scores)
         out["jaccard_n"] = int(np.isfinite(scores).sum())
+        per_image.update(explained_index=explained["index"], jaccard=scores)
     if cp.segment:
         segmented = arrays("segment", cp.segment)
         masks = np.unpackbits(segmented["masks"], axis=-1, count=int(segmented["width"])).astype(bool)
@@ -136,7 +144,8 @@ def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold
         scores = metrics.iou(masks, truth)
         out["seg_iou"], out["seg_excluded"] = metrics.mean_excluding_nan(scores)
         out["seg_n"] = int(np.isfinite(scores).sum())
-    return out
+        per_image["seg_iou"] = scores
+    return out, per_image
 
 
 def run(grid_path, out_dir, *, dry_run: bool = False, registry=None, progress: bool = True, echo=print) -> dict:
@@ -169,22 +178,27 @@ def run(grid_path, out_dir, *, dry_run: bool = False, registry=None, progress: b
                 rows.append((cp.cell.cell_id, cp.cell.labels(), "failed", {}, broken[0]))
                 continue
             try:
-                scores = score_cell(cp, runner, arrays, registry, grid.protocol.cam_threshold)
+                scores, per_image = score_cell(cp, runner, arrays, registry, grid.protocol.cam_threshold)
+                save_arrays(store.cell_path(cp.cell.cell_id), **per_image)
                 rows.append((cp.cell.cell_id, cp.cell.labels(), "done", scores, None))
             except Exception as exc:
                 rows.append((cp.cell.cell_id, cp.cell.labels(), "failed", {}, f"scoring: {type(exc).__name__}: {exc}"))
         store.record_cells(rows)
         current = {cp.cell.cell_id for cp in plan.cells}
-        cell_rows = [c for c in store.cells() if c["cell_id"] in current]
+        df = leaderboard.frame([c for c in store.cells() if c["cell_id"] in current])
+        summary_table = leaderboard.summarise(df, {cid: store.cell_path(cid) for cid in df["cell_id"]})
         published = None
         if grid.published:
             shutil.copyfile(grid.published, out_dir / "published.csv")
             published = leaderboard.read_published(out_dir / "published.csv")
-        from .figures import write_run_figures
-
         figures = write_run_figures(plan, runner, arrays, registry, out_dir)
-        md_path, csv_path = leaderboard.write(out_dir, cell_rows, title=f"xaibench leaderboard: {grid.name}",
-                                              published=published)
+        figures += accuracy_vs_alpha(plan, runner, arrays, registry, out_dir)
+        for stale in set((out_dir / "figures").glob("*.png")) - set(figures):  # from an earlier grid
+            stale.unlink()
+        title = f"xaibench leaderboard: {grid.name}"
+        tables = leaderboard.write(out_dir, df, summary_table, title=title, published=published)
+        import torch
+
         summary = {
             "grid": grid.name,
             "cells": len(plan.cells),
@@ -194,11 +208,18 @@ def run(grid_path, out_dir, *, dry_run: bool = False, registry=None, progress: b
             "wall_s": round(time.perf_counter() - started, 3),
             "device": runner.device,
             "python": platform.python_version(),
+            "torch": torch.__version__,
             "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
             "plugins": registry.describe(),
-            "leaderboard": [md_path.name, csv_path.name],
+            "leaderboard": [p.name for p in tables],
             "figures": [str(p.relative_to(out_dir)) for p in figures],
+            "report": "report.html",
         }
+        report_html = report.page(title, df, summary_table, published=published, figures=figures,
+                                  run_info=summary, grid_text=Path(grid_path).read_text())
+        (out_dir / "report.html.tmp").write_text(report_html)
+        (out_dir / "report.html.tmp").replace(out_dir / "report.html")
         tmp = out_dir / "run.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
         tmp.replace(out_dir / "run.json")

@@ -119,6 +119,10 @@ class Store:
             )
 
     # -- cells ---------------------------------------------------------------------------------------
+    def cell_path(self, cell_id: str) -> Path:
+        """Per-image scores of a cell (``.npz``): ids, correct, jaccard, seg_iou, explained_index."""
+        return self.root / "cells" / f"{cell_id}.npz"
+
     def record_cells(self, rows) -> None:
         """``rows``: iterable of (cell_id, labels dict, status, metrics dict, error), in one transaction."""
         now = time.time()

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from xaibench import stats
+
+
+def test_bootstrap_ci_of_a_constant_has_no_width():
+    assert stats.bootstrap_ci(np.ones((2, 50))) == (1.0, 1.0)
+
+
+def test_bootstrap_ci_matches_the_normal_approximation_for_a_proportion():
+    # 400 images, 60% correct: the normal interval is 0.6 ± 1.96 * sqrt(0.6 * 0.4 / 400) = ±0.048
+    correct = np.zeros(400)
+    correct[:240] = 1
+    low, high = stats.bootstrap_ci(correct)
+    assert low == pytest.approx(0.6 - 0.048, abs=0.01) and high == pytest.approx(0.6 + 0.048, abs=0.01)
+
+
+def test_bootstrap_resamples_images_jointly_across_seeds():
+    # two seeds that disagree on every image average to 0.5 on every resample: zero width
+    a = np.array([1, 0] * 20, dtype=float)
+    assert stats.bootstrap_ci(np.stack([a, 1 - a])) == (0.5, 0.5)
+
+
+def test_nan_images_are_left_out():
+    scores = np.array([[1.0, np.nan, 1.0, np.nan]])
+    assert stats.seed_means(scores).tolist() == [1.0]
+    assert stats.bootstrap_ci(scores) == (1.0, 1.0)
+    assert np.isnan(stats.bootstrap_ci(np.full((1, 3), np.nan))[0])
+
+
+def test_seed_spread_is_the_sample_sd_of_seed_means():
+    scores = np.array([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])  # seed means 1, 0.5, 0
+    assert stats.seed_spread(scores) == pytest.approx(0.5)
+    assert np.isnan(stats.seed_spread(scores[:1]))
+
+
+def test_mcnemar_on_hand_computed_counts():
+    base = np.array([[1, 1, 1, 0, 0, 1], [1, 0, 1, 1, 1, 1]], dtype=bool)
+    model = np.array([[1, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=bool)
+    result = stats.mcnemar(model, base)
+    # b (baseline right, model wrong) = 1; c (model right, baseline wrong) = 2 + 1 = 3
+    assert (result["b"], result["c"]) == (1, 3)
+    # exact two-sided: P(X <= 1) * 2 for X ~ Bin(4, 0.5) = 2 * 5/16
+    assert result["p"] == pytest.approx(10 / 16)
+    assert stats.mcnemar(base, base)["p"] == 1.0

@@ -1,0 +1,81 @@
+"""``DIR/report.html``: one self-contained page (images embedded, no network) with the leaderboard
+tables, the figures of the run, the grid that was run, plugin versions and the machine."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from . import leaderboard
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+h3 { font-size: 1.05em; margin-top: 1.5em; } h4 { font-size: .95em; color: #555; }
+table { border-collapse: collapse; margin: .5em 0 1em; font-size: .85em; }
+th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; white-space: nowrap; }
+th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+.scroll { overflow-x: auto; } figure { margin: 1em 0; } img { max-width: 100%; height: auto; }
+figcaption { font-size: .85em; color: #555; } pre { background: #f7f7f7; padding: .8em; overflow-x: auto; }
+.note { color: #555; font-size: .9em; }
+"""
+
+
+def _table(header, rows) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _image(path: Path, caption: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+CAPTIONS = {
+    "fig1": "Fig. 1: each mask of the grid applied to annotated training tiles.",
+    "fig2": "Fig. 2: saliency, seed points (green stars), predicted mask (yellow) and ground truth (cyan).",
+    "accuracy": "Accuracy on raw test images against the mixing weight α, per mask (mean over seeds).",
+}
+
+
+def page(title: str, df: pd.DataFrame, summary: pd.DataFrame, *, published=None, figures=(), run_info=None,
+         grid_text: str | None = None) -> str:
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style>",
+             f"</head><body><h1>{html.escape(title)}</h1>"]
+    if run_info:
+        parts.append(f"<p>{run_info.get('cells_done', '?')} of {run_info.get('cells', '?')} cells done, "
+                     f"{run_info.get('cells_failed', 0)} failed; {run_info.get('trainings_run', 0)} trainings run, "
+                     f"{run_info.get('trainings_reused', 0)} reused; {run_info.get('wall_s', 0):.1f} s on "
+                     f"{html.escape(str(run_info.get('device', '?')))}.</p>")
+    parts.append(f"<p class='note'>{html.escape(leaderboard.NOTE)}</p>")
+    for level, heading, body in leaderboard.sections(df, summary, published):
+        parts.append(f"<h{level}>{html.escape(heading)}</h{level}>")
+        if isinstance(body, tuple):
+            parts.append(_table(*body))
+        elif isinstance(body, list):
+            parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in body) + "</ul>")
+        else:
+            parts.append(f"<p>{html.escape(body)}</p>")
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for path in figures:
+            kind = next((k for k in CAPTIONS if Path(path).name.startswith(k)), None)
+            parts.append(_image(path, f"{CAPTIONS.get(kind, '')} ({Path(path).name})".strip()))
+    if grid_text is not None:
+        parts.append(f"<h2>Grid</h2><pre>{html.escape(grid_text)}</pre>")
+    if run_info:
+        plugins = run_info.get("plugins", [])
+        parts.append("<h2>Plugins</h2>" + _table(["kind", "name", "plugin", "distribution", "version"],
+                                                 [[p[k] for k in ("kind", "name", "plugin", "distribution", "version")]
+                                                  for p in plugins]))
+        machine = {k: run_info.get(k) for k in ("device", "python", "platform", "torch", "cpu_count")}
+        parts.append(f"<h2>Machine</h2><pre>{html.escape(json.dumps(machine, indent=2))}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,79 @@
+"""Uncertainty of leaderboard numbers.
+
+Rules (documented in the README and tested on hand-computed cases):
+
+- A metric's value for one configuration is the mean over seeds of its per-seed mean over test images
+  (images whose score is undefined, NaN, are left out of that seed's mean).
+- Its 95% confidence interval is a percentile bootstrap over test images: each resample draws test
+  images with replacement and applies the same draw to every seed, so the interval reflects the finite
+  test set, not training noise. The spread across seeds (sample standard deviation of the per-seed means)
+  is reported separately and says how much training randomness moves the number.
+- A model is compared with the baseline by McNemar's exact test on paired test predictions, pooled over
+  seeds by summing each seed's discordant pairs (seed s model vs seed s baseline on the same images).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+def seed_means(per_image: np.ndarray) -> np.ndarray:
+    """(S, N) per-image scores → (S,) per-seed means over the finite entries."""
+    per_image = np.asarray(per_image, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a seed with no defined score gives NaN
+        return np.nanmean(np.where(np.isfinite(per_image), per_image, np.nan), axis=1)
+
+
+def bootstrap_ci(per_image: np.ndarray, *, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap CI of the seed-mean of per-image scores ``(S, N)`` over the N images.
+
+    Returns (low, high); NaN bounds when no image has a finite score."""
+    scores = np.asarray(per_image, dtype=np.float64)
+    if scores.ndim == 1:
+        scores = scores[None]
+    finite = np.isfinite(scores)
+    if not finite.any():
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    n = scores.shape[1]
+    draws = rng.integers(0, n, size=(resamples, n))
+    values = np.where(finite, scores, 0.0)[:, draws]  # (S, B, N)
+    counts = finite[:, draws].sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # resamples drawing only undefined images
+        per_seed = values.sum(axis=2) / counts  # (S, B); NaN where a resample has no finite image
+        statistic = np.nanmean(per_seed, axis=0)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.nanpercentile(statistic, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def seed_spread(per_image: np.ndarray) -> float:
+    """Sample standard deviation of per-seed means (NaN with fewer than two seeds)."""
+    means = seed_means(per_image)
+    means = means[np.isfinite(means)]
+    return float(np.std(means, ddof=1)) if len(means) > 1 else float("nan")
+
+
+def mcnemar(model_correct: np.ndarray, baseline_correct: np.ndarray) -> dict:
+    """McNemar's exact test of paired predictions ``(S, N)`` bool, pooled over seeds.
+
+    ``b``: baseline right and model wrong; ``c``: model right and baseline wrong, summed over seeds.
+    ``p``: two-sided exact binomial p-value of min(b, c) in b + c trials at 0.5 (1.0 when b + c = 0)."""
+    from scipy.stats import binomtest
+
+    model = np.asarray(model_correct, dtype=bool)
+    base = np.asarray(baseline_correct, dtype=bool)
+    if model.shape != base.shape:
+        raise ValueError(f"paired predictions differ in shape: {model.shape} vs {base.shape}")
+    b = int(np.sum(base & ~model))
+    c = int(np.sum(model & ~base))
+    p = 1.0 if b + c == 0 else float(binomtest(min(b, c), b + c, 0.5).pvalue)
+    return {"b": b, "c": c, "p": p}
