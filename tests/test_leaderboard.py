@@ -71,3 +71,31 @@ def test_missing_seeds_are_marked_and_failures_listed(cells):
     text = leaderboard.markdown(df, summary)
     assert "†1/2 seeds" in text
     assert "## Failed cells" in text and "RuntimeError: boom" in text
+
+
+def test_report_renders_in_a_headless_browser(cells, tmp_path):
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    from xaibench import report
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("no headless Chromium installed")
+    df, files = cells
+    figure = tmp_path / "fig1_masks_demo.png"
+    Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))).save(figure)
+    page = tmp_path / "report.html"
+    page.write_text(report.page("demo", df, leaderboard.summarise(df, files), figures=[figure],
+                                run_info={"cells": 4, "cells_done": 4, "plugins": []}, grid_text="name: demo"))
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1400",
+                    f"--screenshot={shot}", page.as_uri()], check=True, capture_output=True, timeout=120)
+    with Image.open(shot) as image:
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    assert pixels.shape == (1400, 1100)
+    assert pixels.std() > 10  # tables and the figure were drawn, not a blank page
