@@ -147,6 +147,15 @@ def test_a_failing_plugin_fails_its_cells_only(run_grid, add_plugin):
     assert set(failed["segmenter"]) == {"exploding"}
     assert failed["error"].str.contains("RuntimeError: boom").all()
 
+    # a rerun does not retry the failed stage; --retry-failed reruns only it (here: now fixed)
+    code, again = run_grid(GRID.replace("[random-walker]", "[random-walker, exploding]"))
+    assert code == 1 and again["stages_run"] == 0 and again["cells_failed"] == 5
+    Exploding.segment = lambda self, image, prompts: [image[..., 0] > 128 for _ in prompts]
+    code, retried = run_grid(GRID.replace("[random-walker]", "[random-walker, exploding]"), "--retry-failed")
+    assert code == 0 and retried["cells_failed"] == 0
+    # the 3 exploding segmentations: baseline (also alpha = 1 of each mask) and each mask at alpha 0.5
+    assert retried["stages_run"] == 3 and retried["trainings_run"] == 0
+
 
 def test_different_seeds_train_different_models(run_grid):
     code, summary = run_grid(GRID.replace("seeds: [0]", "seeds: [0, 1]").replace("masks: [white, blur]", "masks: []")

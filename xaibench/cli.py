@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--grid", required=True, help="grid YAML file, e.g. grids/quickstart.yaml")
     run.add_argument("--out", help="run directory (default: runs/<grid file name>)")
     run.add_argument("--dry-run", action="store_true", help="print the cells and trainings, write nothing")
+    run.add_argument("--retry-failed", action="store_true", help="rerun stages that failed in an earlier run")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     plugins = sub.add_parser("plugins", help="list registered components as JSON")
@@ -58,7 +59,7 @@ def _cmd_run(args) -> int:
     from .runner import run
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.grid).stem
-    summary = run(args.grid, out, dry_run=args.dry_run, progress=not args.quiet)
+    summary = run(args.grid, out, dry_run=args.dry_run, retry_failed=args.retry_failed, progress=not args.quiet)
     if args.dry_run:
         return 0
     from . import leaderboard
@@ -69,8 +70,31 @@ def _cmd_run(args) -> int:
     print(f"cells: {summary['cells_done']} done, {summary['cells_failed']} failed of {summary['cells']}; "
           f"trainings: {summary['trainings_run']} run, {summary['trainings_reused']} reused; "
           f"{summary['wall_s']:.1f} s on {summary['device']}")
+    for line in failures(out):
+        print(line)
     print(f"results: {out / 'leaderboard.md'}, {out / 'report.html'}, {out / 'run.json'}, {out / 'figures'}/")
     return 1 if summary["cells_failed"] else 0
+
+
+def failures(out: Path) -> list[str]:
+    """One line per failed cell of a run directory, and where its traceback is."""
+    from .store import Store
+
+    store = Store.open_existing(out)
+    try:
+        failed = [c for c in store.cells() if c["status"] != "done"]
+    finally:
+        store.close()
+    if not failed:
+        return []
+    lines = [f"failed cells ({len(failed)}); tracebacks are in {out / 'store.sqlite'} (table stages), "
+             "rerun with --retry-failed once fixed:"]
+    for c in failed[:20]:
+        lines.append(f"  {c['dataset']} seed={c['seed']} {c['mask']} {c['ensemble']} {c['explainer']} "
+                     f"{c['seeder']} {c['segmenter']}: {c['error']}")
+    if len(failed) > 20:
+        lines.append(f"  ... and {len(failed) - 20} more (leaderboard.md lists them all)")
+    return lines
 
 
 def _cmd_plugins(args) -> int:

@@ -51,8 +51,12 @@ def _depths(plan: Plan) -> dict[str, int]:
     return depth
 
 
-def execute(plan: Plan, store: Store, runner: StageRunner, executor, *, progress=True) -> dict:
-    """Run every stage not already done; record results in the store. Returns counters."""
+def execute(plan: Plan, store: Store, runner: StageRunner, executor, *, progress=True,
+            retry_failed: bool = False) -> dict:
+    """Run every stage not already done; record results in the store. Returns counters.
+
+    A stage that failed in an earlier run stays failed (its cells are reported as failed again) unless
+    ``retry_failed``; stages that depend on it are skipped either way."""
     from tqdm.auto import tqdm
 
     counts = {"stages_run": 0, "stages_reused": 0, "stages_failed": 0, "trainings_run": 0, "trainings_reused": 0}
@@ -67,6 +71,9 @@ def execute(plan: Plan, store: Store, runner: StageRunner, executor, *, progress
         if record and record["status"] == "done" and runner.artifact_exists(stage):
             counts["stages_reused"] += 1
             counts["trainings_reused"] += stage.kind in TRAINING_KINDS
+        elif record and record["status"] == "failed" and not retry_failed:
+            failed[stage.key] = f"{stage.label}: {record['meta'].get('message', 'failed')} (earlier run; --retry-failed reruns it)"
+            counts["stages_failed"] += 1
         else:
             todo.append(stage.key)
     pending = set(todo)
@@ -92,7 +99,7 @@ def execute(plan: Plan, store: Store, runner: StageRunner, executor, *, progress
                     counts["trainings_run"] += stage.kind in TRAINING_KINDS
                 else:
                     store.record_stage(stage.key, stage.kind, stage.label, "failed", error=result["traceback"],
-                                       seconds=result["seconds"])
+                                       meta={"message": result["error"]}, seconds=result["seconds"])
                     failed[stage.key] = f"{stage.label}: {result['error']}"
                     counts["stages_failed"] += 1
                     tqdm.write(f"stage failed: {stage.label}: {result['error']}", file=sys.stderr)
@@ -148,7 +155,8 @@ def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold
     return out, per_image
 
 
-def run(grid_path, out_dir, *, dry_run: bool = False, registry=None, progress: bool = True, echo=print) -> dict:
+def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False, registry=None,
+        progress: bool = True, echo=print) -> dict:
     """Run a grid into ``out_dir``; returns the run summary (also written to ``out_dir/run.json``).
 
     Every user error (bad grid, unknown component, missing files) is raised before anything is written."""
@@ -166,7 +174,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, registry=None, progress: b
         shutil.copyfile(grid_path, out_dir / "grid.yaml")
         runner = StageRunner(store, registry, device=grid.device, progress=progress)
         try:
-            counts = execute(plan, store, runner, executor, progress=progress)
+            counts = execute(plan, store, runner, executor, progress=progress, retry_failed=retry_failed)
         finally:
             executor.close()
         failed = counts.pop("failed")
