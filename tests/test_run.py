@@ -69,14 +69,13 @@ def _check_report(path, figures):
 
 @pytest.fixture
 def run_grid(registry, write_grid, tmp_path):
-    out = tmp_path / "run"
-
     def run(text, *extra):
+        out = run.out
         code = main(["run", "--grid", str(write_grid(text)), "--out", str(out), "--quiet", *extra])
         summary = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else None
         return code, summary
 
-    run.out = out
+    run.out = tmp_path / "run"
     return run
 
 
@@ -176,3 +175,17 @@ def test_a_second_run_on_the_same_folder_is_refused(run_grid, capsys):
         code, summary = run_grid(GRID)
     assert code == 2 and summary is None
     assert "another xaibench run is using" in capsys.readouterr().err
+
+
+def test_process_executor_gives_the_local_results(run_grid, tmp_path):
+    code, _ = run_grid(GRID)
+    assert code == 0
+    local = (run_grid.out / "leaderboard.csv").read_bytes()
+    run_grid.out = tmp_path / "process-run"
+    # torch reductions are bitwise reproducible for a fixed thread count, so workers get the driver's
+    import torch
+
+    threads = torch.get_num_threads()
+    code, summary = run_grid(GRID + f"executor: {{name: process, workers: 2, threads: {threads}}}\n")
+    assert code == 0 and summary["trainings_run"] == 3
+    assert (run_grid.out / "leaderboard.csv").read_bytes() == local

@@ -172,7 +172,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
     try:
         store.lock()
         shutil.copyfile(grid_path, out_dir / "grid.yaml")
-        runner = StageRunner(store, registry, device=grid.device, progress=progress)
+        runner = StageRunner(store.cache, registry, device=grid.device, progress=progress)
         try:
             counts = execute(plan, store, runner, executor, progress=progress, retry_failed=retry_failed)
         finally:

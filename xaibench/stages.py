@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 import traceback
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from .errors import UserError
 from .grid import Cell, Choice, Grid, digest
-from .store import Store, load_arrays, save_arrays
+from .store import load_arrays, save_arrays
 
 SPLITS = ("train", "val", "test")
 TRAINING_KINDS = ("train", "finetune")
@@ -170,14 +171,23 @@ class StageRunner:
     SUFFIX = {"train": ".safetensors", "finetune": ".safetensors"}
     FOLDER = {"train": "models", "finetune": "models"}
 
-    def __init__(self, store: Store, registry, *, device: str, progress: bool = True):
+    def __init__(self, cache: Path, registry, *, device: str, progress: bool = True):
         from .training import resolve_device
 
-        self.store = store
+        self.cache = Path(cache)
         self.registry = registry
         self.device = resolve_device(device)
         self.progress = progress
         self._data: dict[str, dict] = {}
+
+    def __getstate__(self):
+        """Sent to worker processes without the registry (rebuilt there from installed entry points)."""
+        return {"cache": self.cache, "device": self.device, "progress": self.progress}
+
+    def __setstate__(self, state):
+        from .registry import get_registry
+
+        self.__init__(state["cache"], get_registry(), device=state["device"], progress=state["progress"])
 
     def bar(self, stage: Stage, total: int, unit: str):
         from tqdm.auto import tqdm
@@ -188,7 +198,8 @@ class StageRunner:
     # -- paths and loading ---------------------------------------------------------------------------
     def path(self, kind: str, key: str, split: str | None = None):
         suffix = self.SUFFIX.get(kind, ".npz")
-        return self.store.artifact(self.FOLDER.get(kind, kind), key, f".{split}{suffix}" if split else suffix)
+        name = f"{key}.{split}{suffix}" if split else f"{key}{suffix}"
+        return self.cache / self.FOLDER.get(kind, kind) / name
 
     def artifact_exists(self, stage: Stage) -> bool:
         if stage.kind == "data":

@@ -97,9 +97,6 @@ class Store:
             self._lock = None
 
     # -- stages --------------------------------------------------------------------------------------
-    def artifact(self, kind: str, key: str, suffix: str) -> Path:
-        return self.cache / kind / f"{key}{suffix}"
-
     def stage(self, key: str) -> dict | None:
         row = self.db.execute(
             "SELECT key, kind, label, status, meta, error, seconds FROM stages WHERE key = ?", (key,)
