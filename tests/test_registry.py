@@ -10,14 +10,14 @@ from xaibench.errors import PluginError, UnknownComponentError
 from xaibench.registry import KINDS, PluginLoadWarning, Registry
 
 BUILTINS = {
-    "datasets": {"synthetic"},
+    "datasets": {"synthetic", "kahikatea", "lcdb-waikato"},
     "masks": {"white", "black", "median", "blur"},
     "backbones": {"resnet18", "timm"},
     "ensembles": {"logit-mix"},
     "explainers": {"gradcam"},
     "seeders": {"top-k"},
     "segmenters": {"sam", "random-walker", "watershed"},
-    "executors": {"local"},
+    "executors": {"local", "process"},
 }
 
 
