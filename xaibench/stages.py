@@ -85,13 +85,37 @@ def _model_ref(ensemble, registry, raw_key, masked_key):
     return {"raw": raw_key, "masked": masked_key, "ensemble": ensemble.ident, "version": version}, (raw_key, masked_key)
 
 
+def check_components(cells: list[Cell], registry) -> dict[Choice, str]:
+    """Call every distinct component's optional ``check()`` (missing data, weights, checkpoints) and
+    fingerprint every dataset; report all problems at once. Returns dataset choice → fingerprint."""
+    problems: list[str] = []
+    fingerprints: dict[Choice, str] = {}
+    seen: set[tuple[str, Choice]] = set()
+    for cell in cells:
+        for kind, choice in (("datasets", cell.dataset), ("backbones", cell.backbone), ("masks", cell.mask),
+                             ("ensembles", cell.ensemble), ("explainers", cell.explainer),
+                             ("seeders", cell.seeder), ("segmenters", cell.segmenter)):
+            if choice is None or (kind, choice) in seen:
+                continue
+            seen.add((kind, choice))
+            try:
+                component = registry.create(kind, choice.name, **choice.params)
+                if hasattr(component, "check"):
+                    component.check()
+                if kind == "datasets":
+                    fingerprints[choice] = component.fingerprint()
+            except UserError as exc:
+                problems.append(f"{kind[:-1]} {choice.label}: {exc}")
+    if problems:
+        raise UserError("cannot start the run:\n  " + "\n  ".join(problems))
+    return fingerprints
+
+
 def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
     """Work out every stage the cells need, deduplicated by key. Builds datasets (cheaply) to fingerprint
     them and calls components' optional ``check()`` so missing files fail before anything runs."""
     stages: dict[str, Stage] = {}
     plans: list[CellPlan] = []
-    fingerprints: dict[Choice, str] = {}
-    checked: set[tuple[str, Choice]] = set()
     config = grid.model_dump(include={"train", "finetune", "protocol"})
 
     def add(kind, ident, label, deps, spec):
@@ -103,26 +127,9 @@ def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
     def version(kind, choice):
         return registry.get(kind, choice.name).version
 
-    def check(kind, choice):
-        if choice is None or (kind, choice) in checked:
-            return
-        checked.add((kind, choice))
-        component = registry.create(kind, choice.name, **choice.params)
-        if hasattr(component, "check"):
-            component.check()
-        return component
-
+    fingerprints = check_components(cells, registry)
     for cell in cells:
-        for kind, choice in (("backbones", cell.backbone), ("masks", cell.mask), ("ensembles", cell.ensemble),
-                             ("explainers", cell.explainer), ("seeders", cell.seeder),
-                             ("segmenters", cell.segmenter)):
-            check(kind, choice)
         ds = cell.dataset
-        if ds not in fingerprints:
-            dataset = registry.create("datasets", ds.name, **ds.params)
-            if hasattr(dataset, "check"):
-                dataset.check()
-            fingerprints[ds] = dataset.fingerprint()
         data = add("data", [ds.ident, version("datasets", ds), fingerprints[ds]], f"data {ds.label}", [],
                    {"dataset": ds.ident})
         backbone = {"backbone": cell.backbone.ident}
