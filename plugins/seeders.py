@@ -1,7 +1,9 @@
 """Seeders: saliency map → point prompts.
 
 ``top-k`` places foreground points on the highest peaks of a saliency map, the way the paper turns
-Grad-CAM maxima into clicks for Segment Anything.
+Grad-CAM maxima into clicks for Segment Anything. ``components`` places one point on each salient region
+(connected component of the thresholded map) instead of each peak, and ``pos-neg`` adds background clicks
+on the least salient pixels to ``top-k``'s foreground ones.
 """
 
 from __future__ import annotations
@@ -94,6 +96,147 @@ def regional_maxima(saliency: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return peak_values[order], rows[central][order], cols[central][order]
 
 
+def _unit_map(saliency: np.ndarray) -> np.ndarray:
+    """float64 (H, W): min-max scaled to [0, 1] (constant → zeros), non-finite values counted as the minimum."""
+    saliency = np.asarray(saliency, dtype=np.float64)
+    if saliency.ndim != 2:
+        raise ValueError(f"saliency must have shape (H, W), got {saliency.shape}")
+    finite = np.isfinite(saliency)
+    if not finite.any():
+        return np.zeros(saliency.shape)
+    values = np.where(finite, saliency, saliency[finite].min())
+    low, span = values.min(), np.ptp(values)
+    return (values - low) / span if span > 0 else np.zeros(saliency.shape)
+
+
+def _prompts(points: list[tuple[int, int]], labels: list[int]) -> Prompts:
+    """Prompts from (row, col) pixel positions."""
+    return Prompts(
+        points=np.asarray([(col, row) for row, col in points], dtype=np.float32).reshape(-1, 2),
+        labels=np.asarray(labels, dtype=np.int64),
+    )
+
+
+class Components:
+    """One foreground point per salient region: the connected components of the thresholded map.
+
+    ``__call__(saliency) -> Prompts``: ``saliency`` float (H, W), min-max scaled per map (NaN and inf
+    count as its minimum; a constant map becomes zeros). Regions are the 8-connected components of
+    ``scaled >= threshold``. Each gives the pixel nearest its saliency-weighted centre (its plain centroid
+    when all its saliency is 0); if that pixel is outside the region (a crescent, a ring), the region's
+    pixel nearest the centre (ties: lowest flat index). Regions are taken by saliency mass, the sum of
+    their scaled values, largest first (ties: raster order of their first pixel), at most ``max_points``.
+
+    Returns ``Prompts`` with float32 (N, 2) points at integer pixel positions (x=column, y=row),
+    0 <= N <= max_points, and int64 labels all 1."""
+
+    def __init__(
+        self,
+        *,
+        threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
+        max_points: Annotated[int, Field(ge=1)] = 5,
+    ):
+        self.threshold = threshold
+        self.max_points = max_points
+
+    def __call__(self, saliency: np.ndarray) -> Prompts:
+        from scipy import ndimage
+
+        scaled = _unit_map(saliency)
+        labels, count = ndimage.label(scaled >= self.threshold, structure=np.ones((3, 3), dtype=bool))
+        if count == 0:
+            return _prompts([], [])
+        rows, cols = np.nonzero(labels)
+        region = labels[rows, cols] - 1
+        weight = scaled[rows, cols]
+        mass = np.bincount(region, weights=weight, minlength=count)
+        size = np.bincount(region, minlength=count)
+        weighted = mass > 0
+        norm = np.where(weighted, mass, size)
+        spread = np.where(weighted[region], weight, 1.0)
+        centre_row = np.bincount(region, weights=spread * rows, minlength=count) / norm
+        centre_col = np.bincount(region, weights=spread * cols, minlength=count) / norm
+        picked = []
+        for r in np.lexsort((np.arange(count), -mass))[: self.max_points]:
+            row = min(max(int(np.floor(centre_row[r] + 0.5)), 0), scaled.shape[0] - 1)
+            col = min(max(int(np.floor(centre_col[r] + 0.5)), 0), scaled.shape[1] - 1)
+            if labels[row, col] != r + 1:
+                inside = np.flatnonzero(region == r)  # raster order, so argmin keeps the lowest flat index
+                gaps = (rows[inside] - centre_row[r]) ** 2 + (cols[inside] - centre_col[r]) ** 2
+                nearest = inside[int(np.argmin(gaps))]
+                row, col = int(rows[nearest]), int(cols[nearest])
+            picked.append((row, col))
+        return _prompts(picked, [1] * len(picked))
+
+
+class PosNeg:
+    """``top-k``'s foreground points plus background points on the least salient pixels.
+
+    ``__call__(saliency) -> Prompts``: positives exactly as ``TopK(k, min_distance, min_value)``. Then
+    up to ``negatives`` background points, picked greedily from the pixels of lowest saliency (min-max
+    scaled per map, compared at ``VALUE_RESOLUTION``; NaN and inf count as the minimum) and never above
+    ``max_negative_value``; among equally low pixels, the one farthest from the positives first (ties:
+    lowest flat index), so a flat zero background gives clicks away from the object, not along the top
+    row. A pixel closer than ``min_distance`` pixels (Euclidean) to any point already taken, positive or
+    negative, is skipped.
+
+    Returns ``Prompts`` with float32 (N, 2) points at integer pixel positions (x=column, y=row): the
+    positives (label 1, highest peak first), then the negatives (label 0, lowest first)."""
+
+    def __init__(
+        self,
+        *,
+        k: Annotated[int, Field(ge=1)] = 3,
+        negatives: Annotated[int, Field(ge=0)] = 3,
+        min_distance: Annotated[int, Field(ge=0)] = 8,
+        min_value: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,
+        max_negative_value: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2,
+    ):
+        self.k = k
+        self.negatives = negatives
+        self.min_distance = min_distance
+        self.min_value = min_value
+        self.max_negative_value = max_negative_value
+
+    def __call__(self, saliency: np.ndarray) -> Prompts:
+        positives = TopK(k=self.k, min_distance=self.min_distance, min_value=self.min_value)(saliency)
+        scaled = _unit_map(saliency)
+        height, width = scaled.shape
+        rows, cols = np.mgrid[:height, :width]
+        rows, cols = rows.ravel(), cols.ravel()
+        if len(positives.points):
+            px, py = positives.points[:, 0], positives.points[:, 1]
+            distance = np.min((rows[:, None] - py) ** 2 + (cols[:, None] - px) ** 2, axis=1)
+        else:
+            distance = np.zeros(rows.size)
+        levels = np.round(scaled.ravel() / VALUE_RESOLUTION)
+        order = np.lexsort((np.arange(rows.size), -distance, levels))
+        order = order[scaled.ravel()[order] <= self.max_negative_value]
+        free = np.ones(rows.size, dtype=bool)
+
+        def suppress(row, col):
+            free[(rows - row) ** 2 + (cols - col) ** 2 < self.min_distance**2] = False
+            free[row * width + col] = False
+
+        for x, y in positives.points:
+            suppress(int(y), int(x))
+        picked = []
+        while len(picked) < self.negatives:
+            candidates = order[free[order]]
+            if not len(candidates):
+                break
+            row, col = int(rows[candidates[0]]), int(cols[candidates[0]])
+            picked.append((row, col))
+            suppress(row, col)
+        negatives = _prompts(picked, [0] * len(picked))
+        return Prompts(
+            points=np.concatenate([positives.points, negatives.points]),
+            labels=np.concatenate([positives.labels, negatives.labels]),
+        )
+
+
 @hookimpl
 def register_seeders(register):
     register("top-k", TopK)
+    register("components", Components)
+    register("pos-neg", PosNeg)

@@ -1,7 +1,12 @@
-"""Point-prompted segmenters: the random walker, marker watershed, and Segment Anything (SAM).
+"""Point-prompted segmenters: the random walker, marker watershed, GrabCut, Segment Anything (SAM), and
+``cam-threshold``, the thresholded saliency map itself: the floor every segmenter must beat.
 
-The two classical segmenters turn prompts into a marker image (``seed_markers``) and grow the
-foreground marker over the image; SAM takes the points directly.
+The classical segmenters turn prompts into a marker image (``seed_markers``) and grow the foreground
+marker over the image; SAM takes the points directly.
+
+Optional contract: a segmenter class with ``uses_saliency = True`` is called as
+``segment(image, prompts, *, saliency)``, with ``saliency`` a list of float32 (H, W) maps in [0, 1], one
+per prompt set (the map the prompts were seeded from).
 """
 
 from __future__ import annotations
@@ -189,6 +194,80 @@ class WatershedSegmenter(_MarkerSegmenter):
         return watershed(prepared, markers, compactness=self.compactness) == FOREGROUND
 
 
+class GrabCutSegmenter(_MarkerSegmenter):
+    """GrabCut (Rother et al. 2004, OpenCV's ``cv2.grabCut``) initialised from point prompts.
+
+    ``segment(image, prompts) -> list[np.ndarray]``: ``image`` uint8 (H, W, 3) RGB; one bool (H, W) mask
+    per prompt set, True where GrabCut ends with (probable) foreground. The initial mask is probable
+    background everywhere, definite foreground on the foreground markers and definite background on the
+    background markers of ``seed_markers`` (discs of ``seed_radius`` around the points; without negative
+    points, the border ring ``border`` pixels wide). ``iterations``: GrabCut's colour-model / graph-cut
+    rounds. OpenCV's random generator is reseeded before each call, so results are deterministic. A
+    prompt set without positive points gives an all-False mask."""
+
+    def __init__(
+        self,
+        *,
+        seed_radius: Annotated[int, Field(ge=0)] = 3,
+        border: Annotated[int, Field(ge=1)] = 2,
+        iterations: Annotated[int, Field(ge=1)] = 5,
+    ):
+        self.seed_radius = seed_radius
+        self.border = border
+        self.iterations = iterations
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(image, dtype=np.uint8)
+
+    def _foreground(self, prepared: np.ndarray, markers: np.ndarray) -> np.ndarray:
+        import cv2
+
+        mask = np.full(markers.shape, cv2.GC_PR_BGD, dtype=np.uint8)
+        mask[markers == BACKGROUND] = cv2.GC_BGD
+        mask[markers == FOREGROUND] = cv2.GC_FGD
+        background_model = np.zeros((1, 65), np.float64)
+        foreground_model = np.zeros((1, 65), np.float64)
+        cv2.setRNGSeed(0)  # the colour models start from k-means with OpenCV's global generator
+        cv2.grabCut(prepared, mask, None, background_model, foreground_model, self.iterations,
+                    cv2.GC_INIT_WITH_MASK)
+        return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+
+
+class CamThreshold:
+    """The binarised saliency map, ignoring the image and the prompts: what any segmenter must beat.
+
+    Declares ``uses_saliency = True``, an optional addition to the segmenter contract: the runner then
+    calls ``segment(image, prompts, *, saliency)`` with ``saliency`` a list of float32 (H, W) maps in
+    [0, 1], one per prompt set (the map its prompts were seeded from). Returns one bool (H, W) mask per
+    prompt set: the map min-max scaled (as ``xaibench.metrics.normalise``; a constant map gives no
+    pixel) ``>= threshold``, so it equals the explanation's own fixed-threshold binarisation."""
+
+    uses_saliency = True
+
+    def __init__(self, *, threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5):
+        self.threshold = threshold
+
+    def segment(self, image: np.ndarray, prompts: Sequence[Prompts], *, saliency=None) -> list[np.ndarray]:
+        from xaibench.metrics import binarise
+
+        image = _check_image(image)
+        prompts = list(prompts)
+        if saliency is None:
+            raise ValueError("cam-threshold segments the saliency map itself: pass saliency=[map per prompt set]")
+        saliency = list(saliency)
+        if len(saliency) != len(prompts):
+            raise ValueError(f"cam-threshold got {len(saliency)} saliency maps for {len(prompts)} prompt sets")
+        masks = []
+        for saliency_map in saliency:
+            saliency_map = np.asarray(saliency_map, dtype=np.float32)
+            if saliency_map.shape != image.shape[:2]:
+                raise ValueError(
+                    f"saliency map shape {saliency_map.shape} differs from the image's {image.shape[:2]}"
+                )
+            masks.append(binarise(saliency_map[None], self.threshold)[0])
+        return masks
+
+
 # -- Segment Anything -------------------------------------------------------------------------------
 
 
@@ -321,3 +400,5 @@ def register_segmenters(register):
     register("random-walker", RandomWalkerSegmenter)
     register("watershed", WatershedSegmenter)
     register("sam", SamSegmenter)
+    register("grabcut", GrabCutSegmenter)
+    register("cam-threshold", CamThreshold)

@@ -1,4 +1,6 @@
-"""Behaviour of the built-in seeders (``top-k``) and segmenters (``random-walker``, ``watershed``, ``sam``).
+"""Behaviour of the built-in seeders (``top-k``, ``components``, ``pos-neg``) and segmenters
+(``random-walker``, ``watershed``, ``grabcut``, ``sam``, ``cam-threshold``), and the contract every
+registered seeder and segmenter keeps.
 
 SAM runs as a tiny randomly initialised model built from segment_anything's own modules, so the
 tests exercise the real predictor (resizing, coordinate transform, mask decoding) without weights."""
@@ -17,7 +19,8 @@ from xaibench.registry import Registry
 from xaibench_plugins import seeders, segmenters
 from xaibench_plugins.segmenters import BACKGROUND, FOREGROUND, UNLABELLED, SamSegmenter, seed_markers
 
-CLASSICAL_SEGMENTERS = ["random-walker", "watershed"]
+CLASSICAL_SEGMENTERS = ["random-walker", "watershed", "grabcut"]
+INSTALLED = Registry()
 
 
 @pytest.fixture(scope="module")
@@ -325,3 +328,180 @@ def test_sam_is_pickled_without_its_model(wide_image):
 def test_sam_on_cuda_without_cuda_is_a_user_error():
     with pytest.raises(UserError, match="CUDA"):
         SamSegmenter(device="cuda")._resolve_device()
+
+
+# -- components ---------------------------------------------------------------------------------------
+
+
+def test_components_gives_one_point_per_region_by_saliency_mass(registry):
+    saliency = np.zeros((30, 50), np.float32)
+    saliency[2:5, 40:46] = 0.6  # 18 px of 0.6: mass 10.8 -> scaled 18 * 0.6 = 10.8
+    saliency[20:28, 5:9] = 1.0  # 32 px of 1.0, the largest mass
+    saliency[20:28, 7] = 0.8  # pulls the weighted centre left of the geometric one
+    saliency[12, 25] = 0.7  # one pixel
+    found = registry.create("seeders", "components")(saliency)
+    assert found.labels.tolist() == [1, 1, 1] and found.points.dtype == np.float32
+    # Block at rows 20..27, columns 5..8: weighted column (5 + 6 + 8 + 0.8 * 7) / 3.8 = 6.47 -> 6.
+    assert points_of(found) == [(6, 24), (43, 3), (25, 12)]
+    assert points_of(registry.create("seeders", "components", max_points=2)(saliency)) == [(6, 24), (43, 3)]
+    assert points_of(registry.create("seeders", "components", threshold=0.65)(saliency)) == [(6, 24), (25, 12)]
+
+
+def test_components_snaps_a_centre_outside_its_region_inside():
+    from xaibench_plugins.seeders import Components
+
+    rows, cols = np.mgrid[:41, :41]
+    radius = np.hypot(rows - 20, cols - 20)
+    ring = ((radius >= 12) & (radius <= 15)).astype(np.float32)  # its weighted centre is the empty middle
+    (point,) = Components()(ring).points
+    x, y = int(point[0]), int(point[1])
+    assert ring[y, x] == 1.0  # on the ring, not in its empty middle
+    assert 12 <= np.hypot(y - 20, x - 20) <= 12.5  # the ring pixel nearest the centre
+
+
+def test_components_of_a_constant_map_and_of_nan(registry):
+    components = registry.create("seeders", "components")
+    empty = components(np.full((8, 8), 0.3, np.float32))
+    assert empty.points.shape == (0, 2) and empty.points.dtype == np.float32 and empty.labels.dtype == np.int64
+    saliency = np.zeros((8, 8), np.float32)
+    saliency[2, 3] = 1.0
+    saliency[6, 6] = np.nan
+    assert points_of(components(saliency)) == [(3, 2)]
+
+
+@pytest.mark.parametrize("name", ["components", "pos-neg"])
+@pytest.mark.parametrize("size", [(224, 224), (224, 320)])
+def test_seeders_on_an_upsampled_7x7_map_give_column_row_of_the_right_cells(registry, name, size):
+    grid = np.full((7, 7), 0.3, np.float32)
+    grid[1, 5] = 1.0  # the hot cell: row 1, column 5
+    grid[5, 1] = 0.0  # the cold cell: row 5, column 1
+    saliency = torch.nn.functional.interpolate(torch.from_numpy(grid)[None, None], size=size, mode="bilinear")
+    found = registry.create("seeders", name, **({"k": 1, "negatives": 1} if name == "pos-neg" else {}))(
+        saliency[0, 0].numpy())
+    height, width = size
+    (x, y), = found.positive
+    assert abs(y - (1.5 * height / 7 - 0.5)) <= 1 and abs(x - (5.5 * width / 7 - 0.5)) <= 1
+    if name == "pos-neg":
+        (x, y), = found.negative
+        assert abs(y - (5.5 * height / 7 - 0.5)) <= 1 and abs(x - (1.5 * width / 7 - 0.5)) <= 1
+
+
+# -- pos-neg ------------------------------------------------------------------------------------------
+
+
+def test_pos_neg_adds_spread_negatives_on_the_least_salient_pixels(registry):
+    saliency = bumps((40, 60), [(30, 10, 1.0), (5, 50, 0.7)], sigma=4.0)
+    found = registry.create("seeders", "pos-neg", k=2, negatives=4, min_distance=10)(saliency)
+    top = registry.create("seeders", "top-k", k=2, min_distance=10)(saliency)
+    np.testing.assert_array_equal(found.positive, top.points)
+    assert found.labels.tolist() == [1, 1, 0, 0, 0, 0]
+    assert found.points.dtype == np.float32 and found.labels.dtype == np.int64
+    negatives = found.negative.astype(int)
+    # On the flat zero background, the first is the pixel farthest from the positives: a corner.
+    assert tuple(negatives[0]) == (59, 39)
+    assert all(saliency[y, x] <= 1e-6 for x, y in negatives)
+    gaps = np.linalg.norm(found.points[:, None] - found.points[None], axis=-1)
+    assert gaps[~np.eye(6, dtype=bool)].min() >= 10
+
+
+def test_pos_neg_never_puts_a_negative_on_salient_pixels(registry):
+    rows, cols = np.mgrid[:20, :20]
+    saliency = (0.5 + 0.5 * (cols / 19)).astype(np.float32)  # scaled: column / 19
+    pos_neg = registry.create("seeders", "pos-neg", k=1, negatives=10, min_distance=3, max_negative_value=0.2)
+    found = pos_neg(saliency)
+    assert len(found.negative) > 0
+    assert all(x / 19 <= 0.2 for x, _ in found.negative)
+    assert len(registry.create("seeders", "pos-neg", negatives=0)(saliency).negative) == 0
+
+
+# -- grabcut and cam-threshold ------------------------------------------------------------------------
+
+
+def test_grabcut_is_deterministic_and_respects_definite_background(registry, disc_image):
+    image, disc, centre = disc_image
+    grabcut = registry.create("segmenters", "grabcut", seed_radius=3)
+    inside_negative = prompts([centre, [centre[0] + 10, centre[1]]], [1, 0])
+    first = grabcut.segment(image, [prompts([centre]), inside_negative])
+    again = grabcut.segment(image, [prompts([centre]), inside_negative])
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not first[1][centre[1], centre[0] + 10]  # a definite background disc stays background
+    assert first[1][centre[1], centre[0]]
+
+
+def test_cam_threshold_is_the_binarised_saliency(registry, disc_image):
+    from xaibench.metrics import binarise
+
+    image = disc_image[0]
+    saliency = bumps(image.shape[:2], [(40, 80, 0.8), (10, 10, 0.5)], sigma=10.0)
+    segmenter = registry.create("segmenters", "cam-threshold", threshold=0.4)
+    assert segmenter.uses_saliency is True
+    masks = segmenter.segment(image, [prompts([[3, 3]]), NO_PROMPTS], saliency=[saliency, saliency * 0.5])
+    expected = binarise(saliency[None], 0.4)[0]
+    assert expected.any() and not expected.all()
+    for mask in masks:  # prompts and scale do not matter: it is the floor any prompted segmenter must beat
+        np.testing.assert_array_equal(mask, expected)
+    with pytest.raises(ValueError, match="saliency"):
+        segmenter.segment(image, [NO_PROMPTS])
+    with pytest.raises(ValueError, match="2 prompt sets"):
+        segmenter.segment(image, [NO_PROMPTS, NO_PROMPTS], saliency=[saliency])
+
+
+# -- the contract of every registered seeder and segmenter ----------------------------------------------
+
+
+def contract_saliency(shape=(36, 52)):
+    grid = np.random.default_rng(3).random((5, 5)).astype(np.float32)
+    up = torch.nn.functional.interpolate(torch.from_numpy(grid)[None, None], size=shape, mode="bilinear")
+    return np.clip(up[0, 0].numpy(), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("name", INSTALLED.names("seeders"))
+@pytest.mark.parametrize("kind", ["smooth", "constant"])
+def test_every_seeder_keeps_the_contract(name, kind):
+    saliency = contract_saliency() if kind == "smooth" else np.full((36, 52), 0.5, np.float32)
+    before = saliency.copy()
+    seeder = INSTALLED.create("seeders", name)
+    found = seeder(saliency)
+    assert isinstance(found, Prompts)
+    assert found.points.dtype == np.float32 and found.points.ndim == 2 and found.points.shape[1] == 2
+    assert found.labels.dtype == np.int64 and found.labels.shape == (len(found.points),)
+    assert set(found.labels.tolist()) <= {0, 1}
+    x, y = found.points.T
+    assert np.all((0 <= x) & (x < 52) & (0 <= y) & (y < 36))
+    if kind == "smooth":
+        assert len(found.positive) >= 1
+    again = seeder(saliency)
+    np.testing.assert_array_equal(again.points, found.points)
+    np.testing.assert_array_equal(again.labels, found.labels)
+    np.testing.assert_array_equal(saliency, before)
+
+
+def contract_segmenter(name):
+    return TinySam() if name == "sam" else INSTALLED.create("segmenters", name)
+
+
+@pytest.mark.parametrize("name", INSTALLED.names("segmenters"))
+def test_every_segmenter_keeps_the_contract(name, wide_image):
+    image = wide_image.copy()
+    image[10:30, 40:70] = (220, 40, 40)
+    prompt_sets = [prompts([[55, 20], [5, 5]], [1, 0]), prompts([[50, 18]]), NO_PROMPTS]
+    saliency = [contract_saliency(image.shape[:2]) for _ in prompt_sets]
+    copies = [(p.points.copy(), p.labels.copy()) for p in prompt_sets]
+    image_before, saliency_before = image.copy(), [s.copy() for s in saliency]
+    segmenter = contract_segmenter(name)
+    extra = {"saliency": saliency} if getattr(segmenter, "uses_saliency", False) else {}
+    masks = segmenter.segment(image, prompt_sets, **extra)
+    assert isinstance(masks, list) and len(masks) == 3
+    for mask in masks:
+        assert isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == (48, 96)
+    again = segmenter.segment(image, prompt_sets, **extra)
+    for a, b in zip(masks, again):
+        np.testing.assert_array_equal(a, b)
+    assert segmenter.segment(image, [], **({"saliency": []} if extra else {})) == []
+    np.testing.assert_array_equal(image, image_before)
+    for p, (points, labels) in zip(prompt_sets, copies):
+        np.testing.assert_array_equal(p.points, points)
+        np.testing.assert_array_equal(p.labels, labels)
+    for s, s_before in zip(saliency, saliency_before):
+        np.testing.assert_array_equal(s, s_before)

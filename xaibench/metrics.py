@@ -1,12 +1,28 @@
 """Metrics of classifiers, explanations and segmentations against ground truth.
 
-Rules: saliency maps are min-max normalised per image before binarising; an image whose ground-truth
-mask is empty has no defined overlap score and gives NaN, which means exclude (``nanmean``) and count.
+Rules, for every per-image metric here:
+
+- Saliency maps are float (N, H, W), ground truth bool (N, H, W); a shape mismatch is a ``ValueError``.
+- Maps are min-max normalised per image first (``normalise``); a constant map becomes all zeros, i.e. it
+  points nowhere.
+- An image whose ground-truth mask is empty has no defined score and gives NaN, which means exclude
+  (``mean_excluding_nan``) and count. Threshold-free ranking metrics (ROC AUC, average precision) are also
+  NaN for a mask covering the whole image.
+- Ties between saliency values are decided at ``VALUE_RESOLUTION``; where a top-k selection cuts through a
+  tie, the rank metrics (pointing game, relevance rank, top-k intersection) count the expected hits of a
+  random pick among the tied pixels, so a constant map scores the chance level |G| / (H W); binarising to
+  exactly k pixels (``binarise_top_percent``) takes the tied pixels in raster order.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+# Saliency values closer than this count as equal (bilinear upsampling of equal neighbours is not
+# bit-exact in float32).
+VALUE_RESOLUTION = 1e-6
+
+DEFAULT_SWEEP = np.linspace(0.05, 0.95, 19)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -48,3 +64,266 @@ def mean_excluding_nan(values: np.ndarray) -> tuple[float, int]:
     finite = np.isfinite(values)
     mean = float(values[finite].mean()) if finite.any() else float("nan")
     return mean, int((~finite).sum())
+
+
+# -- checks and helpers ------------------------------------------------------------------------------------
+
+
+def _pair(maps: np.ndarray, masks: np.ndarray, what: str = "map") -> tuple[np.ndarray, np.ndarray]:
+    """``(maps as float, masks as bool)`` of one shape (N, H, W); ValueError otherwise."""
+    maps = np.asarray(maps)
+    masks = np.asarray(masks, dtype=bool)
+    if maps.shape != masks.shape:
+        raise ValueError(f"{what} shape {maps.shape} differs from ground truth {masks.shape}")
+    if maps.ndim != 3:
+        raise ValueError(f"{what}s must have shape (N, H, W), got {maps.shape}")
+    return maps, masks
+
+
+def _flat(stack: np.ndarray) -> np.ndarray:
+    return stack.reshape(stack.shape[0], stack.shape[1] * stack.shape[2])
+
+
+def _levels(maps: np.ndarray) -> np.ndarray:
+    """Normalised maps as integer levels at ``VALUE_RESOLUTION``, flattened to (N, H*W)."""
+    normalised = normalise(maps)
+    return np.round(_flat(normalised).astype(np.float64) / VALUE_RESOLUTION).astype(np.int64)
+
+
+def _expected_top_hits(levels: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Expected number of ``truth`` pixels among the ``k`` highest ``levels`` (1-D), ties picked at random."""
+    cut = np.partition(levels, levels.size - k)[levels.size - k]
+    above = levels > cut
+    tied = levels == cut
+    return float((above & truth).sum() + (k - above.sum()) * (tied & truth).sum() / tied.sum())
+
+
+def _empty_to_nan(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    scores[~masks.any(axis=(1, 2))] = np.nan
+    return scores
+
+
+# -- overlap ---------------------------------------------------------------------------------------------
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-image Dice coefficient 2 |P ∩ T| / (|P| + |T|) of bool (N, H, W) arrays; NaN where T is empty."""
+    pred, truth = _pair(np.asarray(pred, dtype=bool), truth, "prediction")
+    inter = np.logical_and(pred, truth).sum(axis=(1, 2)).astype(np.float64)
+    total = pred.sum(axis=(1, 2)) + truth.sum(axis=(1, 2)).astype(np.float64)
+    return _empty_to_nan(2 * inter / np.maximum(total, 1), truth)
+
+
+# -- binarisation ----------------------------------------------------------------------------------------
+
+
+def binarise_fixed(maps: np.ndarray, value: float) -> np.ndarray:
+    """bool (N, H, W): normalised map >= ``value`` (same as ``binarise``)."""
+    return binarise(maps, value)
+
+
+def binarise_top_percent(maps: np.ndarray, p: float) -> np.ndarray:
+    """bool (N, H, W): the ``p / 100 * H * W`` most salient pixels of each map (rounded, halves up).
+
+    ``p`` in [0, 100]. Exactly that many pixels per image; ties at the cut go in raster order."""
+    if not 0 <= p <= 100:
+        raise ValueError(f"p is a percentage in [0, 100], got {p}")
+    maps = np.asarray(maps)
+    levels = _levels(maps)
+    count = int(np.floor(p / 100 * levels.shape[1] + 0.5))
+    order = np.argsort(-levels, axis=1, kind="stable")[:, :count]
+    chosen = np.zeros(levels.shape, dtype=bool)
+    np.put_along_axis(chosen, order, True, axis=1)
+    return chosen.reshape(maps.shape)
+
+
+def binarise_otsu(maps: np.ndarray) -> np.ndarray:
+    """bool (N, H, W): normalised map > its Otsu threshold (``skimage.filters.threshold_otsu``), per image.
+
+    A constant map gives no pixel."""
+    from skimage.filters import threshold_otsu
+
+    normalised = normalise(maps)
+    return np.stack([m > threshold_otsu(m) for m in normalised]) if len(normalised) else normalised.astype(bool)
+
+
+def threshold_sweep(
+    maps: np.ndarray, masks: np.ndarray, thresholds: np.ndarray = DEFAULT_SWEEP
+) -> tuple[np.ndarray, float, float, float]:
+    """Mean IoU of the fixed-threshold binarisation at each threshold.
+
+    Returns ``(curve, best_threshold, best_mean_iou, curve_mean)``: ``curve`` float64 (T,) of mean IoU over
+    the images with a non-empty mask; the first threshold reaching the curve's maximum and that maximum
+    (an optimistic score: the threshold is chosen on the images it is scored on); and the curve's mean,
+    a threshold-free summary. All NaN when no mask is non-empty."""
+    maps, masks = _pair(maps, masks)
+    normalised = normalise(maps)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    curve = np.array([mean_excluding_nan(iou(normalised >= t, masks))[0] for t in thresholds])
+    if len(curve) == 0 or not np.isfinite(curve).any():
+        return curve, float("nan"), float("nan"), float("nan")
+    best = int(np.nanargmax(curve))
+    return curve, float(thresholds[best]), float(curve[best]), float(np.nanmean(curve))
+
+
+# -- threshold-free --------------------------------------------------------------------------------------
+
+
+def _per_image_ranking(score_fn, maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    maps, masks = _pair(maps, masks)
+    normalised = normalise(maps)
+    scores = np.full(len(maps), np.nan)
+    for i, (saliency, truth) in enumerate(zip(normalised, masks)):
+        inside = truth.sum()
+        if 0 < inside < truth.size:
+            scores[i] = score_fn(truth.ravel(), saliency.ravel().astype(np.float64))
+    return scores
+
+
+def roc_auc(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per-image area under the ROC curve of saliency as a pixel classifier of the mask
+    (``sklearn.metrics.roc_auc_score``); 0.5 is chance. NaN where the mask is empty or full."""
+    from sklearn.metrics import roc_auc_score
+
+    return _per_image_ranking(roc_auc_score, maps, masks)
+
+
+def average_precision(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per-image average precision of saliency ranking the mask's pixels
+    (``sklearn.metrics.average_precision_score``); chance is the mask's area fraction. NaN where the
+    mask is empty or full."""
+    from sklearn.metrics import average_precision_score
+
+    return _per_image_ranking(average_precision_score, maps, masks)
+
+
+def top_k_intersection(maps: np.ndarray, masks: np.ndarray, k: int) -> np.ndarray:
+    """Per-image fraction of the ``k`` most salient pixels that lie inside the mask; NaN for an empty mask.
+
+    ``1 <= k <= H * W``; ties at the cut count as the expected hits of a random pick."""
+    maps, masks = _pair(maps, masks)
+    levels = _levels(maps)
+    if not 1 <= k <= levels.shape[1]:
+        raise ValueError(f"k must be between 1 and the pixel count {levels.shape[1]}, got {k}")
+    flat = _flat(masks)
+    scores = np.array([_expected_top_hits(lv, truth, k) / k for lv, truth in zip(levels, flat)])
+    return _empty_to_nan(scores, masks)
+
+
+def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per-image hit of the most salient pixel: 1 inside the mask, 0 outside; NaN for an empty mask.
+
+    Where several pixels share the maximum, the fraction of them inside the mask."""
+    return top_k_intersection(maps, masks, 1)
+
+
+def relevance_rank(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per-image |top-|G| salient pixels ∩ G| / |G| for the mask G; NaN for an empty mask."""
+    maps, masks = _pair(maps, masks)
+    levels = _levels(maps)
+    flat = _flat(masks)
+    scores = np.full(len(maps), np.nan)
+    for i, (lv, truth) in enumerate(zip(levels, flat)):
+        size = int(truth.sum())
+        if size:
+            scores[i] = _expected_top_hits(lv, truth, size) / size
+    return scores
+
+
+def relevance_mass(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per-image share of the saliency inside the mask, sum over G of a / sum of a, with a the normalised
+    map (so a = a⁺); NaN for an empty mask, 0 for a constant map (it places no relevance)."""
+    maps, masks = _pair(maps, masks)
+    normalised = normalise(maps).astype(np.float64)
+    inside = (normalised * masks).sum(axis=(1, 2))
+    total = normalised.sum(axis=(1, 2))
+    return _empty_to_nan(np.where(total > 0, inside / np.where(total > 0, total, 1.0), 0.0), masks)
+
+
+# -- boundaries ------------------------------------------------------------------------------------------
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a 4-neighbour outside it; the image edge counts as outside."""
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(2, 1), border_value=0)
+
+
+def boundary_f1(pred: np.ndarray, truth: np.ndarray, tolerance: float = 2) -> np.ndarray:
+    """Per-image boundary F1 of bool (N, H, W) segmentations: the harmonic mean of boundary precision (share
+    of predicted boundary pixels within ``tolerance`` pixels, Euclidean, of a true boundary pixel) and
+    recall (the converse). Boundaries are the masks' inner 4-connected edges, with the image edge counted
+    as outside. NaN where the truth is empty; 0 where the prediction is empty."""
+    from scipy import ndimage
+
+    pred, truth = _pair(np.asarray(pred, dtype=bool), truth, "prediction")
+    scores = np.full(len(pred), np.nan)
+    for i, (p, t) in enumerate(zip(pred, truth)):
+        if not t.any():
+            continue
+        if not p.any():
+            scores[i] = 0.0
+            continue
+        pred_edge, true_edge = _boundary(p), _boundary(t)
+        to_true = ndimage.distance_transform_edt(~true_edge)
+        to_pred = ndimage.distance_transform_edt(~pred_edge)
+        precision = float((to_true[pred_edge] <= tolerance).mean())
+        recall = float((to_pred[true_edge] <= tolerance).mean())
+        scores[i] = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return scores
+
+
+# -- summaries -------------------------------------------------------------------------------------------
+
+
+def _summary(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, values in scores.items():
+        out[name], out[f"{name}_excluded"] = mean_excluding_nan(values)
+    return out
+
+
+def explanation_per_image(maps: np.ndarray, masks: np.ndarray, *, threshold: float) -> dict[str, np.ndarray]:
+    """Per-image scores (N,) of every image-level explanation metric; NaN where undefined.
+
+    Keys: ``jaccard`` and ``dice`` (binarised at ``threshold``), ``jaccard_otsu``, ``jaccard_top20`` (top
+    20 % of pixels), ``roc_auc``, ``average_precision``, ``pointing_game``, ``relevance_mass``,
+    ``relevance_rank``."""
+    maps, masks = _pair(maps, masks)
+    fixed = binarise_fixed(maps, threshold)
+    return {
+        "jaccard": iou(fixed, masks),
+        "dice": dice(fixed, masks),
+        "jaccard_otsu": iou(binarise_otsu(maps), masks),
+        "jaccard_top20": iou(binarise_top_percent(maps, 20), masks),
+        "roc_auc": roc_auc(maps, masks),
+        "average_precision": average_precision(maps, masks),
+        "pointing_game": pointing_game(maps, masks),
+        "relevance_mass": relevance_mass(maps, masks),
+        "relevance_rank": relevance_rank(maps, masks),
+    }
+
+
+def explanation_scores(maps: np.ndarray, masks: np.ndarray, *, threshold: float) -> dict[str, float]:
+    """Mean of every explanation metric over the images, and ``<name>_excluded``: how many images gave NaN.
+
+    The keys of ``explanation_per_image``, plus ``sweep_mean`` and ``sweep_best`` (``threshold_sweep``'s
+    curve mean and maximum over the whole set); the sweep's ``_excluded`` counts images with an empty mask."""
+    maps, masks = _pair(maps, masks)
+    out = _summary(explanation_per_image(maps, masks, threshold=threshold))
+    _, _, best, curve_mean = threshold_sweep(maps, masks)
+    empty = int((~masks.any(axis=(1, 2))).sum())
+    out.update(sweep_mean=curve_mean, sweep_mean_excluded=empty, sweep_best=best, sweep_best_excluded=empty)
+    return out
+
+
+def segmentation_per_image(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image ``seg_iou``, ``seg_dice`` and ``seg_boundary_f1`` (tolerance 2 px) of bool (N, H, W)."""
+    pred, truth = _pair(np.asarray(pred, dtype=bool), truth, "prediction")
+    return {"seg_iou": iou(pred, truth), "seg_dice": dice(pred, truth), "seg_boundary_f1": boundary_f1(pred, truth)}
+
+
+def segmentation_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Means of ``segmentation_per_image``'s scores, each with ``<name>_excluded`` (NaN, empty-truth images)."""
+    return _summary(segmentation_per_image(pred, truth))
