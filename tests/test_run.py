@@ -59,8 +59,9 @@ def _check_report(path, figures):
 
     parser = Collect()
     parser.feed(path.read_text())
-    # accuracy, its detail, Jaccard, segmentation IoU, plugins
-    assert parser.tags.count("table") == 5
+    # accuracy and its detail, Jaccard and all explanation metrics, segmentation IoU and all its metrics,
+    # plugins
+    assert parser.tags.count("table") == 7
     assert len(parser.images) == figures and all(src.startswith("data:image/png;base64,") for src in parser.images)
     assert {"Figures", "Grid", "Plugins", "Machine"} <= set(parser.headings)
     assert any(h.startswith("Accuracy (%)") for h in parser.headings)
@@ -189,3 +190,25 @@ def test_process_executor_gives_the_local_results(run_grid, tmp_path):
     code, summary = run_grid(GRID + f"executor: {{name: process, workers: 2, threads: {threads}}}\n")
     assert code == 0 and summary["trainings_run"] == 3
     assert (run_grid.out / "leaderboard.csv").read_bytes() == local
+
+
+def test_calibration_baselines_bound_every_explanation_metric(run_grid):
+    grid = (GRID.replace("explainers: [gradcam]", "explainers: [gradcam, oracle, random]")
+            .replace("seeders: [{name: top-k, k: 2, min_distance: 4}]",
+                     "seeders: [{name: top-k, k: 2, min_distance: 4}, components]")
+            .replace("segmenters: [random-walker]", "segmenters: [random-walker, cam-threshold]")
+            .replace("masks: [white, blur]", "masks: [white]"))
+    code, summary = run_grid(grid)
+    assert code == 0 and summary["trainings_run"] == 2
+    table = pd.read_csv(run_grid.out / "leaderboard.csv")
+    assert len(table) == (1 + 2) * 3 * 2 * 2
+    oracle = table[table["explainer"] == "oracle"]
+    for metric in ("jaccard", "dice", "roc_auc", "average_precision", "pointing_game", "relevance_mass",
+                   "relevance_rank", "sweep_best"):
+        assert np.allclose(oracle[metric], 1.0), metric
+    # the binarised oracle map is the ground truth itself
+    assert np.allclose(oracle[oracle["segmenter"] == "cam-threshold"]["seg_iou"], 1.0)
+    rows = table[table["explainer"] != "oracle"]
+    assert (rows["jaccard"] < 1.0).all() and rows["seg_boundary_f1"].between(0, 1).all()
+    # every explanation and segmentation metric is reported on every row
+    assert table[["jaccard", "roc_auc", "pointing_game", "seg_iou", "seg_dice"]].notna().all().all()

@@ -22,14 +22,18 @@ from . import stats
 
 ID_COLUMNS = ["dataset", "backbone", "seed", "mask", "ensemble", "alpha", "explainer", "seeder", "segmenter"]
 CONFIG_COLUMNS = [c for c in ID_COLUMNS if c != "seed"]
-METRIC_COLUMNS = ["accuracy", "n_test", "jaccard", "jaccard_n", "jaccard_excluded", "seg_iou", "seg_n",
-                  "seg_excluded"]
+EXPLANATION_METRICS = ["jaccard", "dice", "jaccard_otsu", "jaccard_top20", "roc_auc", "average_precision",
+                       "pointing_game", "relevance_mass", "relevance_rank"]
+SEGMENTATION_METRICS = ["seg_iou", "seg_dice", "seg_boundary_f1"]
+METRIC_COLUMNS = (["accuracy", "n_test"] + EXPLANATION_METRICS + ["sweep_mean", "sweep_best", "jaccard_n",
+                  "jaccard_excluded"] + SEGMENTATION_METRICS + ["seg_n", "seg_iou_excluded"])
 # metric -> (per-image array in the cell file, display scale, digits, title)
 METRICS = {
     "accuracy": ("correct", 100.0, 2, "Accuracy (%)"),
-    "jaccard": ("jaccard", 1.0, 3, "Explanation Jaccard vs ground-truth masks"),
-    "seg_iou": ("seg_iou", 1.0, 3, "Segmentation IoU"),
+    **{m: (m, 1.0, 3, m) for m in EXPLANATION_METRICS + SEGMENTATION_METRICS},
 }
+METRICS["jaccard"] = ("jaccard", 1.0, 3, "Explanation Jaccard vs ground-truth masks")
+METRICS["seg_iou"] = ("seg_iou", 1.0, 3, "Segmentation IoU")
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
@@ -219,6 +223,24 @@ def detail_table(summary: pd.DataFrame, metric: str):
     return header, rows
 
 
+def metrics_table(summary: pd.DataFrame, names: list[str]):
+    """One row per model variant, one column per metric: mean [95% CI]."""
+    names = [m for m in names if m in summary and summary[m].notna().any()]
+    header = ["mask", "ensemble"] + names
+    rows = []
+    for _, r in summary.iterrows():
+        cells = []
+        for metric in names:
+            _, scale, digits, _ = METRICS[metric]
+            if pd.isna(r.get(metric)):
+                cells.append("—")
+                continue
+            low, high = r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high")
+            cells.append(f"{_fmt(r[metric], scale, digits)} [{_fmt(low, scale, digits)}, {_fmt(high, scale, digits)}]")
+        rows.append([r["mask"], _row_label(r["ensemble"], r["alpha"])] + cells)
+    return header, rows
+
+
 def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | None = None):
     """The leaderboard as ``(level, title, text or (header, rows))`` items, for markdown and HTML."""
     items = []
@@ -233,10 +255,13 @@ def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | 
         for explainer, sub in group[group["explainer"] != ""].groupby("explainer", sort=False):
             explained = sub.drop_duplicates(["mask", "ensemble"])
             items.append((3, f"{METRICS['jaccard'][3]} · {explainer}", table_one(explained, "jaccard")))
+            items.append((4, f"Explanation metrics · {explainer}", metrics_table(explained, EXPLANATION_METRICS)))
             chains = sub[sub["segmenter"] != ""].groupby(["seeder", "segmenter"], sort=False)
             for (seeder, segmenter), seg in chains:
                 items.append((3, f"{METRICS['seg_iou'][3]} · {explainer} → {seeder} → {segmenter}",
                               table_one(seg, "seg_iou")))
+                items.append((4, f"Segmentation metrics · {explainer} → {seeder} → {segmenter}",
+                              metrics_table(seg, SEGMENTATION_METRICS)))
     failures = df[df["status"] != "done"]
     if len(failures):
         lines = [f"{r['dataset']} {r['backbone']} seed={r['seed']} {r['mask']} {r['ensemble']} {r['explainer']} "

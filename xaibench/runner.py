@@ -140,18 +140,19 @@ def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold
     if cp.explain:
         explained = arrays("explain", cp.explain)
         truth = test["masks"][explained["index"]]
-        scores = metrics.iou(metrics.binarise(explained["maps"], cam_threshold), truth)
-        out["jaccard"], out["jaccard_excluded"] = metrics.mean_excluding_nan(scores)
-        out["jaccard_n"] = int(np.isfinite(scores).sum())
-        per_image.update(explained_index=explained["index"], jaccard=scores)
+        maps = explained["maps"].astype(np.float32)
+        scores = metrics.explanation_per_image(maps, truth, threshold=cam_threshold)
+        out.update(metrics.explanation_scores(maps, truth, threshold=cam_threshold))
+        out["jaccard_n"] = int(np.isfinite(scores["jaccard"]).sum())
+        per_image.update(explained_index=explained["index"], **scores)
     if cp.segment:
         segmented = arrays("segment", cp.segment)
         masks = np.unpackbits(segmented["masks"], axis=-1, count=int(segmented["width"])).astype(bool)
         truth = test["masks"][arrays("explain", cp.explain)["index"]]
-        scores = metrics.iou(masks, truth)
-        out["seg_iou"], out["seg_excluded"] = metrics.mean_excluding_nan(scores)
-        out["seg_n"] = int(np.isfinite(scores).sum())
-        per_image["seg_iou"] = scores
+        scores = metrics.segmentation_per_image(masks, truth)
+        out.update(metrics.segmentation_scores(masks, truth))
+        out["seg_n"] = int(np.isfinite(scores["seg_iou"]).sum())
+        per_image.update(scores)
     return out, per_image
 
 

@@ -397,15 +397,21 @@ class StageRunner:
         from .contracts import Prompts
 
         seeds = load_arrays(self.path("seeds", stage.spec["seeds"]))
-        index = load_arrays(self.path("explain", stage.spec["explain"]))["index"]
+        explained = load_arrays(self.path("explain", stage.spec["explain"]))
+        index = explained["index"]
         test = self.data(stage.spec["data"], "test")
         segmenter = self._component("segmenters", stage.spec["segmenter"])
+        uses_saliency = getattr(segmenter, "uses_saliency", False)
         height, width = test["images"].shape[1:3]
         masks = np.zeros((len(index), height, width), dtype=bool)
         for row, i in enumerate(self.bar_range(stage, len(index), 1, index)):
             keep = seeds["labels"][row] >= 0
             prompts = Prompts(seeds["points"][row][keep], seeds["labels"][row][keep].astype(np.int64))
-            (mask,) = segmenter.segment(test["images"][i], [prompts])
+            if uses_saliency:
+                saliency = [explained["maps"][row].astype(np.float32)]
+                (mask,) = segmenter.segment(test["images"][i], [prompts], saliency=saliency)
+            else:
+                (mask,) = segmenter.segment(test["images"][i], [prompts])
             masks[row] = np.asarray(mask, dtype=bool)
         save_arrays(self.path("segment", stage.key), masks=np.packbits(masks, axis=-1), width=np.int64(width))
         return {"n": int(len(index))}
