@@ -314,8 +314,16 @@ def render(dirs, fmt: str) -> str:
     """``xaibench leaderboard``: the merged leaderboard of run directories as md, csv, latex or html."""
     df, files, published = load_runs(dirs)
     summary = summarise(df, files)
+    names = []
+    for directory in dirs:
+        info = Path(directory) / "run.json"
+        if info.is_file():
+            import json
+
+            names.append(json.loads(info.read_text()).get("grid", Path(directory).name))
+    title = "xaibench leaderboard" + (f": {' + '.join(dict.fromkeys(names))}" if names else "")
     if fmt == "md":
-        return markdown(df, summary, published=published)
+        return markdown(df, summary, title, published=published)
     if fmt == "csv":
         return summary.to_csv(index=False)
     if fmt == "latex":
@@ -323,7 +331,7 @@ def render(dirs, fmt: str) -> str:
     if fmt == "html":
         from .report import page
 
-        return page("xaibench leaderboard", df, summary, published=published)
+        return page(title, df, summary, published=published)
     raise ValueError(f"unknown format {fmt!r}")
 
 
