@@ -137,7 +137,8 @@ def write_run_figures(plan, runner, arrays, registry, out_dir: Path, *, n_images
                 segmented = None
                 if cp.segment:
                     seg = arrays("segment", cp.segment)
-                    segmented = np.unpackbits(seg["masks"], axis=-1, count=int(seg["width"])).astype(bool)
+                    segmented = np.unpackbits(seg["masks"][cp.segment_index], axis=-1,
+                                              count=int(seg["width"])).astype(bool)
                 for row in range(min(n_images, len(explained["index"]))):
                     i = explained["index"][row]
                     keep = seeds["labels"][row] >= 0 if seeds else np.zeros(0, bool)

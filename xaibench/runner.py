@@ -147,7 +147,8 @@ def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold
         per_image.update(explained_index=explained["index"], **scores)
     if cp.segment:
         segmented = arrays("segment", cp.segment)
-        masks = np.unpackbits(segmented["masks"], axis=-1, count=int(segmented["width"])).astype(bool)
+        masks = np.unpackbits(segmented["masks"][cp.segment_index], axis=-1,
+                              count=int(segmented["width"])).astype(bool)
         truth = test["masks"][arrays("explain", cp.explain)["index"]]
         scores = metrics.segmentation_per_image(masks, truth)
         out.update(metrics.segmentation_scores(masks, truth))

@@ -55,6 +55,7 @@ class CellPlan:
     explain: str | None
     seeds: str | None
     segment: str | None
+    segment_index: int = 0  # this cell's seeder among those the segment stage prompts with
 
     @property
     def keys(self) -> list[str]:
@@ -128,6 +129,7 @@ def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
         return registry.get(kind, choice.name).version
 
     fingerprints = check_components(cells, registry)
+    segments: dict[tuple, set] = {}
     for cell in cells:
         ds = cell.dataset
         data = add("data", [ds.ident, version("datasets", ds), fingerprints[ds]], f"data {ds.label}", [],
@@ -160,10 +162,20 @@ def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
         if cell.seeder is not None:
             seeds = add("seeds", [explain, cell.seeder.ident, version("seeders", cell.seeder)],
                         f"seeds {cell.seeder.label}", [explain], {"explain": explain, "seeder": cell.seeder.ident})
-            segment = add("segment", [seeds, cell.segmenter.ident, version("segmenters", cell.segmenter), data],
-                          f"segment {cell.segmenter.label} from {cell.seeder.label}", [seeds, data],
-                          {"seeds": seeds, "explain": explain, "data": data, "segmenter": cell.segmenter.ident})
-        plans.append(CellPlan(cell, data, raw, masked, raw_logits, masked_logits, explain, seeds, segment))
+            segments.setdefault((explain, cell.segmenter, data), set()).add(seeds)
+        plans.append(CellPlan(cell, data, raw, masked, raw_logits, masked_logits, explain, seeds, None))
+    # One segment stage per explanation and segmenter prompts with every seeder's points, so expensive
+    # per-image work (SAM's image embedding) is done once for all seeders.
+    segment_of = {}
+    for (explain, segmenter, data), seed_keys in segments.items():
+        seed_keys = sorted(seed_keys)
+        key = add("segment", [explain, seed_keys, segmenter.ident, version("segmenters", segmenter), data],
+                  f"segment {segmenter.label} from {len(seed_keys)} seeder(s)", [*seed_keys, data],
+                  {"seeds": seed_keys, "explain": explain, "data": data, "segmenter": segmenter.ident})
+        segment_of.update({(seeds, segmenter): (key, i) for i, seeds in enumerate(seed_keys)})
+    for cp in plans:
+        if cp.seeds is not None:
+            cp.segment, cp.segment_index = segment_of[(cp.seeds, cp.cell.segmenter)]
     return Plan(stages, plans)
 
 
@@ -394,27 +406,31 @@ class StageRunner:
         return {"n": len(prompts), "max_points": width}
 
     def _run_segment(self, stage):
+        """Masks (S, M, H, W) for S seeders' prompts on the M explained test images, bit-packed."""
         from .contracts import Prompts
 
-        seeds = load_arrays(self.path("seeds", stage.spec["seeds"]))
+        seeds = [load_arrays(self.path("seeds", key)) for key in stage.spec["seeds"]]
         explained = load_arrays(self.path("explain", stage.spec["explain"]))
         index = explained["index"]
         test = self.data(stage.spec["data"], "test")
         segmenter = self._component("segmenters", stage.spec["segmenter"])
         uses_saliency = getattr(segmenter, "uses_saliency", False)
         height, width = test["images"].shape[1:3]
-        masks = np.zeros((len(index), height, width), dtype=bool)
+        masks = np.zeros((len(seeds), len(index), height, width), dtype=bool)
         for row, i in enumerate(self.bar_range(stage, len(index), 1, index)):
-            keep = seeds["labels"][row] >= 0
-            prompts = Prompts(seeds["points"][row][keep], seeds["labels"][row][keep].astype(np.int64))
-            if uses_saliency:
-                saliency = [explained["maps"][row].astype(np.float32)]
-                (mask,) = segmenter.segment(test["images"][i], [prompts], saliency=saliency)
-            else:
-                (mask,) = segmenter.segment(test["images"][i], [prompts])
-            masks[row] = np.asarray(mask, dtype=bool)
+            prompts = []
+            for s in seeds:
+                keep = s["labels"][row] >= 0
+                prompts.append(Prompts(s["points"][row][keep], s["labels"][row][keep].astype(np.int64)))
+            extra = {"saliency": [explained["maps"][row].astype(np.float32)] * len(prompts)} if uses_saliency else {}
+            out = segmenter.segment(test["images"][i], prompts, **extra)
+            if len(out) != len(prompts):
+                raise ValueError(f"segmenter {stage.spec['segmenter']['name']!r} returned {len(out)} masks for "
+                                 f"{len(prompts)} prompt sets")
+            for j, mask in enumerate(out):
+                masks[j, row] = np.asarray(mask, dtype=bool)
         save_arrays(self.path("segment", stage.key), masks=np.packbits(masks, axis=-1), width=np.int64(width))
-        return {"n": int(len(index))}
+        return {"n": int(len(index)), "seeders": len(seeds)}
 
 
 def masks_for_finetuning(masks, has_mask, policy: str, *, seed: int):

@@ -1,0 +1,205 @@
+"""xaibench's speed goals, each measured as a ratio inside one run so machine noise cancels.
+
+    python benchmarks/run.py [--json FILE] [--skip-quickstart]
+
+Prints a JSON object with:
+
+- ``train_throughput_ratio``: images/s of xaibench's training loop (``xaibench.training.fit``) over a plain
+  hand-written PyTorch loop on identical data, model and epochs (goal >= 0.95).
+- ``gradcam_forward_ratio``: Grad-CAM over N images / a no-grad forward over them (goal <= 1.2); see
+  ``gradcam_speed.py``.
+- ``alpha_sweep_ratio``: a grid scoring 11 α values / the same grid with 1 α, from scratch, accuracy only
+  (goal <= 1.05: α values are scored from cached logits).
+- ``sam_seeders_ratio``: seconds of the segment stage for the same images prompted by 3 seeders / by 1,
+  through a tiny randomly initialised SAM (goal <= 1.1).
+- ``rerun_seconds``: re-running a finished quickstart grid (goal < 5 s, 0 trainings).
+- ``quickstart_seconds``: the quickstart grid from scratch on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+TINY_GRID = """\
+name: bench
+datasets:
+  - {name: synthetic, n_train: 128, n_val: 0, n_test: 64, image_size: 64}
+backbones: [resnet18]
+masks: [white, blur]
+ensembles:
+  - name: logit-mix
+    sweep: {alpha: ALPHAS}
+train: {epochs: 2, batch_size: 32}
+finetune: {epochs: 1, batch_size: 32}
+"""
+
+
+def _run(grid_text: str, out: Path, registry=None) -> tuple[float, dict]:
+    from xaibench.runner import run
+
+    grid = out.parent / f"{out.name}.yaml"
+    grid.write_text(grid_text)
+    start = time.perf_counter()
+    summary = run(grid, out, progress=False, registry=registry, echo=lambda *a: None)
+    return time.perf_counter() - start, summary
+
+
+def train_throughput_ratio(epochs: int = 2, n: int = 128, size: int = 64) -> dict:
+    import torch
+
+    from xaibench import registry
+    from xaibench.training import fit, to_tensor
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+    labels = np.arange(n) % 2
+    backbone = registry.create("backbones", "resnet18")
+
+    def ours():
+        torch.manual_seed(0)
+        fit(backbone.build(2), images, labels, epochs=epochs, batch_size=32, lr=1e-3, weight_decay=0.0,
+            optimizer="adam", augment=False, seed=0, device="cpu")
+
+    def plain():
+        torch.manual_seed(0)
+        model = backbone.build(2).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        x, y = to_tensor(images), torch.from_numpy(labels)
+        for _ in range(epochs):
+            for i in range(0, n, 32):
+                loss = torch.nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+    from gradcam_speed import best_times
+
+    best = best_times({"xaibench": ours, "plain": plain}, repeats=3)
+    return {"train_throughput_ratio": best["plain"] / best["xaibench"], "train_xaibench_s": best["xaibench"],
+            "train_plain_s": best["plain"]}
+
+
+def alpha_sweep_ratio(tmp: Path) -> dict:
+    one, _ = _run(TINY_GRID.replace("ALPHAS", "[0.9]"), tmp / "alpha1")
+    alphas = [round(float(a), 1) for a in np.linspace(0, 1, 11)]
+    eleven, _ = _run(TINY_GRID.replace("ALPHAS", str(alphas)), tmp / "alpha11")
+    return {"alpha_sweep_ratio": eleven / one, "alpha1_s": one, "alpha11_s": eleven}
+
+
+def sam_seeders_ratio(tmp: Path) -> dict:
+    """Tiny SAM (random weights) registered in-process; 3 seeders vs 1 over the same explanations."""
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    from xaibench import hookimpl
+    from xaibench.registry import Registry
+    from xaibench_plugins.segmenters import SamSegmenter
+
+    class TinySam(SamSegmenter):
+        def check(self):
+            return None
+
+        def _build_model(self):
+            torch.manual_seed(0)
+            encoder = ImageEncoderViT(img_size=256, patch_size=16, embed_dim=192, depth=4, num_heads=4,
+                                      out_chans=64, global_attn_indexes=(3,), window_size=4)
+            prompt = PromptEncoder(embed_dim=64, image_embedding_size=(16, 16), input_image_size=(256, 256),
+                                   mask_in_chans=8)
+            decoder = MaskDecoder(transformer_dim=64, transformer=TwoWayTransformer(depth=1, embedding_dim=64,
+                                  mlp_dim=128, num_heads=2), num_multimask_outputs=3, iou_head_hidden_dim=64)
+            return Sam(encoder, prompt, decoder)
+
+    class Plugin:
+        @hookimpl
+        def register_segmenters(self, register):
+            register("tiny-sam", TinySam)
+
+    registry = Registry()
+    registry.add_plugin(Plugin(), name="bench-tiny-sam")
+    grid = textwrap.dedent("""\
+        name: sam
+        datasets:
+          - {name: synthetic, n_train: 32, n_val: 0, n_test: 64, image_size: 64}
+        backbones: [resnet18]
+        explainers: [gradcam]
+        seeders: SEEDERS
+        segmenters: [tiny-sam]
+        train: {epochs: 1, batch_size: 32}
+        """)
+    base, _ = _run(grid.replace("SEEDERS", "[top-k]"), tmp / "sam-warm", registry)  # trains and explains once
+    timings = {}
+    for count, seeders in ((1, "[{name: top-k, k: 1}]"), (3, "[{name: top-k, k: 1}, {name: top-k, k: 2}, components]")):
+        out = tmp / f"sam{count}"
+        import shutil
+
+        shutil.copytree(tmp / "sam-warm", out)
+        _, summary = _run(grid.replace("SEEDERS", seeders), out, registry)
+        assert summary["trainings_run"] == 0
+        timings[count] = _stage_seconds(out, "segment")
+    return {"sam_seeders_ratio": timings[3] / timings[1], "sam_1_seeder_s": timings[1], "sam_3_seeders_s": timings[3]}
+
+
+def _stage_seconds(out: Path, kind: str) -> float:
+    """Seconds the run's stages of ``kind`` took, as recorded in its store (excludes figures and report)."""
+    import sqlite3
+
+    with sqlite3.connect(out / "store.sqlite") as db:
+        return db.execute("SELECT SUM(seconds) FROM stages WHERE kind = ? AND status = 'done'", (kind,)).fetchone()[0]
+
+
+def quickstart(tmp: Path) -> dict:
+    from xaibench.runner import run
+
+    grid = ROOT / "grids" / "quickstart.yaml"
+    start = time.perf_counter()
+    run(grid, tmp / "quickstart", progress=False, echo=lambda *a: None)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    summary = run(grid, tmp / "quickstart", progress=False, echo=lambda *a: None)
+    return {"quickstart_seconds": first, "rerun_seconds": time.perf_counter() - start,
+            "rerun_trainings": summary["trainings_run"]}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="also write the result to this file")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-quickstart", action="store_true", help="skip the two quickstart timings (~2 min)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    import gradcam_speed
+
+    torch.set_num_threads(args.threads)
+    result = {"environment": {"python": platform.python_version(), "torch": torch.__version__,
+                          "platform": platform.platform(), "threads": args.threads}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        result.update(train_throughput_ratio())
+        result.update(gradcam_speed.main(["--n", "32", "--size", "224", "--threads", str(args.threads)]))
+        result.update(alpha_sweep_ratio(tmp))
+        result.update(sam_seeders_ratio(tmp))
+        if not args.skip_quickstart:
+            result.update(quickstart(tmp))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
