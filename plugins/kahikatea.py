@@ -81,6 +81,8 @@ class KahikateaDataset:
 
     classes = ["absent", "present"]
 
+    location_params = ("root", "download", "url", "sha256")  # where the data is, not what it is: kept out of cache keys
+
     def __init__(
         self,
         *,

@@ -411,6 +411,8 @@ class LcdbWaikatoDataset:
 
     prepare = staticmethod(prepare)
 
+    location_params = ("root",)  # where the data is, not what it is: kept out of cache keys
+
     def __init__(
         self,
         *,

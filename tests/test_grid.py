@@ -95,3 +95,25 @@ def test_dry_run_prints_cells_and_trainings_and_writes_nothing(registry, blobs, 
     printed = capsys.readouterr().out
     assert "52 cells" in printed and "10 trainings (2 baseline, 8 masked fine-tunes)" in printed
     assert not out.exists()
+
+
+def test_location_parameters_stay_out_of_cache_keys(registry, blobs, monkeypatch):
+    """Moving a dataset's folder (same fingerprint) must not retrain anything."""
+    from conftest import BlobDataset
+    from xaibench.stages import build_plan
+
+    monkeypatch.setattr(BlobDataset, "location_params", ("seed",), raising=False)
+    keys = []
+    for seed in (0, 1):
+        grid = parse_grid(GRID.replace("size: 32", f"size: 32\n    seed: {seed}"), registry=registry)
+        plan = build_plan(grid, expand(grid), registry)
+        keys.append({k for k, s in plan.stages.items() if s.kind in ("data", "train")})
+    assert keys[0] != set()
+    # BlobDataset's fingerprint includes its seed, so here content differs and keys must differ too
+    assert keys[0] != keys[1]
+    monkeypatch.setattr(BlobDataset, "fingerprint", lambda self: "same-content")
+    again = []
+    for seed in (0, 1):
+        grid = parse_grid(GRID.replace("size: 32", f"size: 32\n    seed: {seed}"), registry=registry)
+        again.append({k for k, s in build_plan(grid, expand(grid), registry).stages.items() if s.kind == "train"})
+    assert again[0] == again[1]

@@ -61,9 +61,13 @@ class Dataset:
     ``split(name)`` for name in ``"train" | "val" | "test"``: a sequence of ``Sample``; the same call gives
     the same samples in the same order every time. All images of one dataset have one size.
     ``fingerprint()``: a string that changes whenever the content changes (parameters, files); it keys
-    every cached result that depends on the data."""
+    every cached result that depends on the data.
+    ``location_params`` (optional class attribute): names of parameters that only say where the data
+    lives (a root folder, a download URL); they are left out of cache keys, so moving the data retrains
+    nothing as long as ``fingerprint()`` is unchanged."""
 
     classes: list[str]
+    location_params: tuple[str, ...] = ()
 
     def split(self, name: str) -> Sequence[Sample]:
         raise NotImplementedError

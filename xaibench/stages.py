@@ -132,7 +132,10 @@ def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
     segments: dict[tuple, set] = {}
     for cell in cells:
         ds = cell.dataset
-        data = add("data", [ds.ident, version("datasets", ds), fingerprints[ds]], f"data {ds.label}", [],
+        # parameters that only say where the data is (its fingerprint covers what it is) stay out of keys
+        location = set(getattr(registry.get("datasets", ds.name).factory, "location_params", ()))
+        content = {"name": ds.name, "params": {k: v for k, v in ds.params.items() if k not in location}}
+        data = add("data", [content, version("datasets", ds), fingerprints[ds]], f"data {ds.label}", [],
                    {"dataset": ds.ident})
         backbone = {"backbone": cell.backbone.ident}
         raw = add("train", [data, cell.backbone.ident, version("backbones", cell.backbone), config["train"], cell.seed],
