@@ -651,3 +651,9 @@ def test_manifest_marking_an_unfinished_extraction_makes_the_data_invalid(ready_
     KahikateaDataset(root=str(root)).check()
     with pytest.raises(UserError, match="was extracted from an archive with sha256"):
         KahikateaDataset(root=str(root), sha256="1" * 64).check()
+
+
+def test_kahikatea_keeps_the_dataset_contract(ready_root):
+    from xaibench.testing import check_component
+
+    check_component("datasets", "kahikatea", root=str(ready_root), image_size=32)

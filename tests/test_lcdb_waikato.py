@@ -437,3 +437,9 @@ def test_block_assignment_meets_the_fractions_per_class():
         np.testing.assert_allclose(share, fraction, atol=0.02)
     assert lcdb_waikato._assign_blocks(counts, 0.15, 0.2, seed=1) != chosen.tolist()  # the seed matters
     assert 1 not in lcdb_waikato._assign_blocks(counts, 0.0, 0.2, seed=0)  # no val share, no val blocks
+
+
+def test_lcdb_waikato_keeps_the_dataset_contract(fresh):
+    from xaibench.testing import check_component
+
+    check_component("datasets", "lcdb-waikato", root=str(fresh), image_size=32, block_tiles=2)

@@ -27,7 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="rerun stages that failed in an earlier run")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    plugins = sub.add_parser("plugins", help="list registered components as JSON")
+    plugins = sub.add_parser(
+        "plugins", help="list registered components as JSON (kind, name, plugin, distribution, version)",
+        epilog="XAIBENCH_LOAD_PLUGINS limits which third-party plugins load: unset, all; empty, built-ins only; "
+               "otherwise a comma-separated list of distribution or entry-point names. Writing a plugin: "
+               "docs/plugins.md")
     plugins.add_argument("--kind", help="only components of this kind (datasets, masks, ...)")
 
     data = sub.add_parser("data", help="inspect, download or prepare datasets")

@@ -3,6 +3,10 @@
 Every component, built-in or third-party, arrives through the ``xaibench`` entry-point group. The registry
 answers three questions: which components exist (``components``), whether a name and its parameters are
 valid (``validate``), and how to build one (``create``).
+
+``XAIBENCH_LOAD_PLUGINS`` limits which third-party plugins load: unset, all of them; empty, none (only the
+built-ins, the entry points of the ``xaibench`` distribution itself); otherwise a comma-separated list of
+distribution names or entry-point names to load besides the built-ins.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import dataclasses
 import difflib
 import importlib.metadata
 import inspect
+import os
+import re
 import typing
 import warnings
 from typing import Any, Callable
@@ -33,6 +39,8 @@ KINDS = (
 )
 
 ENTRY_POINT_GROUP = "xaibench"
+BUILTIN_DISTRIBUTION = "xaibench"
+LOAD_PLUGINS_ENV = "XAIBENCH_LOAD_PLUGINS"
 
 
 class PluginLoadWarning(UserWarning):
@@ -107,6 +115,19 @@ def validate_keywords(model: type[pydantic.BaseModel], params: dict | None) -> d
     return out
 
 
+def canonical_name(name: str) -> str:
+    """A distribution or entry-point name compared the way pip does: case-insensitive, ``-_.`` alike."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def plugin_selection() -> set[str] | None:
+    """The third-party plugins ``XAIBENCH_LOAD_PLUGINS`` selects, as canonical names; None means all."""
+    value = os.environ.get(LOAD_PLUGINS_ENV)
+    if value is None:
+        return None
+    return {canonical_name(part.strip()) for part in value.split(",") if part.strip()}
+
+
 def closest(name: str, choices) -> str | None:
     matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.4)
     return matches[0] if matches else None
@@ -126,14 +147,28 @@ class Registry:
 
     # -- plugins -------------------------------------------------------------------------------------
     def _load_entry_points(self) -> None:
+        selection = plugin_selection()
+        known: set[str] = set()
+        third_party: set[str] = set()  # for the message only
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else "unknown"
             dist_version = dist.version if dist is not None else "unknown"
+            names = {canonical_name(dist_name), canonical_name(ep.name)}
+            known |= names
+            if canonical_name(dist_name) != BUILTIN_DISTRIBUTION:
+                third_party.add(f"{dist_name} (entry point {ep.name})")
+                if selection is not None and not names & selection:
+                    continue
             if self.pm.get_plugin(ep.name) is not None:
+                first = self._dists.get(ep.name, ("unknown", ""))[0]
+                others = [d for d in (first, dist_name) if canonical_name(d) != BUILTIN_DISTRIBUTION]
+                where = (f"distribution {others[0]!r}" if len(others) == 1
+                         else "one of the two distributions")
                 raise PluginError(
-                    f"two plugins use the entry-point name {ep.name!r} (the second from distribution "
-                    f"{dist_name!r}); rename one of them in its pyproject.toml"
+                    f"two plugins use the entry-point name {ep.name!r}: distribution {first!r} and distribution "
+                    f"{dist_name!r}; entry-point names in the {ENTRY_POINT_GROUP!r} group must be unique: rename "
+                    f"the entry point in the pyproject.toml of {where} (e.g. after its package)"
                 )
             try:
                 module = ep.load()
@@ -146,12 +181,30 @@ class Registry:
                 )
                 continue
             self.add_plugin(module, name=ep.name, distribution=dist_name, version=dist_version)
+        unmatched = sorted((selection or set()) - known)
+        if unmatched:
+            warnings.warn(
+                f"{LOAD_PLUGINS_ENV} names {', '.join(map(repr, unmatched))}, which no installed plugin "
+                f"distribution or entry point is called; installed third-party plugins: "
+                f"{', '.join(sorted(third_party)) or '(none)'}",
+                PluginLoadWarning,
+                stacklevel=2,
+            )
         self.check()
 
     def add_plugin(self, plugin, *, name: str, distribution: str | None = None, version: str = "0"):
         """Register a plugin object (module or instance with ``@hookimpl`` methods) and check it."""
-        self.pm.register(plugin, name=name)
-        self._dists[name] = (distribution or name, version)
+        distribution = distribution or name
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise PluginError(
+                f"plugin {name!r} (distribution {distribution!r}) has an invalid hook implementation: {detail}. "
+                f"Each hook takes exactly one argument, named 'register': "
+                f"'def register_masks(register): register(\"my-mask\", MyMask)'"
+            ) from None
+        self._dists[name] = (distribution, version)
         self._components = None
         return plugin
 
@@ -167,9 +220,10 @@ class Registry:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             name = self.pm.get_name(exc.plugin) if exc.plugin is not None else "?"
+            distribution = self._dists.get(name, ("unknown", ""))[0]
             raise PluginError(
-                f"plugin {name!r} implements a hook that xaibench does not define: {exc}. "
-                f"Valid hooks: {', '.join('register_' + k for k in KINDS)}"
+                f"plugin {name!r} (distribution {distribution!r}) implements a hook that xaibench does not "
+                f"define: {exc}. Rename it to one of: {', '.join('register_' + k for k in KINDS)}"
             ) from None
 
     # -- components ----------------------------------------------------------------------------------
@@ -187,25 +241,51 @@ class Registry:
             for impl in reversed(hook.get_hookimpls()):  # registration order
                 plugin = impl.plugin_name
                 distribution, version = self._dists.get(plugin, (plugin, "0"))
+                source = f"plugin {plugin!r} (distribution {distribution!r})"
 
-                def register(name, factory, *, _kind=kind, _plugin=plugin, _d=distribution, _v=version):
-                    if not isinstance(name, str) or not name:
-                        raise PluginError(f"plugin {_plugin!r} registered a {_kind} with a non-string name {name!r}")
+                def register(name, factory, *, _kind=kind, _plugin=plugin, _d=distribution, _v=version,
+                             _source=source):
+                    if not isinstance(name, str) or not name.strip():
+                        raise PluginError(
+                            f"{_source} registered a {_kind[:-1]} with the name {name!r}; a name must be a "
+                            f"non-empty string, as in register(\"my-{_kind[:-1]}\", MyClass)"
+                        )
                     if not callable(factory):
                         raise PluginError(
-                            f"plugin {_plugin!r} registered {_kind} {name!r} with a factory that is not "
-                            f"callable ({factory!r}); pass a class or function"
+                            f"{_source} registered {_kind[:-1]} {name!r} with a factory that is not callable "
+                            f"({factory!r}); pass the class (or a function building the component), not an "
+                            f"instance: register({name!r}, MyClass)"
                         )
                     existing = found[_kind].get(name)
                     if existing is not None:
+                        if existing.distribution == _d:
+                            fix = f"rename one of them in distribution {_d!r}"
+                        else:
+                            third_party = [d for d in (existing.distribution, _d) if d != BUILTIN_DISTRIBUTION]
+                            fix = (f"names are never overridden: rename it in distribution {third_party[0]!r}"
+                                   if len(third_party) == 1 else "rename it in one of the two distributions")
                         raise PluginError(
-                            f"{_kind} {name!r} is registered twice: by plugin {existing.plugin!r} "
+                            f"{_kind[:-1]} {name!r} is registered twice: by plugin {existing.plugin!r} "
                             f"(distribution {existing.distribution!r}) and by plugin {_plugin!r} "
-                            f"(distribution {_d!r}); rename one of them"
+                            f"(distribution {_d!r}); {fix}"
                         )
                     found[_kind][name] = Component(_kind, name, factory, _plugin, _d, _v)
 
-                impl.function(register=register)
+                try:
+                    returned = impl.function(register=register)
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    raise PluginError(
+                        f"{source} failed in its hook register_{kind}: {type(exc).__name__}: {exc}. A hook only "
+                        f"calls register(name, factory); fix the plugin, or leave it out with "
+                        f"{LOAD_PLUGINS_ENV} (a comma-separated list of the plugins to load)"
+                    ) from exc
+                if returned is not None:
+                    raise PluginError(
+                        f"{source}: hook register_{kind} returned {returned!r}, which is ignored; call "
+                        f"register(name, factory) for each {kind[:-1]} instead and return nothing"
+                    )
         return found
 
     def names(self, kind: str) -> list[str]:
