@@ -179,3 +179,18 @@ def test_segmentation_scores():
     assert scores["seg_iou_excluded"] == scores["seg_dice_excluded"] == scores["seg_boundary_f1_excluded"] == 0
     with_empty = metrics.segmentation_scores(np.concatenate([pred, CORNER]), np.concatenate([truth, EMPTY]))
     assert with_empty["seg_iou_excluded"] == 1 and with_empty["seg_iou"] == pytest.approx(scores["seg_iou"])
+
+
+def test_rank_based_auc_and_ap_equal_sklearn_with_ties():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from xaibench.metrics import average_precision, normalise, roc_auc
+
+    rng = np.random.default_rng(0)
+    maps = np.round(rng.random((4, 12, 10)), 1)  # coarse values: many ties
+    masks = rng.random((4, 12, 10)) < 0.3
+    normalised = normalise(maps)
+    expected_auc = [roc_auc_score(m.ravel(), s.ravel()) for s, m in zip(normalised, masks)]
+    expected_ap = [average_precision_score(m.ravel(), s.ravel()) for s, m in zip(normalised, masks)]
+    assert np.allclose(roc_auc(maps, masks), expected_auc)
+    assert np.allclose(average_precision(maps, masks), expected_ap)

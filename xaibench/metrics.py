@@ -180,21 +180,39 @@ def _per_image_ranking(score_fn, maps: np.ndarray, masks: np.ndarray) -> np.ndar
     return scores
 
 
-def roc_auc(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Per-image area under the ROC curve of saliency as a pixel classifier of the mask
-    (``sklearn.metrics.roc_auc_score``); 0.5 is chance. NaN where the mask is empty or full."""
-    from sklearn.metrics import roc_auc_score
+def _roc_auc_score(truth: np.ndarray, saliency: np.ndarray) -> float:
+    """Mann-Whitney form of the ROC AUC with average ranks for ties (equals sklearn's roc_auc_score)."""
+    from scipy.stats import rankdata
 
-    return _per_image_ranking(roc_auc_score, maps, masks)
+    positives = int(truth.sum())
+    negatives = truth.size - positives
+    rank_sum = rankdata(saliency)[truth].sum()
+    return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def _average_precision_score(truth: np.ndarray, saliency: np.ndarray) -> float:
+    """Step-wise average precision over distinct thresholds (equals sklearn's average_precision_score)."""
+    order = np.argsort(-saliency, kind="mergesort")
+    ranked, hits = saliency[order], truth[order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
+    true_positives = np.cumsum(hits)[last_of_value]
+    precision = true_positives / (last_of_value + 1)
+    recall = true_positives / hits.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def roc_auc(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per-image area under the ROC curve of saliency as a pixel classifier of the mask (the value of
+    ``sklearn.metrics.roc_auc_score``, computed from ranks); 0.5 is chance. NaN where the mask is empty
+    or full."""
+    return _per_image_ranking(_roc_auc_score, maps, masks)
 
 
 def average_precision(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Per-image average precision of saliency ranking the mask's pixels
-    (``sklearn.metrics.average_precision_score``); chance is the mask's area fraction. NaN where the
+    """Per-image average precision of saliency ranking the mask's pixels (the value of
+    ``sklearn.metrics.average_precision_score``); chance is the mask's area fraction. NaN where the
     mask is empty or full."""
-    from sklearn.metrics import average_precision_score
-
-    return _per_image_ranking(average_precision_score, maps, masks)
+    return _per_image_ranking(_average_precision_score, maps, masks)
 
 
 def top_k_intersection(maps: np.ndarray, masks: np.ndarray, k: int) -> np.ndarray:

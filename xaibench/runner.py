@@ -18,7 +18,7 @@ import numpy as np
 
 from . import leaderboard, metrics, report
 from .figures import accuracy_vs_alpha, write_run_figures
-from .grid import expand, load_grid
+from .grid import digest, expand, load_grid
 from .registry import get_registry
 from .stages import TRAINING_KINDS, Plan, StageRunner, build_plan
 from .store import Store, load_arrays, save_arrays
@@ -120,6 +120,16 @@ class _Arrays:
         return self.loaded[(kind, key)]
 
 
+# Bump when scoring changes, so cells scored by an older xaibench are scored again.
+SCORING_VERSION = 1
+
+
+def score_key(cp, cam_threshold: float) -> str:
+    """What a cell's scores depend on: its stages, its seeder's slot, its ensemble rule, the threshold."""
+    ensemble = cp.cell.ensemble.ident if cp.cell.ensemble else None
+    return digest([SCORING_VERSION, cp.keys, cp.segment_index, ensemble, cam_threshold])
+
+
 def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold: float) -> tuple[dict, dict]:
     """The metrics of one cell from cached artifacts (cheap: no model is run).
 
@@ -140,9 +150,13 @@ def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold
     if cp.explain:
         explained = arrays("explain", cp.explain)
         truth = test["masks"][explained["index"]]
-        maps = explained["maps"].astype(np.float32)
-        scores = metrics.explanation_per_image(maps, truth, threshold=cam_threshold)
-        out.update(metrics.explanation_scores(maps, truth, threshold=cam_threshold))
+        if ("explanation scores", cp.explain) not in arrays.loaded:  # shared by every cell of this explanation
+            maps = explained["maps"].astype(np.float32)
+            arrays.loaded[("explanation scores", cp.explain)] = (
+                metrics.explanation_per_image(maps, truth, threshold=cam_threshold),
+                metrics.explanation_scores(maps, truth, threshold=cam_threshold))
+        scores, means = arrays.loaded[("explanation scores", cp.explain)]
+        out.update(means)
         out["jaccard_n"] = int(np.isfinite(scores["jaccard"]).sum())
         per_image.update(explained_index=explained["index"], **scores)
     if cp.segment:
@@ -155,6 +169,23 @@ def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold
         out["seg_n"] = int(np.isfinite(scores["seg_iou"]).sum())
         per_image.update(scores)
     return out, per_image
+
+
+def _figures(plan, runner, arrays, registry, out_dir: Path, *, key: str) -> list[Path]:
+    """The run's figures, redrawn only when a cell's inputs changed (``figures/index.json`` holds the key)."""
+    index = out_dir / "figures" / "index.json"
+    if index.is_file():
+        recorded = json.loads(index.read_text())
+        paths = [out_dir / p for p in recorded["files"]]
+        if recorded["key"] == key and all(p.is_file() for p in paths):
+            return paths
+    figures = write_run_figures(plan, runner, arrays, registry, out_dir)
+    figures += accuracy_vs_alpha(plan, runner, arrays, registry, out_dir)
+    for stale in set((out_dir / "figures").glob("*.png")) - set(figures):  # from an earlier grid
+        stale.unlink()
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text(json.dumps({"key": key, "files": [str(p.relative_to(out_dir)) for p in figures]}))
+    return figures
 
 
 def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False, registry=None,
@@ -182,15 +213,21 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
         failed = counts.pop("failed")
         arrays = _Arrays(runner)
         rows = []
+        scored = store.scored_cells()
         for cp in plan.cells:
             broken = [failed[k] for k in cp.keys if k in failed]
             if broken:
                 rows.append((cp.cell.cell_id, cp.cell.labels(), "failed", {}, broken[0]))
                 continue
+            key = score_key(cp, grid.protocol.cam_threshold)
+            previous = scored.get(cp.cell.cell_id)
+            if previous and previous.get("score_key") == key and store.cell_path(cp.cell.cell_id).is_file():
+                rows.append((cp.cell.cell_id, cp.cell.labels(), "done", previous, None))
+                continue
             try:
                 scores, per_image = score_cell(cp, runner, arrays, registry, grid.protocol.cam_threshold)
                 save_arrays(store.cell_path(cp.cell.cell_id), **per_image)
-                rows.append((cp.cell.cell_id, cp.cell.labels(), "done", scores, None))
+                rows.append((cp.cell.cell_id, cp.cell.labels(), "done", {**scores, "score_key": key}, None))
             except Exception as exc:
                 rows.append((cp.cell.cell_id, cp.cell.labels(), "failed", {}, f"scoring: {type(exc).__name__}: {exc}"))
         store.record_cells(rows)
@@ -201,10 +238,8 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
         if grid.published:
             shutil.copyfile(grid.published, out_dir / "published.csv")
             published = leaderboard.read_published(out_dir / "published.csv")
-        figures = write_run_figures(plan, runner, arrays, registry, out_dir)
-        figures += accuracy_vs_alpha(plan, runner, arrays, registry, out_dir)
-        for stale in set((out_dir / "figures").glob("*.png")) - set(figures):  # from an earlier grid
-            stale.unlink()
+        figures = _figures(plan, runner, arrays, registry, out_dir,
+                           key=digest(sorted(score_key(cp, grid.protocol.cam_threshold) for cp in plan.cells)))
         title = f"xaibench leaderboard: {grid.name}"
         tables = leaderboard.write(out_dir, df, summary_table, title=title, published=published)
         import torch

@@ -130,6 +130,11 @@ class Store:
                  for cid, labels, status, metrics, error in rows],
             )
 
+    def scored_cells(self) -> dict[str, dict]:
+        """cell id → metrics of every cell recorded as done."""
+        rows = self.db.execute("SELECT cell_id, metrics FROM cells WHERE status = 'done'")
+        return {cid: json.loads(metrics) if metrics else {} for cid, metrics in rows}
+
     def cells(self) -> list[dict]:
         out = []
         for cid, labels, status, metrics, error in self.db.execute(
