@@ -117,3 +117,11 @@ def test_location_parameters_stay_out_of_cache_keys(registry, blobs, monkeypatch
         grid = parse_grid(GRID.replace("size: 32", f"size: 32\n    seed: {seed}"), registry=registry)
         again.append({k for k, s in build_plan(grid, expand(grid), registry).stages.items() if s.kind == "train"})
     assert again[0] == again[1]
+
+
+def test_grids_are_read_with_a_safe_loader(registry, blobs, tmp_path):
+    marker = tmp_path / "ran"
+    text = GRID.replace("name: t\n", f"name: !!python/object/apply:os.system ['touch {marker}']\n", 1)
+    with pytest.raises(GridError, match="g.yaml:1:7"):
+        parse_grid(text, "g.yaml", registry=registry)
+    assert not marker.exists()
