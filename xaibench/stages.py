@@ -135,36 +135,36 @@ def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
         # parameters that only say where the data is (its fingerprint covers what it is) stay out of keys
         location = set(getattr(registry.get("datasets", ds.name).factory, "location_params", ()))
         content = {"name": ds.name, "params": {k: v for k, v in ds.params.items() if k not in location}}
-        data = add("data", [content, version("datasets", ds), fingerprints[ds]], f"data {ds.label}", [],
+        data = add("data", [content, version("datasets", ds), fingerprints[ds]], f"data {ds.name}", [],
                    {"dataset": ds.ident})
         backbone = {"backbone": cell.backbone.ident}
         raw = add("train", [data, cell.backbone.ident, version("backbones", cell.backbone), config["train"], cell.seed],
-                  f"train {cell.backbone.label} on {ds.label} seed={cell.seed}", [data],
+                  f"train {cell.backbone.name} on {ds.name} seed={cell.seed}", [data],
                   {**backbone, "data": data, "seed": cell.seed, "train": config["train"]})
-        raw_logits = add("logits", [raw, data], f"logits {cell.backbone.label} seed={cell.seed}", [raw, data],
+        raw_logits = add("logits", [raw, data], f"logits baseline seed={cell.seed}", [raw, data],
                          {**backbone, "model": raw, "data": data})
         masked = masked_logits = None
         if cell.mask is not None:
             masked = add("finetune",
                          [raw, cell.mask.ident, version("masks", cell.mask), config["finetune"],
                           config["protocol"]["missing_mask"], cell.seed],
-                         f"finetune {cell.backbone.label} on {cell.mask.label}-masked {ds.label} seed={cell.seed}",
+                         f"finetune on {cell.mask.name}-masked {ds.name} seed={cell.seed}",
                          [raw, data],
                          {**backbone, "data": data, "init": raw, "mask": cell.mask.ident, "seed": cell.seed,
                           "train": config["finetune"], "missing_mask": config["protocol"]["missing_mask"]})
-            masked_logits = add("logits", [masked, data], f"logits {cell.mask.label} model seed={cell.seed}",
+            masked_logits = add("logits", [masked, data], f"logits {cell.mask.name} model seed={cell.seed}",
                                 [masked, data], {**backbone, "model": masked, "data": data})
         explain = seeds = segment = None
         if cell.explainer is not None:
             ref, model_deps = _model_ref(cell.ensemble, registry, raw, masked)
             explain = add("explain", [ref, cell.explainer.ident, version("explainers", cell.explainer), data],
-                          f"explain {cell.explainer.label} of {cell.labels()['ensemble']} {cell.labels()['mask']}",
+                          f"{cell.explainer.name} of {cell.labels()['ensemble']} {cell.labels()['mask']} seed={cell.seed}",
                           [*model_deps, data],
                           {**backbone, "data": data, "model": ref, "explainer": cell.explainer.ident,
                            "batch_size": grid.protocol.eval_batch_size})
         if cell.seeder is not None:
             seeds = add("seeds", [explain, cell.seeder.ident, version("seeders", cell.seeder)],
-                        f"seeds {cell.seeder.label}", [explain], {"explain": explain, "seeder": cell.seeder.ident})
+                        f"seeds {cell.seeder.name}", [explain], {"explain": explain, "seeder": cell.seeder.ident})
             segments.setdefault((explain, cell.segmenter, data), set()).add(seeds)
         plans.append(CellPlan(cell, data, raw, masked, raw_logits, masked_logits, explain, seeds, None))
     # One segment stage per explanation and segmenter prompts with every seeder's points, so expensive
@@ -173,7 +173,7 @@ def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
     for (explain, segmenter, data), seed_keys in segments.items():
         seed_keys = sorted(seed_keys)
         key = add("segment", [explain, seed_keys, segmenter.ident, version("segmenters", segmenter), data],
-                  f"segment {segmenter.label} from {len(seed_keys)} seeder(s)", [*seed_keys, data],
+                  f"segment {segmenter.name} from {len(seed_keys)} seeder(s)", [*seed_keys, data],
                   {"seeds": seed_keys, "explain": explain, "data": data, "segmenter": segmenter.ident})
         segment_of.update({(seeds, segmenter): (key, i) for i, seeds in enumerate(seed_keys)})
     for cp in plans:
