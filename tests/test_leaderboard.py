@@ -99,3 +99,16 @@ def test_report_renders_in_a_headless_browser(cells, tmp_path):
         pixels = np.asarray(image.convert("L"), dtype=float)
     assert pixels.shape == (1400, 1100)
     assert pixels.std() > 10  # tables and the figure were drawn, not a blank page
+
+
+def test_best_cell_per_column_is_marked():
+    summary = pd.DataFrame({
+        "mask": ["none", "blur", "blur", "white", "white"],
+        "ensemble": ["baseline", "logit-mix(alpha=0.8)", "logit-mix(alpha=0.9)", "logit-mix(alpha=0.8)",
+                     "logit-mix(alpha=0.9)"],
+        "alpha": [1.0, 0.8, 0.9, 0.8, 0.9], "accuracy": [0.7, 0.75, 0.8, 0.9, 0.9],
+        "complete": [True] * 5, "n_seeds": [1] * 5, "seeds_expected": [1] * 5})
+    header, rows = leaderboard.table_one(summary, "accuracy")
+    best = {(r[0], header[c]) for r in rows for c, v in enumerate(r) if isinstance(v, leaderboard.Best)}
+    assert best == {("α=0.9", "blur"), ("α=0.8", "white"), ("α=0.9", "white")}
+    assert "| α=0.9 | **80.00** | **90.00** |" in leaderboard._md_table(header, rows)

@@ -180,21 +180,36 @@ def _value(row, metric, scale, digits, paper=None) -> str:
     return text
 
 
+class Best(str):
+    """A table cell holding its column's best value (rendered bold)."""
+
+
 def table_one(summary: pd.DataFrame, metric: str, published: dict | None = None):
-    """Masks as columns, ensemble rows sorted by α, the baseline row last: ``(header, rows)``."""
+    """Masks as columns, ensemble rows sorted by α, the baseline row last: ``(header, rows)``.
+
+    In each mask column the highest mean over the ensemble rows (every metric here is higher-is-better)
+    is marked ``Best``; ties are all marked."""
     _, scale, digits, _ = METRICS[metric]
     masks = [m for m in dict.fromkeys(summary["mask"]) if m != "none"]
     ensembles = summary[summary["ensemble"] != "baseline"].sort_values("alpha", kind="stable")
     header = [""] + (masks or ["raw"])
-    rows = []
+    rows, means = [], []
     for ensemble, sub in ensembles.groupby("ensemble", sort=False):
         alpha = sub["alpha"].iloc[0]
-        cells = []
+        cells, values = [], []
         for mask in masks:
             hit = sub[sub["mask"] == mask]
             paper = (published or {}).get((_name(mask), round(float(alpha), 6)))
             cells.append(_value(hit.iloc[0], metric, scale, digits, paper) if len(hit) else "—")
+            value = hit.iloc[0].get(metric) if len(hit) else None
+            values.append(round(float(value) * scale, digits) if value is not None and not pd.isna(value) else None)
         rows.append([_row_label(ensemble, alpha)] + cells)
+        means.append(values)
+    for column in range(len(masks)):
+        finite = [m[column] for m in means if m[column] is not None]
+        for row, m in zip(rows, means):
+            if finite and len(means) > 1 and m[column] == max(finite):
+                row[column + 1] = Best(row[column + 1])
     base = summary[summary["ensemble"] == "baseline"]
     if len(base):
         paper = (published or {}).get(("none", 1.0))
@@ -276,7 +291,10 @@ NOTE = ("Values are means over seeds with a 95% bootstrap CI over test images in
 
 
 def _md_table(header, rows) -> str:
-    escape = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    def escape(value):
+        text = str(value).replace("|", "\\|")
+        return f"**{text}**" if isinstance(value, Best) else text
+
     lines = ["| " + " | ".join(map(escape, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(escape, row)) + " |" for row in rows]
     return "\n".join(lines)

@@ -27,7 +27,11 @@ figcaption { font-size: .85em; color: #555; } pre { background: #f7f7f7; padding
 
 def _table(header, rows) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    def cell(value):
+        text = html.escape(str(value))
+        return f"<td><strong>{text}</strong></td>" if isinstance(value, leaderboard.Best) else f"<td>{text}</td>"
+
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
