@@ -212,3 +212,24 @@ def test_calibration_baselines_bound_every_explanation_metric(run_grid):
     assert (rows["jaccard"] < 1.0).all() and rows["seg_boundary_f1"].between(0, 1).all()
     # every explanation and segmentation metric is reported on every row
     assert table[["jaccard", "roc_auc", "pointing_game", "seg_iou", "seg_dice"]].notna().all().all()
+
+
+def test_ray_executor_gives_the_local_results(run_grid, tmp_path):
+    pytest.importorskip("ray")
+    import torch
+
+    code, _ = run_grid(GRID)
+    assert code == 0
+    local = (run_grid.out / "leaderboard.csv").read_bytes()
+    run_grid.out = tmp_path / "ray-run"
+    threads = torch.get_num_threads()
+    code, summary = run_grid(GRID, "--executor", "ray", "--executor-option", "num_cpus=2",
+                             "--executor-option", f"cpus={threads}", "--executor-option", f"threads={threads}")
+    assert code == 0 and summary["trainings_run"] == 3
+    assert (run_grid.out / "leaderboard.csv").read_bytes() == local
+
+
+def test_executor_options_are_validated(run_grid, capsys):
+    code, summary = run_grid(GRID, "--executor", "process", "--executor-option", "workers=0")
+    assert code == 2 and summary is None
+    assert "workers" in capsys.readouterr().err

@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/<grid file name>)")
     run.add_argument("--dry-run", action="store_true", help="print the cells and trainings, write nothing")
     run.add_argument("--retry-failed", action="store_true", help="rerun stages that failed in an earlier run")
+    run.add_argument("--executor", help="run stages with this executor instead of the grid's (local, process, ray)")
+    run.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="an executor parameter (repeatable), e.g. --executor-option address=auto")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     plugins = sub.add_parser(
@@ -63,7 +66,13 @@ def _cmd_run(args) -> int:
     from .runner import run
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.grid).stem
-    summary = run(args.grid, out, dry_run=args.dry_run, retry_failed=args.retry_failed, progress=not args.quiet)
+    executor = None
+    if args.executor or args.executor_option:
+        if not args.executor:
+            raise UserError("--executor-option needs --executor NAME")
+        executor = {"name": args.executor, "params": _key_values(args.executor_option, "--executor-option")}
+    summary = run(args.grid, out, dry_run=args.dry_run, retry_failed=args.retry_failed, executor=executor,
+                  progress=not args.quiet)
     if args.dry_run:
         return 0
     from . import leaderboard
@@ -122,6 +131,17 @@ def _parse_value(text: str):
         return text
 
 
+def _key_values(items: list[str], flag: str) -> dict:
+    """``["workers=2", "address=auto"]`` → ``{"workers": 2, "address": "auto"}`` (values read as YAML)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} {item!r} is not KEY=VALUE")
+        out[key] = _parse_value(value)
+    return out
+
+
 def _options(tokens: list[str]) -> dict:
     """``--tile-size 224 --imagery a.tif b.tif`` → ``{"tile_size": 224, "imagery": ["a.tif", "b.tif"]}``."""
     options: dict = {}
@@ -150,11 +170,7 @@ def _cmd_data(args) -> int:
     if args.root:
         params["root"] = args.root
     if args.data_command == "info":
-        for item in args.param:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise UserError(f"--param {item!r} is not KEY=VALUE")
-            params[key] = _parse_value(value)
+        params.update(_key_values(args.param, "--param"))
         print(json.dumps(data.info(args.name, params), indent=2))
         return 0
     for key in ("url", "sha256"):

@@ -188,18 +188,25 @@ def _figures(plan, runner, arrays, registry, out_dir: Path, *, key: str) -> list
     return figures
 
 
-def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False, registry=None,
-        progress: bool = True, echo=print) -> dict:
+def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False, executor: dict | None = None,
+        registry=None, progress: bool = True, echo=print) -> dict:
     """Run a grid into ``out_dir``; returns the run summary (also written to ``out_dir/run.json``).
 
     Every user error (bad grid, unknown component, missing files) is raised before anything is written."""
     started = time.perf_counter()
     registry = registry or get_registry()
     grid, plan = plan_grid(grid_path, registry)
+    if executor is not None:  # from the command line; executors never change results, so not part of keys
+        from .grid import ComponentSpec
+
+        grid.executor = ComponentSpec.model_validate({"name": executor["name"], **executor.get("params", {})})
+        registry.validate("executors", grid.executor.name, grid.executor.params)
     if dry_run:
         echo(describe_plan(grid, plan))
         return {"cells": len(plan.cells), "trainings": plan.count(*TRAINING_KINDS), "dry_run": True}
     executor = registry.create("executors", grid.executor.name, **grid.executor.params)
+    if hasattr(executor, "check"):
+        executor.check()
     out_dir = Path(out_dir)
     store = Store(out_dir)
     try:
