@@ -56,7 +56,7 @@ def _run(grid_text: str, out: Path, registry=None) -> tuple[float, dict]:
     return time.perf_counter() - start, summary
 
 
-def train_throughput_ratio(epochs: int = 2, n: int = 128, size: int = 64) -> dict:
+def train_throughput_ratio(epochs: int = 2, n: int = 512, size: int = 64) -> dict:
     import torch
 
     from xaibench import registry

@@ -72,3 +72,18 @@ def test_a_non_finite_loss_is_a_clear_error():
 
     with pytest.raises(StageError, match="training loss became nan at epoch 1, step 1"):
         _fit(Diverged(), 0)
+
+
+def test_bf16_autocast_and_channels_last_train(registry):
+    backbone = registry.create("backbones", "resnet18")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    model = backbone.build(2)
+    before = model.net.fc.weight.detach().clone()
+    stats = fit(model, images, np.arange(8) % 2, epochs=1, batch_size=4, lr=1e-3, weight_decay=0.0,
+                optimizer="adam", augment=True, seed=0, device="cpu", precision="bf16", channels_last=True)
+    assert all(np.isfinite(stats["epoch_losses"]))
+    assert not torch.equal(before, model.net.fc.weight)
+    assert model.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.net.fc.weight.dtype == torch.float32  # autocast leaves the weights in fp32

@@ -91,6 +91,8 @@ class TrainConfig(pydantic.BaseModel):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     optimizer: Literal["adam", "sgd"] = "adam"
     augment: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the forward pass (CPU or CUDA)
+    channels_last: bool = False  # NHWC memory layout, faster convolutions on recent GPUs and CPUs
 
 
 class Protocol(pydantic.BaseModel):

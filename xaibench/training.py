@@ -62,11 +62,14 @@ def fit(
     foreground: np.ndarray | None = None,
     mask_fn: Callable | None = None,
     progress: Callable | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> dict:
     """Train ``model`` in place with cross-entropy; returns statistics.
 
     ``foreground`` bool (N, H, W) and ``mask_fn`` (a Mask component) together make masked training:
-    each augmented batch is masked on the device before the forward pass. ``progress(n)`` is called
+    each augmented batch is masked on the device before the forward pass. ``precision="bf16"`` runs the
+    forward pass under bfloat16 autocast; ``channels_last`` keeps model and batches in NHWC layout. ``progress(n)`` is called
     after every step with the number of images processed. Raises ``StageError`` on a non-finite loss."""
     import torch
 
@@ -74,7 +77,10 @@ def fit(
     x_all = to_tensor(images)
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     fg_all = torch.from_numpy(np.asarray(foreground, dtype=bool))[:, None] if foreground is not None else None
-    model.to(device).train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format).train()
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=precision == "bf16")
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
@@ -98,7 +104,9 @@ def fit(
                 fg = _dihedral(fg, codes) if fg is not None else None
             if mask_fn is not None:
                 x = mask_fn(x, fg)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
+            with autocast:
+                logits = model(x.contiguous(memory_format=memory_format))
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
             if not torch.isfinite(loss):
                 raise StageError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
                                  "lower the learning rate")
