@@ -71,7 +71,7 @@ def _cmd_run(args) -> int:
         if not args.executor:
             raise UserError("--executor-option needs --executor NAME")
         executor = {"name": args.executor, "params": _key_values(args.executor_option, "--executor-option")}
-    summary = run(args.grid, out, dry_run=args.dry_run, retry_failed=args.retry_failed, executor=executor,
+    summary = run(args.grid, out, dry_run=args.dry_run, retry_failed=args.retry_failed, executor_override=executor,
                   progress=not args.quiet)
     if args.dry_run:
         return 0

@@ -171,6 +171,30 @@ def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold
     return out, per_image
 
 
+def _score_cells(plan, store, runner, arrays, registry, failed: dict, cam_threshold: float) -> list[tuple]:
+    """Store rows ``(cell_id, labels, status, metrics, error)`` of every cell; a cell whose score key is
+    unchanged keeps its earlier scores, and per-image scores are written for each newly scored cell."""
+    rows = []
+    scored = store.scored_cells()
+    for cp in plan.cells:
+        broken = [failed[k] for k in cp.keys if k in failed]
+        if broken:
+            rows.append((cp.cell.cell_id, cp.cell.labels(), "failed", {}, broken[0]))
+            continue
+        key = score_key(cp, cam_threshold)
+        previous = scored.get(cp.cell.cell_id)
+        if previous and previous.get("score_key") == key and store.cell_path(cp.cell.cell_id).is_file():
+            rows.append((cp.cell.cell_id, cp.cell.labels(), "done", previous, None))
+            continue
+        try:
+            scores, per_image = score_cell(cp, runner, arrays, registry, cam_threshold)
+            save_arrays(store.cell_path(cp.cell.cell_id), **per_image)
+            rows.append((cp.cell.cell_id, cp.cell.labels(), "done", {**scores, "score_key": key}, None))
+        except Exception as exc:  # a scoring bug fails the cell, not the run
+            rows.append((cp.cell.cell_id, cp.cell.labels(), "failed", {}, f"scoring: {type(exc).__name__}: {exc}"))
+    return rows
+
+
 def _figures(plan, runner, arrays, registry, out_dir: Path, *, key: str) -> list[Path]:
     """The run's figures, redrawn only when a cell's inputs changed (``figures/index.json`` holds the key)."""
     index = out_dir / "figures" / "index.json"
@@ -188,18 +212,19 @@ def _figures(plan, runner, arrays, registry, out_dir: Path, *, key: str) -> list
     return figures
 
 
-def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False, executor: dict | None = None,
-        registry=None, progress: bool = True, echo=print) -> dict:
+def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False,
+        executor_override: dict | None = None, registry=None, progress: bool = True, echo=print) -> dict:
     """Run a grid into ``out_dir``; returns the run summary (also written to ``out_dir/run.json``).
 
     Every user error (bad grid, unknown component, missing files) is raised before anything is written."""
     started = time.perf_counter()
     registry = registry or get_registry()
     grid, plan = plan_grid(grid_path, registry)
-    if executor is not None:  # from the command line; executors never change results, so not part of keys
+    if executor_override is not None:  # from the command line; executors never change results or keys
         from .grid import ComponentSpec
 
-        grid.executor = ComponentSpec.model_validate({"name": executor["name"], **executor.get("params", {})})
+        grid.executor = ComponentSpec.model_validate({"name": executor_override["name"],
+                                                      **executor_override.get("params", {})})
         registry.validate("executors", grid.executor.name, grid.executor.params)
     if dry_run:
         echo(describe_plan(grid, plan))
@@ -219,24 +244,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
             executor.close()
         failed = counts.pop("failed")
         arrays = _Arrays(runner)
-        rows = []
-        scored = store.scored_cells()
-        for cp in plan.cells:
-            broken = [failed[k] for k in cp.keys if k in failed]
-            if broken:
-                rows.append((cp.cell.cell_id, cp.cell.labels(), "failed", {}, broken[0]))
-                continue
-            key = score_key(cp, grid.protocol.cam_threshold)
-            previous = scored.get(cp.cell.cell_id)
-            if previous and previous.get("score_key") == key and store.cell_path(cp.cell.cell_id).is_file():
-                rows.append((cp.cell.cell_id, cp.cell.labels(), "done", previous, None))
-                continue
-            try:
-                scores, per_image = score_cell(cp, runner, arrays, registry, grid.protocol.cam_threshold)
-                save_arrays(store.cell_path(cp.cell.cell_id), **per_image)
-                rows.append((cp.cell.cell_id, cp.cell.labels(), "done", {**scores, "score_key": key}, None))
-            except Exception as exc:
-                rows.append((cp.cell.cell_id, cp.cell.labels(), "failed", {}, f"scoring: {type(exc).__name__}: {exc}"))
+        rows = _score_cells(plan, store, runner, arrays, registry, failed, grid.protocol.cam_threshold)
         store.record_cells(rows)
         current = {cp.cell.cell_id for cp in plan.cells}
         df = leaderboard.frame([c for c in store.cells() if c["cell_id"] in current])
