@@ -37,6 +37,7 @@ from xaibench.download import default_data_root, read_manifest, safe_extract_zip
 from xaibench.download import download as download_file
 from xaibench.errors import ComponentParamsError, UserError
 from xaibench.hookspecs import hookimpl
+from xaibench.images import open_image, read_mask, read_rgb
 
 ZENODO_URL = "https://zenodo.org/record/5059769/files/kahikatea.zip?download=1"
 ARCHIVE_NAME = "kahikatea.zip"
@@ -336,18 +337,13 @@ class KahikateaDataset:
         from PIL import Image
 
         size = (self.image_size, self.image_size)
-        with _open_image(tile.image) as image:
-            original = image.size
-            rgb = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR), dtype=np.uint8)
+        pixels = read_rgb(tile.image)
+        rgb = np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR), dtype=np.uint8)
         mask = None
         if tile.mask is not None:
-            with _open_image(tile.mask) as mask_image:
-                if mask_image.size != original:
-                    width, height = mask_image.size
-                    raise UserError(f"{tile.mask}: mask is {width}x{height} but its image {tile.image.name} is "
-                                    f"{original[0]}x{original[1]}")
-                foreground = Image.fromarray(foreground_of(mask_image).astype(np.uint8) * 255)
-            mask = np.asarray(foreground.resize(size, Image.NEAREST)) > 127
+            height, width = pixels.shape[:2]
+            foreground = read_mask(tile.mask, size=(width, height), white_background=True, image_path=tile.image)
+            mask = np.asarray(Image.fromarray(foreground.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
         return Sample(tile.name[: -len(".png")], rgb, tile.label, mask)
 
     # -- identity and facts ------------------------------------------------------------------------------
@@ -383,7 +379,7 @@ class KahikateaDataset:
         sizes: dict[str, Counter] = defaultdict(Counter)
         modes: dict[str, Counter] = defaultdict(Counter)
         for tile in tiles:
-            with _open_image(tile.image) as image:
+            with open_image(tile.image) as image:
                 sizes[f"{image.size[0]}x{image.size[1]}"][self.classes[tile.label]] += 1
                 modes[image.mode][self.classes[tile.label]] += 1
         assignment = self.assignment(write=False)
@@ -414,29 +410,6 @@ def register_datasets(register):
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-
-
-def _open_image(path: Path):
-    """``PIL.Image.open`` with the pixels loaded, or ``UserError`` naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise UserError(f"{path}: cannot read this image ({exc}); replace it or fetch the dataset again") from None
-    return image
-
-
-def foreground_of(mask_image) -> np.ndarray:
-    """bool (H, W): True where a white-background mask image is not pure white (255, 255, 255) and, if it
-    has transparency, not fully transparent."""
-    has_alpha = mask_image.mode in ("RGBA", "LA", "PA") or "transparency" in mask_image.info
-    pixels = np.asarray(mask_image.convert("RGBA" if has_alpha else "RGB"))
-    foreground = (pixels[..., :3] != 255).any(axis=-1)
-    if has_alpha:
-        foreground &= pixels[..., 3] != 0
-    return foreground
 
 
 def grouped_stratified_split(items, fractions: dict[str, float], seed: int) -> dict[str, str]:

@@ -10,7 +10,7 @@ from xaibench.errors import PluginError, UnknownComponentError
 from xaibench.registry import KINDS, PluginLoadWarning, Registry
 
 BUILTINS = {
-    "datasets": {"synthetic", "kahikatea", "lcdb-waikato"},
+    "datasets": {"synthetic", "kahikatea", "lcdb-waikato", "folder"},
     "masks": {"white", "black", "median", "blur"},
     "backbones": {"resnet18", "timm"},
     "ensembles": {"logit-mix"},

@@ -87,3 +87,36 @@ def test_bf16_autocast_and_channels_last_train(registry):
     assert not torch.equal(before, model.net.fc.weight)
     assert model.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert model.net.fc.weight.dtype == torch.float32  # autocast leaves the weights in fp32
+
+
+@pytest.mark.parametrize("error", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: out of memory"),
+    MemoryError(),
+])
+def test_running_out_of_memory_in_a_step_says_where_and_what_to_lower(monkeypatch, error):
+    model = _tiny_model()
+    forward, calls = model.forward, []
+
+    def forward_failing_at_step_5(x):
+        calls.append(len(x))
+        if len(calls) == 5:  # epoch 2, step 2 of 3
+            raise error
+        return forward(x)
+
+    monkeypatch.setattr(model, "forward", forward_failing_at_step_5)
+    with pytest.raises(StageError, match=r"training ran out of memory on cpu at epoch 2, step 2 of 3 with "
+                                         r"batch_size 4 .*lower batch_size .* or the dataset's image_size") as caught:
+        _fit(model, 0)
+    assert caught.value.__cause__ is error
+
+
+def test_other_runtime_errors_in_a_step_are_not_reported_as_memory(monkeypatch):
+    model = _tiny_model()
+
+    def broken(x):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(model, "forward", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        _fit(model, 0)

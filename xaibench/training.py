@@ -70,7 +70,8 @@ def fit(
     ``foreground`` bool (N, H, W) and ``mask_fn`` (a Mask component) together make masked training:
     each augmented batch is masked on the device before the forward pass. ``precision="bf16"`` runs the
     forward pass under bfloat16 autocast; ``channels_last`` keeps model and batches in NHWC layout. ``progress(n)`` is called
-    after every step with the number of images processed. Raises ``StageError`` on a non-finite loss."""
+    after every step with the number of images processed. Raises ``StageError`` on a non-finite loss and
+    when a step runs out of memory (CUDA out-of-memory, ``MemoryError``), saying to lower the batch size."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -102,17 +103,27 @@ def fit(
                 codes = torch.randint(0, 8, (len(index),), generator=generator).to(device)
                 x = _dihedral(x, codes)
                 fg = _dihedral(fg, codes) if fg is not None else None
-            if mask_fn is not None:
-                x = mask_fn(x, fg)
-            with autocast:
-                logits = model(x.contiguous(memory_format=memory_format))
-            loss = torch.nn.functional.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise StageError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                 "lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            try:
+                if mask_fn is not None:
+                    x = mask_fn(x, fg)
+                with autocast:
+                    logits = model(x.contiguous(memory_format=memory_format))
+                loss = torch.nn.functional.cross_entropy(logits.float(), y)
+                if not torch.isfinite(loss):
+                    raise StageError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                     "lower the learning rate")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            except (RuntimeError, MemoryError) as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                if not _out_of_memory(exc):
+                    raise
+                detail = (str(exc).splitlines() or [""])[0]
+                raise StageError(
+                    f"training ran out of memory on {device} at epoch {epoch + 1}, step {step + 1} of "
+                    f"{steps_per_epoch} with batch_size {batch_size} ({type(exc).__name__}: {detail}); "
+                    "lower batch_size in the grid's train/finetune section, or the dataset's image_size"
+                ) from exc
             epoch_loss += loss.item() * len(index)
             if progress is not None:
                 progress(len(index))
@@ -124,6 +135,15 @@ def fit(
         "seconds": seconds,
         "images_per_second": n * epochs / seconds if seconds > 0 else None,
     }
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` reports exhausted device or host memory."""
+    import torch
+
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom_type is not None and isinstance(exc, oom_type)) or isinstance(exc, MemoryError) \
+        or "out of memory" in str(exc).lower()
 
 
 def predict_logits(model, images: np.ndarray, *, batch_size: int, device: str) -> np.ndarray:
