@@ -11,6 +11,7 @@ from typing import Optional
 
 from xaibench.errors import UserError
 from xaibench.hookspecs import hookimpl
+from xaibench.models import resolve_module
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,15 +33,6 @@ def _normalized(net, mean, std):
             return self.net((images - self.mean) / self.std)
 
     return NormalizedClassifier()
-
-
-def _resolve(module, dotted: str):
-    for part in dotted.split("."):
-        try:
-            module = module[int(part)] if part.lstrip("-").isdigit() else getattr(module, part)
-        except (AttributeError, IndexError, TypeError):
-            raise UserError(f"target layer {dotted!r} not found in {type(module).__name__}") from None
-    return module
 
 
 def load_state_file(path: Path) -> dict:
@@ -119,7 +111,7 @@ class ResNet18:
         return _normalized(net, IMAGENET_MEAN, IMAGENET_STD)
 
     def target_layers(self, model):
-        return [_resolve(model.net, self.target_layer)]
+        return [resolve_module(model.net, self.target_layer, what="backbone parameter target_layer")]
 
 
 class TimmBackbone:
@@ -154,12 +146,12 @@ class TimmBackbone:
 
     def target_layers(self, model):
         if self.target_layer:
-            return [_resolve(model.net, self.target_layer)]
+            return [resolve_module(model.net, self.target_layer, what="backbone parameter target_layer")]
         info = getattr(model.net, "feature_info", None)
         if not info:
             raise UserError(f"timm model {self.name!r} has no feature_info; set 'target_layer' explicitly")
         last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
-        return [_resolve(model.net, last["module"])]
+        return [resolve_module(model.net, last["module"], what=f"timm feature module of {self.name}")]
 
 
 @hookimpl

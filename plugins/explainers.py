@@ -24,8 +24,8 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from xaibench.errors import UserError
 from xaibench.hookspecs import hookimpl
+from xaibench.models import resolve_module
 
 
 # -- target layers -----------------------------------------------------------------------------------
@@ -38,20 +38,8 @@ def explained_layers(model, target_layer: str | None, default: list) -> list:
     if target_layer is None:
         return list(default)
     members = [model.raw, model.masked] if hasattr(model, "raw") and hasattr(model, "masked") else [model]
-    return [_resolve(getattr(member, "net", member), target_layer) for member in members]
-
-
-def _resolve(module, dotted: str):
-    found = module
-    for part in dotted.split("."):
-        try:
-            found = found[int(part)] if part.lstrip("-").isdigit() else getattr(found, part)
-        except (AttributeError, IndexError, TypeError):
-            raise UserError(
-                f"explainer parameter target_layer={dotted!r}: no {part!r} in {type(found).__name__}; give a "
-                f"dotted path inside the backbone network, e.g. 'layer3' or 'layer4.1.conv2' for resnet18"
-            ) from None
-    return found
+    return [resolve_module(getattr(member, "net", member), target_layer, what="explainer parameter target_layer")
+            for member in members]
 
 
 # -- Grad-CAM ------------------------------------------------------------------------------------------

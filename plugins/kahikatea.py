@@ -22,9 +22,7 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Annotated, NamedTuple
@@ -38,6 +36,7 @@ from xaibench.download import download as download_file
 from xaibench.errors import ComponentParamsError, UserError
 from xaibench.hookspecs import hookimpl
 from xaibench.images import open_image, read_mask, read_rgb
+from xaibench.store import atomic_write_text
 
 ZENODO_URL = "https://zenodo.org/record/5059769/files/kahikatea.zip?download=1"
 ARCHIVE_NAME = "kahikatea.zip"
@@ -288,15 +287,7 @@ class KahikateaDataset:
         writer.writerow(SPLIT_COLUMNS)
         for tile in tiles:
             writer.writerow([tile.name, tile.photo, self.classes[tile.label], assignment[tile.name]])
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "w", newline="") as f:
-                f.write(buffer.getvalue())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, buffer.getvalue(), newline="")
 
     def _read_split_file(self, path: Path, tiles: list[Tile]) -> dict[str, str]:
         by_name = {t.name: t for t in tiles}

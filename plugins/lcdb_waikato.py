@@ -51,6 +51,7 @@ from pydantic import Field
 
 from xaibench.contracts import Sample
 from xaibench.errors import UserError
+from xaibench.store import atomic_write_text
 from xaibench.hookspecs import hookimpl
 
 # LCDB v5 mainland classes grouped into seven super-classes. Codes 80 and 81 (Chatham Islands only) and 0
@@ -107,13 +108,6 @@ def _lookup(mapping: dict[str, tuple[int, ...]]) -> np.ndarray:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def _csv_text(columns: list[str], rows: list[dict]) -> str:
@@ -381,8 +375,8 @@ def prepare(
         ],
         "tiles": len(rows), "skipped": skipped,
     }
-    _write_atomic(out_dir / "prepare.json", json.dumps(meta, indent=2) + "\n")
-    _write_atomic(out_dir / "labels.csv", _csv_text(LABEL_COLUMNS, rows))  # last: it vouches for the tiles
+    atomic_write_text(out_dir / "prepare.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out_dir / "labels.csv", _csv_text(LABEL_COLUMNS, rows))  # last: it vouches for the tiles
     if progress:
         print(f"lcdb-waikato: {len(rows)} tiles from {len(files)} raster(s); skipped {skipped['nodata']} "
               f"touching no-data, {skipped['low_coverage']} below min_coverage, {skipped['uncovered']} "
@@ -622,7 +616,7 @@ class LcdbWaikatoDataset:
                     for tid, split in assignment.items()]
             path = Path(self.root).expanduser() / "splits.csv"
             try:
-                _write_atomic(path, _csv_text(SPLIT_COLUMNS, rows))
+                atomic_write_text(path, _csv_text(SPLIT_COLUMNS, rows))
             except OSError as exc:  # a read-only dataset folder: the split is deterministic anyway
                 warnings.warn(f"lcdb-waikato: cannot write {path} ({exc}); the split is used without it")
             self._cache["assignment"] = (assignment, blocks, key, True)

@@ -348,16 +348,9 @@ class SamSegmenter:
         return self._model
 
     def _resolve_device(self) -> str:
-        import torch
+        from xaibench.training import resolve_device
 
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(
-                f"sam: device={self.device!r} but CUDA is not available on this machine; "
-                f"use device: auto or device: cpu"
-            )
-        return self.device
+        return resolve_device(self.device, what="sam parameter device")
 
     def check(self) -> Path:
         """The checkpoint's path; a ``UserError`` saying where to get it if it is unset or missing.

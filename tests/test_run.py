@@ -233,3 +233,14 @@ def test_executor_options_are_validated(run_grid, capsys):
     code, summary = run_grid(GRID, "--executor", "process", "--executor-option", "workers=0")
     assert code == 2 and summary is None
     assert "workers" in capsys.readouterr().err
+
+
+def test_a_cuda_device_without_cuda_is_refused_before_anything_is_written(run_grid, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, summary = run_grid(GRID + "device: cuda\n")
+    assert code == 2 and summary is None
+    assert "device='cuda' but CUDA is not available" in capsys.readouterr().err
+    assert not run_grid.out.exists()

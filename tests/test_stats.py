@@ -44,3 +44,16 @@ def test_mcnemar_on_hand_computed_counts():
     # exact two-sided: P(X <= 1) * 2 for X ~ Bin(4, 0.5) = 2 * 5/16
     assert result["p"] == pytest.approx(10 / 16)
     assert stats.mcnemar(base, base)["p"] == 1.0
+
+
+def test_atomic_write_text_replaces_whole_files_readable_by_others(tmp_path):
+    import stat
+
+    from xaibench.store import atomic_write_text
+
+    path = tmp_path / "table.csv"
+    path.write_text("old\n")
+    atomic_write_text(path, "a,b\r\n1,2\n", newline="")
+    assert path.read_bytes() == b"a,b\r\n1,2\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]  # no temporary left behind

@@ -237,15 +237,6 @@ def write_manifest(root: Path, data: dict) -> Path:
     """Write ``data`` as the manifest of ``root`` atomically (a reader sees the old or the new one)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    path = root / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", dir=root)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide a shared dataset folder's manifest from others
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from .store import atomic_write_text
+
+    return atomic_write_text(root / MANIFEST_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -165,6 +165,7 @@ def accuracy_vs_alpha(plan, runner, arrays, registry, out_dir: Path, *, step: fl
     (mean over seeds), from cached logits; only ensemble rules with an ``alpha`` parameter are swept."""
     import torch
 
+    from .grid import canonical_json
     from .metrics import accuracy
 
     alphas = np.round(np.arange(0.0, 1.0 + step / 2, step), 6)
@@ -177,7 +178,7 @@ def accuracy_vs_alpha(plan, runner, arrays, registry, out_dir: Path, *, step: fl
             continue
         key = (cp.data, cp.cell.dataset.name, cp.cell.backbone.label)
         rule = {k: v for k, v in ensemble.params.items() if k != "alpha"}
-        groups.setdefault(key, {})[(cp.cell.mask.label, ensemble.name, json_key(rule), cp.cell.seed)] = (
+        groups.setdefault(key, {})[(cp.cell.mask.label, ensemble.name, canonical_json(rule), cp.cell.seed)] = (
             cp.raw_logits, cp.masked_logits, ensemble.name, rule)
     written = []
     plt = _pyplot()
@@ -209,9 +210,3 @@ def accuracy_vs_alpha(plan, runner, arrays, registry, out_dir: Path, *, step: fl
         plt.close(fig)
         written.append(path)
     return written
-
-
-def json_key(value) -> str:
-    import json
-
-    return json.dumps(value, sort_keys=True, default=str)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -320,11 +319,13 @@ def markdown(df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench lea
 
 def write(out_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench leaderboard",
           published: pd.DataFrame | None = None) -> list[Path]:
+    from .store import atomic_write_text
+
     out_dir = Path(out_dir)
     paths = [out_dir / "leaderboard.md", out_dir / "leaderboard.csv", out_dir / "leaderboard_summary.csv"]
-    _atomic_write(paths[0], markdown(df, summary, title, published))
-    _atomic_write(paths[1], df.drop(columns=["cell_id"]).to_csv(index=False))
-    _atomic_write(paths[2], summary.to_csv(index=False))
+    atomic_write_text(paths[0], markdown(df, summary, title, published))
+    atomic_write_text(paths[1], df.drop(columns=["cell_id"]).to_csv(index=False))
+    atomic_write_text(paths[2], summary.to_csv(index=False))
     return paths
 
 
@@ -351,9 +352,3 @@ def render(dirs, fmt: str) -> str:
 
         return page(title, df, summary, published=published)
     raise ValueError(f"unknown format {fmt!r}")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

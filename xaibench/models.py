@@ -22,6 +22,24 @@ def ensemble_model(raw, masked, rule):
     return EnsembleModel()
 
 
+def resolve_module(module, dotted: str, *, what: str = "target layer"):
+    """The submodule at a dotted path (``"layer4.1.conv2"``; integer parts index sequences).
+
+    Raises ``UserError`` naming ``what`` (the parameter that gave the path) and the missing part."""
+    from .errors import UserError
+
+    found = module
+    for part in dotted.split("."):
+        try:
+            found = found[int(part)] if part.lstrip("-").isdigit() else getattr(found, part)
+        except (AttributeError, IndexError, TypeError):
+            raise UserError(
+                f"{what}={dotted!r}: no {part!r} in {type(found).__name__}; give a dotted path inside the "
+                f"backbone network, e.g. 'layer3' or 'layer4.1.conv2' for resnet18"
+            ) from None
+    return found
+
+
 def save_weights(model, path: Path) -> None:
     """Write the model's state dict as safetensors, atomically (temp file, then rename)."""
     from safetensors.torch import save_file

@@ -21,7 +21,7 @@ from .figures import accuracy_vs_alpha, write_run_figures
 from .grid import digest, expand, load_grid
 from .registry import get_registry
 from .stages import TRAINING_KINDS, Plan, StageRunner, build_plan
-from .store import Store, load_arrays, save_arrays
+from .store import Store, atomic_write_text, load_arrays, save_arrays
 
 
 def plan_grid(grid_path, registry=None):
@@ -31,6 +31,9 @@ def plan_grid(grid_path, registry=None):
     cells = expand(grid)
     plan = build_plan(grid, cells, registry)
     registry.validate("executors", grid.executor.name, grid.executor.params)
+    from .training import resolve_device
+
+    resolve_device(grid.device, what=f"{grid_path}: device")  # before anything is written
     return grid, plan
 
 
@@ -208,7 +211,7 @@ def _figures(plan, runner, arrays, registry, out_dir: Path, *, key: str) -> list
     for stale in set((out_dir / "figures").glob("*.png")) - set(figures):  # from an earlier grid
         stale.unlink()
     index.parent.mkdir(parents=True, exist_ok=True)
-    index.write_text(json.dumps({"key": key, "files": [str(p.relative_to(out_dir)) for p in figures]}))
+    atomic_write_text(index, json.dumps({"key": key, "files": [str(p.relative_to(out_dir)) for p in figures]}))
     return figures
 
 
@@ -278,11 +281,8 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
         }
         report_html = report.page(title, df, summary_table, published=published, figures=figures,
                                   run_info=summary, grid_text=Path(grid_path).read_text())
-        (out_dir / "report.html.tmp").write_text(report_html)
-        (out_dir / "report.html.tmp").replace(out_dir / "report.html")
-        tmp = out_dir / "run.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(out_dir / "run.json")
+        atomic_write_text(out_dir / "report.html", report_html)
+        atomic_write_text(out_dir / "run.json", json.dumps(summary, indent=2))
         return summary
     finally:
         store.close()

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 import traceback
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
@@ -154,7 +153,7 @@ def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
                           "train": config["finetune"], "missing_mask": config["protocol"]["missing_mask"]})
             masked_logits = add("logits", [masked, data], f"logits {cell.mask.name} model seed={cell.seed}",
                                 [masked, data], {**backbone, "model": masked, "data": data})
-        explain = seeds = segment = None
+        explain = seeds = None
         if cell.explainer is not None:
             ref, model_deps = _model_ref(cell.ensemble, registry, raw, masked)
             explain = add("explain", [ref, cell.explainer.ident, version("explainers", cell.explainer), data],

@@ -38,6 +38,25 @@ CREATE TABLE IF NOT EXISTS cells (
 """
 
 
+def atomic_write_text(path: Path, text: str, *, newline: str | None = None) -> Path:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``, so readers see the
+    old file or the new one, never half of one. The file is readable by others (0644), as a plain write
+    would make it, so shared dataset and run folders stay usable."""
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def save_arrays(path: Path, **arrays) -> None:
     """Write arrays to ``path`` (.npz) atomically; object arrays are refused so loading needs no pickle."""
     path.parent.mkdir(parents=True, exist_ok=True)

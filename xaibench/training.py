@@ -23,11 +23,17 @@ def to_tensor(images: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, *, what: str = "device") -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``; a CUDA device on a machine without CUDA is a
+    ``UserError`` naming ``what`` (the parameter that asked for it)."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import UserError
+
+        raise UserError(f"{what}={device!r} but CUDA is not available on this machine; use auto or cpu")
     return device
 
 
