@@ -21,12 +21,16 @@ class Sample:
 
     ``image``: uint8 array (H, W, 3), RGB. ``label``: class index into ``Dataset.classes``.
     ``mask``: bool array (H, W), True on the pixels relevant to the label, or None where no annotation
-    exists (e.g. negatives of a binary presence task)."""
+    exists (e.g. negatives of a binary presence task). This is the annotation models are trained with.
+    ``reference``: bool array (H, W), the exact relevance mask where ``mask`` is a knowingly imprecise
+    annotation (the synthetic dataset's annotation noise); None where ``mask`` is the best there is, and
+    then ``mask`` is its own reference. Scores against ground truth always use the reference."""
 
     id: str
     image: np.ndarray
     label: int
     mask: np.ndarray | None
+    reference: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)

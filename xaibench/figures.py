@@ -144,7 +144,7 @@ def write_run_figures(plan, runner, arrays, registry, out_dir: Path, *, n_images
                     keep = seeds["labels"][row] >= 0 if seeds else np.zeros(0, bool)
                     panels.append({
                         "row": row, "column": column, "image": test["images"][i],
-                        "saliency": explained["maps"][row].astype(np.float32), "truth": test["masks"][i],
+                        "saliency": explained["maps"][row].astype(np.float32), "truth": test["references"][i],
                         "points": seeds["points"][row][keep] if seeds else np.zeros((0, 2)),
                         "labels": seeds["labels"][row][keep] if seeds else np.zeros(0),
                         "prediction": segmented[row] if segmented is not None else None,

@@ -152,7 +152,7 @@ def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold
     per_image = {"ids": test["ids"], "correct": correct}
     if cp.explain:
         explained = arrays("explain", cp.explain)
-        truth = test["masks"][explained["index"]]
+        truth = test["references"][explained["index"]]
         if ("explanation scores", cp.explain) not in arrays.loaded:  # shared by every cell of this explanation
             maps = explained["maps"].astype(np.float32)
             arrays.loaded[("explanation scores", cp.explain)] = (
@@ -166,7 +166,7 @@ def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold
         segmented = arrays("segment", cp.segment)
         masks = np.unpackbits(segmented["masks"][cp.segment_index], axis=-1,
                               count=int(segmented["width"])).astype(bool)
-        truth = test["masks"][arrays("explain", cp.explain)["index"]]
+        truth = test["references"][arrays("explain", cp.explain)["index"]]
         scores = metrics.segmentation_per_image(masks, truth)
         out.update(metrics.segmentation_scores(masks, truth))
         out["seg_n"] = int(np.isfinite(scores["seg_iou"]).sum())

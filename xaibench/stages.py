@@ -2,7 +2,8 @@
 
 Stages and what they store (``DIR/cache/<kind>/<key>...``):
 
-- ``data``: the dataset's splits as arrays (images uint8, labels, masks, has_mask, ids).
+- ``data``: the dataset's splits as arrays (images uint8, labels, masks (the annotations), references (the
+  exact masks; equal to masks unless the dataset says its annotations are imprecise), has_mask, ids).
 - ``train``: the baseline model trained on raw training images (safetensors).
 - ``finetune``: the baseline fine-tuned on masked training images, one per mask (safetensors).
 - ``logits``: a model's logits on the raw test images.
@@ -230,7 +231,9 @@ class StageRunner:
     def data(self, key: str, split: str) -> dict:
         cache_key = f"{key}/{split}"
         if cache_key not in self._data:
-            self._data[cache_key] = load_arrays(self.path("data", key, split))
+            arrays = load_arrays(self.path("data", key, split))
+            arrays.setdefault("references", arrays["masks"])  # written before datasets had references
+            self._data[cache_key] = arrays
         return self._data[cache_key]
 
     def bar_range(self, stage: Stage, total: int, step: int, items=None):
@@ -273,9 +276,10 @@ class StageRunner:
         classes = np.asarray(list(dataset.classes), dtype=str)
         sizes = set()
         counts = {}
+        independent = False  # does any sample carry a reference apart from its annotation?
         for split in SPLITS:
             samples = list(dataset.split(split))
-            images, labels, masks, has_mask, ids = [], [], [], [], []
+            images, labels, masks, references, has_mask, ids = [], [], [], [], [], []
             for sample in samples:
                 image = np.asarray(sample.image)
                 if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -286,14 +290,20 @@ class StageRunner:
                 sizes.add(image.shape[:2])
                 if len(sizes) > 1:
                     raise UserError(f"dataset images differ in size ({sorted(sizes)}); resize them to one size")
-                mask = sample.mask
-                if mask is not None and np.asarray(mask).shape != image.shape[:2]:
-                    raise UserError(f"dataset sample {sample.id!r}: mask {np.asarray(mask).shape} does not "
-                                    f"match image {image.shape[:2]}")
+                mask, reference = sample.mask, getattr(sample, "reference", None)
+                for what, array in (("mask", mask), ("reference", reference)):
+                    if array is not None and np.asarray(array).shape != image.shape[:2]:
+                        raise UserError(f"dataset sample {sample.id!r}: {what} {np.asarray(array).shape} does "
+                                        f"not match image {image.shape[:2]}")
+                if reference is not None and mask is None:
+                    raise UserError(f"dataset sample {sample.id!r} has a reference but no mask; a reference "
+                                    f"is the exact version of an annotation, so give both or neither")
                 images.append(image)
                 labels.append(int(sample.label))
                 has_mask.append(mask is not None)
                 masks.append(np.asarray(mask, dtype=bool) if mask is not None else np.zeros(image.shape[:2], bool))
+                references.append(np.asarray(reference, dtype=bool) if reference is not None else masks[-1])
+                independent |= reference is not None
                 ids.append(str(sample.id))
             shape = next(iter(sizes)) if sizes else (0, 0)
             save_arrays(
@@ -301,6 +311,7 @@ class StageRunner:
                 images=np.stack(images) if images else np.zeros((0, *shape, 3), np.uint8),
                 labels=np.asarray(labels, dtype=np.int64),
                 masks=np.stack(masks) if masks else np.zeros((0, *shape), bool),
+                references=np.stack(references) if references else np.zeros((0, *shape), bool),
                 has_mask=np.asarray(has_mask, dtype=bool),
                 ids=np.asarray(ids, dtype=str),
                 classes=classes,
@@ -308,7 +319,7 @@ class StageRunner:
             counts[split] = len(samples)
         if counts["train"] == 0 or counts["test"] == 0:
             raise UserError(f"dataset {stage.spec['dataset']['name']!r} has an empty train or test split: {counts}")
-        return {"counts": counts, "classes": classes.tolist()}
+        return {"counts": counts, "classes": classes.tolist(), "independent_reference": independent}
 
     def _fit(self, stage, model, foreground=None, mask_fn=None, subset=None):
         from .training import fit
@@ -385,7 +396,7 @@ class StageRunner:
             chunk = index[start : start + batch]
             images = to_tensor(test["images"][chunk]).to(self.device)
             targets = torch.from_numpy(test["labels"][chunk]).to(self.device)
-            gt = test["masks"][chunk] if getattr(explainer, "uses_ground_truth", False) else None
+            gt = test["references"][chunk] if getattr(explainer, "uses_ground_truth", False) else None
             out = np.asarray(explainer.explain(model, images, targets, target_layers=target_layers, masks=gt))
             if out.shape != (len(chunk), height, width):
                 raise ValueError(f"explainer {stage.spec['explainer']['name']!r} returned maps of shape "

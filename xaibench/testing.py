@@ -193,7 +193,7 @@ def check_dataset(dataset, *, name: str | None = None, max_samples: int | None =
         again = list(dataset.split(split))[:max_samples]
         same = len(again) == len(samples) and all(
             a.id == b.id and a.label == b.label and np.array_equal(a.image, b.image)
-            and (a.mask is None) == (b.mask is None) and (a.mask is None or np.array_equal(a.mask, b.mask))
+            and _same_mask(a.mask, b.mask) and _same_mask(getattr(a, "reference", None), getattr(b, "reference", None))
             for a, b in zip(samples, again))
         _expect(same, label, f"split({split!r}) gave different samples on a second call",
                 "make splits deterministic: same samples, same order, every time (seed any randomness)")
@@ -218,6 +218,10 @@ def check_dataset(dataset, *, name: str | None = None, max_samples: int | None =
         _call(label, "building the option model of prepare()", signature_model, prepare, "prepare")
 
 
+def _same_mask(a, b) -> bool:
+    return (a is None) == (b is None) and (a is None or np.array_equal(a, b))
+
+
 def _check_sample(sample, label, split, classes, size, ids):
     missing = [f for f in ("id", "image", "label", "mask") if not hasattr(sample, f)]
     _expect(not missing, label, f"a {split} sample lacks {missing}", "return xaibench.contracts.Sample objects")
@@ -238,6 +242,12 @@ def _check_sample(sample, label, split, classes, size, ids):
     _expect(mask is None or (isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == image.shape[:2]),
             label, f"{where}: mask is {getattr(mask, 'dtype', type(mask).__name__)} {getattr(mask, 'shape', '')}",
             "masks are bool numpy arrays (H, W) matching the image, or None where there is no annotation")
+    reference = getattr(sample, "reference", None)
+    _expect(reference is None or (mask is not None and isinstance(reference, np.ndarray) and reference.dtype == bool
+                                  and reference.shape == image.shape[:2]),
+            label, f"{where}: reference is {getattr(reference, 'dtype', type(reference).__name__)} "
+            f"{getattr(reference, 'shape', '')} (mask {'None' if mask is None else 'given'})",
+            "a reference is a bool numpy array (H, W) matching the image, given only beside a mask")
     return image.shape[:2]
 
 
