@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import re
+import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Annotated, NamedTuple
@@ -36,12 +37,14 @@ from xaibench.download import download as download_file
 from xaibench.errors import ComponentParamsError, UserError
 from xaibench.hookspecs import hookimpl
 from xaibench.images import open_image, read_mask, read_rgb
+from xaibench.splits import METHOD as SPLIT_METHOD
+from xaibench.splits import grouped_stratified_split
 from xaibench.store import atomic_write_text
 
 ZENODO_URL = "https://zenodo.org/record/5059769/files/kahikatea.zip?download=1"
 ARCHIVE_NAME = "kahikatea.zip"
 SPLITS = ("train", "val", "test")
-SPLIT_COLUMNS = ["file", "photo", "label", "split"]
+SPLIT_COLUMNS = ["file", "photo", "label", "split", "method"]
 # Bump whenever the samples change for the same files and parameters: it is part of the fingerprint.
 LOADER_VERSION = 1
 DEFAULT_SPLIT = {"val_fraction": 0.15, "test_fraction": 0.2, "split_seed": 0}
@@ -68,10 +71,15 @@ class KahikateaDataset:
 
     Splits are stratified by label and grouped by photo: every tile of one photo lands in the same split,
     and each split holds about ``val_fraction`` / ``test_fraction`` (the rest: train) of each class's
-    tiles. The assignment is generated from the data on first load, deterministically from the sorted
-    file names and ``split_seed``, and written to ``<root>/splits.csv`` (columns file, photo, label,
-    split; ``splits-val<v>-test<t>-seed<s>.csv`` for non-default split parameters). Once written, the file
-    is read instead of regenerated, so copying it to another machine pins the split there too.
+    tiles (``xaibench.splits.grouped_stratified_split`` over per-photo label counts; every split with a
+    non-zero fraction gets a photo when there are enough photos). The assignment is generated from the
+    data on first load, deterministically from the tiles and ``split_seed``, and written to
+    ``<root>/splits.csv`` (columns file, photo, label, split, method;
+    ``splits-val<v>-test<t>-seed<s>.csv`` for non-default split parameters). Once written, the file is
+    read instead of regenerated, so copying it to another machine pins the split there too, and editing
+    its split column moves tiles. A file whose method column is missing or names another split method
+    than ``xaibench.splits.METHOD`` holds a split made by another rule: it is generated again and
+    replaced, with a warning, rather than reused.
 
     Parameters: ``root``, the dataset folder (default ``$XAIBENCH_DATA/kahikatea`` or the user cache, see
     ``xaibench.download.default_data_root``); ``image_size`` in pixels; ``download``: fetch the data in
@@ -263,42 +271,57 @@ class KahikateaDataset:
     # -- splits ------------------------------------------------------------------------------------------
     def assignment(self, *, write: bool = True) -> dict[str, str]:
         """File name → ``"train" | "val" | "test"``, read from the split file, or generated (and written
-        there when ``write``) if it does not exist yet."""
+        there when ``write``) if it does not exist yet or was made by another split method."""
         if self._assignment is not None:
             return self._assignment
         tiles = self.tiles()
         path = self.split_path
-        if path.is_file():
-            assignment = self._read_split_file(path, tiles)
-        else:
-            assignment = grouped_stratified_split(
-                [(t.name, t.photo, t.label) for t in tiles],
-                {"val": self.val_fraction, "test": self.test_fraction}, self.split_seed,
-            )
+        assignment = self._read_split_file(path, tiles) if path.is_file() else None
+        if assignment is None:
+            assignment = self._generate(tiles)
             if not write:
                 return assignment
+            if path.is_file():
+                warnings.warn(f"kahikatea: {path} holds a split made by another split method than "
+                              f"{SPLIT_METHOD}; it is replaced by the split this method makes")
             self._write_split_file(path, tiles, assignment)
         self._assignment = assignment
         return assignment
+
+    def _generate(self, tiles: list[Tile]) -> dict[str, str]:
+        photo_counts: dict[str, Counter] = defaultdict(Counter)
+        for tile in tiles:
+            photo_counts[tile.photo][tile.label] += 1
+        fractions = {"train": 1.0 - self.val_fraction - self.test_fraction, "val": self.val_fraction,
+                     "test": self.test_fraction}
+        photo_split = grouped_stratified_split(photo_counts, fractions, self.split_seed)
+        return {tile.name: photo_split[tile.photo] for tile in tiles}
 
     def _write_split_file(self, path: Path, tiles: list[Tile], assignment: dict[str, str]) -> None:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(SPLIT_COLUMNS)
         for tile in tiles:
-            writer.writerow([tile.name, tile.photo, self.classes[tile.label], assignment[tile.name]])
+            writer.writerow([tile.name, tile.photo, self.classes[tile.label], assignment[tile.name],
+                             SPLIT_METHOD])
         atomic_write_text(path, buffer.getvalue(), newline="")
 
-    def _read_split_file(self, path: Path, tiles: list[Tile]) -> dict[str, str]:
+    def _read_split_file(self, path: Path, tiles: list[Tile]) -> dict[str, str] | None:
+        """The assignment the split file pins, None if another split method made it; ``UserError`` if it is
+        malformed or does not match the tiles."""
         by_name = {t.name: t for t in tiles}
         redo = f"delete {path} to generate it again from the data"
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
+            if sorted(reader.fieldnames or []) == sorted(c for c in SPLIT_COLUMNS if c != "method"):
+                return None  # written before the split method was recorded
             if sorted(reader.fieldnames or []) != sorted(SPLIT_COLUMNS):
                 raise UserError(f"{path}: columns must be {', '.join(SPLIT_COLUMNS)}, got "
                                 f"{', '.join(reader.fieldnames or [])}; {redo}")
             assignment = {}
             for row in reader:
+                if row["method"] != SPLIT_METHOD:
+                    return None
                 where = f"{path}:{reader.line_num}"
                 tile = by_name.get(row["file"])
                 if tile is None:
@@ -398,46 +421,3 @@ class KahikateaDataset:
 @hookimpl
 def register_datasets(register):
     register("kahikatea", KahikateaDataset)
-
-
-# -- helpers -----------------------------------------------------------------------------------------------
-
-
-def grouped_stratified_split(items, fractions: dict[str, float], seed: int) -> dict[str, str]:
-    """Assign ``(name, group, label)`` items to ``"train" | "val" | "test"``, keeping each group whole.
-
-    ``fractions`` gives ``val`` and ``test``; train gets the rest. Groups, sorted then shuffled with
-    ``seed``, go one at a time to the split where they most reduce the squared gap between each split's
-    per-class counts and their targets (fraction × class total, each class weighted by its total).
-    Deterministic for the same items, fractions and seed, whatever their input order."""
-    shares = {"train": 1.0 - fractions["val"] - fractions["test"], **fractions}
-    groups: dict[str, list] = defaultdict(list)
-    for name, group, label in sorted(items):
-        groups[group].append((name, label))
-    labels = sorted({label for _, _, label in items})
-    column = {label: i for i, label in enumerate(labels)}
-    totals = np.zeros(len(labels))
-    for _, _, label in items:
-        totals[column[label]] += 1
-    targets = np.array([[shares[s] * t for t in totals] for s in SPLITS])
-    counts = np.zeros_like(targets)
-    weight = 1.0 / np.maximum(totals, 1)
-    open_splits = [i for i, s in enumerate(SPLITS) if shares[s] > 0]
-    names = sorted(groups)
-    assignment = {}
-    for index in np.random.default_rng(seed).permutation(len(names)):
-        members = groups[names[index]]
-        added = np.zeros(len(labels))
-        for _, label in members:
-            added[column[label]] += 1
-
-        def cost(i):
-            trial = counts.copy()
-            trial[i] += added
-            return float(((trial - targets) ** 2 * weight**2).sum())
-
-        best = min(open_splits, key=cost)
-        counts[best] += added
-        for name, _ in members:
-            assignment[name] = SPLITS[best]
-    return assignment

@@ -22,7 +22,8 @@ from PIL import Image
 from xaibench import create
 from xaibench.download import MANIFEST_NAME, default_data_root, download, read_manifest, safe_extract_zip
 from xaibench.errors import ComponentParamsError, UserError
-from xaibench_plugins.kahikatea import KahikateaDataset, grouped_stratified_split
+from xaibench.splits import METHOD
+from xaibench_plugins.kahikatea import KahikateaDataset
 
 SIZE = 48
 COMMON, RGBA_POSITIVE, LEAKY_NEGATIVE = (368, 246), (404, 269), (552, 369)
@@ -527,16 +528,6 @@ def test_splits_are_grouped_by_photo_stratified_and_cover_every_tile(ready_root,
                 assert abs(counts[split][label] - fraction * totals[label]) <= 4, (seed, split, counts)
 
 
-def test_split_assignment_is_deterministic_and_depends_on_the_seed():
-    items = [(f"t{p:02d}_{i}", f"p{p:02d}", (p + i) % 3 == 0) for p in range(40) for i in range(5)]
-    fractions = {"val": 0.15, "test": 0.2}
-    first = grouped_stratified_split(items, fractions, 3)
-    assert grouped_stratified_split(list(reversed(items)), fractions, 3) == first
-    assert grouped_stratified_split(items, fractions, 4) != first
-    no_val = grouped_stratified_split(items, {"val": 0.0, "test": 0.2}, 3)
-    assert "val" not in no_val.values()
-
-
 def test_split_file_is_written_on_first_load_and_then_read(ready_root, layout, tmp_path):
     root = tmp_path / "k"
     shutil.copytree(ready_root, root, ignore=shutil.ignore_patterns("splits*.csv"))
@@ -546,8 +537,8 @@ def test_split_file_is_written_on_first_load_and_then_read(ready_root, layout, t
     ids = {s: [x.id for x in samples] for s, samples in all_samples(dataset).items()}
     with open(root / "splits.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["file", "photo", "label", "split"]
-    assert len(rows) == len(layout[1])
+    assert list(rows[0]) == ["file", "photo", "label", "split", "method"]
+    assert len(rows) == len(layout[1]) and {r["method"] for r in rows} == {METHOD}
     row = rows[0]
     assert row["photo"] == layout[1][row["file"][:-4]][1]
     assert row["label"] == ["absent", "present"][layout[1][row["file"][:-4]][0]]
@@ -559,7 +550,7 @@ def test_split_file_is_written_on_first_load_and_then_read(ready_root, layout, t
         if r["photo"] == photo:
             r["split"] = "test"
     with open(root / "splits.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["file", "photo", "label", "split"])
+        writer = csv.DictWriter(f, ["file", "photo", "label", "split", "method"])
         writer.writeheader()
         writer.writerows(rows)
     pinned = KahikateaDataset(root=str(root), image_size=SIZE)
@@ -576,9 +567,37 @@ def test_split_file_is_written_on_first_load_and_then_read(ready_root, layout, t
 def test_a_broken_split_file_is_a_user_error(ready_root, tmp_path):
     root = tmp_path / "k"
     shutil.copytree(ready_root, root, ignore=shutil.ignore_patterns("splits*.csv"))
-    (root / "splits.csv").write_text("file,photo,label,split\nBiospatial_x_y_01_01.png,x_y,absent,train\n")
+    (root / "splits.csv").write_text("file,photo,label,split,method\n"
+                                     f"Biospatial_x_y_01_01.png,x_y,absent,train,{METHOD}\n")
     with pytest.raises(UserError, match=r"splits.csv:2: 'Biospatial_x_y_01_01.png' is not a tile.*delete"):
         KahikateaDataset(root=str(root)).split("train")
+    (root / "splits.csv").write_text("file,photo,split\n")
+    with pytest.raises(UserError, match=r"columns must be file, photo, label, split, method.*delete"):
+        KahikateaDataset(root=str(root)).split("train")
+
+
+@pytest.mark.parametrize("made_by", ["no method column", "another method"])
+def test_a_split_file_from_another_split_method_is_replaced_not_reused(ready_root, layout, tmp_path, made_by):
+    root = tmp_path / "k"
+    shutil.copytree(ready_root, root, ignore=shutil.ignore_patterns("splits*.csv"))
+    current = KahikateaDataset(root=str(root)).assignment(write=False)
+    names = sorted(current)
+    stale = {name: "test" if name == names[0] else "train" for name in names}  # not what the method makes
+    assert stale != current
+    columns = ["file", "photo", "label", "split"] + ([] if made_by == "no method column" else ["method"])
+    with open(root / "splits.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for name in names:
+            label, photo = layout[1][name[: -len(".png")]][:2]
+            writer.writerow([name, photo, ["absent", "present"][label], stale[name], "older-method"][: len(columns)])
+    dataset = KahikateaDataset(root=str(root))
+    assert dataset.assignment(write=False) == current  # fingerprint and describe see the split in use
+    with pytest.warns(UserWarning, match="another split method"):
+        assert dataset.assignment() == current
+    with open(root / "splits.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["file"]: r["split"] for r in rows} == current and {r["method"] for r in rows} == {METHOD}
 
 
 def test_fingerprint_tracks_content_parameters_and_the_archive(ready_root, layout, tmp_path):

@@ -18,7 +18,8 @@ from PIL import Image
 from xaibench import cli
 from xaibench.errors import ComponentParamsError, UserError
 from xaibench_plugins import lcdb_waikato
-from xaibench_plugins.lcdb_waikato import DEFAULT_GROUPS, LABEL_COLUMNS, LcdbWaikatoDataset, prepare
+from xaibench_plugins.lcdb_prepare import DEFAULT_GROUPS, LABEL_COLUMNS, class_mapping, prepare
+from xaibench_plugins.lcdb_waikato import LcdbWaikatoDataset
 
 rasterio = pytest.importorskip("rasterio")
 gpd = pytest.importorskip("geopandas")
@@ -328,7 +329,7 @@ def test_splits_are_deterministic_spatially_grouped_and_saved(fresh):
     fingerprint = dataset.fingerprint()
     assert not (fresh / "splits.csv").exists()  # fingerprinting writes nothing
     ids = {name: [s.id for s in dataset.split(name)] for name in ("train", "val", "test")}
-    assert ids["train"] and ids["test"]
+    assert ids["train"] and ids["val"] and ids["test"]  # 8 blocks: enough for a block in every split
     assert sorted(sum(ids.values(), [])) == sorted(expected_labels())
 
     with open(fresh / "splits.csv", newline="") as handle:
@@ -364,6 +365,28 @@ def test_splits_are_deterministic_spatially_grouped_and_saved(fresh):
     other.split("train")
     with open(fresh / "splits.csv", newline="") as handle:
         assert {row["split_key"] for row in csv.DictReader(handle)} == {other._split_key()}
+
+
+def test_a_split_saved_by_another_split_method_is_made_again(fresh, monkeypatch):
+    dataset = LcdbWaikatoDataset(root=str(fresh), block_tiles=2)
+    current = {name: [s.id for s in dataset.split(name)] for name in ("train", "val", "test")}
+    with open(fresh / "splits.csv", newline="") as handle:
+        saved = list(csv.DictReader(handle))
+    for row in saved:  # what an older method might have made, under the key it would have written
+        row["split"] = "train"
+    monkeypatch.setattr(lcdb_waikato, "SPLIT_METHOD", "an-older-method")
+    old_key = LcdbWaikatoDataset(root=str(fresh), block_tiles=2)._split_key()
+    assert old_key != saved[0]["split_key"]
+    with open(fresh / "splits.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(saved[0]))
+        writer.writeheader()
+        writer.writerows({**row, "split_key": old_key} for row in saved)
+    assert not LcdbWaikatoDataset(root=str(fresh), block_tiles=2).split("test")  # that key reads it back
+    monkeypatch.undo()
+    again = LcdbWaikatoDataset(root=str(fresh), block_tiles=2)
+    assert {name: [s.id for s in again.split(name)] for name in current} == current
+    with open(fresh / "splits.csv", newline="") as handle:
+        assert {row["split_key"] for row in csv.DictReader(handle)} == {again._split_key()}
 
 
 def test_the_fingerprint_follows_content_not_location(fresh, tmp_path):
@@ -424,19 +447,7 @@ def test_the_default_mapping_covers_the_33_mainland_classes():
     codes = [code for group in DEFAULT_GROUPS.values() for code in group]
     assert len(codes) == len(set(codes)) == 33
     assert 0 not in codes and 80 not in codes and 81 not in codes
-    assert lcdb_waikato._mapping(None) == DEFAULT_GROUPS
-
-
-def test_block_assignment_meets_the_fractions_per_class():
-    rng = np.random.default_rng(0)
-    # 300 blocks of 64 tiles, each mostly one or two classes, as land cover is
-    counts = np.stack([rng.multinomial(64, rng.dirichlet(np.full(7, 0.3))) for _ in range(300)]).astype(float)
-    chosen = np.array(lcdb_waikato._assign_blocks(counts, 0.15, 0.2, seed=0))
-    for split, fraction in enumerate((0.65, 0.15, 0.2)):
-        share = counts[chosen == split].sum(axis=0) / counts.sum(axis=0)
-        np.testing.assert_allclose(share, fraction, atol=0.02)
-    assert lcdb_waikato._assign_blocks(counts, 0.15, 0.2, seed=1) != chosen.tolist()  # the seed matters
-    assert 1 not in lcdb_waikato._assign_blocks(counts, 0.0, 0.2, seed=0)  # no val share, no val blocks
+    assert class_mapping(None) == DEFAULT_GROUPS
 
 
 def test_lcdb_waikato_keeps_the_dataset_contract(fresh):
