@@ -20,6 +20,10 @@ road's angle: ``c * 180 / num_classes`` degrees from the x axis (columns), +-30 
 evenly; in ``test`` it is independent of the label. The rates are allotted exactly per class, not sampled,
 so a split's agreement is the stated one up to rounding. ``cues(split)`` gives each sample's cue.
 
+``annotation_noise`` (see ``xaibench_plugins.annotation_noise``) degrades the ``train`` and ``val``
+annotations the way human annotators do, keeping the exact masks as ``reference``; ``test`` stays exact. The
+noise has random streams of its own, so it never changes images, labels, cues or exact masks.
+
 Samples are generated lazily on the first ``split(name)`` and cached on the instance. Each split has its own
 random streams, derived from ``seed`` and the split's name, and each tile its own stream derived from those
 and its index, so the same parameters give byte-identical samples and ``n_test`` does not affect ``train``.
@@ -27,6 +31,7 @@ and its index, so the same parameters give byte-identical samples and ``n_test``
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -38,6 +43,7 @@ from pydantic import Field
 
 from xaibench.contracts import Sample
 from xaibench.hookspecs import hookimpl
+from xaibench_plugins.annotation_noise import AnnotationNoise, choose_degraded, degrade
 
 # Bump whenever the generated samples change for the same parameters: it is part of the fingerprint.
 GENERATOR_VERSION = 1
@@ -64,14 +70,16 @@ class SyntheticDataset:
     ``split(name)`` for name in ``"train" | "val" | "test"``: a list of ``Sample`` with ids like
     ``"train-00012"``, ``image`` uint8 (image_size, image_size, 3), ``label`` an index into ``classes``
     (balanced to within one sample per class, shuffled), ``mask`` bool (image_size, image_size), or None for
-    binary negatives.
+    binary negatives. With ``annotation_noise``, annotated train and val samples have the degraded ``mask``
+    and the exact one as ``reference`` (the same where ``fraction`` spared it); otherwise ``reference=None``.
     ``cues(name)``: int64 (n,), each sample's spurious-cue class, aligned with ``split(name)``.
     See the module docstring for the tiles and the cue.
 
     Parameters: ``task``; ``n_train``, ``n_val``, ``n_test`` samples per split; ``image_size`` in pixels
     (everything in a tile scales with it); ``seed`` of the data generation; ``spurious`` in [0, 1], how
     strongly the cue follows the label in train and val (0: not at all); ``num_classes``, 2 to 7, the first
-    classes of ``LAND_COVER_CLASSES`` (multiclass only)."""
+    classes of ``LAND_COVER_CLASSES`` (multiclass only); ``annotation_noise``, an ``AnnotationNoise`` or a
+    mapping of its fields (lengths in pixels); None, or noise that changes nothing, for exact annotations."""
 
     def __init__(
         self,
@@ -84,6 +92,7 @@ class SyntheticDataset:
         seed: Annotated[int, Field(ge=0)] = 0,
         spurious: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9,
         num_classes: Annotated[int, Field(ge=2, le=7)] = 7,
+        annotation_noise: AnnotationNoise | None = None,
     ):
         if task not in ("binary", "multiclass"):
             raise ValueError(f"task must be 'binary' or 'multiclass', got {task!r}")
@@ -97,20 +106,19 @@ class SyntheticDataset:
         self.seed = seed
         self.spurious = float(spurious)
         self.num_classes = num_classes
+        # Noise that changes nothing is no noise: the same samples and the same fingerprint as without it.
+        noise = None if annotation_noise is None else AnnotationNoise.model_validate(annotation_noise)
+        self.annotation_noise = noise if noise is not None and noise.active else None
         self.classes = list(BINARY_CLASSES) if task == "binary" else LAND_COVER_CLASSES[:num_classes]
         self._generated: dict[str, tuple[list[Sample], np.ndarray]] = {}
 
     def params(self) -> dict:
-        return {
-            "task": self.task,
-            "n_train": self.n_train,
-            "n_val": self.n_val,
-            "n_test": self.n_test,
-            "image_size": self.image_size,
-            "seed": self.seed,
-            "spurious": self.spurious,
-            "num_classes": self.num_classes,
-        }
+        """The parameters; ``annotation_noise`` only when set, as its non-default fields."""
+        names = ("task", "n_train", "n_val", "n_test", "image_size", "seed", "spurious", "num_classes")
+        params = {name: getattr(self, name) for name in names}
+        if self.annotation_noise is not None:
+            params["annotation_noise"] = self.annotation_noise.model_dump(exclude_defaults=True)
+        return params
 
     def __repr__(self) -> str:
         return f"SyntheticDataset({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
@@ -143,8 +151,22 @@ class SyntheticDataset:
                 rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(key, 1, index)))
                 image, mask = draw(rng, self.image_size, label, cue, num_classes)
                 samples.append(Sample(f"{name}-{index:05d}", image, label, mask))
+            if self.annotation_noise is not None and name != "test":
+                samples = self._degrade(samples, key)
             self._generated[name] = (samples, cues)
         return self._generated[name]
+
+    def _degrade(self, samples: list[Sample], key: int) -> list[Sample]:
+        """``samples`` with degraded masks and the exact ones as references, from streams of their own."""
+        annotated = [index for index, sample in enumerate(samples) if sample.mask is not None]
+        choice_rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(key, 2)))
+        chosen = choose_degraded(len(annotated), self.annotation_noise.fraction, choice_rng)
+        for index, degraded in zip(annotated, chosen.tolist()):
+            exact = samples[index].mask
+            rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(key, 3, index)))
+            mask = degrade(exact, self.annotation_noise, rng) if degraded else exact
+            samples[index] = dataclasses.replace(samples[index], mask=mask, reference=exact)
+        return samples
 
 
 @hookimpl

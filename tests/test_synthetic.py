@@ -1,4 +1,7 @@
-"""The built-in ``synthetic`` dataset: contract, determinism, masks and the spurious road cue."""
+"""The built-in ``synthetic`` dataset: contract, determinism, masks, the spurious road cue and annotation noise."""
+
+import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -6,8 +9,10 @@ from scipy import ndimage
 
 from xaibench.contracts import Sample
 from xaibench.errors import ComponentParamsError
-from xaibench.registry import Registry
+from xaibench import testing
+from xaibench.registry import Registry, get_registry
 from xaibench_plugins import synthetic
+from xaibench_plugins.annotation_noise import AnnotationNoise
 from xaibench_plugins.synthetic import SyntheticDataset
 
 SIZE = 64
@@ -284,3 +289,116 @@ def test_cues_are_a_copy(binary):
     cues[:] = -1
     assert (binary.cues("train") >= 0).all()
 
+
+
+# -- annotation noise --------------------------------------------------------------------------------------
+
+HUMAN_LIKE = {"dilate": 2, "shift": 2, "coarse": 2, "missing": 0.3}
+
+
+def noisy_and_exact(task, noise, **params):
+    params = dict(task=task, num_classes=4, n_train=40, n_val=12, n_test=16, image_size=SIZE, seed=2, **params)
+    return SyntheticDataset(annotation_noise=noise, **params), SyntheticDataset(**params)
+
+
+def mean_iou(samples) -> float:
+    pairs = [(s.mask, s.reference) for s in samples if s.mask is not None]
+    return float(np.mean([(m & r).sum() / (m | r).sum() for m, r in pairs]))
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_noise_degrades_train_and_val_annotations_and_keeps_the_exact_ones_as_references(task):
+    noisy, exact = noisy_and_exact(task, HUMAN_LIKE)
+    for name in ("train", "val"):
+        samples, truth = noisy.split(name), exact.split(name)
+        assert [(s.id, s.label) for s in samples] == [(t.id, t.label) for t in truth]
+        assert all(s.image.tobytes() == t.image.tobytes() for s, t in zip(samples, truth))
+        assert np.array_equal(noisy.cues(name), exact.cues(name))
+        annotated = [(s, t) for s, t in zip(samples, truth) if t.mask is not None]
+        assert annotated and all(s.mask is not None for s, _ in annotated)
+        for sample, true in annotated:
+            assert sample.reference.tobytes() == true.mask.tobytes()
+            assert sample.mask.dtype == bool and sample.mask.shape == true.mask.shape and sample.mask.any()
+            assert not np.array_equal(sample.mask, sample.reference)  # dilate alone changes every mask
+        assert all(s.mask is None and s.reference is None for s, t in zip(samples, truth) if t.mask is None)
+    assert_same(noisy.split("test"), exact.split("test"))
+    assert all(s.reference is None for s in noisy.split("test"))
+    assert all(s.reference is None for name in ("train", "val", "test") for s in exact.split(name))
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_annotation_agreement_falls_as_dilation_grows(task):
+    ious = [mean_iou(noisy_and_exact(task, {"dilate": radius})[0].split("train")) for radius in (1, 2, 4)]
+    assert 1 > ious[0] > ious[1] > ious[2] > 0.2
+
+
+def test_noise_is_deterministic_and_drawn_per_sample():
+    noisy, exact = noisy_and_exact("binary", {"shift": 6})
+    again, _ = noisy_and_exact("binary", {"shift": 6})
+    for name in ("val", "train"):
+        assert_same(noisy.split(name), again.split(name))
+    moves = {tuple(np.round(np.argwhere(s.mask).mean(0) - np.argwhere(s.reference).mean(0)))
+             for s in noisy.split("train") if s.mask is not None}
+    assert len(moves) >= 10  # every sample its own offset
+
+
+def test_noise_streams_are_per_split_and_sample():
+    # Another n_test leaves train's noisy annotations as they were.
+    small, _ = noisy_and_exact("multiclass", HUMAN_LIKE)
+    large = SyntheticDataset(**{**small.params(), "n_test": 30})
+    assert large.annotation_noise == small.annotation_noise
+    assert_same(small.split("train"), large.split("train"))
+
+
+def test_fraction_degrades_exactly_that_share_of_the_annotations():
+    changed = {}
+    for fraction in (0.25, 0.5, 1.0):
+        samples = noisy_and_exact("multiclass", {"dilate": 2, "fraction": fraction})[0].split("train")
+        assert all(s.reference is not None for s in samples)  # spared ones carry their (equal) reference
+        changed[fraction] = np.array([not np.array_equal(s.mask, s.reference) for s in samples])
+        assert changed[fraction].mean() == fraction  # 40 annotated samples: exact shares, not sampled
+    assert not (changed[0.25] & ~changed[0.5]).any()
+    assert 0 < changed[0.5][:20].sum() < 20  # drawn across the split, not its first half
+
+
+@pytest.mark.parametrize("noise", [None, {}, {"fraction": 0.0, "dilate": 3}, AnnotationNoise(shift=0)])
+def test_noise_that_changes_nothing_is_no_noise(noise):
+    quiet, exact = noisy_and_exact("binary", noise)
+    assert quiet.annotation_noise is None and quiet.fingerprint() == exact.fingerprint()
+    for name in ("train", "val"):
+        assert_same(quiet.split(name), exact.split(name))
+        assert all(s.reference is None for s in quiet.split(name))
+
+
+def test_fingerprint_names_the_noise_and_is_unchanged_without_it():
+    # Datasets without noise keep the fingerprint they had before the option existed.
+    params = dict(task="binary", n_train=240, n_val=40, n_test=120, image_size=96, seed=0, spurious=0.9,
+                  num_classes=7)
+    content = {"dataset": "synthetic", "generator_version": synthetic.GENERATOR_VERSION, "params": params}
+    before = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert SyntheticDataset().fingerprint() == before
+    dilated = SyntheticDataset(annotation_noise={"dilate": 2})
+    assert dilated.params()["annotation_noise"] == {"dilate": 2.0}
+    assert dilated.fingerprint() != before
+    same = SyntheticDataset(annotation_noise=AnnotationNoise(dilate=2.0, fraction=1))
+    assert dilated.fingerprint() == same.fingerprint()
+    fingerprints = {SyntheticDataset(annotation_noise=noise).fingerprint()
+                    for noise in ({"dilate": 2}, {"dilate": 3}, {"erode": 2}, {"dilate": 2, "fraction": 0.5})}
+    assert len(fingerprints) == 4
+
+
+def test_the_registry_coerces_noise_settings_and_rejects_bad_ones():
+    registry = get_registry()
+    dataset = registry.create("datasets", "synthetic", annotation_noise={"dilate": 3, "shift": "2"})
+    assert dataset.annotation_noise == AnnotationNoise(dilate=3, shift=2)
+    for bad, where, message in (({"dilate": -1}, "annotation_noise.dilate", "greater than or equal to 0"),
+                                ({"missing": 2}, "annotation_noise.missing", "less than or equal to 1"),
+                                ({"dilation": 1}, "annotation_noise", "unknown setting 'dilation' .*'dilate'"),
+                                ("wide", "annotation_noise", "dictionary")):
+        with pytest.raises(ComponentParamsError, match=f"{where}: .*{message}"):
+            registry.create("datasets", "synthetic", annotation_noise=bad)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_a_noisy_dataset_keeps_the_dataset_contract(task):
+    testing.check_dataset(noisy_and_exact(task, HUMAN_LIKE)[0], name=f"noisy synthetic ({task})")
