@@ -305,39 +305,46 @@ class SamSegmenter:
         return state
 
     def segment(self, image: np.ndarray, prompts: Sequence[Prompts]) -> list[np.ndarray]:
+        return self.segment_with_scores(image, prompts)[0]
+
+    def segment_with_scores(self, image: np.ndarray, prompts: Sequence[Prompts]) -> tuple[list[np.ndarray], list[float]]:
+        """``segment``'s masks and, per mask, SAM's predicted IoU clipped to [0, 1] (the mean of the
+        candidates' for "union"; NaN for a prompt set without positive points, whose mask is empty)."""
         image = np.ascontiguousarray(_check_image(image))
         prompts = list(prompts)
-        model = self._loaded_model()
         shape = image.shape[:2]
+        masks = [np.zeros(shape, dtype=bool) for _ in prompts]
+        scores = [float("nan")] * len(prompts)
         if not any(len(prompt_set.positive) for prompt_set in prompts):
-            return [np.zeros(shape, dtype=bool) for _ in prompts]
+            return masks, scores
 
         from segment_anything import SamPredictor
 
-        predictor = SamPredictor(model)
+        predictor = SamPredictor(self._loaded_model())
         predictor.set_image(image)
-        masks = []
-        for prompt_set in prompts:
+        for i, prompt_set in enumerate(prompts):
             if not len(prompt_set.positive):
-                masks.append(np.zeros(shape, dtype=bool))
                 continue
-            candidates, scores, _ = predictor.predict(
+            candidates, predicted_iou, _ = predictor.predict(
                 point_coords=prompt_set.points,
                 point_labels=prompt_set.labels,
                 multimask_output=self.multimask != "single",
             )
-            masks.append(self._choose(np.asarray(candidates, dtype=bool), np.asarray(scores)))
-        return masks
+            masks[i], scores[i] = self._choose(np.asarray(candidates, dtype=bool), np.asarray(predicted_iou))
+        return masks, scores
 
-    def _choose(self, candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """One (H, W) mask from SAM's (C, H, W) candidates by the ``multimask`` policy."""
-        if self.multimask == "best":
-            return candidates[int(np.argmax(scores))]
-        if self.multimask == "largest":
-            return candidates[int(np.argmax(candidates.sum(axis=(1, 2))))]
+    def _choose(self, candidates: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, float]:
+        """One (H, W) mask from SAM's (C, H, W) candidates by the ``multimask`` policy, and its score."""
+        scores = np.clip(scores.astype(np.float64), 0.0, 1.0)
         if self.multimask == "union":
-            return candidates.any(axis=0)
-        return candidates[0]
+            return candidates.any(axis=0), float(scores.mean())
+        if self.multimask == "best":
+            pick = int(np.argmax(scores))
+        elif self.multimask == "largest":
+            pick = int(np.argmax(candidates.sum(axis=(1, 2))))
+        else:
+            pick = 0
+        return candidates[pick], float(scores[pick])
 
     def _loaded_model(self):
         if self._model is None:

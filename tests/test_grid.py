@@ -34,7 +34,7 @@ def test_expansion_is_the_cross_product_with_a_baseline_per_seed(registry, blobs
 
 
 def test_plan_shares_trainings_across_alphas_explainers_and_segmenters(registry, blobs):
-    from xaibench.stages import build_plan
+    from xaibench.plan import build_plan
 
     grid = parse_grid(GRID, registry=registry)
     plan = build_plan(grid, expand(grid), registry)
@@ -100,7 +100,7 @@ def test_dry_run_prints_cells_and_trainings_and_writes_nothing(registry, blobs, 
 def test_location_parameters_stay_out_of_cache_keys(registry, blobs, monkeypatch):
     """Moving a dataset's folder (same fingerprint) must not retrain anything."""
     from conftest import BlobDataset
-    from xaibench.stages import build_plan
+    from xaibench.plan import build_plan
 
     monkeypatch.setattr(BlobDataset, "location_params", ("seed",), raising=False)
     keys = []

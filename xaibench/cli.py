@@ -1,4 +1,4 @@
-"""The ``xaibench`` command line: ``run``, ``plugins``, ``leaderboard``.
+"""The ``xaibench`` command line: ``run``, ``loop``, ``plugins``, ``data``, ``leaderboard``.
 
 User mistakes print one ``error:`` message and exit with code 2; failed cells exit with code 1.
 """
@@ -24,11 +24,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--grid", required=True, help="grid YAML file, e.g. grids/quickstart.yaml")
     run.add_argument("--out", help="run directory (default: runs/<grid file name>)")
     run.add_argument("--dry-run", action="store_true", help="print the cells and trainings, write nothing")
-    run.add_argument("--retry-failed", action="store_true", help="rerun stages that failed in an earlier run")
-    run.add_argument("--executor", help="run stages with this executor instead of the grid's (local, process, ray)")
-    run.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
-                     help="an executor parameter (repeatable), e.g. --executor-option address=auto")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _common_run_options(run)
+
+    loop = sub.add_parser("loop", help="run the iterative annotation loop of a grid, round by round (resumable)",
+                          epilog="explanations → segmentations → accepted annotations → retrain; see grids/loop.yaml")
+    loop.add_argument("--grid", required=True, help="grid YAML file with a 'loop' section, e.g. grids/loop.yaml")
+    loop.add_argument("--out", help="loop directory (default: runs/<grid file name>-loop)")
+    loop.add_argument("--dry-run", action="store_true", help="print the chains and trainings, write nothing")
+    _common_run_options(loop)
 
     plugins = sub.add_parser(
         "plugins", help="list registered components as JSON (kind, name, plugin, distribution, version)",
@@ -62,15 +65,63 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _common_run_options(command) -> None:
+    command.add_argument("--retry-failed", action="store_true", help="rerun stages that failed in an earlier run")
+    command.add_argument("--executor", help="run stages with this executor instead of the grid's (local, process, ray)")
+    command.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="an executor parameter (repeatable), e.g. --executor-option address=auto")
+    command.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _executor_override(args) -> dict | None:
+    if not (args.executor or args.executor_option):
+        return None
+    if not args.executor:
+        raise UserError("--executor-option needs --executor NAME")
+    return {"name": args.executor, "params": _key_values(args.executor_option, "--executor-option")}
+
+
+def _cmd_loop(args) -> int:
+    from . import loop
+
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.grid).stem}-loop"
+    if args.dry_run:
+        from .registry import get_registry
+
+        grid, chains, _ = loop.load_loop_grid(args.grid, get_registry())
+        print(f"grid {grid.name!r}: {len(chains)} chain(s), up to {grid.loop.rounds} round(s) after round 0, "
+              f"at most {len(chains) * (grid.loop.rounds + 1)} masked trainings")
+        for chain in chains:
+            print("  " + " | ".join(f"{k}={v}" for k, v in chain.labels().items() if v != ""))
+        return 0
+    info = loop.loop(args.grid, out, retry_failed=args.retry_failed, executor_override=_executor_override(args),
+                     progress=not args.quiet)
+    table = _read_csv(out / "loop.csv")
+    if len(table):
+        columns = [c for c in ("mask", "segmenter", "acceptor", "round", "seeds", "accuracy", "jaccard",
+                               "annotation_iou", "annotation_iou_change", "accepted", "changed") if c in table]
+        print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"chains: {info['chains']}, {info['chains_converged']} converged early, {info['chains_failed']} failed; "
+          f"trainings: {info['trainings_run']} run, {info['trainings_reused']} reused; {info['wall_s']:.1f} s on "
+          f"{info['device']}")
+    print(f"results: {out / 'loop.csv'}, {out / 'loop_seeds.csv'}, {out / 'report.html'}, {out / 'figures'}/")
+    return 1 if info["chains_failed"] else 0
+
+
+def _read_csv(path: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
 def _cmd_run(args) -> int:
     from .runner import run
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.grid).stem
-    executor = None
-    if args.executor or args.executor_option:
-        if not args.executor:
-            raise UserError("--executor-option needs --executor NAME")
-        executor = {"name": args.executor, "params": _key_values(args.executor_option, "--executor-option")}
+    executor = _executor_override(args)
     summary = run(args.grid, out, dry_run=args.dry_run, retry_failed=args.retry_failed, executor_override=executor,
                   progress=not args.quiet)
     if args.dry_run:
@@ -201,7 +252,7 @@ def main(argv=None) -> int:
 
     warnings.formatwarning = _warning_line
     args = _parser().parse_args(argv)
-    handler = {"run": _cmd_run, "plugins": _cmd_plugins, "data": _cmd_data,
+    handler = {"run": _cmd_run, "loop": _cmd_loop, "plugins": _cmd_plugins, "data": _cmd_data,
                "leaderboard": _cmd_leaderboard}[args.command]
     try:
         return handler(args)

@@ -150,9 +150,28 @@ class Segmenter:
 
     ``segment(image, prompts) -> list[np.ndarray]``: ``image`` uint8 (H, W, 3) RGB; ``prompts`` a
     sequence of ``Prompts`` for that image; returns one bool (H, W) mask per prompt set. Expensive
-    per-image work (e.g. an image embedding) is done once per call and shared by all prompt sets."""
+    per-image work (e.g. an image embedding) is done once per call and shared by all prompt sets.
+
+    Optional: ``segment_with_scores(image, prompts) -> (masks, scores)`` gives the same masks and one
+    confidence per mask, a float in [0, 1] (SAM's predicted IoU); acceptance rules of the annotation loop
+    can use it. Segmenters without it have NaN confidences."""
 
     def segment(self, image: np.ndarray, prompts: Sequence[Prompts]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+class Acceptor:
+    """Kind ``acceptors``: the annotation loop's rule for replacing an annotation by a segmentation.
+
+    ``__call__(annotation, proposal, *, saliency, score) -> np.ndarray | None``: ``annotation`` bool (H, W),
+    the image's current training annotation; ``proposal`` bool (H, W), the segmenter's mask prompted from
+    the explanation; ``saliency`` float32 (H, W) in [0, 1], that explanation; ``score`` the segmenter's
+    confidence in [0, 1], or NaN where it gives none. Returns the image's next annotation, a bool (H, W)
+    mask (the proposal, or any combination), or None to keep the current one. Deterministic; inputs may
+    be kept but are never modified."""
+
+    def __call__(self, annotation: np.ndarray, proposal: np.ndarray, *, saliency: np.ndarray,
+                 score: float) -> np.ndarray | None:
         raise NotImplementedError
 
 

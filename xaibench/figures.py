@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .stages import unpack_masks
+from .store import load_arrays
+
 
 def _pyplot():
     import matplotlib
@@ -26,6 +29,15 @@ def _pyplot():
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")[:80]
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def fig1_masks(images: np.ndarray, masks: np.ndarray, mask_fns: dict, path: Path) -> Path:
@@ -48,11 +60,7 @@ def fig1_masks(images: np.ndarray, masks: np.ndarray, mask_fns: dict, path: Path
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(name)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def fig2_overlays(panels: list[dict], columns: list[str], rows: int, title: str, path: Path) -> Path:
@@ -81,11 +89,7 @@ def fig2_overlays(panels: list[dict], columns: list[str], rows: int, title: str,
         if panel["row"] == 0:
             ax.set_title(panel["column"], fontsize=9)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_run_figures(plan, runner, arrays, registry, out_dir: Path, *, n_images: int = 4) -> list[Path]:
@@ -137,8 +141,7 @@ def write_run_figures(plan, runner, arrays, registry, out_dir: Path, *, n_images
                 segmented = None
                 if cp.segment:
                     seg = arrays("segment", cp.segment)
-                    segmented = np.unpackbits(seg["masks"][cp.segment_index], axis=-1,
-                                              count=int(seg["width"])).astype(bool)
+                    segmented = unpack_masks(seg, cp.segment_index)
                 for row in range(min(n_images, len(explained["index"]))):
                     i = explained["index"][row]
                     keep = seeds["labels"][row] >= 0 if seeds else np.zeros(0, bool)
@@ -202,11 +205,78 @@ def accuracy_vs_alpha(plan, runner, arrays, registry, out_dir: Path, *, step: fl
         ax.set_title(f"{dataset_name} · {backbone} · mean over {len(baseline)} seed(s)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = Path(out_dir) / "figures" / _slug(f"accuracy_vs_alpha_{dataset_name}_{backbone}")
-        path = path.with_suffix(".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, Path(out_dir) / "figures" / f"{_slug(f'accuracy_vs_alpha_{dataset_name}_{backbone}')}.png"))
     return written
+
+
+# -- the annotation loop -----------------------------------------------------------------------------------
+
+
+def loop_figures(summary, plans: dict, runner, out_dir: Path, *, n_images: int = 4) -> list[Path]:
+    """``loop_rounds.png``: each measurement against the round, per configuration, mean over seeds with
+    the t interval as a band; ``loop_annotations_<n>.png`` per configuration: the training tiles (of the
+    lowest seed) whose annotation moved most, with the reference (cyan) and each round's annotation
+    (yellow) and its IoU to the reference."""
+    from matplotlib.ticker import MaxNLocator
+
+    from .loop import LABELS, METRICS
+    from .metrics import iou
+
+    if summary is None or not len(summary):
+        return []
+    plt = _pyplot()
+    figures = Path(out_dir) / "figures"
+    varying = [c for c in LABELS if summary[c].astype(str).nunique() > 1] or ["mask"]
+    configurations = list(summary.groupby(varying, sort=False, dropna=False))
+    panels = (("annotation_iou", "accuracy"), ("jaccard", "proposal_iou"), ("accepted", "changed"))
+    fig, axes = plt.subplots(1, len(panels) * 2, figsize=(3.2 * len(panels) * 2, 3.2), squeeze=False)
+    for ax, metric in zip(axes.flat, [m for pair in panels for m in pair]):
+        for label, group in configurations:
+            name = " · ".join(str(v) for v in (label if isinstance(label, tuple) else (label,)))
+            line, = ax.plot(group["round"], group[metric], marker="o", label=name)
+            ax.fill_between(group["round"], group[f"{metric}_ci_low"], group[f"{metric}_ci_high"],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_title(METRICS[metric], fontsize=8)
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    written = [_save(fig, figures / "loop_rounds.png")]
+
+    for n, rounds in enumerate(_lowest_seed_chains(plans), start=1):
+        data, train = rounds[0].data, runner.data(rounds[0].data, "train")
+        final = load_arrays(runner.path("accept", rounds[-1].accept))
+        index = final["index"]
+        columns = [runner.annotations(data, rp.annotations)[index] for rp in rounds]
+        columns.append(unpack_masks(final)[index])
+        reference = train["references"][index]
+        scores = np.stack([iou(c, reference) for c in columns])  # (rounds + 1, M)
+        moved = np.nan_to_num(np.abs(scores[-1] - scores[0]), nan=-1.0)
+        rows = np.argsort(-moved, kind="stable")[:n_images]
+        fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.2 * len(columns), 2.2 * len(rows)), squeeze=False)
+        for r, row in enumerate(rows):
+            for c, annotation in enumerate(columns):
+                ax = axes[r, c]
+                ax.imshow(train["images"][index[row]])
+                for mask, colour in ((reference[row], "cyan"), (annotation[row], "yellow")):
+                    if mask.any():
+                        ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                name = f"round {c}" if c < len(rounds) else f"after round {c - 1}"
+                ax.set_title(f"{name}: IoU {scores[c, row]:.2f}", fontsize=8)
+        labels = rounds[0].chain.labels()
+        fig.suptitle(f"{labels['dataset']} · {labels['mask']} · {labels['segmenter']} · {labels['acceptor']} · "
+                     f"seed {labels['seed']}", fontsize=8)
+        written.append(_save(fig, figures / f"loop_annotations_{n}.png"))
+    return written
+
+
+def _lowest_seed_chains(plans: dict) -> list[list]:
+    """The round plans of the lowest-seed chain of every configuration that has a finished round."""
+    chosen: dict[tuple, object] = {}
+    for chain, rounds in plans.items():
+        key = tuple(v for k, v in chain.labels().items() if k != "seed")
+        if chain.cell.seed < chosen.get(key, (float("inf"),))[0]:
+            chosen[key] = (chain.cell.seed, rounds)
+    return [rounds for _, rounds in chosen.values()]

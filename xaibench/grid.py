@@ -112,6 +112,21 @@ class Protocol(pydantic.BaseModel):
     eval_batch_size: Annotated[int, Field(ge=1)] = 64
 
 
+class LoopConfig(pydantic.BaseModel):
+    """The annotation loop's settings (``xaibench loop``; ``xaibench run`` ignores them).
+
+    ``rounds``: how many times the annotations are renewed and the masked model retrained after round 0
+    (which trains on the dataset's own annotations), so at most ``rounds + 1`` masked trainings per chain.
+    ``acceptors``: acceptance rules, a grid axis like any component list. ``min_changed``: a chain stops
+    early once a round changes at most this share of its annotations (0: only when none changes)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    rounds: Annotated[int, Field(ge=1)] = 3
+    acceptors: Annotated[list[ComponentSpec], Field(min_length=1)] = [ComponentSpec(name="agreement")]
+    min_changed: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+
+
 class Grid(pydantic.BaseModel):
     """A validated grid file."""
 
@@ -132,6 +147,7 @@ class Grid(pydantic.BaseModel):
     executor: ComponentSpec = ComponentSpec(name="local")
     device: str = "auto"
     published: Optional[str] = None  # CSV of published numbers (dataset, mask, alpha, accuracy), relative to the grid
+    loop: LoopConfig = LoopConfig()
 
     @pydantic.field_validator("seeds")
     @classmethod
@@ -264,11 +280,12 @@ def parse_grid(text: str, path: str = "<grid>", registry=None) -> Grid:
 
         registry = get_registry()
     problems = []
-    checks = [(section, i, spec) for section in SECTION_KIND for i, spec in enumerate(getattr(grid, section))]
-    checks.append(("executor", None, grid.executor))
-    for section, index, spec in checks:
-        kind = SECTION_KIND.get(section, "executors")
-        base = (section,) if index is None else (section, index)
+    checks = [(kind, (section, i), spec) for section, kind in SECTION_KIND.items()
+              for i, spec in enumerate(getattr(grid, section))]
+    checks.append(("executors", ("executor",), grid.executor))
+    if "loop" in source.data:  # the default acceptor is checked by the loop itself
+        checks += [("acceptors", ("loop", "acceptors", i), spec) for i, spec in enumerate(grid.loop.acceptors)]
+    for kind, base, spec in checks:
         try:
             choices = spec.choices()
         except ValueError as exc:

@@ -46,5 +46,10 @@ def register_segmenters(register):
 
 
 @hookspec
+def register_acceptors(register):
+    """Register annotation-loop acceptance rule factories (see ``xaibench.contracts.Acceptor``)."""
+
+
+@hookspec
 def register_executors(register):
     """Register stage executor factories (see ``xaibench.contracts.Executor``)."""

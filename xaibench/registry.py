@@ -35,6 +35,7 @@ KINDS = (
     "explainers",
     "seeders",
     "segmenters",
+    "acceptors",
     "executors",
 )
 

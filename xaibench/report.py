@@ -83,3 +83,74 @@ def page(title: str, df: pd.DataFrame, summary: pd.DataFrame, *, published=None,
         parts.append(f"<h2>Machine</h2><pre>{html.escape(json.dumps(machine, indent=2))}</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _with_ci(row, metric: str, signed: bool = False) -> str:
+    value, low, high = row.get(metric), row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    if value is None or pd.isna(value):
+        return "–"
+    text = f"{value:+.3f}" if signed else f"{value:.3f}"
+    return text if pd.isna(low) else f"{text} [{low:.3f}, {high:.3f}]"
+
+
+REFERENCE_NOTES = {
+    "exact": "References are the dataset's exact masks; the training annotations the loop starts from were "
+             "degraded on purpose (annotation noise), so annotation IoU measures how close the loop gets to the "
+             "truth.",
+    "original annotations": "This dataset has no annotations more exact than its own, so the reference is the "
+                            "original annotation: annotation IoU measures how far the loop moves away from the "
+                            "annotator, not whether it gets closer to the truth.",
+}
+
+
+def loop_page(title: str, summary: pd.DataFrame, seeds: pd.DataFrame, *, figures=(), run_info=None,
+              grid_text: str | None = None) -> str:
+    """The annotation loop's report: per configuration, each round's measurements with t intervals over
+    seeds and the change from round 0, the figures, the per-seed rows, the grid and the machine."""
+    from .loop import LABELS, METRICS
+
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style>",
+             f"</head><body><h1>{html.escape(title)}</h1>"]
+    if run_info:
+        parts.append(f"<p>{run_info['chains']} chain(s), up to {run_info['rounds']} round(s) after round 0; "
+                     f"{run_info['chains_converged']} converged early, {run_info['chains_failed']} failed; "
+                     f"{run_info['trainings_run']} trainings run, {run_info['trainings_reused']} reused; "
+                     f"{run_info['wall_s']:.1f} s on {html.escape(str(run_info['device']))}.</p>")
+    parts.append("<p class='note'>Round r trains the masked model on the round's annotations (round 0: the "
+                 "dataset's own). Values are means over seeds with 95% t intervals over seeds in brackets; "
+                 "changes are paired per seed against round 0. A chain that converged counts with its last "
+                 "values in later rounds.</p>")
+    if len(summary):
+        for reference in dict.fromkeys(summary["reference"]):
+            parts.append(f"<p class='note'>{html.escape(REFERENCE_NOTES.get(reference, reference))}</p>")
+        header = ["round", "seeds", "accuracy", "Δ accuracy", "Jaccard", "Δ Jaccard", "annotation IoU",
+                  "Δ annotation IoU", "segmentation IoU", "accepted", "changed"]
+        for labels, group in summary.groupby(list(LABELS), sort=False, dropna=False):
+            name = " · ".join(f"{k}={v}" for k, v in zip(LABELS, labels) if str(v) not in ("", "nan"))
+            parts.append(f"<h2>{html.escape(name)}</h2>")
+            rows = [[r["round"], r["seeds"], _with_ci(r, "accuracy"), _with_ci(r, "accuracy_change", True),
+                     _with_ci(r, "jaccard"), _with_ci(r, "jaccard_change", True), _with_ci(r, "annotation_iou"),
+                     _with_ci(r, "annotation_iou_change", True), _with_ci(r, "proposal_iou"),
+                     _with_ci(r, "accepted"), _with_ci(r, "changed")] for _, r in group.iterrows()]
+            parts.append(_table(header, rows))
+        parts.append("<p class='note'>" + html.escape("; ".join(f"{k}: {v}" for k, v in METRICS.items())) + "</p>")
+    else:
+        parts.append("<p>No round finished.</p>")
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for path in figures:
+            caption = ("Each measurement against the round (mean over seeds, band: 95% t interval)."
+                       if Path(path).name == "loop_rounds.png" else
+                       "Training tiles whose annotation moved most: reference (cyan), the round's annotation (yellow).")
+            parts.append(_image(path, f"{caption} ({Path(path).name})"))
+    if len(seeds):
+        columns = [c for c in ["seed", "mask", "segmenter", "acceptor", "round", "status", *METRICS, "error"]
+                   if c in seeds.columns]
+        parts.append("<h2>Per seed</h2>")
+        parts.append(_table(columns, [[("" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else v)
+                                       for v in r] for r in seeds[columns].itertuples(index=False)]))
+    if grid_text is not None:
+        parts.append(f"<h2>Grid</h2><pre>{html.escape(grid_text)}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

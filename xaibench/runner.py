@@ -20,7 +20,8 @@ from . import leaderboard, metrics, report
 from .figures import accuracy_vs_alpha, write_run_figures
 from .grid import digest, expand, load_grid
 from .registry import get_registry
-from .stages import TRAINING_KINDS, Plan, StageRunner, build_plan
+from .plan import TRAINING_KINDS, Plan, build_plan
+from .stages import StageRunner, unpack_masks
 from .store import Store, atomic_write_text, load_arrays, save_arrays
 
 
@@ -50,7 +51,7 @@ def describe_plan(grid, plan: Plan) -> str:
 def _depths(plan: Plan) -> dict[str, int]:
     depth: dict[str, int] = {}
     for key, stage in plan.stages.items():  # insertion order is a topological order
-        depth[key] = 1 + max((depth[d] for d in stage.deps), default=-1)
+        depth[key] = 1 + max((depth.get(d, -1) for d in stage.deps), default=-1)  # absent: done earlier
     return depth
 
 
@@ -123,6 +124,26 @@ class _Arrays:
         return self.loaded[(kind, key)]
 
 
+def mixed_logits(ensemble, registry, raw: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
+    """The logits (N, C) a cell is scored on: the raw model's, or the ``ensemble`` choice's mix of both."""
+    if ensemble is None:
+        return raw
+    import torch
+
+    rule = registry.create("ensembles", ensemble.name, **ensemble.params)
+    return rule(torch.from_numpy(raw), torch.from_numpy(masked)).numpy()
+
+
+def apply_executor_override(grid, override: dict | None, registry) -> None:
+    """Replace the grid's executor by one named on the command line (executors never change results)."""
+    if override is None:
+        return
+    from .grid import ComponentSpec
+
+    grid.executor = ComponentSpec.model_validate({"name": override["name"], **override.get("params", {})})
+    registry.validate("executors", grid.executor.name, grid.executor.params)
+
+
 # Bump when scoring changes, so cells scored by an older xaibench are scored again.
 SCORING_VERSION = 1
 
@@ -138,15 +159,10 @@ def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold
 
     Returns ``(means, per_image)``: the mean scores, and the per-image arrays they come from (test ids,
     correctness, per-image Jaccard and segmentation IoU) that confidence intervals and paired tests need."""
-    import torch
-
     test = runner.data(cp.data, "test")
     labels = test["labels"]
-    logits = arrays("logits", cp.raw_logits)["test"]
-    if cp.cell.ensemble is not None:
-        rule = registry.create("ensembles", cp.cell.ensemble.name, **cp.cell.ensemble.params)
-        masked = arrays("logits", cp.masked_logits)["test"]
-        logits = rule(torch.from_numpy(logits), torch.from_numpy(masked)).numpy()
+    masked = arrays("logits", cp.masked_logits)["test"] if cp.cell.ensemble is not None else None
+    logits = mixed_logits(cp.cell.ensemble, registry, arrays("logits", cp.raw_logits)["test"], masked)
     correct = np.argmax(logits, axis=1) == labels
     out = {"accuracy": metrics.accuracy(logits, labels), "n_test": int(len(labels))}
     per_image = {"ids": test["ids"], "correct": correct}
@@ -164,8 +180,7 @@ def score_cell(cp, runner: StageRunner, arrays: _Arrays, registry, cam_threshold
         per_image.update(explained_index=explained["index"], **scores)
     if cp.segment:
         segmented = arrays("segment", cp.segment)
-        masks = np.unpackbits(segmented["masks"][cp.segment_index], axis=-1,
-                              count=int(segmented["width"])).astype(bool)
+        masks = unpack_masks(segmented, cp.segment_index)
         truth = test["references"][arrays("explain", cp.explain)["index"]]
         scores = metrics.segmentation_per_image(masks, truth)
         out.update(metrics.segmentation_scores(masks, truth))
@@ -223,12 +238,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
     started = time.perf_counter()
     registry = registry or get_registry()
     grid, plan = plan_grid(grid_path, registry)
-    if executor_override is not None:  # from the command line; executors never change results or keys
-        from .grid import ComponentSpec
-
-        grid.executor = ComponentSpec.model_validate({"name": executor_override["name"],
-                                                      **executor_override.get("params", {})})
-        registry.validate("executors", grid.executor.name, grid.executor.params)
+    apply_executor_override(grid, executor_override, registry)
     if dry_run:
         echo(describe_plan(grid, plan))
         return {"cells": len(plan.cells), "trainings": plan.count(*TRAINING_KINDS), "dry_run": True}

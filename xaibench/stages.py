@@ -1,24 +1,8 @@
-"""The stage graph: which cached computations a set of cells needs, and how each one runs.
-
-Stages and what they store (``DIR/cache/<kind>/<key>...``):
-
-- ``data``: the dataset's splits as arrays (images uint8, labels, masks (the annotations), references (the
-  exact masks; equal to masks unless the dataset says its annotations are imprecise), has_mask, ids).
-- ``train``: the baseline model trained on raw training images (safetensors).
-- ``finetune``: the baseline fine-tuned on masked training images, one per mask (safetensors).
-- ``logits``: a model's logits on the raw test images.
-- ``explain``: saliency maps of a model or ensemble for the annotated test images.
-- ``seeds``: point prompts drawn from those maps by a seeder.
-- ``segment``: the segmenter's masks for those prompts.
-
-A stage's key hashes exactly what changes its result: its component names, parameters and plugin
-versions, its configuration, its upstream keys and the seed; never the device, paths or worker counts.
-So one dataset and seed with 4 masks is 5 trainings whatever the α values, explainers or segmenters.
-"""
+"""Running stages: each stage reads its inputs from the cache and writes its artifact (see ``xaibench.plan``
+for what each stage is and how it is keyed)."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import traceback
 from pathlib import Path
@@ -26,164 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .grid import Cell, Choice, Grid, digest
+from .plan import Stage
 from .store import load_arrays, save_arrays
 
 SPLITS = ("train", "val", "test")
-TRAINING_KINDS = ("train", "finetune")
-
-
-@dataclasses.dataclass
-class Stage:
-    kind: str
-    key: str
-    label: str
-    deps: tuple[str, ...]
-    spec: dict
-
-
-@dataclasses.dataclass
-class CellPlan:
-    """The stage keys one cell's metrics are read from."""
-
-    cell: Cell
-    data: str
-    raw_model: str
-    masked_model: str | None
-    raw_logits: str
-    masked_logits: str | None
-    explain: str | None
-    seeds: str | None
-    segment: str | None
-    segment_index: int = 0  # this cell's seeder among those the segment stage prompts with
-
-    @property
-    def keys(self) -> list[str]:
-        return [k for k in (self.data, self.raw_model, self.masked_model, self.raw_logits, self.masked_logits,
-                            self.explain, self.seeds, self.segment) if k]
-
-
-@dataclasses.dataclass
-class Plan:
-    stages: dict[str, Stage]  # in dependency order
-    cells: list[CellPlan]
-
-    def count(self, *kinds) -> int:
-        return sum(1 for s in self.stages.values() if s.kind in kinds)
-
-
-def _model_ref(ensemble, registry, raw_key, masked_key):
-    """The model an explanation is taken of: a single model where the ensemble rule reduces to one."""
-    if ensemble is None:
-        return {"model": raw_key}, (raw_key,)
-    rule = registry.create("ensembles", ensemble.name, **ensemble.params)
-    reduces = rule.reduces_to() if hasattr(rule, "reduces_to") else None
-    if reduces == "raw":
-        return {"model": raw_key}, (raw_key,)
-    if reduces == "masked":
-        return {"model": masked_key}, (masked_key,)
-    version = registry.get("ensembles", ensemble.name).version
-    return {"raw": raw_key, "masked": masked_key, "ensemble": ensemble.ident, "version": version}, (raw_key, masked_key)
-
-
-def check_components(cells: list[Cell], registry) -> dict[Choice, str]:
-    """Call every distinct component's optional ``check()`` (missing data, weights, checkpoints) and
-    fingerprint every dataset; report all problems at once. Returns dataset choice → fingerprint."""
-    problems: list[str] = []
-    fingerprints: dict[Choice, str] = {}
-    seen: set[tuple[str, Choice]] = set()
-    for cell in cells:
-        for kind, choice in (("datasets", cell.dataset), ("backbones", cell.backbone), ("masks", cell.mask),
-                             ("ensembles", cell.ensemble), ("explainers", cell.explainer),
-                             ("seeders", cell.seeder), ("segmenters", cell.segmenter)):
-            if choice is None or (kind, choice) in seen:
-                continue
-            seen.add((kind, choice))
-            try:
-                component = registry.create(kind, choice.name, **choice.params)
-                if hasattr(component, "check"):
-                    component.check()
-                if kind == "datasets":
-                    fingerprints[choice] = component.fingerprint()
-            except UserError as exc:
-                problems.append(f"{kind[:-1]} {choice.label}: {exc}")
-    if problems:
-        raise UserError("cannot start the run:\n  " + "\n  ".join(problems))
-    return fingerprints
-
-
-def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
-    """Work out every stage the cells need, deduplicated by key. Builds datasets (cheaply) to fingerprint
-    them and calls components' optional ``check()`` so missing files fail before anything runs."""
-    stages: dict[str, Stage] = {}
-    plans: list[CellPlan] = []
-    config = grid.model_dump(include={"train", "finetune", "protocol"})
-
-    def add(kind, ident, label, deps, spec):
-        key = digest([kind, ident])
-        if key not in stages:
-            stages[key] = Stage(kind, key, label, tuple(deps), spec)
-        return key
-
-    def version(kind, choice):
-        return registry.get(kind, choice.name).version
-
-    fingerprints = check_components(cells, registry)
-    segments: dict[tuple, set] = {}
-    for cell in cells:
-        ds = cell.dataset
-        # parameters that only say where the data is (its fingerprint covers what it is) stay out of keys
-        location = set(getattr(registry.get("datasets", ds.name).factory, "location_params", ()))
-        content = {"name": ds.name, "params": {k: v for k, v in ds.params.items() if k not in location}}
-        data = add("data", [content, version("datasets", ds), fingerprints[ds]], f"data {ds.name}", [],
-                   {"dataset": ds.ident})
-        backbone = {"backbone": cell.backbone.ident}
-        raw = add("train", [data, cell.backbone.ident, version("backbones", cell.backbone), config["train"], cell.seed],
-                  f"train {cell.backbone.name} on {ds.name} seed={cell.seed}", [data],
-                  {**backbone, "data": data, "seed": cell.seed, "train": config["train"]})
-        raw_logits = add("logits", [raw, data], f"logits baseline seed={cell.seed}", [raw, data],
-                         {**backbone, "model": raw, "data": data})
-        masked = masked_logits = None
-        if cell.mask is not None:
-            masked = add("finetune",
-                         [raw, cell.mask.ident, version("masks", cell.mask), config["finetune"],
-                          config["protocol"]["missing_mask"], cell.seed],
-                         f"finetune on {cell.mask.name}-masked {ds.name} seed={cell.seed}",
-                         [raw, data],
-                         {**backbone, "data": data, "init": raw, "mask": cell.mask.ident, "seed": cell.seed,
-                          "train": config["finetune"], "missing_mask": config["protocol"]["missing_mask"]})
-            masked_logits = add("logits", [masked, data], f"logits {cell.mask.name} model seed={cell.seed}",
-                                [masked, data], {**backbone, "model": masked, "data": data})
-        explain = seeds = None
-        if cell.explainer is not None:
-            ref, model_deps = _model_ref(cell.ensemble, registry, raw, masked)
-            explain = add("explain", [ref, cell.explainer.ident, version("explainers", cell.explainer), data],
-                          f"{cell.explainer.name} of {cell.labels()['ensemble']} {cell.labels()['mask']} seed={cell.seed}",
-                          [*model_deps, data],
-                          {**backbone, "data": data, "model": ref, "explainer": cell.explainer.ident,
-                           "batch_size": grid.protocol.eval_batch_size})
-        if cell.seeder is not None:
-            seeds = add("seeds", [explain, cell.seeder.ident, version("seeders", cell.seeder)],
-                        f"seeds {cell.seeder.name}", [explain], {"explain": explain, "seeder": cell.seeder.ident})
-            segments.setdefault((explain, cell.segmenter, data), set()).add(seeds)
-        plans.append(CellPlan(cell, data, raw, masked, raw_logits, masked_logits, explain, seeds, None))
-    # One segment stage per explanation and segmenter prompts with every seeder's points, so expensive
-    # per-image work (SAM's image embedding) is done once for all seeders.
-    segment_of = {}
-    for (explain, segmenter, data), seed_keys in segments.items():
-        seed_keys = sorted(seed_keys)
-        key = add("segment", [explain, seed_keys, segmenter.ident, version("segmenters", segmenter), data],
-                  f"segment {segmenter.name} from {len(seed_keys)} seeder(s)", [*seed_keys, data],
-                  {"seeds": seed_keys, "explain": explain, "data": data, "segmenter": segmenter.ident})
-        segment_of.update({(seeds, segmenter): (key, i) for i, seeds in enumerate(seed_keys)})
-    for cp in plans:
-        if cp.seeds is not None:
-            cp.segment, cp.segment_index = segment_of[(cp.seeds, cp.cell.segmenter)]
-    return Plan(stages, plans)
-
-
-def _choice(ident: dict) -> Choice:
-    return Choice(ident["name"], ident["params"])
 
 
 class StageRunner:
@@ -233,8 +63,15 @@ class StageRunner:
         if cache_key not in self._data:
             arrays = load_arrays(self.path("data", key, split))
             arrays.setdefault("references", arrays["masks"])  # written before datasets had references
+            arrays.setdefault("has_reference", np.zeros(len(arrays["labels"]), bool))
             self._data[cache_key] = arrays
         return self._data[cache_key]
+
+    def annotations(self, data_key: str, key: str | None) -> np.ndarray:
+        """Training annotations bool (N, H, W): the dataset's own (``key`` None) or an ``accept`` stage's."""
+        if key is None:
+            return self.data(data_key, "train")["masks"]
+        return unpack_masks(load_arrays(self.path("accept", key)))
 
     def bar_range(self, stage: Stage, total: int, step: int, items=None):
         """Iterate ``items`` (default ``range(0, total, step)``) with a progress bar counting images."""
@@ -279,7 +116,7 @@ class StageRunner:
         independent = False  # does any sample carry a reference apart from its annotation?
         for split in SPLITS:
             samples = list(dataset.split(split))
-            images, labels, masks, references, has_mask, ids = [], [], [], [], [], []
+            images, labels, masks, references, has_mask, has_reference, ids = [], [], [], [], [], [], []
             for sample in samples:
                 image = np.asarray(sample.image)
                 if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -303,7 +140,7 @@ class StageRunner:
                 has_mask.append(mask is not None)
                 masks.append(np.asarray(mask, dtype=bool) if mask is not None else np.zeros(image.shape[:2], bool))
                 references.append(np.asarray(reference, dtype=bool) if reference is not None else masks[-1])
-                independent |= reference is not None
+                has_reference.append(reference is not None)
                 ids.append(str(sample.id))
             shape = next(iter(sizes)) if sizes else (0, 0)
             save_arrays(
@@ -313,10 +150,12 @@ class StageRunner:
                 masks=np.stack(masks) if masks else np.zeros((0, *shape), bool),
                 references=np.stack(references) if references else np.zeros((0, *shape), bool),
                 has_mask=np.asarray(has_mask, dtype=bool),
+                has_reference=np.asarray(has_reference, dtype=bool),
                 ids=np.asarray(ids, dtype=str),
                 classes=classes,
             )
             counts[split] = len(samples)
+            independent |= any(has_reference)
         if counts["train"] == 0 or counts["test"] == 0:
             raise UserError(f"dataset {stage.spec['dataset']['name']!r} has an empty train or test split: {counts}")
         return {"counts": counts, "classes": classes.tolist(), "independent_reference": independent}
@@ -351,7 +190,8 @@ class StageRunner:
 
         train = self.data(stage.spec["data"], "train")
         _, model = self.load_model(stage.spec["backbone"], stage.spec["init"], len(train["classes"]))
-        foreground, subset = masks_for_finetuning(train["masks"], train["has_mask"], stage.spec["missing_mask"],
+        annotations = self.annotations(stage.spec["data"], stage.spec.get("annotations"))
+        foreground, subset = masks_for_finetuning(annotations, train["has_mask"], stage.spec["missing_mask"],
                                                   seed=stage.spec["seed"])
         mask_fn = self._component("masks", stage.spec["mask"])
         stats = self._fit(stage, model, foreground=foreground, mask_fn=mask_fn, subset=subset)
@@ -383,7 +223,7 @@ class StageRunner:
     def _run_explain(self, stage):
         from .training import to_tensor
 
-        test = self.data(stage.spec["data"], "test")
+        test = self.data(stage.spec["data"], stage.spec.get("split", "test"))
         index = np.flatnonzero(test["has_mask"])
         model, target_layers = self._explained_model(stage, len(test["classes"]))
         explainer = self._component("explainers", stage.spec["explainer"])
@@ -419,31 +259,76 @@ class StageRunner:
         return {"n": len(prompts), "max_points": width}
 
     def _run_segment(self, stage):
-        """Masks (S, M, H, W) for S seeders' prompts on the M explained test images, bit-packed."""
+        """Masks (S, M, H, W) for S seeders' prompts on the M explained images, bit-packed, and the
+        segmenter's confidence in each (S, M), NaN where it gives none."""
         from .contracts import Prompts
 
         seeds = [load_arrays(self.path("seeds", key)) for key in stage.spec["seeds"]]
         explained = load_arrays(self.path("explain", stage.spec["explain"]))
         index = explained["index"]
-        test = self.data(stage.spec["data"], "test")
+        test = self.data(stage.spec["data"], stage.spec.get("split", "test"))
         segmenter = self._component("segmenters", stage.spec["segmenter"])
+        scored = getattr(segmenter, "segment_with_scores", None)
         uses_saliency = getattr(segmenter, "uses_saliency", False)
         height, width = test["images"].shape[1:3]
         masks = np.zeros((len(seeds), len(index), height, width), dtype=bool)
+        scores = np.full((len(seeds), len(index)), np.nan, dtype=np.float32)
         for row, i in enumerate(self.bar_range(stage, len(index), 1, index)):
             prompts = []
             for s in seeds:
                 keep = s["labels"][row] >= 0
                 prompts.append(Prompts(s["points"][row][keep], s["labels"][row][keep].astype(np.int64)))
             extra = {"saliency": [explained["maps"][row].astype(np.float32)] * len(prompts)} if uses_saliency else {}
-            out = segmenter.segment(test["images"][i], prompts, **extra)
+            if scored is not None:
+                out, confidence = scored(test["images"][i], prompts, **extra)
+                scores[:, row] = np.asarray(confidence, dtype=np.float32)
+            else:
+                out = segmenter.segment(test["images"][i], prompts, **extra)
             if len(out) != len(prompts):
                 raise ValueError(f"segmenter {stage.spec['segmenter']['name']!r} returned {len(out)} masks for "
                                  f"{len(prompts)} prompt sets")
             for j, mask in enumerate(out):
                 masks[j, row] = np.asarray(mask, dtype=bool)
-        save_arrays(self.path("segment", stage.key), masks=np.packbits(masks, axis=-1), width=np.int64(width))
+        save_arrays(self.path("segment", stage.key), masks=np.packbits(masks, axis=-1), width=np.int64(width),
+                    scores=scores)
         return {"n": int(len(index)), "seeders": len(seeds)}
+
+
+    def _run_accept(self, stage):
+        """The next training annotations: the current ones, where the acceptor accepts an image's
+        segmentation its result in their place. Stores all training annotations, bit-packed, with the
+        explained images' index and per image whether the proposal was accepted and the annotation changed."""
+        spec = stage.spec
+        current = self.annotations(spec["data"], spec["annotations"])
+        explained = load_arrays(self.path("explain", spec["explain"]))
+        segmented = load_arrays(self.path("segment", spec["segment"]))
+        proposals = unpack_masks(segmented)[0]
+        scores = segmented.get("scores", np.full((1, len(proposals)), np.nan, np.float32))[0]
+        acceptor = self._component("acceptors", spec["acceptor"])
+        index = explained["index"]
+        updated = current.copy()
+        accepted = np.zeros(len(index), dtype=bool)
+        for row, i in enumerate(self.bar_range(stage, len(index), 1, index)):
+            out = acceptor(current[i].copy(), proposals[row].copy(), saliency=explained["maps"][row].astype(np.float32),
+                           score=float(scores[row]))
+            if out is None:
+                continue
+            out = np.asarray(out)
+            if out.dtype != bool or out.shape != current[i].shape:
+                raise ValueError(f"acceptor {spec['acceptor']['name']!r} returned {out.dtype} {out.shape}; expected "
+                                 f"a bool mask {current[i].shape} or None")
+            updated[i], accepted[row] = out, True
+        changed = np.any(updated[index] != current[index], axis=(1, 2))
+        save_arrays(self.path("accept", stage.key), masks=np.packbits(updated, axis=-1),
+                    width=np.int64(updated.shape[-1]), index=index, accepted=accepted, changed=changed)
+        return {"n": int(len(index)), "accepted": int(accepted.sum()), "changed": int(changed.sum())}
+
+
+def unpack_masks(arrays: dict, index: int | None = None) -> np.ndarray:
+    """The bool masks of a ``segment`` or ``accept`` artifact (``masks`` bit-packed along the last axis,
+    ``width``); ``index`` picks one entry of the first axis (a segment stage's seeder)."""
+    packed = arrays["masks"] if index is None else arrays["masks"][index]
+    return np.unpackbits(packed, axis=-1, count=int(arrays["width"])).astype(bool)
 
 
 def masks_for_finetuning(masks, has_mask, policy: str, *, seed: int):

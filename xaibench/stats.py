@@ -77,3 +77,19 @@ def mcnemar(model_correct: np.ndarray, baseline_correct: np.ndarray) -> dict:
     c = int(np.sum(model & ~base))
     p = 1.0 if b + c == 0 else float(binomtest(min(b, c), b + c, 0.5).pvalue)
     return {"b": b, "c": c, "p": p}
+
+
+def seed_ci(values, *, level: float = 0.95) -> tuple[float, float]:
+    """Student-t confidence interval of the mean of per-seed values ``(S,)`` (NaN entries left out).
+
+    Treats the seeds as independent draws of the training randomness; NaN bounds with fewer than two
+    seeds, and a zero-width interval when every seed gives the same value."""
+    from scipy.stats import t
+
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    mean = float(values.mean())
+    half = float(t.ppf(0.5 + level / 2.0, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return mean - half, mean + half

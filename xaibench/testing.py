@@ -538,6 +538,45 @@ def check_segmenter(segmenter, *, name: str | None = None) -> None:
                                                      for p, (a, b) in zip(prompt_sets, before[1]))
             and all(np.array_equal(s, b) for s, b in zip(saliency, before[2])), label,
             f"{call} modified its inputs", "never write into the image, the prompts or the maps")
+    if hasattr(segmenter, "segment_with_scores"):
+        scored = _call(label, call.replace("segment(", "segment_with_scores(", 1), segmenter.segment_with_scores,
+                       image, prompt_sets, **extra)
+        _expect(isinstance(scored, tuple) and len(scored) == 2 and len(scored[0]) == 3 and len(scored[1]) == 3
+                and all(np.array_equal(a, b) for a, b in zip(masks, scored[0])), label,
+                "segment_with_scores did not return (the masks of segment, one score per mask)",
+                "return (masks, scores) with the same masks as segment() and a float score per mask")
+        _expect(all(isinstance(v, (float, np.floating)) and (np.isnan(v) or 0.0 <= v <= 1.0) for v in scored[1]),
+                label, f"segment_with_scores gave scores {scored[1]!r}",
+                "scores are floats in [0, 1], or NaN where a mask has no confidence")
+
+
+# -- acceptors ---------------------------------------------------------------------------------------------
+
+
+def check_acceptor(acceptor, *, name: str | None = None) -> None:
+    """``acceptor(annotation, proposal, *, saliency, score)``: None or a bool (H, W) mask, for a confident
+    and an unscored (NaN) proposal and an empty annotation; deterministic; inputs unmodified."""
+    label = _label("acceptors", acceptor, name)
+    _expect(callable(acceptor), label, "it is not callable",
+            "define __call__(self, annotation, proposal, *, saliency, score)")
+    saliency = _bump_map()
+    proposal = saliency >= 0.5
+    annotation = np.roll(proposal, 2, axis=1)
+    cases = [(annotation, 0.9), (annotation, float("nan")), (np.zeros_like(annotation), 0.9)]
+    for current, score in cases:
+        inputs = current.copy(), proposal.copy(), saliency.copy()
+        call = f"acceptor(annotation ({current.sum()} pixels), proposal, saliency=map, score={score})"
+        out = _call(label, call, acceptor, inputs[0], inputs[1], saliency=inputs[2], score=score)
+        _expect(out is None or (isinstance(out, np.ndarray) and out.dtype == bool and out.shape == proposal.shape),
+                label, f"{call} returned {getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}",
+                f"return None (keep the annotation) or a bool numpy array {proposal.shape}")
+        again = _call(label, call, acceptor, current.copy(), proposal.copy(), saliency=saliency.copy(), score=score)
+        _expect((out is None and again is None) or (out is not None and again is not None
+                                                    and np.array_equal(out, again)),
+                label, f"{call} differs between calls", "make the rule deterministic")
+        _expect(np.array_equal(inputs[0], current) and np.array_equal(inputs[1], proposal)
+                and np.array_equal(inputs[2], saliency), label, f"{call} modified its inputs",
+                "never write into the annotation, the proposal or the map")
 
 
 # -- executors ---------------------------------------------------------------------------------------------
@@ -573,5 +612,6 @@ CHECKS = {
     "explainers": check_explainer,
     "seeders": check_seeder,
     "segmenters": check_segmenter,
+    "acceptors": check_acceptor,
     "executors": check_executor,
 }
