@@ -53,7 +53,7 @@ class Agreement:
         *,
         min_score: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0,
         min_saliency: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
-        min_overlap: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3,
+        min_overlap: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
         max_growth: Annotated[float, Field(ge=1.0)] = 2.0,
         min_pixels: Annotated[int, Field(ge=1)] = 1,
     ):

@@ -186,7 +186,7 @@ def test_grid_mistakes_exit_2_and_write_nothing(loop_grid, write_grid, capsys, e
 
 def test_the_report_shows_every_round_and_embeds_its_figures(loop_grid):
     loop_grid(rounds=1, acceptors="square")
-    text = (loop_grid.out / "report.html").read_text()
+    text = (loop_grid.out / "loop_report.html").read_text()
     assert text.count("<table>") == 2  # one configuration, and the per-seed rows
     assert text.count("data:image/png;base64,") == 2  # rounds and annotations
     assert "the reference is the original annotation" in text
@@ -212,3 +212,17 @@ def test_summary_intervals_over_seeds_and_carry_forward():
     assert last["accuracy_ci_low"] == pytest.approx(values.mean() - half)
     changes = values - np.array([0.5, 0.6, 0.4])
     assert last["accuracy_change"] == pytest.approx(changes.mean())
+
+
+def test_run_and_loop_share_a_folder_and_round_zero(loop_grid, write_grid):
+    grid = write_grid(GRID.format(rounds=1, acceptors="square", seeds="[0]"), "shared.yaml")
+    assert main(["run", "--grid", str(grid), "--out", str(loop_grid.out), "--quiet"]) == 0
+    run_figures = set((loop_grid.out / "figures").glob("*.png"))
+    assert main(["loop", "--grid", str(grid), "--out", str(loop_grid.out), "--quiet"]) == 0
+    info = json.loads((loop_grid.out / "loop.json").read_text())
+    assert info["trainings_reused"] == 2 and info["trainings_run"] == 1  # baseline and round 0 from the run
+    assert main(["run", "--grid", str(grid), "--out", str(loop_grid.out), "--quiet"]) == 0
+    figures = set((loop_grid.out / "figures").glob("*.png"))
+    assert run_figures < figures and {p.name for p in figures - run_figures} == {"loop_rounds.png",
+                                                                                  "loop_annotations_1.png"}
+    assert (loop_grid.out / "report.html").is_file() and (loop_grid.out / "loop_report.html").is_file()

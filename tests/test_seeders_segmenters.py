@@ -505,3 +505,27 @@ def test_every_segmenter_keeps_the_contract(name, wide_image):
         np.testing.assert_array_equal(p.labels, labels)
     for s, s_before in zip(saliency, saliency_before):
         np.testing.assert_array_equal(s, s_before)
+
+
+@pytest.mark.parametrize("multimask, pick, score", [
+    ("best", 1, 1.0),       # the highest predicted IoU (1.3, clipped to 1)
+    ("largest", 2, 0.2),    # the most pixels, with its own score
+    ("single", 0, 0.0),     # the first, whose -0.4 clips to 0
+    ("union", None, 0.4),   # every candidate, the mean of the clipped scores
+])
+def test_sam_keeps_the_score_of_the_mask_it_chooses(multimask, pick, score):
+    candidates = np.zeros((3, 8, 8), bool)
+    candidates[0, :2, :2] = True
+    candidates[1, :3, :3] = True
+    candidates[2, :6, :6] = True
+    mask, kept = SamSegmenter(multimask=multimask)._choose(candidates, np.array([-0.4, 1.3, 0.2]))
+    expected = candidates.any(axis=0) if pick is None else candidates[pick]
+    assert np.array_equal(mask, expected) and kept == pytest.approx(score)
+
+
+def test_sam_scores_come_with_the_masks_and_nan_without_positive_points(disc_image):
+    sam = TinySam()
+    sets = [prompts([[20, 20]]), prompts([[3, 3]], [0])]
+    masks, scores = sam.segment_with_scores(disc_image[0], sets)
+    assert all(np.array_equal(a, b) for a, b in zip(masks, sam.segment(disc_image[0], sets)))
+    assert 0.0 <= scores[0] <= 1.0 and np.isnan(scores[1]) and not masks[1].any()

@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     loop = sub.add_parser("loop", help="run the iterative annotation loop of a grid, round by round (resumable)",
                           epilog="explanations → segmentations → accepted annotations → retrain; see grids/loop.yaml")
     loop.add_argument("--grid", required=True, help="grid YAML file with a 'loop' section, e.g. grids/loop.yaml")
-    loop.add_argument("--out", help="loop directory (default: runs/<grid file name>-loop)")
+    loop.add_argument("--out", help="run directory, shared with 'xaibench run' (default: runs/<grid file name>)")
     loop.add_argument("--dry-run", action="store_true", help="print the chains and trainings, write nothing")
     _common_run_options(loop)
 
@@ -84,7 +84,7 @@ def _executor_override(args) -> dict | None:
 def _cmd_loop(args) -> int:
     from . import loop
 
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.grid).stem}-loop"
+    out = Path(args.out) if args.out else Path("runs") / Path(args.grid).stem
     if args.dry_run:
         from .registry import get_registry
 
@@ -104,7 +104,7 @@ def _cmd_loop(args) -> int:
     print(f"chains: {info['chains']}, {info['chains_converged']} converged early, {info['chains_failed']} failed; "
           f"trainings: {info['trainings_run']} run, {info['trainings_reused']} reused; {info['wall_s']:.1f} s on "
           f"{info['device']}")
-    print(f"results: {out / 'loop.csv'}, {out / 'loop_seeds.csv'}, {out / 'report.html'}, {out / 'figures'}/")
+    print(f"results: {out / 'loop.csv'}, {out / 'loop_seeds.csv'}, {out / 'loop_report.html'}, {out / 'figures'}/")
     return 1 if info["chains_failed"] else 0
 
 

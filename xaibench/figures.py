@@ -228,9 +228,9 @@ def loop_figures(summary, plans: dict, runner, out_dir: Path, *, n_images: int =
     figures = Path(out_dir) / "figures"
     varying = [c for c in LABELS if summary[c].astype(str).nunique() > 1] or ["mask"]
     configurations = list(summary.groupby(varying, sort=False, dropna=False))
-    panels = (("annotation_iou", "accuracy"), ("jaccard", "proposal_iou"), ("accepted", "changed"))
-    fig, axes = plt.subplots(1, len(panels) * 2, figsize=(3.2 * len(panels) * 2, 3.2), squeeze=False)
-    for ax, metric in zip(axes.flat, [m for pair in panels for m in pair]):
+    panels = ("annotation_iou", "accuracy", "jaccard", "proposal_iou", "accepted", "changed")
+    fig, axes = plt.subplots(2, 3, figsize=(11, 6.4), squeeze=False)
+    for ax, metric in zip(axes.flat, panels):
         for label, group in configurations:
             name = " · ".join(str(v) for v in (label if isinstance(label, tuple) else (label,)))
             line, = ax.plot(group["round"], group[metric], marker="o", label=name)
@@ -265,10 +265,12 @@ def loop_figures(summary, plans: dict, runner, out_dir: Path, *, n_images: int =
                 ax.set_yticks([])
                 name = f"round {c}" if c < len(rounds) else f"after round {c - 1}"
                 ax.set_title(f"{name}: IoU {scores[c, row]:.2f}", fontsize=8)
-        labels = rounds[0].chain.labels()
-        fig.suptitle(f"{labels['dataset']} · {labels['mask']} · {labels['segmenter']} · {labels['acceptor']} · "
-                     f"seed {labels['seed']}", fontsize=8)
+        chain = rounds[0].chain
+        fig.suptitle(" · ".join([chain.cell.dataset.name, chain.cell.mask.name, chain.cell.seeder.name,
+                                 chain.cell.segmenter.name, chain.acceptor.name, f"seed {chain.cell.seed}"]), fontsize=8)
         written.append(_save(fig, figures / f"loop_annotations_{n}.png"))
+    for stale in set(figures.glob("loop_*.png")) - set(written):  # from an earlier, larger loop grid
+        stale.unlink()
     return written
 
 

@@ -157,8 +157,8 @@ def round_scores(rp: RoundPlan, runner: StageRunner, registry, cam_threshold: fl
 
 
 def summarise(rows: pd.DataFrame, rounds: int) -> pd.DataFrame:
-    """Per configuration and round: each metric's mean over seeds with a t interval over seeds, and for
-    ``CHANGE_METRICS`` the paired change from round 0. A chain that stopped early (converged) counts with
+    """Per configuration and round: each metric's mean over seeds with a 95% t interval over seeds (clipped
+    to the metric's range [0, 1]), and for ``CHANGE_METRICS`` the paired change from round 0 with its own. A chain that stopped early (converged) counts with
     its last round's values in later rounds, since it would train on the same annotations again."""
     done = rows[rows["status"] != "failed"]
     out = []
@@ -173,10 +173,10 @@ def summarise(rows: pd.DataFrame, rounds: int) -> pd.DataFrame:
                 continue
             row = {**dict(zip(LABELS, labels)), "round": round_, "seeds": len(present),
                    "reference": next(iter(present.values()))["reference"]}
-            for metric in METRICS:
+            for metric in METRICS:  # every one a share or an IoU: intervals are clipped to [0, 1]
                 values = np.array([float(r[metric]) for r in present.values()])
                 row[metric] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-                row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = stats.seed_ci(values)
+                row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = np.clip(stats.seed_ci(values), 0.0, 1.0)
             for metric in CHANGE_METRICS:
                 change = np.array([float(r[metric]) - float(per_seed[s].loc[0, metric]) for s, r in present.items()
                                    if 0 in per_seed[s].index])
@@ -199,7 +199,9 @@ def loop(grid_path, out_dir, *, retry_failed: bool = False, executor_override: d
     """Run the annotation loop of a grid into ``out_dir``; returns the summary (also in ``loop.json``).
 
     Writes ``loop.csv`` (per configuration and round, over seeds), ``loop_seeds.csv`` (per chain and
-    round), ``report.html`` and ``figures/``; the tables are rewritten after every round."""
+    round), ``loop_report.html`` and ``figures/loop_*.png``; the tables are rewritten after every round.
+    ``out_dir`` may be the folder of ``xaibench run`` on the same grid: the two share the cache (round 0
+    reuses the run's models) and write different files."""
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -261,9 +263,9 @@ def loop(grid_path, out_dir, *, retry_failed: bool = False, executor_override: d
             "chains_failed": int(sum(r["status"] == "failed" for r in rows)),
             "chains_converged": int(sum(r["status"] == "converged" for r in rows)),
             **counts, "wall_s": round(time.perf_counter() - started, 3), "device": runner.device,
-            "figures": [str(p.relative_to(out_dir)) for p in written], "report": "report.html",
+            "figures": [str(p.relative_to(out_dir)) for p in written], "report": "loop_report.html",
         }
-        atomic_write_text(out_dir / "report.html",
+        atomic_write_text(out_dir / "loop_report.html",
                           report.loop_page(f"xaibench annotation loop: {grid.name}", summary, seeds_table,
                                            figures=written, run_info=info, grid_text=Path(grid_path).read_text()))
         atomic_write_text(out_dir / "loop.json", json.dumps(info, indent=2))

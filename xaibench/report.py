@@ -126,8 +126,13 @@ def loop_page(title: str, summary: pd.DataFrame, seeds: pd.DataFrame, *, figures
             parts.append(f"<p class='note'>{html.escape(REFERENCE_NOTES.get(reference, reference))}</p>")
         header = ["round", "seeds", "accuracy", "Δ accuracy", "Jaccard", "Δ Jaccard", "annotation IoU",
                   "Δ annotation IoU", "segmentation IoU", "accepted", "changed"]
-        for labels, group in summary.groupby(list(LABELS), sort=False, dropna=False):
-            name = " · ".join(f"{k}={v}" for k, v in zip(LABELS, labels) if str(v) not in ("", "nan"))
+        varying = [c for c in LABELS if summary[c].astype(str).nunique() > 1]
+        common = [f"{c}={summary[c].iloc[0]}" for c in LABELS if c not in varying and str(summary[c].iloc[0]) != ""]
+        parts.append(f"<p>Every configuration: {html.escape(' · '.join(common))}</p>")
+        groups = summary.groupby(varying, sort=False, dropna=False) if varying else [((), summary)]
+        for labels, group in groups:
+            labels = labels if isinstance(labels, tuple) else (labels,)
+            name = " · ".join(f"{k}={v}" for k, v in zip(varying, labels)) or "Rounds"
             parts.append(f"<h2>{html.escape(name)}</h2>")
             rows = [[r["round"], r["seeds"], _with_ci(r, "accuracy"), _with_ci(r, "accuracy_change", True),
                      _with_ci(r, "jaccard"), _with_ci(r, "jaccard_change", True), _with_ci(r, "annotation_iou"),

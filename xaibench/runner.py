@@ -216,6 +216,7 @@ def _score_cells(plan, store, runner, arrays, registry, failed: dict, cam_thresh
 def _figures(plan, runner, arrays, registry, out_dir: Path, *, key: str) -> list[Path]:
     """The run's figures, redrawn only when a cell's inputs changed (``figures/index.json`` holds the key)."""
     index = out_dir / "figures" / "index.json"
+    paths = []
     if index.is_file():
         recorded = json.loads(index.read_text())
         paths = [out_dir / p for p in recorded["files"]]
@@ -223,8 +224,8 @@ def _figures(plan, runner, arrays, registry, out_dir: Path, *, key: str) -> list
             return paths
     figures = write_run_figures(plan, runner, arrays, registry, out_dir)
     figures += accuracy_vs_alpha(plan, runner, arrays, registry, out_dir)
-    for stale in set((out_dir / "figures").glob("*.png")) - set(figures):  # from an earlier grid
-        stale.unlink()
+    for stale in set(paths) - set(figures):  # drawn for an earlier grid; other commands' figures stay
+        stale.unlink(missing_ok=True)
     index.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(index, json.dumps({"key": key, "files": [str(p.relative_to(out_dir)) for p in figures]}))
     return figures

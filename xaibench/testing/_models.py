@@ -1,0 +1,227 @@
+"""The conformance checks of the torch components: masks, backbones, ensembles and explainers."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from ._core import _call, _devices, _expect, _label
+from ._inputs import HEIGHT, WIDTH, _image_batch, tiny_classifier
+
+
+# -- masks -------------------------------------------------------------------------------------------------
+
+
+def check_mask(mask, *, name: str | None = None, devices=None) -> None:
+    """``mask(images, foreground)``: a new tensor of the images' shape, dtype and device, equal to the images
+    on the foreground, changed on the background, in [0, 1]; deterministic; inputs unmodified."""
+    import torch
+
+    label = _label("masks", mask, name)
+    for device in _devices(devices):
+        for dtype in (torch.float32, torch.float64) if device == "cpu" else (torch.float32,):
+            images, foreground = _image_batch()
+            images, foreground = images.to(device, dtype), foreground.to(device)
+            before = images.clone(), foreground.clone()
+            call = f"mask(images, foreground) with {dtype} images (2, 3, {HEIGHT}, {WIDTH}) on {device}"
+            out = _call(label, call, mask, images, foreground)
+            _expect(isinstance(out, torch.Tensor) and out.shape == images.shape and out.dtype == dtype
+                    and out.device == images.device, label,
+                    f"{call} returned {type(out).__name__} {getattr(out, 'dtype', '')} "
+                    f"{tuple(getattr(out, 'shape', ()))} on {getattr(out, 'device', '?')}",
+                    "return a tensor of the images' shape, dtype and device (build fills with "
+                    "dtype=images.dtype, device=images.device)")
+            _expect(torch.equal(images, before[0]) and torch.equal(foreground, before[1]), label,
+                    f"{call} modified its inputs", "never write into images or foreground; use torch.where")
+            keep = foreground.expand_as(images)
+            _expect(torch.equal(out[keep], images[keep]), label, f"{call} changed foreground pixels",
+                    "leave every pixel where foreground is True exactly as it was")
+            _expect(not torch.equal(out[~keep], images[~keep]), label, f"{call} left the background as it was",
+                    "replace the pixels where foreground is False")
+            _expect(bool(torch.isfinite(out).all()) and float(out.min()) >= 0 and float(out.max()) <= 1, label,
+                    f"{call} returned values outside [0, 1]", "keep the result in [0, 1] (clamp it)")
+            _expect(torch.equal(_call(label, call, mask, images, foreground), out), label,
+                    f"{call} differs between two calls", "make the mask deterministic (seed any randomness "
+                    "from its parameters)")
+
+
+# -- backbones ---------------------------------------------------------------------------------------------
+
+
+def check_backbone(backbone, *, name: str | None = None, num_classes: int = 3, image_size: int = 32,
+                   devices=None) -> None:
+    """``build(num_classes, *, pretrained=True)``: a module mapping (B, 3, S, S) in [0, 1] to finite logits
+    (B, num_classes), the same weights for the same torch seed, whose state dict loads into
+    ``build(..., pretrained=False)``; ``target_layers(model)``: the model's own modules, giving (B, C, h, w)
+    activations the logits depend on; optional ``check()``."""
+    import torch
+
+    label = _label("backbones", backbone, name)
+    for method in ("build", "target_layers"):
+        _expect(callable(getattr(backbone, method, None)), label, f"it has no {method}() method",
+                "define build(self, num_classes, *, pretrained=True) and target_layers(self, model)")
+    if hasattr(backbone, "check"):
+        backbone.check()  # a UserError here means missing weights: let it through unchanged
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        _check_backbone(backbone, label, num_classes, image_size, devices)
+
+
+def _check_backbone(backbone, label, num_classes, image_size, devices):
+    import torch
+
+    builds = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        builds.append(_call(label, f"build({num_classes}, pretrained=False)", backbone.build, num_classes,
+                            pretrained=False))
+    model, twin = builds
+    _expect(isinstance(model, torch.nn.Module), label, f"build() returned {type(model).__name__}",
+            "return a torch.nn.Module")
+    state, twin_state = model.state_dict(), twin.state_dict()
+    _expect(state.keys() == twin_state.keys() and all(torch.equal(state[k], twin_state[k]) for k in state), label,
+            "two builds under the same torch seed have different weights",
+            "initialise from torch's global generator only (the runner seeds it before build)")
+    trained = _call(label, f"build({num_classes})", backbone.build, num_classes)
+    _call(label, f"loading build({num_classes})'s state dict into build({num_classes}, pretrained=False)",
+          model.load_state_dict, trained.state_dict())
+    for device in _devices(devices):
+        net = copy.deepcopy(model).to(device).eval()
+        images = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
+        layers = _call(label, "target_layers(model)", backbone.target_layers, net)
+        modules = {id(m) for m in net.modules()}
+        _expect(isinstance(layers, (list, tuple)) and layers and all(id(layer) in modules for layer in layers),
+                label, "target_layers(model) is not a non-empty list of the model's own modules",
+                "return [the module inside `model` that CAM explainers should hook], e.g. [model.net.layer4]")
+        activations = []
+
+        def capture(module, inputs, output):
+            activations.append(output)
+
+        handles = [layer.register_forward_hook(capture) for layer in layers]
+        try:
+            with torch.enable_grad():
+                logits = _call(label, f"model(images) with images (2, 3, {image_size}, {image_size}) on {device}",
+                               net, images)
+        finally:
+            for handle in handles:
+                handle.remove()
+        _expect(isinstance(logits, torch.Tensor) and logits.shape == (2, num_classes) and logits.is_floating_point()
+                and logits.device == images.device and bool(torch.isfinite(logits).all()), label,
+                f"model(images) on {device} returned {getattr(logits, 'dtype', type(logits).__name__)} "
+                f"{tuple(getattr(logits, 'shape', ()))}", f"return finite float logits (B, num_classes={num_classes}) "
+                "on the images' device")
+        _expect(len(activations) >= len(layers) and all(isinstance(a, torch.Tensor) and a.ndim == 4
+                                                        and a.shape[0] == 2 for a in activations), label,
+                "the target layers did not run, or gave no (B, C, h, w) output",
+                "pick target layers that the forward pass runs and that output feature maps")
+        grads = torch.autograd.grad(logits[:, 0].sum(), activations, allow_unused=True)
+        _expect(all(g is not None for g in grads), label, "the logits do not depend on the target layers' output",
+                "choose target layers on the path to the logits (e.g. the last convolutional block)")
+
+
+# -- ensembles ---------------------------------------------------------------------------------------------
+
+
+def check_ensemble(ensemble, *, name: str | None = None, devices=None) -> None:
+    """``ensemble(raw_logits, masked_logits)``: (B, C) to (B, C) of the same dtype and device, differentiable,
+    deterministic, inputs unmodified; optional ``reduces_to()`` is "raw", "masked" or None and true."""
+    import torch
+
+    label = _label("ensembles", ensemble, name)
+    reduces = _call(label, "reduces_to()", ensemble.reduces_to) if hasattr(ensemble, "reduces_to") else None
+    _expect(reduces in ("raw", "masked", None), label, f"reduces_to() returned {reduces!r}",
+            'return "raw", "masked" or None')
+    for device in _devices(devices):
+        generator = torch.Generator().manual_seed(0)
+        raw = torch.randn(2, 3, generator=generator).to(device).requires_grad_()
+        masked = torch.randn(2, 3, generator=generator).to(device).requires_grad_()
+        before = raw.detach().clone(), masked.detach().clone()
+        call = f"ensemble(raw_logits, masked_logits) with float32 (2, 3) on {device}"
+        out = _call(label, call, ensemble, raw, masked)
+        _expect(isinstance(out, torch.Tensor) and out.shape == (2, 3) and out.dtype == raw.dtype
+                and out.device == raw.device and bool(torch.isfinite(out).all()), label,
+                f"{call} returned {getattr(out, 'dtype', type(out).__name__)} {tuple(getattr(out, 'shape', ()))}",
+                "return finite logits of the inputs' shape, dtype and device")
+        _expect(out.requires_grad and any(g is not None for g in torch.autograd.grad(
+            out.sum(), [raw, masked], allow_unused=True)), label, f"{call} is not differentiable",
+            "compute with torch operations on the inputs (no .detach(), .numpy() or torch.no_grad)")
+        _expect(torch.equal(raw.detach(), before[0]) and torch.equal(masked.detach(), before[1]), label,
+                f"{call} modified its inputs", "never write into the logits given")
+        _expect(torch.equal(_call(label, call, ensemble, raw, masked), out), label, f"{call} differs between calls",
+                "make the rule deterministic")
+        if reduces is not None:
+            member = raw if reduces == "raw" else masked
+            _expect(torch.allclose(out, member), label, f"reduces_to() says {reduces!r} but the output differs "
+                    f"from the {reduces} logits", "return None from reduces_to() unless the rule equals that member")
+
+
+# -- explainers --------------------------------------------------------------------------------------------
+
+
+def check_explainer(explainer, *, name: str | None = None, model=None, target_layers=None, devices=None) -> None:
+    """``explain(model, images, targets, *, target_layers, masks)``: float32 numpy maps (B, H, W) in [0, 1] for
+    a model and for a two-member ensemble model; deterministic; images, targets, masks, weights, gradients,
+    hooks, ``requires_grad`` and train/eval mode left as they were. ``model``/``target_layers`` default to
+    ``tiny_classifier()`` and its ``features``; give both to check on your own architecture."""
+    from ..models import ensemble_model
+
+    if (model is None) != (target_layers is None):
+        raise ValueError("check_explainer: give both model and target_layers (modules of that model), or neither")
+    label = _label("explainers", explainer, name)
+    uses_ground_truth = getattr(explainer, "uses_ground_truth", False)
+    _expect(isinstance(uses_ground_truth, bool), label, f"uses_ground_truth is {uses_ground_truth!r}",
+            "set the class attribute uses_ground_truth = True or False")
+    second = tiny_classifier(seed=1) if model is None else model
+    model = tiny_classifier() if model is None else model
+    for device in _devices(devices):
+        single = copy.deepcopy(model).to(device)
+        raw, masked = copy.deepcopy(model).to(device), copy.deepcopy(second).to(device)
+        ensemble = ensemble_model(raw, masked, lambda r, m: 0.5 * r + 0.5 * m).eval()
+
+        def layers_of(net):
+            if target_layers is None:
+                return [net.features]
+            return [dict(zip(map(id, model.modules()), net.modules()))[id(layer)] for layer in target_layers]
+
+        for what, net, layers in (("a model", single, layers_of(single)),
+                                  ("an ensemble model", ensemble, layers_of(raw) + layers_of(masked))):
+            _check_explanation(explainer, label, f"{what} on {device}", net, layers, uses_ground_truth)
+
+
+def _check_explanation(explainer, label, where, model, layers, uses_ground_truth):
+    import torch
+
+    images = _image_batch()[0].to(next(model.parameters()).device)
+    targets = torch.tensor([0, 1], device=images.device)
+    masks = _image_batch()[1][:, 0].numpy() if uses_ground_truth else None
+    before = (images.clone(), targets.clone(), None if masks is None else masks.copy(),
+              {k: v.clone() for k, v in model.state_dict().items()},
+              [p.requires_grad for p in model.parameters()], model.training, _hook_count(model))
+    call = f"explain({where}, images (2, 3, {HEIGHT}, {WIDTH}), targets, target_layers=..., masks=...)"
+    maps = _call(label, call, explainer.explain, model, images, targets, target_layers=layers, masks=masks)
+    _expect(isinstance(maps, np.ndarray) and maps.dtype == np.float32 and maps.shape == (2, HEIGHT, WIDTH), label,
+            f"{call} returned {type(maps).__name__} {getattr(maps, 'dtype', '')} {getattr(maps, 'shape', '')}",
+            f"return a float32 numpy array (B, H, W) = (2, {HEIGHT}, {WIDTH}) at the images' size (.cpu().numpy())")
+    _expect(bool(np.isfinite(maps).all()) and maps.min() >= 0 and maps.max() <= 1, label,
+            f"{call} returned values outside [0, 1]", "scale each map to [0, 1] (e.g. per-image min-max)")
+    again = _call(label, call, explainer.explain, model, images, targets, target_layers=layers, masks=masks)
+    _expect(np.array_equal(again, maps), label, f"{call} differs between two calls",
+            "make explanations deterministic (seed any randomness from the parameters and the image)")
+    state = model.state_dict()
+    _expect(torch.equal(images, before[0]) and torch.equal(targets, before[1])
+            and (masks is None or np.array_equal(masks, before[2])), label, f"{call} modified its inputs",
+            "never write into images, targets or masks")
+    _expect(all(torch.equal(state[k], v) for k, v in before[3].items()), label, f"{call} changed the model's weights",
+            "explaining must not train or modify the model")
+    _expect(all(p.grad is None for p in model.parameters()), label, f"{call} left gradients on the parameters",
+            "take gradients with torch.autograd.grad, or call model.zero_grad(set_to_none=True) afterwards")
+    _expect([p.requires_grad for p in model.parameters()] == before[4] and model.training == before[5], label,
+            f"{call} changed requires_grad or train/eval mode", "leave the model's flags as they were")
+    _expect(_hook_count(model) == before[6], label, f"{call} left hooks on the model",
+            "remove every hook it registers (handle.remove() in a finally block)")
+
+
+def _hook_count(model) -> int:
+    return sum(len(getattr(m, attr, {})) for m in model.modules()
+               for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
