@@ -226,3 +226,12 @@ def test_run_and_loop_share_a_folder_and_round_zero(loop_grid, write_grid):
     assert run_figures < figures and {p.name for p in figures - run_figures} == {"loop_rounds.png",
                                                                                   "loop_annotations_1.png"}
     assert (loop_grid.out / "report.html").is_file() and (loop_grid.out / "loop_report.html").is_file()
+
+
+def test_dry_run_lists_the_chains_and_writes_nothing(loop_grid, write_grid, capsys):
+    grid = write_grid(GRID.format(rounds=3, acceptors="square, never", seeds="[0, 1]"))
+    assert main(["loop", "--grid", str(grid), "--out", str(loop_grid.out), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 chain(s), up to 3 round(s) after round 0, at most 16 masked trainings" in out
+    assert out.count("acceptor=square") == 2 and out.count("acceptor=never") == 2
+    assert not loop_grid.out.exists()

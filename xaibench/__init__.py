@@ -3,7 +3,7 @@
 from .hookspecs import hookimpl
 from .registry import create, get_registry
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def load_dataset(name: str, /, **params):
