@@ -46,6 +46,16 @@ def test_plugins_command_filters_by_kind(registry, capsys):
     assert main(["plugins", "--kind", "maskz"]) == 2
 
 
+def test_output_piped_into_a_reader_that_stops_early_is_not_an_error():
+    import subprocess
+
+    code = "import sys; from xaibench.cli import main; sys.exit(main(['plugins']))"
+    reader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.close()  # like `| head -c 0`: gone before the command writes
+    err = reader.stderr.read().decode()
+    assert reader.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err
+
+
 def test_duplicate_name_names_both_plugins(registry, add_plugin):
     class Clash:
         @hookimpl
