@@ -186,6 +186,22 @@ def summarise(rows: pd.DataFrame, rounds: int) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _round_row(rp: RoundPlan, failed: dict, runner, registry, grid: Grid) -> dict:
+    """One chain's row of one round: its labels, measurements and status ("done"; "converged" when the
+    round changed at most ``loop.min_changed`` of the annotations; "failed" with the error)."""
+    row = {**rp.chain.labels(), "round": rp.round, "status": "done"}
+    broken = [failed[k] for k in rp.keys if k in failed]
+    if broken:
+        return {**row, "status": "failed", "error": broken[0]}
+    try:
+        scores = round_scores(rp, runner, registry, grid.protocol.cam_threshold)
+    except Exception as exc:  # a scoring bug fails the chain, not the loop
+        return {**row, "status": "failed", "error": f"scoring: {type(exc).__name__}: {exc}"}
+    if scores["changed"] <= grid.loop.min_changed:
+        row["status"] = "converged"
+    return {**row, **scores}
+
+
 def _write_tables(out_dir: Path, rows: list[dict], rounds: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     seeds = pd.DataFrame(rows)
     summary = summarise(seeds, rounds) if len(seeds) else pd.DataFrame()
@@ -195,7 +211,7 @@ def _write_tables(out_dir: Path, rows: list[dict], rounds: int) -> tuple[pd.Data
 
 
 def loop(grid_path, out_dir, *, retry_failed: bool = False, executor_override: dict | None = None,
-         registry=None, progress: bool = True, echo=print) -> dict:
+         registry=None, progress: bool = True) -> dict:
     """Run the annotation loop of a grid into ``out_dir``; returns the summary (also in ``loop.json``).
 
     Writes ``loop.csv`` (per configuration and round, over seeds), ``loop_seeds.csv`` (per chain and
@@ -236,22 +252,16 @@ def loop(grid_path, out_dir, *, retry_failed: bool = False, executor_override: d
                 for key in counts:
                     counts[key] += result[key]
                 for rp in round_plans:
-                    row = {**rp.chain.labels(), "round": round_, "status": "done"}
-                    broken = [failed[k] for k in rp.keys if k in failed]
-                    scores = {} if broken else round_scores(rp, runner, registry, grid.protocol.cam_threshold)
-                    if broken:
-                        row.update(status="failed", error=broken[0])
+                    row = _round_row(rp, failed, runner, registry, grid)
+                    rows.append(row)
+                    if row["status"] == "failed":
                         annotations.pop(rp.chain)
-                    elif round_ == rounds:
-                        annotations.pop(rp.chain)
-                    elif scores["changed"] <= grid.loop.min_changed:
-                        row["status"] = "converged"
+                        continue
+                    plans.setdefault(rp.chain, []).append(rp)
+                    if round_ == rounds or row["status"] == "converged":
                         annotations.pop(rp.chain)
                     else:
                         annotations[rp.chain] = rp.accept
-                    rows.append({**row, **scores})
-                    if not broken:
-                        plans.setdefault(rp.chain, []).append(rp)
                 seeds_table, summary = _write_tables(out_dir, rows, rounds)
         finally:
             executor.close()
