@@ -113,7 +113,6 @@ class StageRunner:
         classes = np.asarray(list(dataset.classes), dtype=str)
         sizes = set()
         counts = {}
-        independent = False  # does any sample carry a reference apart from its annotation?
         for split in SPLITS:
             samples = list(dataset.split(split))
             images, labels, masks, references, has_mask, has_reference, ids = [], [], [], [], [], [], []
@@ -155,10 +154,9 @@ class StageRunner:
                 classes=classes,
             )
             counts[split] = len(samples)
-            independent |= any(has_reference)
         if counts["train"] == 0 or counts["test"] == 0:
             raise UserError(f"dataset {stage.spec['dataset']['name']!r} has an empty train or test split: {counts}")
-        return {"counts": counts, "classes": classes.tolist(), "independent_reference": independent}
+        return {"counts": counts, "classes": classes.tolist()}
 
     def _fit(self, stage, model, foreground=None, mask_fn=None, subset=None):
         from .training import fit
@@ -293,16 +291,16 @@ class StageRunner:
                     scores=scores)
         return {"n": int(len(index)), "seeders": len(seeds)}
 
-
     def _run_accept(self, stage):
-        """The next training annotations: the current ones, where the acceptor accepts an image's
-        segmentation its result in their place. Stores all training annotations, bit-packed, with the
-        explained images' index and per image whether the proposal was accepted and the annotation changed."""
+        """The next training annotations: the current ones, except where the acceptor takes an image's
+        segmentation (its return value replaces the annotation). Stores every training annotation,
+        bit-packed, the explained images' index, and per explained image whether the acceptor took the
+        segmentation and whether the annotation changed."""
         spec = stage.spec
         current = self.annotations(spec["data"], spec["annotations"])
         explained = load_arrays(self.path("explain", spec["explain"]))
         segmented = load_arrays(self.path("segment", spec["segment"]))
-        proposals = unpack_masks(segmented)[0]
+        proposals = unpack_masks(segmented, 0)
         scores = segmented.get("scores", np.full((1, len(proposals)), np.nan, np.float32))[0]
         acceptor = self._component("acceptors", spec["acceptor"])
         index = explained["index"]
