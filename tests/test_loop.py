@@ -21,7 +21,7 @@ seeders: [{{name: top-k, k: 2, min_distance: 4}}]
 segmenters: [random-walker]
 train: {{epochs: 1, batch_size: 8}}
 finetune: {{epochs: 1, batch_size: 8}}
-loop: {{rounds: {rounds}, acceptors: [{acceptors}]}}
+loop: {{rounds: {rounds}, acceptors: [{acceptors}], min_changed: {min_changed}}}
 """
 
 
@@ -47,6 +47,23 @@ class Grow:
         return grown
 
 
+class Take:
+    """Accepts every segmentation as it is."""
+
+    def __call__(self, annotation, proposal, *, saliency, score):
+        return proposal
+
+
+class SquareOnce:
+    """Accepts the square, and fails on an image whose annotation already is the square (round 1)."""
+
+    def __call__(self, annotation, proposal, *, saliency, score):
+        square = Square()(annotation, proposal, saliency=saliency, score=score)
+        if np.array_equal(annotation, square):
+            raise RuntimeError("no second round")
+        return square
+
+
 class Never:
     def __call__(self, annotation, proposal, *, saliency, score):
         return None
@@ -63,6 +80,8 @@ class Acceptors:
         register("square", Square)
         register("never", Never)
         register("grow", Grow)
+        register("take", Take)
+        register("square-once", SquareOnce)
         register("broken", Broken)
 
 
@@ -70,8 +89,8 @@ class Acceptors:
 def loop_grid(registry, blobs, add_plugin, write_grid, tmp_path):
     add_plugin(Acceptors(), name="test-acceptors")
 
-    def run(rounds=2, acceptors="square", seeds="[0]"):
-        path = write_grid(GRID.format(rounds=rounds, acceptors=acceptors, seeds=seeds))
+    def run(rounds=2, acceptors="square", seeds="[0]", min_changed=0.0):
+        path = write_grid(GRID.format(rounds=rounds, acceptors=acceptors, seeds=seeds, min_changed=min_changed))
         code = main(["loop", "--grid", str(path), "--out", str(run.out), "--quiet"])
         info = json.loads((run.out / "loop.json").read_text()) if (run.out / "loop.json").exists() else None
         return code, info
@@ -157,6 +176,9 @@ def test_the_loop_resumes_and_extends(loop_grid):
     assert extended["trainings_run"] == 1
     assert list(seeds.loc[seeds["round"] == 2, "acceptor"]) == ["grow"]
     assert seeds.loc[(seeds["round"] == 1) & (seeds["acceptor"] == "square"), "status"].item() == "converged"
+    saved = loop_grid.out / "grid.yaml"  # rerunning from the folder's own copy of the grid
+    for command in ("loop", "run"):
+        assert main([command, "--grid", str(saved), "--out", str(loop_grid.out), "--quiet"]) == 0
 
 
 def test_a_broken_acceptor_fails_its_chains_and_says_why(loop_grid, capsys):
@@ -172,7 +194,7 @@ def test_a_broken_acceptor_fails_its_chains_and_says_why(loop_grid, capsys):
     ("acceptors: [square]", "unknown acceptor 'sqaure'"),
 ])
 def test_grid_mistakes_exit_2_and_write_nothing(loop_grid, write_grid, capsys, edit, message):
-    text = GRID.format(rounds=1, acceptors="square", seeds="[0]")
+    text = GRID.format(rounds=1, acceptors="square", seeds="[0]", min_changed=0.0)
     if edit.startswith("segmenters"):
         text = text.replace("seeders: [{name: top-k, k: 2, min_distance: 4}]\n", "").replace(edit + "\n", "")
     else:
@@ -215,12 +237,16 @@ def test_summary_intervals_over_seeds_and_carry_forward():
 
 
 def test_run_and_loop_share_a_folder_and_round_zero(loop_grid, write_grid):
-    grid = write_grid(GRID.format(rounds=1, acceptors="square", seeds="[0]"), "shared.yaml")
+    grid = write_grid(GRID.format(rounds=1, acceptors="square", seeds="[0]", min_changed=0.0), "shared.yaml")
     assert main(["run", "--grid", str(grid), "--out", str(loop_grid.out), "--quiet"]) == 0
     run_figures = set((loop_grid.out / "figures").glob("*.png"))
     assert main(["loop", "--grid", str(grid), "--out", str(loop_grid.out), "--quiet"]) == 0
     info = json.loads((loop_grid.out / "loop.json").read_text())
     assert info["trainings_reused"] == 2 and info["trainings_run"] == 1  # baseline and round 0 from the run
+    board = pd.read_csv(loop_grid.out / "leaderboard.csv")
+    run_accuracy = board.loc[board["mask"] == "white", "accuracy"].item()
+    loop_rows = pd.read_csv(loop_grid.out / "loop_seeds.csv")
+    assert loop_rows.loc[loop_rows["round"] == 0, "accuracy"].item() == pytest.approx(run_accuracy)
     assert main(["run", "--grid", str(grid), "--out", str(loop_grid.out), "--quiet"]) == 0
     figures = set((loop_grid.out / "figures").glob("*.png"))
     assert run_figures < figures and {p.name for p in figures - run_figures} == {"loop_rounds.png",
@@ -229,9 +255,50 @@ def test_run_and_loop_share_a_folder_and_round_zero(loop_grid, write_grid):
 
 
 def test_dry_run_lists_the_chains_and_writes_nothing(loop_grid, write_grid, capsys):
-    grid = write_grid(GRID.format(rounds=3, acceptors="square, never", seeds="[0, 1]"))
+    grid = write_grid(GRID.format(rounds=3, acceptors="square, never", seeds="[0, 1]", min_changed=0.0))
     assert main(["loop", "--grid", str(grid), "--out", str(loop_grid.out), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 chain(s), up to 3 round(s) after round 0, at most 16 masked trainings" in out
     assert out.count("acceptor=square") == 2 and out.count("acceptor=never") == 2
     assert not loop_grid.out.exists()
+
+
+def test_accepted_segmentations_are_the_next_annotations(loop_grid):
+    loop_grid(rounds=1, acceptors="take")
+    seeds = pd.read_csv(loop_grid.out / "loop_seeds.csv").set_index("round")
+    # round 1 trains on round 0's segmentations, so its annotations score exactly what they scored
+    assert seeds.loc[1, "annotation_iou"] == pytest.approx(seeds.loc[0, "proposal_iou"])
+    assert seeds.loc[0, "accepted"] == 1.0
+
+
+def test_a_chain_stopped_by_min_changed_is_not_carried_forward(loop_grid):
+    loop_grid(rounds=2, acceptors="square", min_changed=1.0)
+    seeds = pd.read_csv(loop_grid.out / "loop_seeds.csv")
+    assert list(seeds["status"]) == ["stopped"] and seeds["changed"].item() == 1.0
+    assert list(pd.read_csv(loop_grid.out / "loop.csv")["round"]) == [0]
+    assert json.loads((loop_grid.out / "loop.json").read_text())["chains_stopped"] == 1
+
+
+def test_a_failed_renewal_keeps_the_rounds_model_measurements(loop_grid):
+    code, info = loop_grid(rounds=2, acceptors="square-once")
+    assert code == 1 and info["chains_failed"] == 1
+    seeds = pd.read_csv(loop_grid.out / "loop_seeds.csv").set_index("round")
+    assert list(seeds["status"]) == ["done", "failed"] and "no second round" in seeds.loc[1, "error"]
+    assert np.isfinite(seeds.loc[1, ["accuracy", "jaccard", "annotation_iou"]].astype(float)).all()
+    assert np.isnan(seeds.loc[1, "changed"])
+    assert list(pd.read_csv(loop_grid.out / "loop.csv")["round"]) == [0, 1]
+
+
+def test_noisy_annotations_are_measured_against_the_exact_masks(loop_grid, registry, write_grid, tmp_path):
+    noise = "{dilate: 2, shift: 1}"
+    dataset = f"{{name: synthetic, n_train: 16, n_val: 0, n_test: 8, image_size: 32, annotation_noise: {noise}}}"
+    text = GRID.format(rounds=1, acceptors="never", seeds="[0]", min_changed=0.0)
+    text = text.replace("datasets: [{name: blobs, n: 12}]", f"datasets: [{dataset}]")
+    assert main(["loop", "--grid", str(write_grid(text)), "--out", str(tmp_path / "noisy"), "--quiet"]) == 0
+    seeds = pd.read_csv(tmp_path / "noisy" / "loop_seeds.csv")
+    train = registry.create("datasets", "synthetic", n_train=16, n_val=0, n_test=8, image_size=32,
+                            annotation_noise={"dilate": 2, "shift": 1}).split("train")
+    pairs = [(s.mask, s.reference) for s in train if s.mask is not None]
+    expected = np.mean([(m & r).sum() / (m | r).sum() for m, r in pairs])
+    assert seeds["reference"].item() == "exact"
+    assert seeds["annotation_iou"].item() == pytest.approx(expected) and expected < 0.9

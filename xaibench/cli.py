@@ -88,7 +88,9 @@ def _cmd_loop(args) -> int:
     if args.dry_run:
         from .registry import get_registry
 
-        grid, chains, _ = loop.load_loop_grid(args.grid, get_registry())
+        registry = get_registry()
+        grid, chains, _ = loop.load_loop_grid(args.grid, registry)
+        loop.apply_executor_override(grid, _executor_override(args), registry)
         print(f"grid {grid.name!r}: {len(chains)} chain(s), up to {grid.loop.rounds} round(s) after round 0, "
               f"at most {len(chains) * (grid.loop.rounds + 1)} masked trainings")
         for chain in chains:
@@ -101,7 +103,8 @@ def _cmd_loop(args) -> int:
         columns = [c for c in ("mask", "segmenter", "acceptor", "round", "seeds", "accuracy", "jaccard",
                                "annotation_iou", "annotation_iou_change", "accepted", "changed") if c in table]
         print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"chains: {info['chains']}, {info['chains_converged']} converged early, {info['chains_failed']} failed; "
+    print(f"chains: {info['chains']}, {info['chains_converged']} converged early, {info['chains_stopped']} stopped "
+          f"by min_changed, {info['chains_failed']} failed; "
           f"trainings: {info['trainings_run']} run, {info['trainings_reused']} reused; {info['wall_s']:.1f} s on "
           f"{info['device']}")
     print(f"results: {out / 'loop.csv'}, {out / 'loop_seeds.csv'}, {out / 'loop_report.html'}, {out / 'figures'}/")

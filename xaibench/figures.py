@@ -222,10 +222,12 @@ def loop_figures(summary, plans: dict, runner, out_dir: Path, *, n_images: int =
     from .loop import LABELS, METRICS
     from .metrics import iou
 
+    figures = Path(out_dir) / "figures"
     if summary is None or not len(summary):
+        for stale in figures.glob("loop_*.png"):
+            stale.unlink()
         return []
     plt = _pyplot()
-    figures = Path(out_dir) / "figures"
     varying = [c for c in LABELS if summary[c].astype(str).nunique() > 1] or ["mask"]
     configurations = list(summary.groupby(varying, sort=False, dropna=False))
     panels = ("annotation_iou", "accuracy", "jaccard", "proposal_iou", "accepted", "changed")

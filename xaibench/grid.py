@@ -117,8 +117,8 @@ class LoopConfig(pydantic.BaseModel):
 
     ``rounds``: how many times the annotations are renewed and the masked model retrained after round 0
     (which trains on the dataset's own annotations), so at most ``rounds + 1`` masked trainings per chain.
-    ``acceptors``: acceptance rules, a grid axis like any component list. ``min_changed``: a chain stops
-    early once a round changes at most this share of its annotations (0: only when none changes)."""
+    ``acceptors``: acceptance rules, a grid axis like any component list. A chain stops early once a round
+    changes none of its annotations (converged), or at most a share ``min_changed`` of them (stopped)."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 

@@ -13,8 +13,9 @@ Round ``r``:
    giving ``A_{r+1}``; the round's row reports the IoU of ``A_r`` to the references and the shares of
    images whose proposal was accepted and whose annotation changed.
 
-A chain stops after ``loop.rounds`` renewals, or early once a round changes at most ``loop.min_changed``
-of its annotations: the next round would train on the same annotations again. Every step is a cached,
+A chain stops after ``loop.rounds`` renewals, or early: "converged" once a round changes no annotation (the
+next round would train on the same annotations again, so summaries carry its values forward), or
+"stopped" once a round changes at most ``loop.min_changed`` of them (not carried forward). Every step is a cached,
 content-keyed stage (round 0 shares its stages with ``xaibench run`` on the same grid), so running the
 same command again resumes where it stopped and raising ``rounds`` only runs the new rounds.
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from .errors import GridError
 from .grid import Cell, Choice, Grid, expand, load_grid
 from .plan import Plan, PlanBuilder, check_components
 from .registry import get_registry
-from .runner import apply_executor_override, execute, mixed_logits
+from .runner import apply_executor_override, copy_grid, execute, mixed_logits
 from .stages import StageRunner, unpack_masks
 from .store import Store, atomic_write_text, load_arrays
 
@@ -82,15 +82,20 @@ class RoundPlan:
     accept: str
 
     @property
-    def keys(self) -> list[str]:
-        return [k for k in (self.data, self.raw_logits, self.annotations, self.masked_logits, self.explain_test,
-                            self.explain_train, self.segment, self.accept) if k]
+    def model_keys(self) -> list[str]:
+        """The stages the round's model and its test measurements come from."""
+        return [k for k in (self.data, self.raw_logits, self.annotations, self.masked_logits, self.explain_test) if k]
+
+    @property
+    def annotation_keys(self) -> list[str]:
+        """The stages that renew the annotations."""
+        return [self.explain_train, self.segment, self.accept]
 
 
 def chains(grid: Grid) -> list[Chain]:
     """Every loop of a grid: each cell with a mask and a segmenter, times each acceptance rule."""
     cells = [c for c in expand(grid) if c.mask is not None and c.segmenter is not None]
-    acceptors = [choice for spec in grid.loop.acceptors for choice in spec.choices()]
+    acceptors = dict.fromkeys(choice for spec in grid.loop.acceptors for choice in spec.choices())
     return [Chain(cell, acceptor) for cell in cells for acceptor in acceptors]
 
 
@@ -129,8 +134,9 @@ def plan_round(builder: PlanBuilder, chain: Chain, round_: int, annotations: str
                      segment, accept)
 
 
-def round_scores(rp: RoundPlan, runner: StageRunner, registry, cam_threshold: float) -> dict:
-    """One round's measurements of one chain, from cached artifacts (no model is run)."""
+def round_scores(rp: RoundPlan, runner: StageRunner, registry, cam_threshold: float, failed=()) -> dict:
+    """One round's measurements of one chain, from cached artifacts (no model is run). Measurements whose
+    stage is in ``failed`` (the round's segmentation or acceptance) are NaN."""
     test, train = runner.data(rp.data, "test"), runner.data(rp.data, "train")
     raw = load_arrays(runner.path("logits", rp.raw_logits))["test"]
     masked = load_arrays(runner.path("logits", rp.masked_logits))["test"]
@@ -138,37 +144,39 @@ def round_scores(rp: RoundPlan, runner: StageRunner, registry, cam_threshold: fl
     explained = load_arrays(runner.path("explain", rp.explain_test))
     truth = test["references"][explained["index"]]
     jaccard = metrics.iou(metrics.binarise_fixed(explained["maps"].astype(np.float32), cam_threshold), truth)
-    accepted = load_arrays(runner.path("accept", rp.accept))
-    index = accepted["index"]
+    index = np.flatnonzero(train["has_mask"])  # the explained, segmented and renewed training images
     references = train["references"][index]
     current = runner.annotations(rp.data, rp.annotations)[index]
-    proposals = unpack_masks(load_arrays(runner.path("segment", rp.segment)), 0)
-    return {
+    out = {
         "accuracy": metrics.accuracy(logits, test["labels"]),
         "jaccard": metrics.mean_excluding_nan(jaccard)[0],
         "annotation_iou": metrics.mean_excluding_nan(metrics.iou(current, references))[0],
-        "proposal_iou": metrics.mean_excluding_nan(metrics.iou(proposals, references))[0],
-        "accepted": float(accepted["accepted"].mean()) if len(index) else float("nan"),
-        "changed": float(accepted["changed"].mean()) if len(index) else float("nan"),
+        "proposal_iou": float("nan"), "accepted": float("nan"), "changed": float("nan"),
         "n_annotated": int(len(index)),
         "n_test": int(len(test["labels"])),
         "reference": "exact" if bool(train["has_reference"].any()) else "original annotations",
     }
+    if rp.segment not in failed and rp.explain_train not in failed and len(index):
+        proposals = unpack_masks(load_arrays(runner.path("segment", rp.segment)), 0)
+        out["proposal_iou"] = metrics.mean_excluding_nan(metrics.iou(proposals, references))[0]
+    if rp.accept not in failed and len(index):
+        accepted = load_arrays(runner.path("accept", rp.accept))
+        out.update(accepted=float(accepted["accepted"].mean()), changed=float(accepted["changed"].mean()))
+    return out
 
 
 def summarise(rows: pd.DataFrame, rounds: int) -> pd.DataFrame:
     """Per configuration and round: each metric's mean over seeds with a 95% t interval over seeds (clipped
-    to the metric's range [0, 1]), and for ``CHANGE_METRICS`` the paired change from round 0 with its own. A chain that stopped early (converged) counts with
-    its last round's values in later rounds, since it would train on the same annotations again."""
-    done = rows[rows["status"] != "failed"]
+    to the metric's range [0, 1]), and for ``CHANGE_METRICS`` the paired change from round 0 with its own
+    interval. Rows without a model measurement (failed rounds) are left out. A chain that converged (its
+    annotations stopped changing) counts with its last round's values in the rounds after it: they would
+    train on the same annotations again. A chain stopped by ``loop.min_changed`` is not carried."""
+    measured = rows[rows["accuracy"].notna()] if "accuracy" in rows else rows.iloc[:0]
     out = []
-    for labels, group in done.groupby(list(LABELS), sort=False, dropna=False):
-        per_seed = {}
-        for seed, runs in group.groupby("seed"):
-            runs = runs.set_index("round").sort_index()
-            per_seed[seed] = runs.reindex(range(rounds + 1)).ffill() if runs["status"].iloc[-1] == "converged" else runs
+    for labels, group in measured.groupby(list(LABELS), sort=False, dropna=False):
+        per_seed = {seed: _carried(runs.set_index("round").sort_index(), rounds) for seed, runs in group.groupby("seed")}
         for round_ in range(rounds + 1):
-            present = {s: r.loc[round_] for s, r in per_seed.items() if round_ in r.index and not pd.isna(r.loc[round_, "accuracy"])}
+            present = {s: r.loc[round_] for s, r in per_seed.items() if round_ in r.index}
             if not present:
                 continue
             row = {**dict(zip(LABELS, labels)), "round": round_, "seeds": len(present),
@@ -186,19 +194,34 @@ def summarise(rows: pd.DataFrame, rounds: int) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _carried(runs: pd.DataFrame, rounds: int) -> pd.DataFrame:
+    """One chain's rows by round, its last row repeated up to ``rounds`` if the chain converged."""
+    last = runs.index[-1]
+    if runs.loc[last, "status"] != "converged" or last >= rounds:
+        return runs
+    carried = pd.DataFrame([runs.loc[last]] * (rounds - last), index=range(last + 1, rounds + 1))
+    return pd.concat([runs, carried])
+
+
 def _round_row(rp: RoundPlan, failed: dict, runner, registry, grid: Grid) -> dict:
-    """One chain's row of one round: its labels, measurements and status ("done"; "converged" when the
-    round changed at most ``loop.min_changed`` of the annotations; "failed" with the error)."""
+    """One chain's row of one round: its labels, measurements and status: "done"; "converged" when the
+    round changed no annotation; "stopped" when it changed at most ``loop.min_changed`` of them; "failed"
+    with the error (with the model's measurements where only the round's annotation stages failed)."""
     row = {**rp.chain.labels(), "round": rp.round, "status": "done"}
-    broken = [failed[k] for k in rp.keys if k in failed]
+    broken = [failed[k] for k in rp.model_keys if k in failed]
     if broken:
         return {**row, "status": "failed", "error": broken[0]}
     try:
-        scores = round_scores(rp, runner, registry, grid.protocol.cam_threshold)
+        scores = round_scores(rp, runner, registry, grid.protocol.cam_threshold, failed)
     except Exception as exc:  # a scoring bug fails the chain, not the loop
         return {**row, "status": "failed", "error": f"scoring: {type(exc).__name__}: {exc}"}
-    if scores["changed"] <= grid.loop.min_changed:
+    broken = [failed[k] for k in rp.annotation_keys if k in failed]
+    if broken:
+        return {**row, **scores, "status": "failed", "error": broken[0]}
+    if scores["changed"] == 0:
         row["status"] = "converged"
+    elif scores["changed"] <= grid.loop.min_changed:
+        row["status"] = "stopped"
     return {**row, **scores}
 
 
@@ -233,7 +256,7 @@ def loop(grid_path, out_dir, *, retry_failed: bool = False, executor_override: d
     counts = {"stages_run": 0, "stages_reused": 0, "stages_failed": 0, "trainings_run": 0, "trainings_reused": 0}
     try:
         store.lock()
-        shutil.copyfile(grid_path, out_dir / "grid.yaml")
+        copy_grid(grid_path, out_dir)
         runner = StageRunner(store.cache, registry, device=grid.device, progress=progress)
         annotations: dict[Chain, str | None] = {chain: None for chain in found}
         executed: set[str] = set()
@@ -254,11 +277,9 @@ def loop(grid_path, out_dir, *, retry_failed: bool = False, executor_override: d
                 for rp in round_plans:
                     row = _round_row(rp, failed, runner, registry, grid)
                     rows.append(row)
-                    if row["status"] == "failed":
-                        annotations.pop(rp.chain)
-                        continue
-                    plans.setdefault(rp.chain, []).append(rp)
-                    if round_ == rounds or row["status"] == "converged":
+                    if row["status"] != "failed":
+                        plans.setdefault(rp.chain, []).append(rp)
+                    if round_ == rounds or row["status"] != "done":
                         annotations.pop(rp.chain)
                     else:
                         annotations[rp.chain] = rp.accept
@@ -271,7 +292,8 @@ def loop(grid_path, out_dir, *, retry_failed: bool = False, executor_override: d
         info = {
             "grid": grid.name, "chains": len(found), "rounds": rounds,
             "chains_failed": int(sum(r["status"] == "failed" for r in rows)),
-            "chains_converged": int(sum(r["status"] == "converged" for r in rows)),
+            "chains_converged": int(sum(r["status"] == "converged" and r["round"] < rounds for r in rows)),
+            "chains_stopped": int(sum(r["status"] == "stopped" and r["round"] < rounds for r in rows)),
             **counts, "wall_s": round(time.perf_counter() - started, 3), "device": runner.device,
             "figures": [str(p.relative_to(out_dir)) for p in written], "report": "loop_report.html",
         }

@@ -114,13 +114,14 @@ def loop_page(title: str, summary: pd.DataFrame, seeds: pd.DataFrame, *, figures
              f"</head><body><h1>{html.escape(title)}</h1>"]
     if run_info:
         parts.append(f"<p>{run_info['chains']} chain(s), up to {run_info['rounds']} round(s) after round 0; "
-                     f"{run_info['chains_converged']} converged early, {run_info['chains_failed']} failed; "
+                     f"{run_info['chains_converged']} converged early, {run_info['chains_stopped']} stopped by "
+                     f"min_changed, {run_info['chains_failed']} failed; "
                      f"{run_info['trainings_run']} trainings run, {run_info['trainings_reused']} reused; "
                      f"{run_info['wall_s']:.1f} s on {html.escape(str(run_info['device']))}.</p>")
     parts.append("<p class='note'>Round r trains the masked model on the round's annotations (round 0: the "
                  "dataset's own). Values are means over seeds with 95% t intervals over seeds in brackets; "
-                 "changes are paired per seed against round 0. A chain that converged counts with its last "
-                 "values in later rounds.</p>")
+                 "changes are paired per seed against round 0. A chain that converged (its annotations stopped "
+                 "changing) counts with its last values in later rounds.</p>")
     if len(summary):
         for reference in dict.fromkeys(summary["reference"]):
             parts.append(f"<p class='note'>{html.escape(REFERENCE_NOTES.get(reference, reference))}</p>")

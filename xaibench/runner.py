@@ -134,6 +134,13 @@ def mixed_logits(ensemble, registry, raw: np.ndarray, masked: np.ndarray | None)
     return rule(torch.from_numpy(raw), torch.from_numpy(masked)).numpy()
 
 
+def copy_grid(grid_path, out_dir: Path) -> None:
+    """Keep the grid beside its results (unless it is that copy, rerun from the results folder)."""
+    target = Path(out_dir) / "grid.yaml"
+    if not (target.exists() and target.resolve() == Path(grid_path).resolve()):
+        shutil.copyfile(grid_path, target)
+
+
 def apply_executor_override(grid, override: dict | None, registry) -> None:
     """Replace the grid's executor by one named on the command line (executors never change results)."""
     if override is None:
@@ -250,7 +257,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
     store = Store(out_dir)
     try:
         store.lock()
-        shutil.copyfile(grid_path, out_dir / "grid.yaml")
+        copy_grid(grid_path, out_dir)
         runner = StageRunner(store.cache, registry, device=grid.device, progress=progress)
         try:
             counts = execute(plan, store, runner, executor, progress=progress, retry_failed=retry_failed)

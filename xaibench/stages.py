@@ -335,8 +335,8 @@ def masks_for_finetuning(masks, has_mask, policy: str, *, seed: int):
     Returns ``(foreground bool (N, H, W), subset index or None)``."""
     annotated = np.flatnonzero(has_mask)
     if len(annotated) == 0:
-        raise UserError("no training sample has an annotation mask, so masked fine-tuning is impossible; "
-                        "use a dataset with masks or drop 'masks' from the grid")
+        raise UserError("no training sample has an annotation mask, so masked fine-tuning (and the annotation "
+                        "loop) is impossible; use a dataset with masks, or drop 'masks' from a grid for 'run'")
     if policy == "drop":
         return masks, annotated
     foreground = masks.copy()
