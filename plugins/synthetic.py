@@ -24,18 +24,17 @@ so a split's agreement is the stated one up to rounding. ``cues(split)`` gives e
 annotations the way human annotators do, keeping the exact masks as ``reference``; ``test`` stays exact. The
 noise has random streams of its own, so it never changes images, labels, cues or exact masks.
 
-Samples are generated lazily on the first ``split(name)`` and cached on the instance. Each split has its own
-random streams, derived from ``seed`` and the split's name, and each tile its own stream derived from those
-and its index, so the same parameters give byte-identical samples and ``n_test`` does not affect ``train``.
+The tiles are drawn by ``xaibench_plugins.synthetic_tiles``. Samples are generated lazily on the first
+``split(name)`` and cached on the instance. Each split has its own random streams, derived from ``seed``
+and the split's name, and each tile its own stream derived from those and its index, so the same
+parameters give byte-identical samples and ``n_test`` does not affect ``train``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
-import math
 from typing import Annotated, Literal
 
 import numpy as np
@@ -44,25 +43,13 @@ from pydantic import Field
 from xaibench.contracts import Sample
 from xaibench.hookspecs import hookimpl
 from xaibench_plugins.annotation_noise import AnnotationNoise, choose_degraded, degrade
+from xaibench_plugins.synthetic_tiles import LAND_COVER_CLASSES, binary_tile, land_cover_tile
 
 # Bump whenever the generated samples change for the same parameters: it is part of the fingerprint.
 GENERATOR_VERSION = 1
 
 BINARY_CLASSES = ["absent", "present"]
-LAND_COVER_CLASSES = ["artificial", "bare", "water", "cropland", "grassland", "scrub", "forest"]
 SPLITS = ("train", "val", "test")
-
-# Lengths below are in pixels of a 96-pixel tile and scale with image_size. Colours are RGB in 0..255.
-REFERENCE_SIZE = 96
-GROUND = np.array(
-    [[112, 132, 70], [150, 146, 92], [128, 104, 76], [92, 106, 62], [136, 128, 84]], np.float32
-)  # grass, dry grass, soil, scrub, stubble
-CROWN = np.array([34, 70, 48], np.float32)
-SHRUBS = np.array([[116, 106, 58], [108, 86, 56], [96, 100, 50]], np.float32)  # olive, brown, khaki
-ROAD = np.array([214, 208, 196], np.float32)
-ROAD_HALF_WIDTH = 2.5
-VERGE = 1.5
-
 
 class SyntheticDataset:
     """Procedural aerial tiles with exact relevance masks and a tunable spurious background cue.
@@ -145,7 +132,7 @@ class SyntheticDataset:
             key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
             plan_rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(key, 0)))
             labels, cues = _plan(plan_rng, size, num_classes, agreement)
-            draw = _binary_tile if self.task == "binary" else _land_cover_tile
+            draw = binary_tile if self.task == "binary" else land_cover_tile
             samples = []
             for index, (label, cue) in enumerate(zip(labels.tolist(), cues.tolist())):
                 rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(key, 1, index)))
@@ -199,284 +186,3 @@ def _apportion(rng, expected: np.ndarray) -> np.ndarray:
     order = np.lexsort((rng.random(len(expected)), -(expected - counts)))
     counts[order[:missing]] += 1
     return counts
-
-
-# -- shared drawing helpers --------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=8)
-def _squared_frequencies(size: int) -> np.ndarray:
-    return (np.fft.fftfreq(size)[:, None] ** 2 + np.fft.rfftfreq(size)[None, :] ** 2).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=8)
-def _coordinates(size: int) -> tuple[np.ndarray, np.ndarray]:
-    rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
-    rows.setflags(write=False)
-    cols.setflags(write=False)
-    return rows, cols
-
-
-@functools.lru_cache(maxsize=64)
-def _low_pass(size: int, sigma: float) -> np.ndarray:
-    return np.exp(-2 * np.pi**2 * sigma**2 * _squared_frequencies(size)).astype(np.float32)
-
-
-def _noise(rng, size: int, sigmas) -> np.ndarray:
-    """Periodic Gaussian-smoothed noise, one field per width in ``sigmas`` (pixels).
-
-    float32 (len(sigmas), size, size), each field with zero mean and unit standard deviation."""
-    import scipy.fft  # 4x faster than numpy.fft on float32
-
-    # Uniform white noise is 6x cheaper to draw than normal, and the low-pass filter makes it Gaussian anyway.
-    white = rng.random((len(sigmas), size, size), dtype=np.float32)
-    # Filtering in the Fourier domain costs the same for any width, so wide fields are as cheap as fine ones.
-    spectrum = scipy.fft.rfft2(white)
-    spectrum *= np.stack([_low_pass(size, float(sigma)) for sigma in sigmas])
-    spectrum[:, 0, 0] = 0  # zero mean
-    fields = scipy.fft.irfft2(spectrum, s=(size, size))
-    fields /= fields.std(axis=(1, 2), keepdims=True) + 1e-6
-    return fields
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _road_distance(rng, size: int, angle: float, max_offset: float) -> np.ndarray:
-    """Distance (pixels) of every pixel from a straight line at ``angle`` (radians from the x axis)."""
-    rows, cols = _coordinates(size)
-    offset = rng.uniform(-max_offset, max_offset)
-    centre = (size - 1) / 2
-    return np.abs((cols - centre) * -math.sin(angle) + (rows - centre) * math.cos(angle) - offset)
-
-
-def _draw_road(rng, image: np.ndarray, distance: np.ndarray, unit: float, grain: np.ndarray) -> None:
-    half_width = ROAD_HALF_WIDTH * unit
-    verge = (distance > half_width) & (distance <= half_width + VERGE * unit)
-    image[verge] *= 0.8
-    surface = distance <= half_width
-    colour = ROAD * rng.uniform(0.97, 1.02)
-    image[surface] = colour * (1 + 0.025 * grain[surface])[:, None]
-
-
-def _finish(rng, image: np.ndarray) -> np.ndarray:
-    image *= rng.uniform(0.95, 1.05)  # illumination
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
-
-
-# -- binary: target crowns among distractor shrubs ---------------------------------------------------------
-
-
-def _binary_tile(rng, size: int, label: int, cue: int, num_classes: int):
-    unit = size / REFERENCE_SIZE
-    low, mid, grain, clumps = _noise(rng, size, np.array([19.2, 6.0, 0.7, 1.2]) * unit)
-    first, second = GROUND[rng.choice(len(GROUND), 2, replace=False)] * rng.uniform(0.92, 1.08)
-    blend = _sigmoid(1.8 * low)[..., None]
-    image = first * (1 - blend) + second * blend
-    image *= (1 + 0.07 * mid + 0.05 * grain)[..., None]
-
-    road = _road_distance(rng, size, rng.uniform(0, np.pi), 0.25 * size) if cue else None
-    road_zone = (ROAD_HALF_WIDTH + VERGE) * unit
-
-    sun = rng.uniform(0, 2 * np.pi)
-    towards_sun = np.array([np.sin(sun), np.cos(sun)])  # (row, col)
-    taken: list[tuple[float, float, float]] = []
-    crowns = []
-    if label:
-        for radius in rng.uniform(6, 12, rng.integers(1, 5)) * unit:
-            crowns += _place(rng, size, radius, taken, road, road_zone)
-    distractors = []
-    for _ in range(rng.integers(1, 4)):
-        if rng.random() < 0.65:
-            radius, colour, texture = rng.uniform(3, 8) * unit, SHRUBS[rng.integers(len(SHRUBS))], 0.12
-        else:
-            radius, colour, texture = rng.uniform(2, 4.5) * unit, CROWN * 1.15, 0.15
-        distractors += [(blob, colour, texture) for blob in _place(rng, size, radius, taken, road, road_zone)]
-
-    brightness, hue = rng.uniform(0.85, 1.15, (len(crowns), 1)), rng.uniform(0.95, 1.05, (len(crowns), 3))
-    crown_colours = CROWN * brightness * hue
-    everything = distractors + [(blob, colour, 0.22) for blob, colour in zip(crowns, crown_colours)]
-    for blob, _, _ in everything:
-        shift = -0.35 * blob.radius * towards_sun
-        box, rel, _, _ = _footprint(blob, size, shift)
-        image[box] *= (1 - 0.45 * np.clip((1.15 - rel) / 0.3, 0, 1))[..., None]
-    mask = np.zeros((size, size), bool)
-    for index, (blob, colour, texture) in enumerate(everything):
-        box, rel, d_row, d_col = _footprint(blob, size)
-        inside = rel <= 1
-        sunlit = d_row * towards_sun[0] + d_col * towards_sun[1]
-        shade = 0.8 + 0.3 * (1 - np.minimum(rel, 1) ** 2) + 0.15 * sunlit
-        pixels = colour * (shade * (1 + texture * clumps[box]))[..., None]
-        image[box][inside] = pixels[inside]
-        if index >= len(distractors):
-            mask[box] |= inside
-
-    if road is not None:
-        _draw_road(rng, image, road, unit, grain)
-        mask &= road > road_zone
-    return _finish(rng, image), (mask if label else None)
-
-
-class _Blob:
-    __slots__ = ("row", "col", "radius", "wobble", "phase")
-
-    def __init__(self, rng, row: float, col: float, radius: float):
-        self.row, self.col, self.radius = row, col, radius
-        self.wobble = rng.uniform(0, 0.09, (3, 1, 1))  # amplitudes of the rim's 2nd..4th harmonics
-        self.phase = rng.uniform(0, 2 * np.pi, (3, 1, 1))
-
-
-def _place(rng, size: int, radius: float, taken: list, road, road_zone: float) -> list[_Blob]:
-    """One blob of ``radius`` clear of the road (with its shadow) and of earlier blobs, or none if crowded."""
-    candidates = rng.uniform(radius + 1, size - radius - 1, (128, 2))
-    ok = np.ones(len(candidates), bool)
-    if road is not None:
-        cells = candidates.astype(int)
-        ok &= road[cells[:, 0], cells[:, 1]] > road_zone + 1.5 * radius + 1
-    for row, col, other in taken:
-        ok &= np.hypot(candidates[:, 0] - row, candidates[:, 1] - col) > 1.1 * (radius + other) + 1
-    if not ok.any():
-        return []
-    blob = _Blob(rng, *candidates[np.argmax(ok)], radius)
-    taken.append((blob.row, blob.col, radius))
-    return [blob]
-
-
-def _footprint(blob: _Blob, size: int, shift=(0.0, 0.0)):
-    """The blob's bounding box and, over it, radial position relative to the rim (< 1 inside) and offsets
-    from the centre in radii."""
-    row, col = blob.row + shift[0], blob.col + shift[1]
-    reach = int(np.ceil(1.5 * blob.radius)) + 1  # the rim wobbles out to 1.27 radii, shadows fade to 1.46
-    r0, r1 = max(0, int(row) - reach), min(size, int(row) + reach + 1)
-    c0, c1 = max(0, int(col) - reach), min(size, int(col) + reach + 1)
-    d_row = (np.arange(r0, r1, dtype=np.float32)[:, None] - row) / blob.radius
-    d_col = (np.arange(c0, c1, dtype=np.float32)[None, :] - col) / blob.radius
-    d_row, d_col = np.broadcast_arrays(d_row, d_col)
-    angle = np.arctan2(d_row, d_col)
-    harmonics = np.arange(2, 5)[:, None, None]
-    rim = 1 + (blob.wobble * np.cos(harmonics * angle + blob.phase)).sum(axis=0)
-    return (slice(r0, r1), slice(c0, c1)), np.hypot(d_row, d_col) / rim, d_row, d_col
-
-
-# -- multiclass: land-cover regions ------------------------------------------------------------------------
-
-
-def _land_cover_tile(rng, size: int, label: int, cue: int, num_classes: int):
-    unit = size / REFERENCE_SIZE
-    angle = (cue + rng.uniform(-0.3, 0.3)) * np.pi / num_classes
-    road = _road_distance(rng, size, angle, 0.2 * size)
-    road_zone = road <= (ROAD_HALF_WIDTH + VERGE) * unit
-
-    others = rng.choice([c for c in range(num_classes) if c != label], min(3, num_classes - 1), replace=False)
-    # The labelled region is the largest: each other class gets at most 85 % of its area.
-    dominant = rng.uniform(max(0.35, 1 / (1 + 0.85 * len(others)) + 0.02), 0.8)
-    shares = rng.dirichlet(np.full(len(others), 3.0)) * (1 - dominant)
-    even, cap = (1 - dominant) / len(others), 0.85 * dominant
-    if shares.max() > cap:
-        shares = even + (shares - even) * (cap - even) / (shares.max() - even)
-
-    # The tile's noise in one batch: region, patchwork and grain fields, then one per texture that has one.
-    textures = [(cls, *TEXTURES[LAND_COVER_CLASSES[cls]]) for cls in (label, *others.tolist())]
-    widths = [12.0, 9.6, 0.7] + [width for _, _, width in textures if width is not None]
-    region_field, parts_field, grain, *texture_fields = _noise(rng, size, np.array(widths) * unit)
-
-    rows, cols = _coordinates(size)
-    centre = rng.uniform(0.3, 0.7, 2) * size
-    score = region_field - 2.5 * np.hypot(rows - centre[0], cols - centre[1]) / size
-    score[road_zone] = -np.inf
-    region_pixels = round(dominant * size * size)
-    mask = np.zeros(size * size, bool)
-    mask[np.argpartition(-score.ravel(), region_pixels - 1)[:region_pixels]] = True
-    mask = mask.reshape(size, size)
-
-    cover = np.full(size * size, label)
-    background = np.flatnonzero(~mask.ravel())
-    background = background[np.argsort(parts_field.ravel()[background], kind="stable")]
-    cuts = np.round(np.cumsum(shares)[:-1] / shares.sum() * len(background)).astype(int)
-    for other, pixels in zip(others, np.split(background, cuts)):
-        cover[pixels] = other
-    cover = cover.reshape(size, size)
-
-    image = np.empty((size, size, 3), np.float32)
-    fields = iter(texture_fields)
-    for cls, texture, width in textures:
-        field = next(fields) if width is not None else None
-        np.copyto(image, texture(rng, field, grain, size, unit), where=(cover == cls)[..., None])
-    _draw_road(rng, image, road, unit, grain)
-    return _finish(rng, image), mask
-
-
-def _tone(rng, colour) -> np.ndarray:
-    """``colour`` with a random brightness and a slight random hue shift."""
-    jitter = rng.uniform(0.92, 1.08) * rng.uniform(0.97, 1.03, 3)
-    return (np.asarray(colour) * jitter).astype(np.float32)
-
-
-# Each texture: float32 (size, size, 3) from the tile's pixel grain and its own smooth noise field, whose
-# width in reference pixels is listed in TEXTURES (None: the texture ignores it).
-def _artificial(rng, field, grain, size, unit):
-    """Irregular blocks of roofs and paving separated by dark streets."""
-    palette = np.array(
-        [[110, 110, 112], [90, 92, 96], [128, 80, 68], [104, 98, 90], [116, 118, 120]], np.float32
-    )  # kept darker than the road, so the road stays the only pale grey
-    street_width = max(1, round(1.5 * unit))
-    axes = []
-    for _ in range(2):
-        edges = rng.uniform(0, 14 * unit) + np.cumsum(rng.uniform(7, 16, size) * unit)
-        cells = np.searchsorted(edges, np.arange(size))
-        starts = np.flatnonzero(np.diff(cells)) + 1
-        axes.append((cells, np.isin(np.arange(size), starts[:, None] + np.arange(street_width))))
-    (row_cells, row_street), (col_cells, col_street) = axes
-    blocks = palette[rng.integers(len(palette), size=(row_cells.max() + 1, col_cells.max() + 1))]
-    image = blocks[row_cells[:, None], col_cells[None, :]] * rng.uniform(0.92, 1.05)
-    image[row_street[:, None] | col_street[None, :]] = _tone(rng, [70, 70, 74])
-    return image * (1 + 0.03 * grain)[..., None]
-
-
-def _bare(rng, field, grain, size, unit):
-    return _tone(rng, [166, 140, 106]) * (1 + 0.06 * field + 0.05 * grain)[..., None]
-
-
-def _water(rng, field, grain, size, unit):
-    rows, cols = _coordinates(size)
-    swell = np.sin(2 * np.pi * (rows * math.cos(rng.uniform(0, np.pi)) + cols) / (9 * unit))
-    return _tone(rng, [38, 66, 92]) * (1 + 0.05 * field + 0.02 * swell)[..., None]
-
-
-def _cropland(rng, field, grain, size, unit):
-    """Parallel crop rows in one direction."""
-    rows, cols = _coordinates(size)
-    direction = rng.uniform(0, np.pi)
-    period = rng.uniform(5, 9) * unit
-    across = cols * math.cos(direction) + rows * math.sin(direction)
-    stripes = (0.5 + 0.5 * np.sin((2 * np.pi / period) * across))[..., None]
-    image = _tone(rng, [102, 142, 62]) * stripes + _tone(rng, [142, 122, 84]) * (1 - stripes)
-    return image * (1 + 0.05 * grain)[..., None]
-
-
-def _grassland(rng, field, grain, size, unit):
-    return _tone(rng, [134, 158, 86]) * (1 + 0.06 * field + 0.04 * grain)[..., None]
-
-
-def _scrub(rng, field, grain, size, unit):
-    """Mottled olive bushes over dry ground."""
-    bushes = _sigmoid(3 * field)[..., None]
-    image = _tone(rng, [84, 98, 56]) * bushes + _tone(rng, [126, 118, 78]) * (1 - bushes)
-    return image * (1 + 0.05 * grain)[..., None]
-
-
-def _forest(rng, field, grain, size, unit):
-    """Dense dark canopy: bright crowns with dark gaps between them."""
-    return _tone(rng, [40, 72, 42]) * (0.6 + 0.6 * _sigmoid(2.5 * field))[..., None]
-
-
-TEXTURES = {
-    "artificial": (_artificial, None),
-    "bare": (_bare, 5.0),
-    "water": (_water, 16.0),
-    "cropland": (_cropland, None),
-    "grassland": (_grassland, 6.0),
-    "scrub": (_scrub, 2.5),
-    "forest": (_forest, 1.6),
-}

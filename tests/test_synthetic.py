@@ -72,8 +72,8 @@ def test_plugin_registers_the_dataset_and_its_parameters_are_validated():
 
 def test_construction_does_no_work_and_splits_are_generated_once(monkeypatch):
     calls = []
-    draw = synthetic._binary_tile
-    monkeypatch.setattr(synthetic, "_binary_tile", lambda *args: calls.append(args) or draw(*args))
+    draw = synthetic.binary_tile
+    monkeypatch.setattr(synthetic, "binary_tile", lambda *args: calls.append(args) or draw(*args))
     dataset = SyntheticDataset(n_train=6, n_val=2, n_test=4, image_size=32)
     assert calls == []
     first = dataset.split("train")
