@@ -219,7 +219,7 @@ def loop_figures(summary, plans: dict, runner, out_dir: Path, *, n_images: int =
     (yellow) and its IoU to the reference."""
     from matplotlib.ticker import MaxNLocator
 
-    from .loop import LABELS, METRICS
+    from .loop import METRICS, varying_labels
     from .metrics import iou
 
     figures = Path(out_dir) / "figures"
@@ -228,7 +228,7 @@ def loop_figures(summary, plans: dict, runner, out_dir: Path, *, n_images: int =
             stale.unlink()
         return []
     plt = _pyplot()
-    varying = [c for c in LABELS if summary[c].astype(str).nunique() > 1] or ["mask"]
+    varying = varying_labels(summary) or ["mask"]
     configurations = list(summary.groupby(varying, sort=False, dropna=False))
     panels = ("annotation_iou", "accuracy", "jaccard", "proposal_iou", "accepted", "changed")
     fig, axes = plt.subplots(2, 3, figsize=(11, 6.4), squeeze=False)

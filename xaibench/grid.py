@@ -363,19 +363,19 @@ class Cell:
         }
 
 
-def _all(specs: list[ComponentSpec]) -> list[Choice]:
+def all_choices(specs: list[ComponentSpec]) -> list[Choice]:
     return [choice for spec in specs for choice in spec.choices()]
 
 
 def expand(grid: Grid) -> list[Cell]:
     """The cross product of a grid, in a stable order: baseline cells first, then each mask × ensemble."""
-    variants = [(None, None)] + [(m, e) for m in _all(grid.masks) for e in _all(grid.ensembles)]
-    explainers = _all(grid.explainers) or [None]
+    variants = [(None, None)] + [(m, e) for m in all_choices(grid.masks) for e in all_choices(grid.ensembles)]
+    explainers = all_choices(grid.explainers) or [None]
     chains = [(None, None)]
     if grid.segmenters:
-        chains = [(s, g) for s in _all(grid.seeders) for g in _all(grid.segmenters)]
+        chains = [(s, g) for s in all_choices(grid.seeders) for g in all_choices(grid.segmenters)]
     cells = []
-    for dataset, backbone, seed in itertools.product(_all(grid.datasets), _all(grid.backbones), grid.seeds):
+    for dataset, backbone, seed in itertools.product(all_choices(grid.datasets), all_choices(grid.backbones), grid.seeds):
         for (mask, ensemble), explainer, (seeder, segmenter) in itertools.product(variants, explainers, chains):
             if explainer is None:
                 seeder = segmenter = None

@@ -36,10 +36,10 @@ import pandas as pd
 
 from . import metrics, stats
 from .errors import GridError
-from .grid import Cell, Choice, Grid, expand, load_grid
+from .grid import Cell, Choice, Grid, all_choices, expand, load_grid
 from .plan import Plan, PlanBuilder, check_components
 from .registry import get_registry
-from .runner import apply_executor_override, copy_grid, execute, mixed_logits
+from .runner import apply_executor_override, checked_executor, copy_grid, execute, mixed_logits
 from .stages import StageRunner, unpack_masks
 from .store import Store, atomic_write_text, load_arrays
 
@@ -95,7 +95,7 @@ class RoundPlan:
 def chains(grid: Grid) -> list[Chain]:
     """Every loop of a grid: each cell with a mask and a segmenter, times each acceptance rule."""
     cells = [c for c in expand(grid) if c.mask is not None and c.segmenter is not None]
-    acceptors = dict.fromkeys(choice for spec in grid.loop.acceptors for choice in spec.choices())
+    acceptors = dict.fromkeys(all_choices(grid.loop.acceptors))
     return [Chain(cell, acceptor) for cell in cells for acceptor in acceptors]
 
 
@@ -109,8 +109,6 @@ def load_loop_grid(grid_path, registry) -> tuple[Grid, list[Chain], PlanBuilder]
     found = chains(grid)
     acceptors = {("acceptors", chain.acceptor) for chain in found}
     fingerprints = check_components([chain.cell for chain in found], registry, extra=tuple(acceptors))
-    for kind, acceptor in acceptors:
-        registry.validate(kind, acceptor.name, acceptor.params)
     from .training import resolve_device
 
     resolve_device(grid.device, what=f"{grid_path}: device")
@@ -183,15 +181,20 @@ def summarise(rows: pd.DataFrame, rounds: int) -> pd.DataFrame:
                    "reference": next(iter(present.values()))["reference"]}
             for metric in METRICS:  # every one a share or an IoU: intervals are clipped to [0, 1]
                 values = np.array([float(r[metric]) for r in present.values()])
-                row[metric] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+                row[metric] = metrics.mean_excluding_nan(values)[0]
                 row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = np.clip(stats.seed_ci(values), 0.0, 1.0)
             for metric in CHANGE_METRICS:
                 change = np.array([float(r[metric]) - float(per_seed[s].loc[0, metric]) for s, r in present.items()
                                    if 0 in per_seed[s].index])
-                row[f"{metric}_change"] = float(np.nanmean(change)) if np.isfinite(change).any() else float("nan")
+                row[f"{metric}_change"] = metrics.mean_excluding_nan(change)[0]
                 row[f"{metric}_change_ci_low"], row[f"{metric}_change_ci_high"] = stats.seed_ci(change)
             out.append(row)
     return pd.DataFrame(out)
+
+
+def varying_labels(summary: pd.DataFrame) -> list[str]:
+    """The label columns (``LABELS``) that tell a summary's configurations apart."""
+    return [c for c in LABELS if summary[c].astype(str).nunique() > 1]
 
 
 def _carried(runs: pd.DataFrame, rounds: int) -> pd.DataFrame:
@@ -247,9 +250,7 @@ def loop(grid_path, out_dir, *, retry_failed: bool = False, executor_override: d
     registry = registry or get_registry()
     grid, found, builder = load_loop_grid(grid_path, registry)
     apply_executor_override(grid, executor_override, registry)
-    executor = registry.create("executors", grid.executor.name, **grid.executor.params)
-    if hasattr(executor, "check"):
-        executor.check()
+    executor = checked_executor(grid, registry)
     out_dir = Path(out_dir)
     store = Store(out_dir)
     rounds, rows, plans = grid.loop.rounds, [], {}

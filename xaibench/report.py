@@ -48,11 +48,15 @@ CAPTIONS = {
 }
 
 
+def _open(title: str) -> list[str]:
+    return [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style>",
+            f"</head><body><h1>{html.escape(title)}</h1>"]
+
+
 def page(title: str, df: pd.DataFrame, summary: pd.DataFrame, *, published=None, figures=(), run_info=None,
          grid_text: str | None = None) -> str:
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style>",
-             f"</head><body><h1>{html.escape(title)}</h1>"]
+    parts = _open(title)
     if run_info:
         parts.append(f"<p>{run_info.get('cells_done', '?')} of {run_info.get('cells', '?')} cells done, "
                      f"{run_info.get('cells_failed', 0)} failed; {run_info.get('trainings_run', 0)} trainings run, "
@@ -107,11 +111,9 @@ def loop_page(title: str, summary: pd.DataFrame, seeds: pd.DataFrame, *, figures
               grid_text: str | None = None) -> str:
     """The annotation loop's report: per configuration, each round's measurements with t intervals over
     seeds and the change from round 0, the figures, the per-seed rows, the grid and the machine."""
-    from .loop import LABELS, METRICS
+    from .loop import LABELS, METRICS, varying_labels
 
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style>",
-             f"</head><body><h1>{html.escape(title)}</h1>"]
+    parts = _open(title)
     if run_info:
         parts.append(f"<p>{run_info['chains']} chain(s), up to {run_info['rounds']} round(s) after round 0; "
                      f"{run_info['chains_converged']} converged early, {run_info['chains_stopped']} stopped by "
@@ -127,7 +129,7 @@ def loop_page(title: str, summary: pd.DataFrame, seeds: pd.DataFrame, *, figures
             parts.append(f"<p class='note'>{html.escape(REFERENCE_NOTES.get(reference, reference))}</p>")
         header = ["round", "seeds", "accuracy", "Δ accuracy", "Jaccard", "Δ Jaccard", "annotation IoU",
                   "Δ annotation IoU", "segmentation IoU", "accepted", "changed"]
-        varying = [c for c in LABELS if summary[c].astype(str).nunique() > 1]
+        varying = varying_labels(summary)
         common = [f"{c}={summary[c].iloc[0]}" for c in LABELS if c not in varying and str(summary[c].iloc[0]) != ""]
         parts.append(f"<p>Every configuration: {html.escape(' · '.join(common))}</p>")
         groups = summary.groupby(varying, sort=False, dropna=False) if varying else [((), summary)]

@@ -141,6 +141,14 @@ def copy_grid(grid_path, out_dir: Path) -> None:
         shutil.copyfile(grid_path, target)
 
 
+def checked_executor(grid, registry):
+    """The grid's executor, built and ``check()``-ed (an unreachable cluster fails before anything runs)."""
+    executor = registry.create("executors", grid.executor.name, **grid.executor.params)
+    if hasattr(executor, "check"):
+        executor.check()
+    return executor
+
+
 def apply_executor_override(grid, override: dict | None, registry) -> None:
     """Replace the grid's executor by one named on the command line (executors never change results)."""
     if override is None:
@@ -250,9 +258,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
     if dry_run:
         echo(describe_plan(grid, plan))
         return {"cells": len(plan.cells), "trainings": plan.count(*TRAINING_KINDS), "dry_run": True}
-    executor = registry.create("executors", grid.executor.name, **grid.executor.params)
-    if hasattr(executor, "check"):
-        executor.check()
+    executor = checked_executor(grid, registry)
     out_dir = Path(out_dir)
     store = Store(out_dir)
     try:
