@@ -136,14 +136,14 @@ def test_a_round_trains_on_its_annotations(loop_grid, registry):
     """The round-1 model is fine-tuned on the accepted masks: its stage depends on the accept stage and
     its weights differ from round 0's, while round 0 shares its key with ``xaibench run``."""
     from xaibench.grid import expand, load_grid
-    from xaibench.loop import load_loop_grid, plan_round
-    from xaibench.plan import build_plan
+    from xaibench.plan import build_plan, plan_loop
 
     loop_grid(rounds=1, acceptors="square")
     path = loop_grid.out / "grid.yaml"
-    grid, chains, builder = load_loop_grid(path, registry)
-    first = plan_round(builder, chains[0], 0, None)
-    second = plan_round(builder, chains[0], 1, first.accept)
+    planner = plan_loop(path, registry)
+    builder = planner.builder
+    first = planner.round(planner.chains[0], 0, None)
+    second = planner.round(planner.chains[0], 1, first.accept)
     plan = build_plan(load_grid(path, registry), expand(load_grid(path, registry)), registry)
     run_keys = {s.key for s in plan.stages.values() if s.kind == "finetune"}
     finetunes = [k for k, s in builder.stages.items() if s.kind == "finetune"]
@@ -186,7 +186,8 @@ def test_a_broken_acceptor_fails_its_chains_and_says_why(loop_grid, capsys):
     assert code == 1
     seeds = pd.read_csv(loop_grid.out / "loop_seeds.csv")
     assert set(seeds["status"]) == {"failed"} and info["chains_failed"] == 1
-    assert "acceptor 'broken' returned bool (3, 3)" in seeds["error"].iloc[0]
+    error = seeds["error"].iloc[0]
+    assert "acceptor 'broken' (plugin 'test-acceptors'" in error and "returned bool (3, 3)" in error
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -216,7 +217,7 @@ def test_the_report_shows_every_round_and_embeds_its_figures(loop_grid):
 
 
 def test_summary_intervals_over_seeds_and_carry_forward():
-    from xaibench.loop import LABELS, summarise
+    from xaibench.loop_tables import LABELS, summarise
 
     base = {k: "x" for k in LABELS}
     rows = []

@@ -2,8 +2,7 @@
 
 from .hookspecs import hookimpl
 from .registry import create, get_registry
-
-__version__ = "0.2.0"
+from .version import __version__
 
 
 def load_dataset(name: str, /, **params):

@@ -7,10 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 
+import pandas as pd
+import yaml
+
+from . import data, latex, leaderboard, loop, report
 from .errors import PluginError, UserError
+from .registry import KINDS, get_registry
+from .runner import run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,19 +90,12 @@ def _executor_override(args) -> dict | None:
 
 
 def _cmd_loop(args) -> int:
-    from . import loop
-
     out = Path(args.out) if args.out else Path("runs") / Path(args.grid).stem
     if args.dry_run:
-        from .registry import get_registry
-
         registry = get_registry()
-        grid, chains, _ = loop.load_loop_grid(args.grid, registry)
-        loop.apply_executor_override(grid, _executor_override(args), registry)
-        print(f"grid {grid.name!r}: {len(chains)} chain(s), up to {grid.loop.rounds} round(s) after round 0, "
-              f"at most {len(chains) * (grid.loop.rounds + 1)} masked trainings")
-        for chain in chains:
-            print("  " + " | ".join(f"{k}={v}" for k, v in chain.labels().items() if v != ""))
+        planner = loop.load_loop_grid(args.grid, registry)
+        loop.apply_executor_override(planner.grid, _executor_override(args), registry)
+        print(loop.describe(planner))
         return 0
     info = loop.loop(args.grid, out, retry_failed=args.retry_failed, executor_override=_executor_override(args),
                      progress=not args.quiet)
@@ -107,66 +108,56 @@ def _cmd_loop(args) -> int:
           f"by min_changed, {info['chains_failed']} failed; "
           f"trainings: {info['trainings_run']} run, {info['trainings_reused']} reused; {info['wall_s']:.1f} s on "
           f"{info['device']}")
+    for line in _failure_lines(info, out, what="chain rounds"):
+        print(line)
     print(f"results: {out / 'loop.csv'}, {out / 'loop_seeds.csv'}, {out / 'loop_report.html'}, {out / 'figures'}/")
-    return 1 if info["chains_failed"] else 0
+    return 1 if info["chains_failed"] or info["presentation_errors"] else 0
 
 
 def _read_csv(path: Path):
-    import pandas as pd
-
     try:
         return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
+    except (pd.errors.EmptyDataError, FileNotFoundError):
         return pd.DataFrame()
 
 
 def _cmd_run(args) -> int:
-    from .runner import run
-
     out = Path(args.out) if args.out else Path("runs") / Path(args.grid).stem
     executor = _executor_override(args)
     summary = run(args.grid, out, dry_run=args.dry_run, retry_failed=args.retry_failed, executor_override=executor,
                   progress=not args.quiet)
     if args.dry_run:
         return 0
-    from . import leaderboard
-
     df, files, published = leaderboard.load_runs([out])
     print(leaderboard.markdown(df, leaderboard.summarise(df, files), f"xaibench: {summary['grid']}", published,
                                brief=True))
     print(f"cells: {summary['cells_done']} done, {summary['cells_failed']} failed of {summary['cells']}; "
           f"trainings: {summary['trainings_run']} run, {summary['trainings_reused']} reused; "
           f"{summary['wall_s']:.1f} s on {summary['device']}")
-    for line in failures(out):
+    for line in _failure_lines(summary, out, what="cells"):
         print(line)
     print(f"results: {out / 'leaderboard.md'}, {out / 'report.html'}, {out / 'run.json'}, {out / 'figures'}/")
-    return 1 if summary["cells_failed"] else 0
+    return 1 if summary["cells_failed"] or summary["presentation_errors"] else 0
 
 
-def failures(out: Path) -> list[str]:
-    """One line per failed cell of a run directory, and where its traceback is."""
-    from .store import Store
-
-    store = Store.open_existing(out)
-    try:
-        failed = [c for c in store.cells() if c["status"] != "done"]
-    finally:
-        store.close()
-    if not failed:
-        return []
-    lines = [f"failed cells ({len(failed)}); tracebacks are in {out / 'store.sqlite'} (table stages), "
-             "rerun with --retry-failed once fixed:"]
-    for c in failed[:20]:
-        lines.append(f"  {c['dataset']} seed={c['seed']} {c['mask']} {c['ensemble']} {c['explainer']} "
-                     f"{c['seeder']} {c['segmenter']}: {c['error']}")
-    if len(failed) > 20:
-        lines.append(f"  ... and {len(failed) - 20} more (leaderboard.md lists them all)")
+def _failure_lines(summary: dict, out: Path, *, what: str) -> list[str]:
+    """The failures behind a command's failed cells (or loop rounds), and the products it could not write."""
+    lines = []
+    failures = summary.get("failures") or []
+    if failures:
+        lines.append(f"failures ({len(failures)}); tracebacks are in {out / 'store.sqlite'} (table stages), "
+                     "rerun with --retry-failed once fixed:")
+        for f in failures[:20]:
+            who = f" [{f['component']}]" if f["component"] else ""
+            lines.append(f"  {f['stage']}{who}: {f['message']} ({f['cells']} {what})")
+        if len(failures) > 20:
+            lines.append(f"  ... and {len(failures) - 20} more (the report lists them all)")
+    for problem in summary.get("presentation_errors") or []:
+        lines.append(f"not written: {problem['what']}: {problem['error']}")
     return lines
 
 
 def _cmd_plugins(args) -> int:
-    from .registry import KINDS, get_registry
-
     if args.kind and args.kind not in KINDS:
         raise UserError(f"unknown kind {args.kind!r}; kinds are {', '.join(KINDS)}")
     rows = get_registry().describe()
@@ -177,8 +168,6 @@ def _cmd_plugins(args) -> int:
 
 
 def _parse_value(text: str):
-    import yaml
-
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -214,8 +203,6 @@ def _options(tokens: list[str]) -> dict:
 
 
 def _cmd_data(args) -> int:
-    from . import data
-
     if args.data_command == "prepare":
         options = _options(args.options)
         print(f"prepared: {data.prepare(args.name, options)}")
@@ -234,10 +221,35 @@ def _cmd_data(args) -> int:
     return 0
 
 
-def _cmd_leaderboard(args) -> int:
-    from . import leaderboard
+def render(dirs, fmt: str) -> str:
+    """``xaibench leaderboard``: the merged leaderboard of run directories as md, csv, latex or html.
 
-    text = leaderboard.render(args.dirs, args.format)
+    A folder whose cells all failed or were never finished still shows its failures; a folder with no
+    cell at all is a ``UserError``."""
+    df, files, published = leaderboard.load_runs(dirs)
+    if not len(df):
+        raise UserError(f"{', '.join(map(str, dirs))}: no cell has been recorded yet (the run was interrupted "
+                        "before any stage finished, or this is not a run folder); run 'xaibench run' into it first")
+    summary = leaderboard.summarise(df, files)
+    names = []
+    for directory in dirs:
+        info = Path(directory) / "run.json"
+        try:
+            names.append(json.loads(info.read_text()).get("grid", Path(directory).name))
+        except (OSError, ValueError, AttributeError):
+            continue
+    title = "xaibench leaderboard" + (f": {' + '.join(dict.fromkeys(names))}" if names else "")
+    if fmt == "md":
+        return leaderboard.markdown(df, summary, title, published=published)
+    if fmt == "csv":
+        return summary.to_csv(index=False)
+    if fmt == "latex":
+        return latex.document(df, summary, title, published=published)
+    return report.page(title, df, summary, published=published)
+
+
+def _cmd_leaderboard(args) -> int:
+    text = render(args.dirs, args.format)
     if args.output:
         Path(args.output).write_text(text)
         print(f"written: {args.output}")
@@ -251,8 +263,6 @@ def _warning_line(message, category, filename, lineno, line=None):
 
 
 def main(argv=None) -> int:
-    import warnings
-
     warnings.formatwarning = _warning_line
     args = _parser().parse_args(argv)
     handler = {"run": _cmd_run, "loop": _cmd_loop, "plugins": _cmd_plugins, "data": _cmd_data,
@@ -266,8 +276,6 @@ def main(argv=None) -> int:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into a reader that stopped early (| head): not an error
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
 

@@ -20,6 +20,8 @@ import zipfile
 from pathlib import Path
 
 from .errors import UserError
+from .store import atomic_write_text
+from .version import __version__
 
 MANIFEST_NAME = "xaibench-manifest.json"
 CHUNK = 1 << 20
@@ -63,8 +65,6 @@ def download(url: str, dest: Path, *, sha256: str | None, progress: bool = True)
     import urllib.request
 
     from tqdm import tqdm
-
-    from . import __version__
 
     dest = Path(dest)
     part = dest.with_suffix(dest.suffix + ".part")
@@ -237,6 +237,4 @@ def write_manifest(root: Path, data: dict) -> Path:
     """Write ``data`` as the manifest of ``root`` atomically (a reader sees the old or the new one)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    from .store import atomic_write_text
-
     return atomic_write_text(root / MANIFEST_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -39,3 +39,22 @@ class StageError(XaibenchError):
         super().__init__(message)
         self.key = key
         self.traceback_text = traceback_text
+
+
+class ContractViolation(XaibenchError):
+    """A component's output that breaks its kind's contract (``xaibench.contracts``): the message says what
+    was wrong, e.g. "3 of 9 points outside the 32×32 image, e.g. (42.5, 51.5)"."""
+
+
+class ComponentError(XaibenchError):
+    """A component that raised, or broke its contract, while a stage called it.
+
+    ``component`` names it (kind, name, plugin, distribution and version); ``message`` is what went wrong,
+    with the input it was given where that helps; ``user_error`` is True when the component raised a
+    ``UserError`` (missing weights, bad data on disk): something the user can fix, not a bug."""
+
+    def __init__(self, component: str, message: str, *, user_error: bool = False):
+        super().__init__(f"{component}: {message}")
+        self.component = component
+        self.message = message
+        self.user_error = user_error

@@ -249,8 +249,8 @@ def _readable_loc(loc) -> str:
     return out or "(top level)"
 
 
-def load_grid(path: str | Path, registry=None) -> Grid:
-    """Read, validate and check a grid file against the installed components.
+def load_grid(path: str | Path, registry) -> Grid:
+    """Read, validate and check a grid file against the components of ``registry``.
 
     Raises ``GridError`` naming the file, line and column of every problem found."""
     path = Path(path)
@@ -259,7 +259,7 @@ def load_grid(path: str | Path, registry=None) -> Grid:
     return parse_grid(path.read_text(), str(path), registry=registry)
 
 
-def parse_grid(text: str, path: str = "<grid>", registry=None) -> Grid:
+def parse_grid(text: str, path: str = "<grid>", *, registry) -> Grid:
     source = _Source(text, path)
     if not isinstance(source.data, dict):
         raise GridError(f"{path}: a grid is a YAML mapping with 'datasets', 'backbones', ... at the top level")
@@ -275,10 +275,6 @@ def parse_grid(text: str, path: str = "<grid>", registry=None) -> Grid:
                 msg = "unknown key"
             lines.append(f"{source.where(loc, key=extra)}: {_readable_loc(loc)}: {msg}")
         raise GridError("invalid grid:\n  " + "\n  ".join(lines)) from None
-    if registry is None:
-        from .registry import get_registry
-
-        registry = get_registry()
     problems = []
     checks = [(kind, (section, i), spec) for section, kind in SECTION_KIND.items()
               for i, spec in enumerate(getattr(grid, section))]
@@ -345,22 +341,10 @@ class Cell:
     def cell_id(self) -> str:
         return digest(self.ident)
 
-    def labels(self) -> dict:
-        def label(choice):
-            return choice.label if choice is not None else ""
 
-        alpha = self.ensemble.params.get("alpha") if self.ensemble is not None else None
-        return {
-            "dataset": label(self.dataset),
-            "backbone": label(self.backbone),
-            "seed": self.seed,
-            "mask": label(self.mask) if self.mask else "none",
-            "ensemble": label(self.ensemble) if self.ensemble else "baseline",
-            "alpha": alpha if self.ensemble else 1.0,
-            "explainer": label(self.explainer),
-            "seeder": label(self.seeder),
-            "segmenter": label(self.segmenter),
-        }
+def label_of(choice: Choice | None) -> str:
+    """A choice's label in tables (``name`` or ``name(k=v,...)``); empty for no choice."""
+    return choice.label if choice is not None else ""
 
 
 def all_choices(specs: list[ComponentSpec]) -> list[Choice]:

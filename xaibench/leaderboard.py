@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -18,9 +19,12 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .errors import UserError
+from .records import CELL_LABELS, CONFIG_LABELS, Status, variant_label
+from .store import Store, atomic_write_text, load_arrays
 
-ID_COLUMNS = ["dataset", "backbone", "seed", "mask", "ensemble", "alpha", "explainer", "seeder", "segmenter"]
-CONFIG_COLUMNS = [c for c in ID_COLUMNS if c != "seed"]
+ID_COLUMNS = list(CELL_LABELS)
+CONFIG_COLUMNS = list(CONFIG_LABELS)
 EXPLANATION_METRICS = ["jaccard", "dice", "jaccard_otsu", "jaccard_top20", "roc_auc", "average_precision",
                        "pointing_game", "relevance_mass", "relevance_rank"]
 SEGMENTATION_METRICS = ["seg_iou", "seg_dice", "seg_boundary_f1"]
@@ -33,6 +37,8 @@ METRICS = {
 }
 METRICS["jaccard"] = ("jaccard", 1.0, 3, "Explanation Jaccard vs ground-truth masks")
 METRICS["seg_iou"] = ("seg_iou", 1.0, 3, "Segmentation IoU")
+# The columns every summary has, even one of a run in which no cell finished.
+SUMMARY_COLUMNS = CONFIG_COLUMNS + ["n_seeds", "seeds_expected", "complete"]
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
@@ -46,8 +52,6 @@ def frame(rows: list[dict]) -> pd.DataFrame:
 def load_runs(dirs) -> tuple[pd.DataFrame, dict[str, Path], pd.DataFrame | None]:
     """Cell rows of several run directories merged (the first directory wins a repeated cell), the
     per-image file of each cell, and the published table of the first directory that has one."""
-    from .store import Store
-
     rows, files, published = [], {}, None
     for directory in dirs:
         store = Store.open_existing(Path(directory))
@@ -65,7 +69,8 @@ def load_runs(dirs) -> tuple[pd.DataFrame, dict[str, Path], pd.DataFrame | None]
     return frame(rows), files, published
 
 
-def _name(label) -> str:
+def name_of(label) -> str:
+    """The component name of a label: ``top-k`` of ``top-k(k=3)``."""
     return str(label).split("(", 1)[0]
 
 
@@ -74,8 +79,6 @@ def read_published(path) -> pd.DataFrame:
     table = pd.read_csv(path)
     missing = {"dataset", "mask", "alpha", "accuracy"} - set(table.columns)
     if missing:
-        from .errors import UserError
-
         raise UserError(f"published table {str(path)!r} lacks the columns {sorted(missing)}")
     return table
 
@@ -90,8 +93,6 @@ class _PerImage:
 
     def __call__(self, cell_id: str) -> dict:
         if cell_id not in self.loaded:
-            from .store import load_arrays
-
             path = self.files.get(cell_id)
             self.loaded[cell_id] = load_arrays(path) if path is not None and path.is_file() else {}
         return self.loaded[cell_id]
@@ -107,7 +108,7 @@ def _matrix(per_image: _PerImage, cell_ids, key: str) -> np.ndarray | None:
 def summarise(df: pd.DataFrame, files: dict[str, Path]) -> pd.DataFrame:
     """One row per configuration over its seeds, with CIs, seed spread, seed counts and McNemar p."""
     per_image = _PerImage(files)
-    done = df[df["status"] == "done"]
+    done = df[df["status"] == Status.DONE]
     expected = {key: sorted(group["seed"].unique()) for key, group in df.groupby(["dataset", "backbone"])}
     baseline = {(r["dataset"], r["backbone"], r["seed"]): r["cell_id"]
                 for _, r in done[done["ensemble"] == "baseline"].iterrows()}
@@ -135,7 +136,7 @@ def summarise(df: pd.DataFrame, files: dict[str, Path]) -> pd.DataFrame:
                 test = stats.mcnemar(model.astype(bool), base.astype(bool))
                 row.update(mcnemar_p=test["p"], mcnemar_b=test["b"], mcnemar_c=test["c"])
         out.append(row)
-    return pd.DataFrame(out)
+    return pd.DataFrame(out) if out else pd.DataFrame(columns=SUMMARY_COLUMNS)
 
 
 # -- tables -----------------------------------------------------------------------------------------
@@ -147,19 +148,24 @@ def _fmt(value, scale, digits):
     return f"{value * scale:.{digits}f}"
 
 
-def _row_label(ensemble: str, alpha) -> str:
-    if ensemble == "baseline":
-        return "Baseline"
-    if str(ensemble).startswith("logit-mix(") and alpha is not None:
-        return f"α={alpha:g}"
-    return str(ensemble)
+def _row_labels(frame: pd.DataFrame) -> dict[str, str]:
+    """Ensemble label → row label (``records.variant_label``); where several rules with a mixing weight
+    share a table, their rows also name the rule (``logit-mix α=0.8``)."""
+    weighted = frame[frame["ensemble"] != "baseline"]
+    weighted = weighted[pd.to_numeric(weighted["alpha"], errors="coerce").notna()]
+    named = weighted["ensemble"].map(name_of).nunique() > 1
+    out = {}
+    for ensemble, alpha in zip(frame["ensemble"], frame["alpha"]):
+        label = variant_label(ensemble, alpha)
+        out[ensemble] = f"{name_of(ensemble)} {label}" if named and label.startswith("α=") else label
+    return out
 
 
-def _published_lookup(published: pd.DataFrame | None, dataset: str):
+def published_lookup(published: pd.DataFrame | None, dataset: str):
     """``(mask name, alpha) -> published accuracy in %`` for one dataset, or None."""
     if published is None:
         return None
-    rows = published[published["dataset"] == _name(dataset)]
+    rows = published[published["dataset"] == name_of(dataset)]
     if rows.empty:
         return None
     return {(str(r["mask"]), round(float(r["alpha"]), 6)): float(r["accuracy"]) for _, r in rows.iterrows()}
@@ -183,36 +189,75 @@ class Best(str):
     """A table cell holding its column's best value (rendered bold)."""
 
 
-def table_one(summary: pd.DataFrame, metric: str, published: dict | None = None):
-    """Masks as columns, ensemble rows sorted by α, the baseline row last: ``(header, rows)``.
+@dataclasses.dataclass
+class Entry:
+    """One value of a Table I layout: the summary row it comes from, the published value beside it (or
+    None), and whether it is its column's best."""
 
-    In each mask column the highest mean over the ensemble rows (every metric here is higher-is-better)
-    is marked ``Best``; ties are all marked."""
+    row: pd.Series
+    paper: float | None = None
+    best: bool = False
+
+
+@dataclasses.dataclass
+class TableOne:
+    """The paper's Table I layout of one metric: masks as columns, a row per ensemble (sorted by α) and a
+    baseline row; a missing value is None."""
+
+    metric: str
+    masks: list[str]
+    rows: list[tuple[str, list[Entry | None]]]
+    baseline: Entry | None
+
+
+def table_one_entries(summary: pd.DataFrame, metric: str, published: dict | None = None) -> TableOne:
+    """The values of ``table_one``. In each mask column the highest mean over the ensemble rows (every
+    metric here is higher-is-better) is marked best, when there are several rows; ties are all marked."""
     _, scale, digits, _ = METRICS[metric]
     masks = [m for m in dict.fromkeys(summary["mask"]) if m != "none"]
     ensembles = summary[summary["ensemble"] != "baseline"].sort_values("alpha", kind="stable")
-    header = [""] + (masks or ["raw"])
-    rows, means = [], []
+    row_label = _row_labels(summary)
+    rows = []
     for ensemble, sub in ensembles.groupby("ensemble", sort=False):
         alpha = sub["alpha"].iloc[0]
-        cells, values = [], []
+        entries = []
         for mask in masks:
             hit = sub[sub["mask"] == mask]
-            paper = (published or {}).get((_name(mask), round(float(alpha), 6)))
-            cells.append(_value(hit.iloc[0], metric, scale, digits, paper) if len(hit) else "—")
-            value = hit.iloc[0].get(metric) if len(hit) else None
-            values.append(round(float(value) * scale, digits) if value is not None and not pd.isna(value) else None)
-        rows.append([_row_label(ensemble, alpha)] + cells)
-        means.append(values)
+            paper = (published or {}).get((name_of(mask), round(float(alpha), 6)))
+            entries.append(Entry(hit.iloc[0], paper) if len(hit) else None)
+        rows.append((row_label[ensemble], entries))
+
+    def rounded(entry):
+        value = entry.row.get(metric) if entry is not None else None
+        return round(float(value) * scale, digits) if value is not None and not pd.isna(value) else None
+
     for column in range(len(masks)):
-        finite = [m[column] for m in means if m[column] is not None]
-        for row, m in zip(rows, means):
-            if finite and len(means) > 1 and m[column] == max(finite):
-                row[column + 1] = Best(row[column + 1])
+        values = [rounded(entries[column]) for _, entries in rows]
+        finite = [v for v in values if v is not None]
+        for (_, entries), value in zip(rows, values):
+            if finite and len(rows) > 1 and value == max(finite):
+                entries[column].best = True
     base = summary[summary["ensemble"] == "baseline"]
-    if len(base):
-        paper = (published or {}).get(("none", 1.0))
-        rows.append(["Baseline", _value(base.iloc[0], metric, scale, digits, paper)] + [""] * (len(header) - 2))
+    baseline = Entry(base.iloc[0], (published or {}).get(("none", 1.0))) if len(base) else None
+    return TableOne(metric, masks, rows, baseline)
+
+
+def table_one(summary: pd.DataFrame, metric: str, published: dict | None = None):
+    """Masks as columns, ensemble rows sorted by α, the baseline row last: ``(header, rows)`` of text,
+    each column's best value a ``Best`` (see ``table_one_entries``)."""
+    _, scale, digits, _ = METRICS[metric]
+    table = table_one_entries(summary, metric, published)
+    header = [""] + (table.masks or ["raw"])
+
+    def text(entry):
+        if entry is None:
+            return "—"
+        value = _value(entry.row, metric, scale, digits, entry.paper)
+        return Best(value) if entry.best else value
+
+    rows = [[label] + [text(e) for e in entries] for label, entries in table.rows]
+    if table.baseline is not None:
+        rows.append(["Baseline", text(table.baseline)] + [""] * (len(header) - 2))
     return header, rows
 
 
@@ -223,10 +268,11 @@ def detail_table(summary: pd.DataFrame, metric: str):
     if metric == "accuracy":
         header.append("McNemar p vs baseline (b/c)")
     rows = []
+    row_label = _row_labels(summary)
     for _, r in summary.iterrows():
         if metric not in r or pd.isna(r.get(metric)):
             continue
-        line = [r["mask"], _row_label(r["ensemble"], r["alpha"]), _fmt(r[metric], scale, digits),
+        line = [r["mask"], row_label[r["ensemble"]], _fmt(r[metric], scale, digits),
                 f"[{_fmt(r[f'{metric}_ci_low'], scale, digits)}, {_fmt(r[f'{metric}_ci_high'], scale, digits)}]",
                 _fmt(r[f"{metric}_seed_sd"], scale, digits),
                 f"{r['n_seeds']}/{r['seeds_expected']}" + ("" if r["complete"] else " †")]
@@ -242,6 +288,7 @@ def metrics_table(summary: pd.DataFrame, names: list[str]):
     names = [m for m in names if m in summary and summary[m].notna().any()]
     header = ["mask", "ensemble"] + names
     rows = []
+    row_label = _row_labels(summary)
     for _, r in summary.iterrows():
         cells = []
         for metric in names:
@@ -251,7 +298,7 @@ def metrics_table(summary: pd.DataFrame, names: list[str]):
                 continue
             low, high = r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high")
             cells.append(f"{_fmt(r[metric], scale, digits)} [{_fmt(low, scale, digits)}, {_fmt(high, scale, digits)}]")
-        rows.append([r["mask"], _row_label(r["ensemble"], r["alpha"])] + cells)
+        rows.append([r["mask"], row_label[r["ensemble"]]] + cells)
     return header, rows
 
 
@@ -262,7 +309,7 @@ def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | 
         seeds = sorted(df[(df["dataset"] == dataset) & (df["backbone"] == backbone)]["seed"].unique())
         items.append((2, f"{dataset} · {backbone}", f"Seeds: {', '.join(map(str, seeds))}."))
         models = group.drop_duplicates(["mask", "ensemble"])
-        paper = _published_lookup(published, dataset)
+        paper = published_lookup(published, dataset)
         title = "Accuracy (%) on raw test images" + (" · reproduced / published (Δ)" if paper else "")
         items.append((3, title, table_one(models, "accuracy", paper)))
         items.append((4, "Accuracy detail", detail_table(models, "accuracy")))
@@ -276,7 +323,7 @@ def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | 
                               table_one(seg, "seg_iou")))
                 items.append((4, f"Segmentation metrics · {explainer} → {seeder} → {segmenter}",
                               metrics_table(seg, SEGMENTATION_METRICS)))
-    failures = df[df["status"] != "done"]
+    failures = df[df["status"] != Status.DONE]
     if len(failures):
         lines = [f"{r['dataset']} {r['backbone']} seed={r['seed']} {r['mask']} {r['ensemble']} {r['explainer']} "
                  f"{r['seeder']} {r['segmenter']}: {r['error']}" for _, r in failures.iterrows()]
@@ -302,7 +349,7 @@ def _md_table(header, rows) -> str:
 def markdown(df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench leaderboard",
              published: pd.DataFrame | None = None, *, brief: bool = False) -> str:
     """The leaderboard in markdown; ``brief`` keeps only the accuracy tables and the failures."""
-    failed = int((df["status"] != "done").sum())
+    failed = int((df["status"] != Status.DONE).sum())
     parts = [f"# {title}", "", f"{len(df)} cells, {failed} failed. {NOTE}"]
     for level, heading, body in sections(df, summary, published):
         if brief and level > 2 and not heading.startswith("Accuracy (%)"):
@@ -319,36 +366,9 @@ def markdown(df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench lea
 
 def write(out_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench leaderboard",
           published: pd.DataFrame | None = None) -> list[Path]:
-    from .store import atomic_write_text
-
     out_dir = Path(out_dir)
     paths = [out_dir / "leaderboard.md", out_dir / "leaderboard.csv", out_dir / "leaderboard_summary.csv"]
     atomic_write_text(paths[0], markdown(df, summary, title, published))
     atomic_write_text(paths[1], df.drop(columns=["cell_id"]).to_csv(index=False))
     atomic_write_text(paths[2], summary.to_csv(index=False))
     return paths
-
-
-def render(dirs, fmt: str) -> str:
-    """``xaibench leaderboard``: the merged leaderboard of run directories as md, csv, latex or html."""
-    df, files, published = load_runs(dirs)
-    summary = summarise(df, files)
-    names = []
-    for directory in dirs:
-        info = Path(directory) / "run.json"
-        if info.is_file():
-            import json
-
-            names.append(json.loads(info.read_text()).get("grid", Path(directory).name))
-    title = "xaibench leaderboard" + (f": {' + '.join(dict.fromkeys(names))}" if names else "")
-    if fmt == "md":
-        return markdown(df, summary, title, published=published)
-    if fmt == "csv":
-        return summary.to_csv(index=False)
-    if fmt == "latex":
-        return summary.to_latex(index=False, float_format="%.4f")
-    if fmt == "html":
-        from .report import page
-
-        return page(title, df, summary, published=published)
-    raise ValueError(f"unknown format {fmt!r}")

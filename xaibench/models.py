@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import UserError
+
 
 def ensemble_model(raw, masked, rule):
     """An ``nn.Module`` whose logits are ``rule(raw(x), masked(x))``; differentiable into both members."""
@@ -26,8 +28,6 @@ def resolve_module(module, dotted: str, *, what: str = "target layer"):
     """The submodule at a dotted path (``"layer4.1.conv2"``; integer parts index sequences).
 
     Raises ``UserError`` naming ``what`` (the parameter that gave the path) and the missing part."""
-    from .errors import UserError
-
     found = module
     for part in dotted.split("."):
         try:

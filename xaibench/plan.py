@@ -12,37 +12,160 @@ Stages and what they store (``DIR/cache/<kind>/<key>...``):
 - ``seeds``: point prompts drawn from those maps by a seeder.
 - ``segment``: the segmenter's masks (and confidences, where it gives them) for those prompts.
 - ``accept``: the annotation loop's next training annotations: the current ones, each replaced by its
-  image's segmentation where the acceptance rule accepts it (see ``xaibench.loop``).
+  image's segmentation where the acceptance rule accepts it.
 
 A stage's key hashes exactly what changes its result: its component names, parameters and plugin
 versions, its configuration, its upstream keys and the seed; never the device, paths or worker counts.
 So one dataset and seed with 4 masks is 5 trainings whatever the α values, explainers or segmenters.
+
+Each stage kind has a frozen spec class (``DataSpec`` ... ``AcceptSpec``) holding what its run reads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+from typing import Union
 
-from .errors import UserError
-from .grid import Cell, Choice, Grid, digest
+from .errors import GridError, UserError
+from .grid import Cell, Choice, Grid, all_choices, digest, expand, label_of, load_grid
+from .records import CELL_LABELS
 
 TRAINING_KINDS = ("train", "finetune")
 
 
-@dataclasses.dataclass
+# -- stage specs -------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SingleModel:
+    """An explanation of one trained model (its ``train`` or ``finetune`` stage key)."""
+
+    key: str
+
+    @property
+    def ident(self) -> dict:
+        return {"model": self.key}
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key,)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedModel:
+    """An explanation of an ensemble of the raw and the masked model under an ensemble rule."""
+
+    raw: str
+    masked: str
+    ensemble: Choice
+    version: str  # of the ensemble rule's plugin
+
+    @property
+    def ident(self) -> dict:
+        return {"raw": self.raw, "masked": self.masked, "ensemble": self.ensemble.ident, "version": self.version}
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.raw, self.masked)
+
+
+ModelRef = Union[SingleModel, MixedModel]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    dataset: Choice
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    backbone: Choice
+    data: str
+    seed: int
+    train: dict  # grid.TrainConfig, dumped: the keyword arguments of training.fit
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneSpec:
+    backbone: Choice
+    data: str
+    init: str  # the baseline's train key
+    mask: Choice
+    seed: int
+    train: dict
+    missing_mask: str
+    annotations: str | None = None  # an accept stage's key; None: the dataset's own annotations
+
+
+@dataclasses.dataclass(frozen=True)
+class LogitsSpec:
+    backbone: Choice
+    model: str
+    data: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainSpec:
+    backbone: Choice
+    data: str
+    model: ModelRef
+    split: str
+    explainer: Choice
+    batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedsSpec:
+    explain: str
+    seeder: Choice
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentSpec:
+    seeds: tuple[str, ...]
+    explain: str
+    data: str
+    segmenter: Choice
+    split: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AcceptSpec:
+    data: str
+    annotations: str | None
+    explain: str
+    segment: str
+    acceptor: Choice
+
+
+StageSpec = Union[DataSpec, TrainSpec, FinetuneSpec, LogitsSpec, ExplainSpec, SeedsSpec, SegmentSpec, AcceptSpec]
+SPEC_KIND = {DataSpec: "data", TrainSpec: "train", FinetuneSpec: "finetune", LogitsSpec: "logits",
+             ExplainSpec: "explain", SeedsSpec: "seeds", SegmentSpec: "segment", AcceptSpec: "accept"}
+
+
+@dataclasses.dataclass(frozen=True)
 class Stage:
-    kind: str
     key: str
     label: str
     deps: tuple[str, ...]
-    spec: dict
+    spec: StageSpec
+
+    @property
+    def kind(self) -> str:
+        return SPEC_KIND[type(self.spec)]
+
+
+# -- cells and their stages --------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class CellPlan:
-    """The stage keys one cell's metrics are read from."""
+    """The stage keys one cell's metrics are read from, and the cell's label columns."""
 
     cell: Cell
+    labels: dict  # CELL_LABELS → value
     data: str
     raw_model: str
     masked_model: str | None
@@ -66,6 +189,38 @@ class Plan:
 
     def count(self, *kinds) -> int:
         return sum(1 for s in self.stages.values() if s.kind in kinds)
+
+
+def mixing_weight(registry, ensemble: Choice | None) -> float:
+    """α, the weight of the raw-image model, of a cell: 1 for the baseline; for an ensemble whose rule
+    declares a ``mixing_parameter`` (``xaibench.contracts.Ensemble``), that parameter's value; NaN for
+    rules that have none (they are not a mix with one weight)."""
+    if ensemble is None:
+        return 1.0
+    factory = registry.get("ensembles", ensemble.name).factory
+    name = getattr(factory, "mixing_parameter", None)
+    if name is None:
+        return math.nan
+    if name in ensemble.params:
+        return float(ensemble.params[name])
+    default = inspect.signature(factory).parameters[name].default
+    return float(default) if default is not inspect.Parameter.empty else math.nan
+
+
+def cell_labels(cell: Cell, registry) -> dict:
+    """The label columns (``records.CELL_LABELS``) of a cell, as its tables show them."""
+    labels = {
+        "dataset": label_of(cell.dataset),
+        "backbone": label_of(cell.backbone),
+        "seed": cell.seed,
+        "mask": label_of(cell.mask) if cell.mask else "none",
+        "ensemble": label_of(cell.ensemble) if cell.ensemble else "baseline",
+        "alpha": mixing_weight(registry, cell.ensemble),
+        "explainer": label_of(cell.explainer),
+        "seeder": label_of(cell.seeder),
+        "segmenter": label_of(cell.segmenter),
+    }
+    return {column: labels[column] for column in CELL_LABELS}
 
 
 def check_components(cells: list[Cell], registry, extra: tuple = ()) -> dict[Choice, str]:
@@ -110,7 +265,8 @@ class PlanBuilder:
     def add(self, kind, ident, label, deps, spec) -> str:
         key = digest([kind, ident])
         if key not in self.stages:
-            self.stages[key] = Stage(kind, key, label, tuple(deps), spec)
+            assert SPEC_KIND[type(spec)] == kind
+            self.stages[key] = Stage(key, label, tuple(deps), spec)
         return key
 
     def version(self, kind: str, choice: Choice) -> str:
@@ -121,49 +277,57 @@ class PlanBuilder:
         location = set(getattr(self.registry.get("datasets", ds.name).factory, "location_params", ()))
         content = {"name": ds.name, "params": {k: v for k, v in ds.params.items() if k not in location}}
         return self.add("data", [content, self.version("datasets", ds), self.fingerprints[ds]], f"data {ds.name}",
-                        [], {"dataset": ds.ident})
+                        [], DataSpec(ds))
 
     def train(self, cell: Cell, data: str) -> str:
         train = self.config["train"]
         return self.add("train", [data, cell.backbone.ident, self.version("backbones", cell.backbone), train, cell.seed],
                         f"train {cell.backbone.name} on {cell.dataset.name} seed={cell.seed}", [data],
-                        {"backbone": cell.backbone.ident, "data": data, "seed": cell.seed, "train": train})
+                        TrainSpec(cell.backbone, data, cell.seed, train))
 
     def logits(self, cell: Cell, model: str, data: str, what: str) -> str:
         return self.add("logits", [model, data], f"logits {what} seed={cell.seed}", [model, data],
-                        {"backbone": cell.backbone.ident, "model": model, "data": data})
+                        LogitsSpec(cell.backbone, model, data))
 
     def finetune(self, cell: Cell, raw: str, data: str, annotations: str | None = None, round_label: str = "") -> str:
         """The baseline fine-tuned on masked images; the masks are the dataset's annotations, or those of
         an ``accept`` stage (the annotation loop's later rounds)."""
         finetune, missing = self.config["finetune"], self.config["protocol"]["missing_mask"]
         ident = [raw, cell.mask.ident, self.version("masks", cell.mask), finetune, missing, cell.seed]
-        spec = {"backbone": cell.backbone.ident, "data": data, "init": raw, "mask": cell.mask.ident,
-                "seed": cell.seed, "train": finetune, "missing_mask": missing}
         deps = [raw, data]
         if annotations is not None:
             ident.append({"annotations": annotations})
-            spec["annotations"] = annotations
             deps.append(annotations)
         return self.add("finetune", ident,
                         f"finetune on {cell.mask.name}-masked {cell.dataset.name}{round_label} seed={cell.seed}",
-                        deps, spec)
+                        deps, FinetuneSpec(cell.backbone, data, raw, cell.mask, cell.seed, finetune, missing,
+                                           annotations))
+
+    def model_ref(self, ensemble: Choice | None, raw: str, masked: str | None) -> ModelRef:
+        """The model an explanation is taken of: a single model where the ensemble rule reduces to one."""
+        if ensemble is None:
+            return SingleModel(raw)
+        rule = self.registry.create("ensembles", ensemble.name, **ensemble.params)
+        reduces = rule.reduces_to() if hasattr(rule, "reduces_to") else None
+        if reduces == "raw":
+            return SingleModel(raw)
+        if reduces == "masked":
+            return SingleModel(masked)
+        return MixedModel(raw, masked, ensemble, self.version("ensembles", ensemble))
 
     def explain(self, cell: Cell, raw: str, masked: str | None, data: str, split: str = "test") -> str:
-        ref, model_deps = _model_ref(cell.ensemble, self.registry, raw, masked)
-        ident = [ref, cell.explainer.ident, self.version("explainers", cell.explainer), data]
+        ref = self.model_ref(cell.ensemble, raw, masked)
+        ident = [ref.ident, cell.explainer.ident, self.version("explainers", cell.explainer), data]
         if split != "test":
             ident.append({"split": split})
-        labels = cell.labels()
-        return self.add("explain", ident,
-                        f"{cell.explainer.name} of {labels['ensemble']} {labels['mask']} on {split} seed={cell.seed}",
-                        [*model_deps, data],
-                        {"backbone": cell.backbone.ident, "data": data, "model": ref, "split": split,
-                         "explainer": cell.explainer.ident, "batch_size": self.grid.protocol.eval_batch_size})
+        what = (f"{label_of(cell.ensemble)} {label_of(cell.mask)}" if cell.ensemble else "baseline none")
+        return self.add("explain", ident, f"{cell.explainer.name} of {what} on {split} seed={cell.seed}",
+                        [*ref.keys, data],
+                        ExplainSpec(cell.backbone, data, ref, split, cell.explainer, self.grid.protocol.eval_batch_size))
 
     def seeds(self, seeder: Choice, explain: str) -> str:
         return self.add("seeds", [explain, seeder.ident, self.version("seeders", seeder)], f"seeds {seeder.name}",
-                        [explain], {"explain": explain, "seeder": seeder.ident})
+                        [explain], SeedsSpec(explain, seeder))
 
     def segment(self, segmenter: Choice, explain: str, seed_keys: list[str], data: str, split: str = "test") -> str:
         seed_keys = sorted(seed_keys)
@@ -171,9 +335,7 @@ class PlanBuilder:
         if split != "test":
             ident.append({"split": split})
         return self.add("segment", ident, f"segment {segmenter.name} from {len(seed_keys)} seeder(s) on {split}",
-                        [*seed_keys, data],
-                        {"seeds": seed_keys, "explain": explain, "data": data, "segmenter": segmenter.ident,
-                         "split": split})
+                        [*seed_keys, data], SegmentSpec(tuple(seed_keys), explain, data, segmenter, split))
 
     def accept(self, acceptor: Choice, data: str, annotations: str | None, explain: str, segment: str,
                label: str) -> str:
@@ -181,23 +343,7 @@ class PlanBuilder:
         segmentation the acceptor accepts in its image's place."""
         ident = [data, annotations, explain, segment, acceptor.ident, self.version("acceptors", acceptor)]
         deps = [data, explain, segment] + ([annotations] if annotations else [])
-        return self.add("accept", ident, label, deps,
-                        {"data": data, "annotations": annotations, "explain": explain, "segment": segment,
-                         "acceptor": acceptor.ident})
-
-
-def _model_ref(ensemble, registry, raw_key, masked_key):
-    """The model an explanation is taken of: a single model where the ensemble rule reduces to one."""
-    if ensemble is None:
-        return {"model": raw_key}, (raw_key,)
-    rule = registry.create("ensembles", ensemble.name, **ensemble.params)
-    reduces = rule.reduces_to() if hasattr(rule, "reduces_to") else None
-    if reduces == "raw":
-        return {"model": raw_key}, (raw_key,)
-    if reduces == "masked":
-        return {"model": masked_key}, (masked_key,)
-    version = registry.get("ensembles", ensemble.name).version
-    return {"raw": raw_key, "masked": masked_key, "ensemble": ensemble.ident, "version": version}, (raw_key, masked_key)
+        return self.add("accept", ident, label, deps, AcceptSpec(data, annotations, explain, segment, acceptor))
 
 
 def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
@@ -219,7 +365,8 @@ def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
         if cell.seeder is not None:
             seeds = builder.seeds(cell.seeder, explain)
             segments.setdefault((explain, cell.segmenter, data), set()).add(seeds)
-        plans.append(CellPlan(cell, data, raw, masked, raw_logits, masked_logits, explain, seeds, None))
+        plans.append(CellPlan(cell, cell_labels(cell, registry), data, raw, masked, raw_logits, masked_logits,
+                              explain, seeds, None))
     # One segment stage per explanation and segmenter prompts with every seeder's points, so expensive
     # per-image work (SAM's image embedding) is done once for all seeders.
     segment_of = {}
@@ -230,3 +377,95 @@ def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
         if cp.seeds is not None:
             cp.segment, cp.segment_index = segment_of[(cp.seeds, cp.cell.segmenter)]
     return Plan(builder.stages, plans)
+
+
+# -- the annotation loop's rounds --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    """One loop: a grid cell with its whole explain → seed → segment chain, an acceptance rule, a seed."""
+
+    cell: Cell
+    acceptor: Choice
+
+
+@dataclasses.dataclass
+class RoundPlan:
+    """The stage keys of one round of one chain, and the chain's label columns (``CHAIN_LABELS``)."""
+
+    chain: Chain
+    labels: dict
+    round: int
+    data: str
+    raw_logits: str
+    annotations: str | None  # None: the dataset's own
+    masked_logits: str
+    explain_test: str
+    explain_train: str
+    segment: str
+    accept: str
+
+    @property
+    def model_keys(self) -> list[str]:
+        """The stages the round's model and its test measurements come from."""
+        return [k for k in (self.data, self.raw_logits, self.annotations, self.masked_logits, self.explain_test) if k]
+
+    @property
+    def annotation_keys(self) -> list[str]:
+        """The stages that renew the annotations."""
+        return [self.explain_train, self.segment, self.accept]
+
+
+def chains(grid: Grid) -> list[Chain]:
+    """Every loop of a grid: each cell with a mask and a segmenter, times each acceptance rule."""
+    cells = [c for c in expand(grid) if c.mask is not None and c.segmenter is not None]
+    acceptors = dict.fromkeys(all_choices(grid.loop.acceptors))
+    return [Chain(cell, acceptor) for cell in cells for acceptor in acceptors]
+
+
+@dataclasses.dataclass
+class LoopPlanner:
+    """A validated loop grid, its chains, and the builder that plans their rounds one at a time."""
+
+    grid: Grid
+    chains: list[Chain]
+    builder: PlanBuilder
+
+    def round(self, chain: Chain, round_: int, annotations: str | None) -> RoundPlan:
+        builder, cell = self.builder, chain.cell
+        data = builder.data(cell.dataset)
+        raw = builder.train(cell, data)
+        raw_logits = builder.logits(cell, raw, data, "baseline")
+        masked = builder.finetune(cell, raw, data, annotations, round_label=f" round {round_}" if round_ else "")
+        masked_logits = builder.logits(cell, masked, data, f"{cell.mask.name} model round {round_}")
+        explain_test = builder.explain(cell, raw, masked, data)
+        explain_train = builder.explain(cell, raw, masked, data, split="train")
+        seeds = builder.seeds(cell.seeder, explain_train)
+        segment = builder.segment(cell.segmenter, explain_train, [seeds], data, split="train")
+        accept = builder.accept(chain.acceptor, data, annotations, explain_train, segment,
+                                f"accept {chain.acceptor.name} round {round_} seed={cell.seed}")
+        return RoundPlan(chain, self.labels(chain), round_, data, raw_logits, annotations, masked_logits,
+                         explain_test, explain_train, segment, accept)
+
+    def labels(self, chain: Chain) -> dict:
+        return {**cell_labels(chain.cell, self.builder.registry), "acceptor": chain.acceptor.label}
+
+
+def plan_loop(grid_path, registry) -> LoopPlanner:
+    """Validate a grid for the loop; raises ``UserError`` and writes nothing."""
+    grid = load_grid(grid_path, registry)
+    missing = [s for s in ("masks", "ensembles", "explainers", "seeders", "segmenters") if not getattr(grid, s)]
+    if missing:
+        raise GridError(f"{grid_path}: the annotation loop needs {', '.join(missing)}: it fine-tunes a masked "
+                        "model, explains it, seeds prompts and segments training images (see grids/loop.yaml)")
+    found = chains(grid)
+    acceptors = {("acceptors", chain.acceptor) for chain in found}
+    fingerprints = check_components([chain.cell for chain in found], registry, extra=tuple(acceptors))
+    return LoopPlanner(grid, found, PlanBuilder(grid, registry, fingerprints))
+
+
+def plan_run(grid_path, registry) -> tuple[Grid, Plan]:
+    """Load and validate a grid and plan its stages; raises ``UserError`` and writes nothing."""
+    grid = load_grid(grid_path, registry)
+    return grid, build_plan(grid, expand(grid), registry)

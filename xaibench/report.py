@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import leaderboard
+from .loop_tables import LABELS, METRICS, varying_labels
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -63,6 +64,10 @@ def page(title: str, df: pd.DataFrame, summary: pd.DataFrame, *, published=None,
                      f"{run_info.get('trainings_reused', 0)} reused; {run_info.get('wall_s', 0):.1f} s on "
                      f"{html.escape(str(run_info.get('device', '?')))}.</p>")
     parts.append(f"<p class='note'>{html.escape(leaderboard.NOTE)}</p>")
+    parts += _problems(run_info)
+    if not len(summary):
+        parts.append("<p><strong>No cell finished</strong>, so there is no table to show; the failures are "
+                     "listed below.</p>")
     for level, heading, body in leaderboard.sections(df, summary, published):
         parts.append(f"<h{level}>{html.escape(heading)}</h{level}>")
         if isinstance(body, tuple):
@@ -89,6 +94,23 @@ def page(title: str, df: pd.DataFrame, summary: pd.DataFrame, *, published=None,
     return "\n".join(parts)
 
 
+def _problems(run_info) -> list[str]:
+    """The stages that failed (stage, component, message, cells affected) and the products that could not
+    be written, from a run's summary."""
+    parts = []
+    failures = (run_info or {}).get("failures") or []
+    if failures:
+        parts.append("<h2>Failed stages</h2>")
+        parts.append(_table(["stage", "component", "message", "cells"],
+                            [[f["stage"], f["component"] or "—", f["message"], f.get("cells", "")] for f in failures]))
+    problems = (run_info or {}).get("presentation_errors") or []
+    if problems:
+        parts.append("<h2>Not written</h2><p>These parts of the results could not be written; everything else "
+                     "was:</p><ul>" + "".join(f"<li>{html.escape(p['what'])}: {html.escape(p['error'])}</li>"
+                                               for p in problems) + "</ul>")
+    return parts
+
+
 def _with_ci(row, metric: str, signed: bool = False) -> str:
     value, low, high = row.get(metric), row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
     if value is None or pd.isna(value):
@@ -111,8 +133,6 @@ def loop_page(title: str, summary: pd.DataFrame, seeds: pd.DataFrame, *, figures
               grid_text: str | None = None) -> str:
     """The annotation loop's report: per configuration, each round's measurements with t intervals over
     seeds and the change from round 0, the figures, the per-seed rows, the grid and the machine."""
-    from .loop import LABELS, METRICS, varying_labels
-
     parts = _open(title)
     if run_info:
         parts.append(f"<p>{run_info['chains']} chain(s), up to {run_info['rounds']} round(s) after round 0; "
@@ -124,6 +144,7 @@ def loop_page(title: str, summary: pd.DataFrame, seeds: pd.DataFrame, *, figures
                  "dataset's own). Values are means over seeds with 95% t intervals over seeds in brackets; "
                  "changes are paired per seed against round 0. A chain that converged (its annotations stopped "
                  "changing) counts with its last values in later rounds.</p>")
+    parts += _problems(run_info)
     if len(summary):
         for reference in dict.fromkeys(summary["reference"]):
             parts.append(f"<p class='note'>{html.escape(REFERENCE_NOTES.get(reference, reference))}</p>")

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
+from .records import CellRow
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stages (
     key TEXT PRIMARY KEY,
@@ -86,8 +89,6 @@ class Store:
 
     @classmethod
     def open_existing(cls, root: Path) -> "Store":
-        from .errors import UserError
-
         if not (Path(root) / "store.sqlite").is_file():
             raise UserError(f"{str(root)!r} holds no xaibench results (no store.sqlite); pass a run's --out folder")
         return cls(root)
@@ -95,8 +96,6 @@ class Store:
     def lock(self) -> None:
         """Hold the run directory for this process; a second ``xaibench run`` on it is refused."""
         import fcntl
-
-        from .errors import UserError
 
         self._lock = open(self.root / ".lock", "w")
         try:
@@ -131,7 +130,7 @@ class Store:
         with self.db:
             self.db.execute(
                 "INSERT OR REPLACE INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, kind, label, status, json.dumps(meta or {}), error, seconds, time.time()),
+                (key, kind, label, str(status), json.dumps(meta or {}), error, seconds, time.time()),
             )
 
     # -- cells ---------------------------------------------------------------------------------------
@@ -139,14 +138,13 @@ class Store:
         """Per-image scores of a cell (``.npz``): ids, correct, jaccard, seg_iou, explained_index."""
         return self.root / "cells" / f"{cell_id}.npz"
 
-    def record_cells(self, rows) -> None:
-        """``rows``: iterable of (cell_id, labels dict, status, metrics dict, error), in one transaction."""
+    def record_cells(self, rows: list[CellRow]) -> None:
+        """Every row in one transaction (a row replaces an earlier one of the same cell)."""
         now = time.time()
         with self.db:
             self.db.executemany(
                 "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?)",
-                [(cid, json.dumps(labels), status, json.dumps(metrics), error, now)
-                 for cid, labels, status, metrics, error in rows],
+                [(r.cell_id, json.dumps(r.labels), str(r.status), json.dumps(r.metrics), r.error, now) for r in rows],
             )
 
     def scored_cells(self) -> dict[str, dict]:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import StageError
+from .errors import StageError, UserError
 
 
 def to_tensor(images: np.ndarray):
@@ -31,8 +31,6 @@ def resolve_device(device: str, *, what: str = "device") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import UserError
-
         raise UserError(f"{what}={device!r} but CUDA is not available on this machine; use auto or cpu")
     return device
 

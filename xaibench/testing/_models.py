@@ -6,6 +6,7 @@ import copy
 
 import numpy as np
 
+from ..models import ensemble_model
 from ._core import _call, _devices, _expect, _label
 from ._inputs import HEIGHT, WIDTH, _image_batch, tiny_classifier
 
@@ -164,8 +165,6 @@ def check_explainer(explainer, *, name: str | None = None, model=None, target_la
     a model and for a two-member ensemble model; deterministic; images, targets, masks, weights, gradients,
     hooks, ``requires_grad`` and train/eval mode left as they were. ``model``/``target_layers`` default to
     ``tiny_classifier()`` and its ``features``; give both to check on your own architecture."""
-    from ..models import ensemble_model
-
     if (model is None) != (target_layers is None):
         raise ValueError("check_explainer: give both model and target_layers (modules of that model), or neither")
     label = _label("explainers", explainer, name)

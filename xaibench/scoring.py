@@ -1,0 +1,159 @@
+"""Scoring: the metrics of every cell and of every loop round, from cached artifacts (no model is run).
+
+``score_cells`` gives each cell's ``CellRow`` (mean scores) and writes its per-image scores to
+``DIR/cells/<cell id>.npz`` (test ids, correctness, per-image Jaccard and segmentation IoU), which
+confidence intervals and paired tests need. ``round_row`` does the same for one round of a loop chain.
+A scoring error fails its cell (or chain), never the command.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import metrics
+from .artifacts import Artifacts, Memo, unpack_masks
+from .grid import Choice, digest
+from .plan import CellPlan, Plan, RoundPlan
+from .records import CellRow, Failure, Status
+from .store import Store, save_arrays
+
+# Bump when scoring changes, so cells scored by an older xaibench are scored again.
+SCORING_VERSION = 1
+
+
+def mixed_logits(ensemble: Choice | None, registry, raw: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
+    """The logits (N, C) a cell is scored on: the raw model's, or the ``ensemble`` choice's mix of both."""
+    if ensemble is None:
+        return raw
+    import torch
+
+    rule = registry.create("ensembles", ensemble.name, **ensemble.params)
+    return rule(torch.from_numpy(raw), torch.from_numpy(masked)).detach().numpy()
+
+
+def score_key(cp: CellPlan, cam_threshold: float) -> str:
+    """What a cell's scores depend on: its stages, its seeder's slot, its ensemble rule, the threshold."""
+    ensemble = cp.cell.ensemble.ident if cp.cell.ensemble else None
+    return digest([SCORING_VERSION, cp.keys, cp.segment_index, ensemble, cam_threshold])
+
+
+def scores_key(plan: Plan, cam_threshold: float) -> str:
+    """One key for every cell's scores: unchanged, nothing drawn from them needs drawing again."""
+    return digest(sorted(score_key(cp, cam_threshold) for cp in plan.cells))
+
+
+def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_threshold: float) -> tuple[dict, dict]:
+    """The metrics of one cell. Returns ``(means, per_image)``: the mean scores, and the per-image arrays
+    they come from (test ids, correctness, per-image Jaccard and segmentation IoU)."""
+    test = artifacts.data(cp.data, "test")
+    labels = test["labels"]
+    masked = memo("logits", cp.masked_logits)["test"] if cp.cell.ensemble is not None else None
+    logits = mixed_logits(cp.cell.ensemble, registry, memo("logits", cp.raw_logits)["test"], masked)
+    correct = np.argmax(logits, axis=1) == labels
+    out = {"accuracy": metrics.accuracy(logits, labels), "n_test": int(len(labels))}
+    per_image = {"ids": test["ids"], "correct": correct}
+    if cp.explain:
+        explained = memo("explain", cp.explain)
+        truth = test["references"][explained["index"]]
+        if ("explanation scores", cp.explain) not in memo.loaded:  # shared by every cell of this explanation
+            maps = explained["maps"].astype(np.float32)
+            memo.loaded[("explanation scores", cp.explain)] = (
+                metrics.explanation_per_image(maps, truth, threshold=cam_threshold),
+                metrics.explanation_scores(maps, truth, threshold=cam_threshold))
+        scores, means = memo.loaded[("explanation scores", cp.explain)]
+        out.update(means)
+        out["jaccard_n"] = int(np.isfinite(scores["jaccard"]).sum())
+        per_image.update(explained_index=explained["index"], **scores)
+    if cp.segment:
+        masks = unpack_masks(memo("segment", cp.segment), cp.segment_index)
+        truth = test["references"][memo("explain", cp.explain)["index"]]
+        scores = metrics.segmentation_per_image(masks, truth)
+        out.update(metrics.segmentation_scores(masks, truth))
+        out["seg_n"] = int(np.isfinite(scores["seg_iou"]).sum())
+        per_image.update(scores)
+    return out, per_image
+
+
+def score_cells(plan: Plan, store: Store, artifacts: Artifacts, registry, failed: dict[str, Failure],
+                cam_threshold: float) -> list[CellRow]:
+    """Every cell's row; a cell whose score key is unchanged keeps its earlier scores, and per-image
+    scores are written for each newly scored cell. A cell one of whose stages failed is failed with
+    that stage's failure."""
+    memo = Memo(artifacts)
+    rows = []
+    scored = store.scored_cells()
+    for cp in plan.cells:
+        cell_id = cp.cell.cell_id
+        broken = [failed[k] for k in cp.keys if k in failed]
+        if broken:
+            rows.append(CellRow(cell_id, cp.labels, Status.FAILED, {}, broken[0].line()))
+            continue
+        key = score_key(cp, cam_threshold)
+        previous = scored.get(cell_id)
+        if previous and previous.get("score_key") == key and store.cell_path(cell_id).is_file():
+            rows.append(CellRow(cell_id, cp.labels, Status.DONE, previous))
+            continue
+        try:
+            scores, per_image = score_cell(cp, artifacts, memo, registry, cam_threshold)
+            save_arrays(store.cell_path(cell_id), **per_image)
+            rows.append(CellRow(cell_id, cp.labels, Status.DONE, {**scores, "score_key": key}))
+        except Exception as exc:  # a scoring bug fails the cell, not the run
+            rows.append(CellRow(cell_id, cp.labels, Status.FAILED, {}, f"scoring: {type(exc).__name__}: {exc}"))
+    return rows
+
+
+# -- the annotation loop -----------------------------------------------------------------------------------
+
+
+def round_scores(rp: RoundPlan, artifacts: Artifacts, registry, cam_threshold: float, failed=()) -> dict:
+    """One round's measurements of one chain. Measurements whose stage is in ``failed`` (the round's
+    segmentation or acceptance) are NaN."""
+    test, train = artifacts.data(rp.data, "test"), artifacts.data(rp.data, "train")
+    raw = artifacts.load("logits", rp.raw_logits)["test"]
+    masked = artifacts.load("logits", rp.masked_logits)["test"]
+    logits = mixed_logits(rp.chain.cell.ensemble, registry, raw, masked)
+    explained = artifacts.load("explain", rp.explain_test)
+    truth = test["references"][explained["index"]]
+    jaccard = metrics.iou(metrics.binarise_fixed(explained["maps"].astype(np.float32), cam_threshold), truth)
+    index = np.flatnonzero(train["has_mask"])  # the explained, segmented and renewed training images
+    references = train["references"][index]
+    current = artifacts.annotations(rp.data, rp.annotations)[index]
+    out = {
+        "accuracy": metrics.accuracy(logits, test["labels"]),
+        "jaccard": metrics.mean_excluding_nan(jaccard)[0],
+        "annotation_iou": metrics.mean_excluding_nan(metrics.iou(current, references))[0],
+        "proposal_iou": float("nan"), "accepted": float("nan"), "changed": float("nan"),
+        "n_annotated": int(len(index)),
+        "n_test": int(len(test["labels"])),
+        "reference": "exact" if bool(train["has_reference"].any()) else "original annotations",
+    }
+    if rp.segment not in failed and rp.explain_train not in failed and len(index):
+        proposals = unpack_masks(artifacts.load("segment", rp.segment), 0)
+        out["proposal_iou"] = metrics.mean_excluding_nan(metrics.iou(proposals, references))[0]
+    if rp.accept not in failed and len(index):
+        accepted = artifacts.load("accept", rp.accept)
+        out.update(accepted=float(accepted["accepted"].mean()), changed=float(accepted["changed"].mean()))
+    return out
+
+
+def round_row(rp: RoundPlan, failed: dict[str, Failure], artifacts: Artifacts, registry, *, cam_threshold: float,
+              min_changed: float) -> dict:
+    """One chain's row of one round: its labels, measurements and status: done; converged when the round
+    changed no annotation; stopped when it changed at most ``min_changed`` of them; failed with the error
+    (with the model's measurements where only the round's annotation stages failed)."""
+    row = {**rp.labels, "round": rp.round, "status": Status.DONE.value}
+    broken = [failed[k] for k in rp.model_keys if k in failed]
+    if broken:
+        return {**row, "status": Status.FAILED.value, "error": broken[0].line()}
+    try:
+        scores = round_scores(rp, artifacts, registry, cam_threshold, failed)
+    except Exception as exc:  # a scoring bug fails the chain, not the loop
+        return {**row, "status": Status.FAILED.value, "error": f"scoring: {type(exc).__name__}: {exc}"}
+    broken = [failed[k] for k in rp.annotation_keys if k in failed]
+    if broken:
+        return {**row, **scores, "status": Status.FAILED.value, "error": broken[0].line()}
+    if scores["changed"] == 0:
+        row["status"] = Status.CONVERGED.value
+    elif scores["changed"] <= min_changed:
+        row["status"] = Status.STOPPED.value
+    return {**row, **scores}
