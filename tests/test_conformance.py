@@ -67,7 +67,7 @@ def test_every_registered_component_keeps_its_contract(kind, name):
 
 def test_registered_lists_names_by_kind_and_distribution():
     assert {"white", "black", "median", "blur"} <= set(testing.registered("masks", registry=INSTALLED))
-    assert testing.registered("ensembles", distribution="xaibench", registry=INSTALLED) == ["logit-mix"]
+    assert testing.registered("ensembles", distribution="xaibench", registry=INSTALLED) == ["logit-mix", "prob-mean"]
     assert testing.registered("masks", distribution="no-such-distribution", registry=INSTALLED) == []
     with pytest.raises(ValueError, match="unknown kind"):
         testing.registered("mask")
