@@ -325,8 +325,12 @@ def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | 
                               metrics_table(seg, SEGMENTATION_METRICS)))
     failures = df[df["status"] != Status.DONE]
     if len(failures):
-        lines = [f"{r['dataset']} {r['backbone']} seed={r['seed']} {r['mask']} {r['ensemble']} {r['explainer']} "
-                 f"{r['seeder']} {r['segmenter']}: {r['error']}" for _, r in failures.iterrows()]
+        def cell(r):
+            parts = [r["dataset"], r["backbone"], f"seed={r['seed']}", r["mask"], r["ensemble"], r["explainer"],
+                     r["seeder"], r["segmenter"]]
+            return " ".join(str(p) for p in parts if p not in ("", None) and not pd.isna(p))
+
+        lines = [f"{cell(r)}: {r['error']}" for _, r in failures.iterrows()]
         items.append((2, "Failed cells", lines))
     return items
 
