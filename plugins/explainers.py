@@ -31,13 +31,18 @@ from xaibench.models import resolve_module
 # -- target layers -----------------------------------------------------------------------------------
 
 
+def is_ensemble(model) -> bool:
+    """Whether ``model`` is an ensemble of a raw and a masked member (``xaibench.models.ensemble_model``)."""
+    return hasattr(model, "raw") and hasattr(model, "masked")
+
+
 def explained_layers(model, target_layer: str | None, default: list) -> list:
     """The modules a CAM hooks: ``default`` when ``target_layer`` is None, else the dotted path resolved
     on each backbone network of ``model`` (``model.raw.net`` and ``model.masked.net`` for an ensemble,
     ``model.net`` for a single classifier; a module without ``.net`` is its own network)."""
     if target_layer is None:
         return list(default)
-    members = [model.raw, model.masked] if hasattr(model, "raw") and hasattr(model, "masked") else [model]
+    members = [model.raw, model.masked] if is_ensemble(model) else [model]
     return [resolve_module(getattr(member, "net", member), target_layer, what="explainer parameter target_layer")
             for member in members]
 
@@ -123,9 +128,11 @@ def _unit_range(maps):
 def _library_cam(method: str, model, layers, *, sum_layers: bool):
     """A pytorch-grad-cam CAM object of class ``method`` on ``layers``.
 
-    With ``sum_layers`` the per-layer maps are upsampled without the per-layer ReLU and normalisation and
-    summed before one ReLU (the ensemble rule in the module docstring); otherwise the library's
-    aggregation (per-layer ReLU and normalisation, then the mean) is kept."""
+    With ``sum_layers`` (an ensemble's two members) the per-layer maps are summed before the ReLU, and the
+    sum then goes through the library's own single-layer path (ReLU, min-max scaling, cv2 resize, scaling
+    again), so an ensemble whose masked member gets no gradient (α = 1) gives exactly the raw model's map.
+    Maps of different sizes are resized to the image before the sum. Otherwise the library's aggregation
+    (per-layer ReLU and scaling, then the mean) is kept."""
     import cv2
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.image import scale_cam_image
@@ -142,16 +149,20 @@ def _library_cam(method: str, model, layers, *, sum_layers: bool):
         def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
             activations = [a.cpu().data.numpy() for a in self.activations_and_grads.activations]
             grads = [g.cpu().data.numpy() for g in self.activations_and_grads.gradients]
-            width, height = self.get_target_width_height(input_tensor)
-            maps = []
-            for layer, act, grad in zip(self.target_layers, activations, grads):
-                cam = self.get_cam_image(input_tensor, layer, targets, act, grad, eigen_smooth)
-                maps.append(np.stack([cv2.resize(np.float32(c), (width, height)) for c in cam]))
-            return maps
+            return [self.get_cam_image(input_tensor, layer, targets, act, grad, eigen_smooth)
+                    for layer, act, grad in zip(self.target_layers, activations, grads)]
 
         def aggregate_multi_layers(self, cam_per_target_layer):
+            size = self.target_size
+            if len({cam.shape[1:] for cam in cam_per_target_layer}) > 1:
+                cam_per_target_layer = [np.stack([cv2.resize(np.float32(c), size) for c in cam])
+                                        for cam in cam_per_target_layer]
             summed = np.maximum(np.sum(cam_per_target_layer, axis=0), 0)
-            return scale_cam_image(summed)
+            return scale_cam_image(scale_cam_image(summed, size))
+
+        def forward(self, input_tensor, *args, **kwargs):
+            self.target_size = self.get_target_width_height(input_tensor)
+            return super().forward(input_tensor, *args, **kwargs)
 
     return (SummedLayers if sum_layers else Quiet)(model=model, target_layers=layers)
 
@@ -160,7 +171,9 @@ class _LibraryCam:
     """A pytorch-grad-cam method of the target class at the target layers.
 
     ``explain(model, images, targets, *, target_layers) -> np.ndarray`` float32 (B, H, W) in [0, 1] at
-    the image size (the library's cv2 bilinear resize and per-image min-max scaling).
+    the image size: for a single model exactly the library's map (per layer: ReLU, min-max scaling, cv2
+    bilinear resize; then the layers' mean, scaled again); for an ensemble of two members the
+    gradient-based methods sum the members' unscaled maps before one ReLU and scaling.
     ``target_layer``: dotted path inside the backbone network hooked instead of the backbone's default."""
 
     uses_ground_truth = False
@@ -174,7 +187,9 @@ class _LibraryCam:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         layers = explained_layers(model, self.target_layer, target_layers)
-        cam = _library_cam(self.method, model, layers, sum_layers=self.sum_layers)
+        # A single model is explained exactly as pytorch-grad-cam does; only an ensemble's member maps are
+        # summed before the ReLU (the module docstring says why).
+        cam = _library_cam(self.method, model, layers, sum_layers=self.sum_layers and is_ensemble(model))
         self._configure(cam)
         try:
             maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])

@@ -190,3 +190,45 @@ def test_centre_prior_peaks_in_the_middle_with_sigma_a_fraction_of_the_image(reg
     raw = np.exp(-np.array([0.0, 10.0, 30.0]) ** 2 / (2 * (0.25 * 41) ** 2))
     low = np.exp(-(20.0**2 + 30.0**2) / (2 * (0.25 * 41) ** 2))
     assert maps[0, 20, 30 + 10] == pytest.approx((raw[1] - low) / (1 - low), abs=1e-6)
+
+
+LIBRARY_CAMS = {"gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "layercam": "LayerCAM",
+                "scorecam": "ScoreCAM", "eigencam": "EigenCAM"}
+
+
+@pytest.fixture(scope="module")
+def resnets(registry):
+    """An untrained and a (briefly) trained resnet18, both built under a fixed seed."""
+    from tests.conftest import BlobDataset
+    from xaibench.training import fit
+
+    backbone = registry.create("backbones", "resnet18")
+    samples = BlobDataset(size=32, n=16).split("train")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        untrained = backbone.build(2).eval()
+        torch.manual_seed(0)
+        trained = backbone.build(2)
+        fit(trained, np.stack([s.image for s in samples]), np.array([s.label for s in samples]), epochs=3,
+            batch_size=8, lr=1e-3, weight_decay=0.0, optimizer="adam", augment=False, seed=0, device="cpu")
+    return backbone, {"untrained": untrained, "trained": trained.eval()}
+
+
+@pytest.mark.parametrize("state", ["untrained", "trained"])
+@pytest.mark.parametrize("layer", ["layer3", "layer4"])
+@pytest.mark.parametrize("name", sorted(LIBRARY_CAMS))
+def test_every_wrapped_cam_equals_pytorch_grad_cam_on_a_single_model(registry, resnets, name, layer, state):
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    _, models = resnets
+    model = models[state]
+    images, targets, _ = tiny_batch(size=(48, 40), n=2, seed=2)
+    layers = [getattr(model.net, layer)]
+    ours = registry.create("explainers", name, target_layer=layer).explain(model, images, targets,
+                                                                          target_layers=layers)
+    with getattr(pytorch_grad_cam, LIBRARY_CAMS[name])(model=model, target_layers=layers) as cam:
+        stock = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    model.zero_grad(set_to_none=True)
+    assert stock.std() > 0.05  # non-trivial maps, so agreement means something
+    np.testing.assert_allclose(ours, stock, rtol=0, atol=1e-5)
