@@ -194,3 +194,20 @@ def test_rank_based_auc_and_ap_equal_sklearn_with_ties():
     expected_ap = [average_precision_score(m.ravel(), s.ravel()) for s, m in zip(normalised, masks)]
     assert np.allclose(roc_auc(maps, masks), expected_auc)
     assert np.allclose(average_precision(maps, masks), expected_ap)
+
+
+def test_auc_and_ap_equal_sklearn_on_float_maps_with_a_large_offset():
+    """Min-max scaling is computed in float64: a map of fine float64 values far from zero keeps every
+    distinct value distinct, so the ranking metrics are sklearn's on the raw map."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from xaibench.metrics import average_precision, normalise, roc_auc
+
+    rng = np.random.default_rng(1)
+    masks = rng.random((5, 24, 20)) < 0.3
+    maps = 1000.0 + rng.random((5, 24, 20)) * 1e-3 + masks * 2e-4  # informative, distinct, large offset
+    expected_auc = [roc_auc_score(m.ravel(), s.ravel()) for s, m in zip(maps, masks)]
+    expected_ap = [average_precision_score(m.ravel(), s.ravel()) for s, m in zip(maps, masks)]
+    np.testing.assert_allclose(roc_auc(maps, masks), expected_auc, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(average_precision(maps, masks), expected_ap, rtol=0, atol=1e-9)
+    assert normalise(maps).dtype == np.float64

@@ -33,11 +33,14 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def normalise(maps: np.ndarray) -> np.ndarray:
-    """Per-image min-max scaling of (N, H, W) maps to [0, 1]; a constant map becomes all zeros."""
-    maps = np.asarray(maps, dtype=np.float32)
+    """Per-image min-max scaling of (N, H, W) maps to [0, 1], float64; a constant map becomes all zeros.
+
+    Computed in float64, so maps of fine values far from zero keep their distinct values (in float32 the
+    subtraction of the minimum would merge them into ties)."""
+    maps = np.asarray(maps, dtype=np.float64)
     low = maps.min(axis=(1, 2), keepdims=True)
     span = maps.max(axis=(1, 2), keepdims=True) - low
-    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0)
 
 
 def binarise(maps: np.ndarray, threshold: float) -> np.ndarray:
