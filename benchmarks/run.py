@@ -1,8 +1,9 @@
 """xaibench's speed goals, each measured as a ratio inside one run so machine noise cancels.
 
-    python benchmarks/run.py [--json FILE] [--skip-quickstart]
+    python benchmarks/run.py [--only KEY[,KEY...]] [--list] [--json FILE] [--skip-quickstart]
 
-Prints a JSON object with:
+Each measurement has a key (``--list`` names them; ``--only`` runs the chosen ones, each under about two
+minutes on a 2-core CPU). Prints a JSON object with:
 
 - ``train_throughput_ratio``: images/s of xaibench's training loop (``xaibench.training.fit``) over a plain
   hand-written PyTorch loop on identical data, model and epochs (goal >= 0.95).
@@ -14,6 +15,8 @@ Prints a JSON object with:
   through a tiny randomly initialised SAM (goal <= 1.1).
 - ``rerun_seconds``: re-running a finished quickstart grid (goal < 5 s, 0 trainings).
 - ``quickstart_seconds``: the quickstart grid from scratch on this machine.
+- ``validation_share``: per stage kind, the share of the stage's time spent checking components'
+  outputs against their contracts (goal <= 0.02).
 """
 
 from __future__ import annotations
@@ -172,28 +175,100 @@ def quickstart(tmp: Path) -> dict:
             "rerun_trainings": summary["trainings_run"]}
 
 
+VALIDATION_GRID = """\
+name: validation
+datasets:
+  - {name: synthetic, n_train: 256, n_val: 0, n_test: 128, image_size: 64}
+backbones: [resnet18]
+masks: [blur]
+ensembles: [{name: logit-mix, alpha: 0.5}]
+explainers: [gradcam]
+seeders: [top-k, components]
+segmenters: [random-walker]
+train: {epochs: 1, batch_size: 32}
+finetune: {epochs: 1, batch_size: 32}
+"""
+
+
+def validation_share(tmp: Path) -> dict:
+    """Times every contract validator the stage runner calls, per stage kind, against the stage's time."""
+    import sqlite3
+
+    from xaibench import stages
+
+    spent: dict[str, float] = {}
+    kinds = {"validate_classes": "data", "validate_sample": "data", "validate_model": "train",
+             "validate_masked": "finetune", "validate_logits": "logits", "validate_layers": "explain",
+             "validate_ensemble": "explain", "validate_maps": "explain", "validate_prompt_sets": "seeds",
+             "validate_segmentation": "segment", "validate_annotation": "accept"}
+    originals = {name: getattr(stages, name) for name in kinds}
+
+    def timed(name):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return originals[name](*args, **kwargs)
+            finally:
+                spent[kinds[name]] = spent.get(kinds[name], 0.0) + time.perf_counter() - start
+        return call
+
+    for name in kinds:
+        setattr(stages, name, timed(name))
+    try:
+        _run(VALIDATION_GRID, tmp / "validation")
+    finally:
+        for name, fn in originals.items():
+            setattr(stages, name, fn)
+    with sqlite3.connect(tmp / "validation" / "store.sqlite") as db:
+        seconds = dict(db.execute("SELECT kind, SUM(seconds) FROM stages WHERE status = 'done' GROUP BY kind"))
+    shares = {kind: spent.get(kind, 0.0) / seconds[kind] for kind in seconds}
+    return {"validation_share": max(shares.values()), "validation_share_by_stage": shares}
+
+
+def gradcam_forward_ratio(tmp: Path, threads: int) -> dict:
+    import gradcam_speed
+
+    return gradcam_speed.main(["--n", "32", "--size", "224", "--threads", str(threads)])
+
+
+MEASUREMENTS = {
+    "train_throughput_ratio": lambda tmp, threads: train_throughput_ratio(),
+    "gradcam_forward_ratio": gradcam_forward_ratio,
+    "alpha_sweep_ratio": lambda tmp, threads: alpha_sweep_ratio(tmp),
+    "sam_seeders_ratio": lambda tmp, threads: sam_seeders_ratio(tmp),
+    "validation_share": lambda tmp, threads: validation_share(tmp),
+    "quickstart": lambda tmp, threads: quickstart(tmp),
+}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the result to this file")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip-quickstart", action="store_true", help="skip the two quickstart timings (~2 min)")
+    parser.add_argument("--only", help="comma-separated measurement keys to run (see --list)")
+    parser.add_argument("--list", action="store_true", help="name the measurements and stop")
+    parser.add_argument("--skip-quickstart", action="store_true", help="skip the two quickstart timings (~3 min)")
     args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(MEASUREMENTS))
+        return {}
+    chosen = list(MEASUREMENTS) if not args.only else [k.strip() for k in args.only.split(",") if k.strip()]
+    unknown = [k for k in chosen if k not in MEASUREMENTS]
+    if unknown:
+        parser.error(f"unknown measurement(s) {', '.join(unknown)}; --list names them")
+    if args.skip_quickstart and not args.only:
+        chosen.remove("quickstart")
 
     import torch
 
-    import gradcam_speed
-
     torch.set_num_threads(args.threads)
     result = {"environment": {"python": platform.python_version(), "torch": torch.__version__,
-                          "platform": platform.platform(), "threads": args.threads}}
+                              "platform": platform.platform(), "threads": args.threads}}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        result.update(train_throughput_ratio())
-        result.update(gradcam_speed.main(["--n", "32", "--size", "224", "--threads", str(args.threads)]))
-        result.update(alpha_sweep_ratio(tmp))
-        result.update(sam_seeders_ratio(tmp))
-        if not args.skip_quickstart:
-            result.update(quickstart(tmp))
+        for key in chosen:
+            folder = Path(tmp) / key
+            folder.mkdir()
+            result.update(MEASUREMENTS[key](folder, args.threads))
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -14,6 +14,7 @@ import torch
 
 from xaibench import hookimpl, testing
 from xaibench.contracts import Prompts, Sample
+from xaibench.errors import PluginError
 from xaibench.errors import ComponentParamsError, UserError
 from xaibench.registry import KINDS, Registry
 
@@ -195,13 +196,13 @@ class ReversedExecutor:
 
 BROKEN = [
     ("masks", InPlaceMask, "modified its inputs"),
-    ("masks", Float64Mask, "dtype=images.dtype"),
+    ("masks", Float64Mask, "return a tensor of the images' shape, dtype and device"),
     ("masks", NoisyMask, "deterministic"),
-    ("seeders", RowColumnSeeder, "outside the image"),
+    ("seeders", RowColumnSeeder, "points outside the 40×32 image"),
     ("seeders", Float64Seeder, "points are float32"),
     ("segmenters", UInt8Segmenter, "bool numpy array"),
     ("segmenters", TooFewMasksSegmenter, "one mask per prompt set"),
-    ("explainers", ChannelMapExplainer, "float32 numpy array (B, H, W)"),
+    ("explainers", ChannelMapExplainer, "expected a float32 numpy array (2, 32, 40)"),
     ("explainers", GradientLeakingExplainer, "left gradients on the parameters"),
     ("explainers", HookLeakingExplainer, "left hooks on the model"),
     ("ensembles", DetachingEnsemble, "not differentiable"),
@@ -222,7 +223,7 @@ def test_a_broken_component_fails_its_check_naming_it_and_the_fix(kind, broken, 
     assert message.startswith(f"{kind[:-1]} 'broken': ") and fix in message
 
 
-def test_check_component_names_the_plugin_and_distribution_and_checks_the_factory():
+def test_a_factory_with_positional_parameters_is_refused_at_registration():
     class Positional:
         def __init__(self, colour=1.0):
             self.colour = colour
@@ -237,11 +238,30 @@ def test_check_component_names_the_plugin_and_distribution_and_checks_the_factor
 
     registry = Registry(load_entry_points=False)
     registry.add_plugin(Plugin(), name="my-plugin", distribution="my-dist")
-    with pytest.raises(AssertionError) as err:
+    with pytest.raises(PluginError) as err:
         testing.check_component("masks", "positional", registry=registry)
     message = str(err.value)
-    assert "mask 'positional' (plugin 'my-plugin', distribution 'my-dist')" in message
-    assert "['colour']" in message and "keyword-only" in message
+    assert "plugin 'my-plugin' (distribution 'my-dist'): mask 'positional'" in message
+    assert "factory " in message and "Positional takes colour by position" in message and "keyword-only" in message
+
+
+def test_an_instance_registered_instead_of_its_class_is_refused():
+    class Grey:
+        def __call__(self, images, foreground):
+            return torch.where(foreground, images, torch.full_like(images, 0.5))
+
+    class Plugin:
+        @hookimpl
+        def register_masks(self, register):
+            register("grey", Grey())
+
+    registry = Registry(load_entry_points=False)
+    registry.add_plugin(Plugin(), name="my-plugin", distribution="my-dist")
+    with pytest.raises(PluginError) as err:
+        registry.components
+    message = str(err.value)
+    assert "mask 'grey' was registered with an instance of Grey, not a class or function" in message
+    assert "register('grey', Grey)" in message
 
 
 def test_a_contract_call_that_raises_is_reported_as_a_contract_failure():
@@ -257,3 +277,23 @@ def test_a_dataset_without_its_data_raises_the_user_error_unchanged(tmp_path):
     kahikatea = INSTALLED.create("datasets", "kahikatea", root=str(tmp_path / "absent"))
     with pytest.raises(UserError, match="fetch"):
         testing.check_dataset(kahikatea)
+
+
+BUILTIN_MODULES = sorted({ep.value for ep in __import__("importlib.metadata").metadata.entry_points(group="xaibench")
+                          if ep.dist is not None and ep.dist.metadata["Name"] == "xaibench"})
+
+
+@pytest.mark.parametrize("module", BUILTIN_MODULES)
+def test_importing_a_builtin_plugin_module_imports_no_heavy_library(module):
+    testing.check_light_import(module)
+
+
+def test_the_import_check_catches_a_plugin_that_imports_torch_at_the_top(tmp_path, monkeypatch):
+    (tmp_path / "heavy_plugin.py").write_text("import torch\n\nVALUE = 1\n")
+    (tmp_path / "light_plugin.py").write_text("def build():\n    import torch\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    testing.check_light_import("light_plugin")
+    with pytest.raises(AssertionError, match="importing 'heavy_plugin' imports torch; import heavy libraries inside"):
+        testing.check_light_import("heavy_plugin")
+    with pytest.raises(AssertionError, match="importing 'missing_plugin' failed"):
+        testing.check_light_import("missing_plugin")

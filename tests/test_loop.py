@@ -187,7 +187,7 @@ def test_a_broken_acceptor_fails_its_chains_and_says_why(loop_grid, capsys):
     seeds = pd.read_csv(loop_grid.out / "loop_seeds.csv")
     assert set(seeds["status"]) == {"failed"} and info["chains_failed"] == 1
     error = seeds["error"].iloc[0]
-    assert "acceptor 'broken' (plugin 'test-acceptors'" in error and "returned bool (3, 3)" in error
+    assert "acceptor 'broken' (plugin 'test-acceptors'" in error and "the returned annotation has shape (3, 3)" in error
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -76,3 +76,52 @@ def test_the_guides_examples_register_components_that_keep_the_contract(hook):
     assert names, f"the {hook} example registers no {kind[:-1]}"
     for name in names:
         testing.check_component(kind, name, registry=registry)
+
+
+def _reference_rows(text: str) -> dict[str, tuple[list[str], list[str]]]:
+    """kind → (required names, optional names) from the Reference section's first table."""
+    body = sections(text)["Reference"]
+    rows = {}
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] in KINDS:
+            names = [re.findall(r"`([^`]+)`", c) for c in cells[1:]]
+            rows.setdefault(cells[0], (names[0], [n for n in names[1] if not n.startswith(("(", "False", "True"))
+                                                  and n not in ("build",)]))
+    return rows
+
+
+def test_the_reference_table_is_the_contract_of_contracts_py():
+    from xaibench import contracts
+
+    rows = _reference_rows(DOCS.read_text())
+    assert set(rows) == set(KINDS)
+    for kind, (required, optional) in rows.items():
+        assert required == contracts.required(kind), kind
+        assert set(optional) == set(contracts.OPTIONAL[kind]), kind
+
+
+def test_a_drifted_reference_table_is_caught():
+    from xaibench import contracts
+
+    text = DOCS.read_text().replace("| `uses_saliency` (`False`), `segment_with_scores`, `check` |", "| `check` |")
+    _, optional = _reference_rows(text)["segmenters"]
+    assert set(optional) != set(contracts.OPTIONAL["segmenters"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_optional_capability_is_described_in_its_kinds_section(kind):
+    from xaibench import contracts
+
+    body = sections(DOCS.read_text())[f"register_{kind}"]
+    missing = [name for name in contracts.OPTIONAL[kind] if f"`{name}" not in body and name != "check"]
+    assert missing == [], f"the register_{kind} section does not describe {missing}"
+
+
+def test_the_guide_names_every_builtin_entry_point():
+    from importlib.metadata import entry_points
+
+    names = {ep.name for ep in entry_points(group="xaibench") if ep.dist is not None
+             and ep.dist.metadata["Name"] == "xaibench"}
+    rule = next(line for line in DOCS.read_text().split("\n- ") if "xaibench's own are" in line)
+    assert names and names == set(re.findall(r"`([a-z_]+)`", rule.split("xaibench's own are", 1)[1]))

@@ -1,25 +1,33 @@
-"""The call contract of every component kind.
+"""The call contract of every component kind, as code: one ``typing.Protocol`` per kind, the optional
+capabilities each kind may declare, and one validator per kind's output.
 
-Plugins need not inherit from these classes: any object with the same methods works. They exist to
-document shapes, dtypes and value ranges in one place, and to hold small shared value types.
+Plugins need not inherit from these classes: any object with the same methods works. Every component is
+built from keyword-only parameters with defaults (the grid's parameters); ``__init__`` stores them and
+does no heavy work, so a grid line maps to a constructor call.
 
-All components are built from keyword-only parameters with defaults (the grid's parameters); ``__init__``
-stores them and does no heavy work, so a grid line maps to a constructor call.
+The stage runner calls the validators on every output of every component it runs, and
+``xaibench.testing`` calls the same ones, so a run and a plugin's own tests hold a component to one
+contract. A validator raises ``ContractViolation`` saying what was wrong; it never coerces a wrong dtype,
+shape or range into a plausible one. ``capability(component, name)`` reads an optional capability, with
+its documented default where the component does not declare it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable, Iterator, Sequence
+import inspect
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
+
+from .errors import ContractViolation
 
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
     """One labelled image.
 
-    ``image``: uint8 array (H, W, 3), RGB. ``label``: class index into ``Dataset.classes``.
+    ``image``: uint8 array (H, W, 3), RGB. ``label``: int class index into ``Dataset.classes``.
     ``mask``: bool array (H, W), True on the pixels relevant to the label, or None where no annotation
     exists (e.g. negatives of a binary presence task). This is the annotation models are trained with.
     ``reference``: bool array (H, W), the exact relevance mask where ``mask`` is a knowingly imprecise
@@ -58,109 +66,121 @@ class Prompts:
         return self.points[self.labels == 0]
 
 
-class Dataset:
+# -- the kinds -------------------------------------------------------------------------------------------
+# Each Protocol lists the members a component of its kind must have; OPTIONAL lists, per kind, the
+# capabilities it may declare and the default assumed where it does not.
+
+
+class Dataset(Protocol):
     """Kind ``datasets``: labelled images with optional relevance masks.
 
-    ``classes``: list of class names; labels index into it.
+    ``classes``: list of at least two distinct class names; labels index into it.
     ``split(name)`` for name in ``"train" | "val" | "test"``: a sequence of ``Sample``; the same call gives
     the same samples in the same order every time. All images of one dataset have one size.
     ``fingerprint()``: a string that changes whenever the content changes (parameters, files); it keys
     every cached result that depends on the data.
-    ``location_params`` (optional class attribute): names of parameters that only say where the data
-    lives (a root folder, a download URL); they are left out of cache keys, so moving the data retrains
-    nothing as long as ``fingerprint()`` is unchanged."""
 
-    classes: list[str]
-    location_params: tuple[str, ...] = ()
+    Optional: ``location_params`` (class attribute): names of parameters that only say where the data
+    lives (a root folder, a download URL); they are left out of cache keys. ``check()``: raise a
+    ``UserError`` when the data is missing, before a run starts. ``fetch()``: download the data.
+    ``prepare(**options)`` (static method): build a dataset folder from raw sources. ``describe()``: a
+    dict of dataset-specific facts for ``xaibench data info``."""
 
-    def split(self, name: str) -> Sequence[Sample]:
-        raise NotImplementedError
+    classes: Sequence[str]
 
-    def fingerprint(self) -> str:
-        raise NotImplementedError
+    def split(self, name: str) -> Sequence[Sample]: ...
+
+    def fingerprint(self) -> str: ...
 
 
-class Mask:
+class Mask(Protocol):
     """Kind ``masks``: replaces the irrelevant background of images.
 
     ``__call__(images, foreground) -> images``: ``images`` float tensor (B, 3, H, W) in [0, 1];
     ``foreground`` bool tensor (B, 1, H, W). Returns a new float tensor of the same shape, device and
-    dtype, equal to ``images`` where ``foreground`` is True. Inputs are never modified in place."""
+    dtype, in [0, 1], equal to ``images`` where ``foreground`` is True. Inputs are never modified.
 
-    def __call__(self, images, foreground):
-        raise NotImplementedError
+    Optional: ``check()``."""
+
+    def __call__(self, images, foreground): ...
 
 
-class Backbone:
+class Backbone(Protocol):
     """Kind ``backbones``: a classifier architecture.
 
-    ``build(num_classes) -> torch.nn.Module`` mapping float images (B, 3, H, W) in [0, 1] (the module
-    normalises them itself) to logits (B, num_classes).
-    ``target_layers(model) -> list[torch.nn.Module]``: the layers class-activation explainers hook by
-    default (for ResNets the last block)."""
+    ``build(num_classes, *, pretrained=True) -> torch.nn.Module`` mapping float images (B, 3, H, W) in
+    [0, 1] (the module normalises them itself) to finite float logits (B, num_classes). The runner seeds
+    torch's global generator before ``build``. ``pretrained=False`` asks for the architecture alone (its
+    weights are replaced at once by a stage's); a backbone whose ``build`` takes no ``pretrained`` is
+    called without it.
+    ``target_layers(model) -> list[torch.nn.Module]``: modules of ``model`` that class-activation
+    explainers hook by default (for ResNets the last block).
 
-    def build(self, num_classes: int):
-        raise NotImplementedError
+    Optional: ``pretrained`` (the keyword of ``build``), ``check()``: raise a ``UserError`` when weights
+    cannot be had."""
 
-    def target_layers(self, model) -> list:
-        raise NotImplementedError
+    def build(self, num_classes: int, *, pretrained: bool = True): ...
+
+    def target_layers(self, model) -> list: ...
 
 
-class Ensemble:
+class Ensemble(Protocol):
     """Kind ``ensembles``: combines the logits of the raw-image and the masked-image model.
 
-    ``__call__(raw_logits, masked_logits) -> logits``: float tensors (B, C) to (B, C); differentiable, so
-    explainers can backpropagate through it. Optional ``reduces_to() -> "raw" | "masked" | None`` says
-    when the rule equals one member alone, so that member's cached results are reused."""
+    ``__call__(raw_logits, masked_logits) -> logits``: float tensors (B, C) to finite (B, C) of the same
+    dtype and device; differentiable, so explainers can backpropagate through it.
 
-    def __call__(self, raw_logits, masked_logits):
-        raise NotImplementedError
+    Optional: ``reduces_to() -> "raw" | "masked" | None`` says when the rule equals one member alone, so
+    that member's cached results are reused. ``mixing_parameter`` (class attribute): the name of the
+    keyword parameter that is the raw model's weight α in [0, 1]; tables show such a rule's rows as α
+    values and the accuracy-against-α figure sweeps it. ``check()``."""
 
-    def reduces_to(self) -> str | None:
-        return None
+    def __call__(self, raw_logits, masked_logits): ...
 
 
-class Explainer:
+class Explainer(Protocol):
     """Kind ``explainers``: saliency maps for a classifier's decision.
 
     ``explain(model, images, targets, *, target_layers, masks=None) -> np.ndarray`` float32 (B, H, W) in
-    [0, 1], at the images' size. ``images`` float tensor (B, 3, H, W) in [0, 1] on the model's device;
-    ``targets`` int64 tensor (B,) of the classes to explain; ``target_layers`` the backbone's default
-    layers; ``masks`` bool (B, H, W) ground truth, given only to explainers that declare
-    ``uses_ground_truth = True`` (calibration baselines)."""
+    [0, 1], finite, at the images' size. ``images`` float tensor (B, 3, H, W) in [0, 1] on the model's
+    device; ``targets`` int64 tensor (B,) of the classes to explain; ``target_layers`` the backbone's
+    default layers; ``masks`` bool (B, H, W) ground truth, given only to explainers that declare
+    ``uses_ground_truth = True`` (calibration baselines).
 
-    uses_ground_truth = False
+    Optional: ``uses_ground_truth`` (default False), ``check()``."""
 
-    def explain(self, model, images, targets, *, target_layers, masks=None):
-        raise NotImplementedError
+    def explain(self, model, images, targets, *, target_layers, masks=None): ...
 
 
-class Seeder:
+class Seeder(Protocol):
     """Kind ``seeders``: turns one saliency map into point prompts.
 
     ``__call__(saliency) -> Prompts``: ``saliency`` float32 (H, W) in [0, 1] at image size; returns
-    prompts in that image's pixel coordinates. Deterministic for a given map."""
+    ``Prompts`` in that image's pixel coordinates, (x, y) = (column, row), float32, inside the image,
+    labels 0 or 1. Foreground points mark salient places: the most salient of them lies on a pixel at
+    least as salient as the map's mean. Deterministic for a given map.
 
-    def __call__(self, saliency: np.ndarray) -> Prompts:
-        raise NotImplementedError
+    Optional: ``check()``."""
+
+    def __call__(self, saliency: np.ndarray) -> Prompts: ...
 
 
-class Segmenter:
+class Segmenter(Protocol):
     """Kind ``segmenters``: point-prompted segmentation.
 
     ``segment(image, prompts) -> list[np.ndarray]``: ``image`` uint8 (H, W, 3) RGB; ``prompts`` a
     sequence of ``Prompts`` for that image; returns one bool (H, W) mask per prompt set. Expensive
     per-image work (e.g. an image embedding) is done once per call and shared by all prompt sets.
 
-    Optional: ``segment_with_scores(image, prompts) -> (masks, scores)`` gives the same masks and one
-    confidence per mask, a float in [0, 1] (SAM's predicted IoU); acceptance rules of the annotation loop
-    can use it. Segmenters without it have NaN confidences."""
+    Optional: ``uses_saliency`` (default False): when True, ``segment`` (and ``segment_with_scores``) is
+    also given ``saliency``, one float32 (H, W) map in [0, 1] per prompt set. ``segment_with_scores(image,
+    prompts) -> (masks, scores)``: the same masks and one confidence per mask, a float in [0, 1] (SAM's
+    predicted IoU) or NaN; acceptance rules of the annotation loop can use it. ``check()``."""
 
-    def segment(self, image: np.ndarray, prompts: Sequence[Prompts]) -> list[np.ndarray]:
-        raise NotImplementedError
+    def segment(self, image: np.ndarray, prompts: Sequence[Prompts]) -> list[np.ndarray]: ...
 
 
-class Acceptor:
+class Acceptor(Protocol):
     """Kind ``acceptors``: the annotation loop's rule for replacing an annotation by a segmentation.
 
     ``__call__(annotation, proposal, *, saliency, score) -> np.ndarray | None``: ``annotation`` bool (H, W),
@@ -168,22 +188,292 @@ class Acceptor:
     the explanation; ``saliency`` float32 (H, W) in [0, 1], that explanation; ``score`` the segmenter's
     confidence in [0, 1], or NaN where it gives none. Returns the image's next annotation, a bool (H, W)
     mask (the proposal, or any combination), or None to keep the current one. Deterministic; inputs may
-    be kept but are never modified."""
+    be kept but are never modified.
+
+    Optional: ``check()``."""
 
     def __call__(self, annotation: np.ndarray, proposal: np.ndarray, *, saliency: np.ndarray,
-                 score: float) -> np.ndarray | None:
-        raise NotImplementedError
+                 score: float) -> np.ndarray | None: ...
 
 
-class Executor:
+class Executor(Protocol):
     """Kind ``executors``: runs independent stage tasks.
 
-    ``map(fn, tasks) -> iterator`` of ``fn(task)`` results in task order. ``fn`` and the tasks are
-    picklable; results are small (artifacts are written by ``fn`` itself to the cache). Only the
-    caller writes to the results store. ``close()`` releases workers."""
+    ``map(fn, tasks) -> iterator`` of ``fn(task)`` results, one per task, in task order. ``fn`` and the
+    tasks are picklable; results are small (artifacts are written by ``fn`` itself to the cache). Only
+    the caller writes to the results store.
 
-    def map(self, fn: Callable, tasks: Iterable) -> Iterator:
-        raise NotImplementedError
+    Optional: ``close()`` releases workers; ``check()`` fails early when workers cannot be had (an
+    unreachable cluster)."""
 
-    def close(self) -> None:
-        pass
+    def map(self, fn: Callable, tasks: Iterable) -> Iterator: ...
+
+
+PROTOCOLS = {"datasets": Dataset, "masks": Mask, "backbones": Backbone, "ensembles": Ensemble,
+             "explainers": Explainer, "seeders": Seeder, "segmenters": Segmenter, "acceptors": Acceptor,
+             "executors": Executor}
+
+OPTIONAL: dict[str, dict[str, object]] = {
+    "datasets": {"location_params": (), "check": None, "fetch": None, "prepare": None, "describe": None},
+    "masks": {"check": None},
+    "backbones": {"pretrained": True, "check": None},
+    "ensembles": {"reduces_to": None, "mixing_parameter": None, "check": None},
+    "explainers": {"uses_ground_truth": False, "check": None},
+    "seeders": {"check": None},
+    "segmenters": {"uses_saliency": False, "segment_with_scores": None, "check": None},
+    "acceptors": {"check": None},
+    "executors": {"close": None, "check": None},
+}
+
+
+def required(kind: str) -> list[str]:
+    """The members a component of ``kind`` must have, read off its Protocol."""
+    protocol = PROTOCOLS[kind]
+    names = list(getattr(protocol, "__annotations__", {}))
+    names += [n for n, v in vars(protocol).items() if callable(v) and (not n.startswith("_") or n == "__call__")]
+    return list(dict.fromkeys(names))
+
+
+def capability(component, name: str, kind: str):
+    """The optional capability ``name`` of ``component`` of ``kind``, or its default where it is not
+    declared. ``pretrained`` (backbones) is whether ``build`` takes that keyword."""
+    if name not in OPTIONAL[kind]:
+        raise KeyError(f"{kind} have no optional capability {name!r}; they have {sorted(OPTIONAL[kind])}")
+    if kind == "backbones" and name == "pretrained":
+        try:
+            return "pretrained" in inspect.signature(component.build).parameters
+        except (TypeError, ValueError):
+            return True
+    return getattr(component, name, OPTIONAL[kind][name])
+
+
+# -- validators ------------------------------------------------------------------------------------------
+# Each raises ContractViolation with what was wrong; the caller names the component and its input.
+
+
+def _describe(value) -> str:
+    dtype = getattr(value, "dtype", None)
+    shape = getattr(value, "shape", None)
+    if dtype is None:
+        return type(value).__name__
+    return f"{str(dtype).removeprefix('torch.')} {tuple(shape)}"
+
+
+def _values(array: np.ndarray, limit: int = 4) -> str:
+    found = np.unique(array[np.isfinite(array)] if array.dtype.kind == "f" else array)
+    shown = ", ".join(f"{v:g}" if array.dtype.kind == "f" else str(v) for v in found[:limit])
+    return shown + (f", ... ({len(found)} distinct)" if len(found) > limit else "")
+
+
+def validate_mask_array(array, what: str, shape: tuple) -> None:
+    """A bool numpy (H, W) mask of ``shape``: no other dtype is taken as a mask."""
+    if not isinstance(array, np.ndarray) or array.dtype != bool:
+        detail = f" with values {_values(array)}" if isinstance(array, np.ndarray) and array.dtype.kind in "fiu" else ""
+        raise ContractViolation(f"{what} is {_describe(array)}{detail}; a mask is a bool numpy array (H, W), True "
+                                f"on the relevant pixels (convert it yourself, e.g. mask > 0.5)")
+    if array.shape != tuple(shape):
+        raise ContractViolation(f"{what} has shape {array.shape}; it must match the image, {tuple(shape)}")
+
+
+def validate_classes(classes) -> None:
+    """A dataset's ``classes``: a list of at least two distinct class-name strings."""
+    if not isinstance(classes, (list, tuple)) or len(classes) < 2 or not all(isinstance(c, str) for c in classes) \
+            or len(set(classes)) != len(classes):
+        raise ContractViolation(f"classes is {classes!r}; give a list of at least two distinct class names")
+
+
+def validate_sample(sample, num_classes: int) -> None:
+    """One dataset sample: a ``Sample`` with a uint8 (H, W, 3) image, an int label in range, and bool
+    masks of the image's size (a reference only beside a mask)."""
+    if not all(hasattr(sample, f) for f in ("id", "image", "label", "mask")):
+        raise ContractViolation(f"split() gave a {type(sample).__name__}; return xaibench.contracts.Sample objects")
+    image = sample.image
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ContractViolation(f"sample {sample.id!r}: image is {_describe(image)}; images are uint8 numpy arrays "
+                                f"(H, W, 3), RGB")
+    label = sample.label
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or not 0 <= label < num_classes:
+        raise ContractViolation(f"sample {sample.id!r}: label {label!r} is not an int class index in "
+                                f"0..{num_classes - 1}")
+    reference = getattr(sample, "reference", None)
+    if sample.mask is not None:
+        validate_mask_array(sample.mask, f"sample {sample.id!r}: mask", image.shape[:2])
+    if reference is not None:
+        if sample.mask is None:
+            raise ContractViolation(f"sample {sample.id!r} has a reference but no mask; a reference is the exact "
+                                    f"version of an annotation, so give both or neither")
+        validate_mask_array(reference, f"sample {sample.id!r}: reference", image.shape[:2])
+
+
+def validate_masked(out, images, foreground) -> None:
+    """A mask's output: a new tensor of the images' shape, dtype and device, in [0, 1], equal to the
+    images on every foreground pixel."""
+    import torch
+
+    if not isinstance(out, torch.Tensor) or out.shape != images.shape or out.dtype != images.dtype \
+            or out.device != images.device:
+        raise ContractViolation(f"returned {_describe(out)} on {getattr(out, 'device', '?')} for images "
+                                f"{_describe(images)} on {images.device}; return a tensor of the images' shape, "
+                                f"dtype and device")
+    if not bool(torch.isfinite(out).all()) or float(out.min()) < 0 or float(out.max()) > 1:
+        raise ContractViolation(f"returned values in [{float(out.min()):g}, {float(out.max()):g}] (or non-finite); "
+                                f"masked images stay in [0, 1]")
+    keep = foreground.expand_as(images)
+    changed = int((out[keep] != images[keep]).sum())
+    if changed:
+        raise ContractViolation(f"changed {changed} of {int(keep.sum())} foreground pixel values; a mask replaces "
+                                f"the background only and leaves every foreground pixel exactly as it was")
+
+
+def validate_model(model) -> None:
+    """What ``Backbone.build`` returns: a ``torch.nn.Module``."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise ContractViolation(f"build() returned {type(model).__name__}; return a torch.nn.Module")
+
+
+def validate_logits(logits, batch: int, num_classes: int) -> None:
+    """A model's (or an ensemble's) logits: finite float (batch, num_classes)."""
+    shape = tuple(getattr(logits, "shape", ()))
+    kind = str(getattr(logits, "dtype", "")).removeprefix("torch.")
+    if shape != (batch, num_classes) or not kind.startswith(("float", "bfloat")):
+        raise ContractViolation(f"gave logits {_describe(logits)} for {batch} images of {num_classes} classes; "
+                                f"logits are float ({batch}, {num_classes})")
+    finite = np.isfinite(np.asarray(logits.detach().float().cpu() if hasattr(logits, "detach") else logits)).all()
+    if not finite:
+        raise ContractViolation("gave non-finite logits (NaN or inf)")
+
+
+def validate_layers(layers, model) -> None:
+    """``Backbone.target_layers``: a non-empty list of the model's own modules."""
+    modules = {id(m) for m in model.modules()}
+    if not isinstance(layers, (list, tuple)) or not layers or not all(id(layer) in modules for layer in layers):
+        raise ContractViolation("target_layers(model) is not a non-empty list of the model's own modules")
+
+
+def validate_ensemble(out, raw) -> None:
+    """An ensemble rule's output: finite logits of the members' shape, dtype and device."""
+    import torch
+
+    if not isinstance(out, torch.Tensor) or out.shape != raw.shape or out.dtype != raw.dtype or out.device != raw.device:
+        raise ContractViolation(f"returned {_describe(out)} for member logits {_describe(raw)}; return logits of the "
+                                f"members' shape, dtype and device")
+    if not bool(torch.isfinite(out).all()):
+        raise ContractViolation("returned non-finite logits (NaN or inf)")
+
+
+def validate_maps(maps, batch: int, height: int, width: int) -> None:
+    """An explainer's output: a float32 numpy array (batch, height, width), finite, in [0, 1]."""
+    if not isinstance(maps, np.ndarray) or maps.dtype != np.float32 or maps.shape != (batch, height, width):
+        raise ContractViolation(f"returned {_describe(maps)}; expected a float32 numpy array ({batch}, {height}, "
+                                f"{width}): one map per image at the images' size")
+    bad = ~np.isfinite(maps).all(axis=(1, 2))
+    if bad.any():
+        raise ContractViolation(f"{int(bad.sum())} of {batch} maps hold NaN or inf; every map is finite")
+    low, high = float(maps.min()), float(maps.max())
+    if low < 0 or high > 1:
+        raise ContractViolation(f"returned values in [{low:g}, {high:g}]; maps are in [0, 1] (scale each map, e.g. "
+                                f"per-image min-max)")
+
+
+def validate_prompts(prompts, saliency: np.ndarray) -> None:
+    """A seeder's output for ``saliency`` (H, W): ``Prompts`` with float32 points (x, y) inside the image,
+    int64 labels in {0, 1}, and the most salient foreground point on a pixel at least as salient as the
+    map's mean (unless the points read as (row, col) are no more salient: then the map cannot tell)."""
+    validate_prompt_sets([prompts], np.asarray(saliency)[None])
+
+
+def validate_prompt_sets(prompt_sets: list, maps: np.ndarray) -> None:
+    """``validate_prompts`` for a seeder's outputs on ``maps`` (M, H, W) at once (one set per map), in a
+    few array operations for the whole lot. The ``ContractViolation`` raised has ``index``: the map whose
+    prompts broke the contract first."""
+    def violation(index, message):
+        error = ContractViolation(message)
+        error.index = index
+        return error
+
+    height, width = maps.shape[1:]
+    for i, prompts in enumerate(prompt_sets):
+        if not isinstance(prompts, Prompts):
+            raise violation(i, f"returned {type(prompts).__name__}; return xaibench.contracts.Prompts")
+        if not isinstance(prompts.points, np.ndarray) or prompts.points.dtype != np.float32:
+            raise violation(i, f"gave points {_describe(prompts.points)}; points are float32 (N, 2)")
+        if not isinstance(prompts.labels, np.ndarray) or prompts.labels.dtype != np.int64:
+            raise violation(i, f"gave labels {_describe(prompts.labels)}; labels are int64 (N,)")
+    counts = np.array([len(p.labels) for p in prompt_sets], dtype=np.int64)
+    if not counts.sum():
+        return
+    owner = np.repeat(np.arange(len(prompt_sets)), counts)
+    points = np.concatenate([p.points for p in prompt_sets])
+    labels = np.concatenate([p.labels for p in prompt_sets])
+    bad = (labels != 0) & (labels != 1)
+    if bad.any():
+        i = owner[bad][0]
+        raise violation(i, f"gave labels {_values(prompt_sets[i].labels)}; a label is 1 (foreground) or 0 "
+                           f"(background)")
+    x, y = points[:, 0], points[:, 1]
+    outside = ~(np.isfinite(points).all(axis=1) & (x >= 0) & (x < width) & (y >= 0) & (y < height))
+    if outside.any():
+        i = owner[outside][0]
+        mine = outside[owner == i]
+        first = prompt_sets[i].points[np.flatnonzero(mine)[0]]
+        raise violation(i, f"{int(mine.sum())} of {len(mine)} points outside the {width}×{height} image, e.g. "
+                           f"({first[0]:g}, {first[1]:g}); points are (x=column, y=row) with 0 <= x < {width} and "
+                           f"0 <= y < {height}")
+    positive = labels == 1
+    if not positive.any():
+        return
+    which = owner[positive]
+    rows = np.floor(y[positive] + 0.5).astype(np.int64)
+    cols = np.floor(x[positive] + 0.5).astype(np.int64)
+    best = np.full(len(prompt_sets), np.inf)
+    swapped = np.full(len(prompt_sets), -np.inf)
+    best[np.unique(which)] = -np.inf
+    np.maximum.at(best, which, maps[which, rows, cols])
+    transposed = (cols < height) & (rows < width)  # where (row, col) would still be inside the image
+    np.maximum.at(swapped, which[transposed], maps[which[transposed], cols[transposed], rows[transposed]])
+    flat = maps.reshape(len(maps), -1)
+    means = flat.mean(axis=1)
+    varies = flat.max(axis=1) > flat.min(axis=1)
+    broken = np.flatnonzero(varies & (best < means) & (swapped > best))
+    if len(broken):
+        i = broken[0]
+        raise violation(i, f"the most salient of its {int((which == i).sum())} foreground points lies on saliency "
+                           f"{best[i]:.3g}, below the map's mean {means[i]:.3g}, while the same points read as (row, "
+                           f"col) reach {swapped[i]:.3g}; points are (x=column, y=row), not (row, col)")
+
+
+def validate_segmentation(masks, n_prompts: int, height: int, width: int, scores=None) -> None:
+    """A segmenter's output: one bool numpy (H, W) mask per prompt set; confidences, where given, one
+    float per mask in [0, 1] or NaN."""
+    if not hasattr(masks, "__len__") or len(masks) != n_prompts:
+        raise ContractViolation(f"returned {len(masks) if hasattr(masks, '__len__') else type(masks).__name__} masks "
+                                f"for {n_prompts} prompt sets; return one mask per prompt set")
+    for i, mask in enumerate(masks):
+        validate_mask_array(mask, f"mask {i + 1} of {n_prompts}", (height, width))
+    if scores is not None:
+        values = np.asarray(scores, dtype=np.float64) if np.ndim(scores) == 1 else None
+        if values is None or len(values) != n_prompts or ((values < 0) | (values > 1)).any():
+            raise ContractViolation(f"segment_with_scores gave scores {scores!r}; give one confidence per mask, a "
+                                    f"float in [0, 1] or NaN")
+
+
+def validate_annotation(out, shape: tuple) -> None:
+    """An acceptor's output: None (keep the annotation) or a bool numpy mask of the annotation's shape."""
+    if out is not None:
+        validate_mask_array(out, "the returned annotation", shape)
+
+
+def validate_result(result, key: str) -> None:
+    """One result of an executor's ``map``: the result of the task in its position (a stage result
+    carrying that task's key), so results come one per task, in task order."""
+    if getattr(result, "key", None) != key:
+        found = getattr(result, "key", None) or type(result).__name__
+        raise ContractViolation(f"map() gave a result for {found!r} where the task was {key!r}; give one result per "
+                                f"task, in task order")
+
+
+VALIDATORS = {"datasets": validate_sample, "masks": validate_masked, "backbones": validate_logits,
+              "ensembles": validate_ensemble, "explainers": validate_maps, "seeders": validate_prompts,
+              "segmenters": validate_segmentation, "acceptors": validate_annotation, "executors": validate_result}

@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 
+from .contracts import capability
 from .errors import UserError
 from .registry import get_registry, signature_model, validate_keywords
 
@@ -19,8 +20,9 @@ def info(name: str, params: dict, registry=None) -> dict:
     """Counts per split and class, how many samples have masks, and the image sizes seen."""
     registry = registry or get_registry()
     dataset = registry.create("datasets", name, **params)
-    if hasattr(dataset, "check"):
-        dataset.check()
+    check = capability(dataset, "check", "datasets")
+    if check is not None:
+        check()
     classes = list(dataset.classes)
     out: dict = {"dataset": name, "params": params, "classes": classes, "splits": {}}
     sizes: Counter = Counter()
@@ -37,24 +39,26 @@ def info(name: str, params: dict, registry=None) -> dict:
         }
     out["image_sizes"] = dict(sizes)
     out["fingerprint"] = dataset.fingerprint()
-    if hasattr(dataset, "describe"):
-        out["details"] = dataset.describe()
+    describe = capability(dataset, "describe", "datasets")
+    if describe is not None:
+        out["details"] = describe()
     return out
 
 
 def fetch(name: str, params: dict, registry=None):
     registry = registry or get_registry()
     dataset = registry.create("datasets", name, **params)
-    if not hasattr(dataset, "fetch"):
+    fetch_data = capability(dataset, "fetch", "datasets")
+    if fetch_data is None:
         raise UserError(f"dataset {name!r} has nothing to download (it defines no fetch())")
-    return dataset.fetch()
+    return fetch_data()
 
 
 def prepare(name: str, options: dict, registry=None):
     """Call the dataset's ``prepare`` with ``options`` validated against its signature."""
     registry = registry or get_registry()
     factory = registry.get("datasets", name).factory
-    prepare_fn = getattr(factory, "prepare", None)
+    prepare_fn = capability(factory, "prepare", "datasets")
     if prepare_fn is None:
         raise UserError(f"dataset {name!r} needs no preparation (it defines no prepare())")
     model = signature_model(prepare_fn, f"{name}.prepare")

@@ -12,9 +12,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from .contracts import capability, validate_result
+from .errors import ContractViolation
 from .grid import ComponentSpec, Grid
 from .plan import TRAINING_KINDS, Stage
-from .records import Failure, RunCounts, Status
+from .records import Failure, RunCounts, StageResult, Status
 from .stages import StageRunner
 from .store import Store
 
@@ -30,8 +32,9 @@ def apply_executor_override(grid: Grid, override: dict | None, registry) -> None
 def checked_executor(grid: Grid, registry):
     """The grid's executor, built and ``check()``-ed (an unreachable cluster fails before anything runs)."""
     executor = registry.create("executors", grid.executor.name, **grid.executor.params)
-    if hasattr(executor, "check"):
-        executor.check()
+    check = capability(executor, "check", "executors")
+    if check is not None:
+        check()
     return executor
 
 
@@ -76,8 +79,10 @@ class RunFolder:
 
     def close(self) -> None:
         if self.executor is not None:
-            self.executor.close()
+            close = capability(self.executor, "close", "executors")
             self.executor = None
+            if close is not None:
+                close()
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -147,7 +152,7 @@ def execute(stages: dict[str, Stage], folder: RunFolder, *, retry_failed: bool =
                     bar.update(1)
                     continue
                 ready.append(stage)
-            for stage, result in zip(ready, folder.executor.map(runner, ready)):
+            for stage, result in _results(folder, ready):
                 bar.update(1)
                 if result.ok:
                     store.record_stage(stage.key, stage.kind, stage.label, Status.DONE, meta=result.meta,
@@ -163,3 +168,23 @@ def execute(stages: dict[str, Stage], folder: RunFolder, *, retry_failed: bool =
                     counts.stages_failed += 1
                     tqdm.write(f"stage failed: {failure.line()}", file=sys.stderr)
     return Execution(counts, failed_now)
+
+
+def _results(folder: RunFolder, ready: list[Stage]):
+    """``(stage, result)`` for each stage the executor ran, its results checked against the executor
+    contract: one per task, in task order. A stage whose result is missing or is another stage's gets a
+    failed result naming the executor."""
+    if not ready:
+        return
+    results = iter(folder.executor.map(folder.runner, ready))
+    who = folder.registry.who("executors", folder.grid.executor.name, folder.grid.executor.name)
+    for position, stage in enumerate(ready):
+        result = next(results, None)
+        try:
+            if result is None:
+                raise ContractViolation(f"map() gave {position} results for {len(ready)} tasks; give one result "
+                                        f"per task, in task order")
+            validate_result(result, stage.key)
+        except ContractViolation as exc:
+            result = StageResult(stage.key, False, 0.0, error=str(exc), component=who)
+        yield stage, result

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .artifacts import Artifacts, Memo, unpack_masks
+from .contracts import capability
 from .metrics import accuracy, iou
 from .plan import Plan, RoundPlan
 from .records import AnnotationSeries, MaskExamples, OverlayPanel, Overlays, variant_label
@@ -118,7 +119,7 @@ def alpha_curves(plan: Plan, artifacts: Artifacts, registry, *, step: float = AL
                                                                          [cp.raw_logits, cp.masked_logits]):
             continue
         factory = registry.get("ensembles", ensemble.name).factory
-        parameter = getattr(factory, "mixing_parameter", None)
+        parameter = capability(factory, "mixing_parameter", "ensembles")
         if parameter is None:
             continue
         rule = {k: v for k, v in ensemble.params.items() if k != parameter}

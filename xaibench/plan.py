@@ -28,6 +28,7 @@ import inspect
 import math
 from typing import Union
 
+from .contracts import capability
 from .errors import GridError, UserError
 from .grid import Cell, Choice, Grid, all_choices, digest, expand, label_of, load_grid
 from .records import CELL_LABELS
@@ -120,6 +121,8 @@ class ExplainSpec:
 class SeedsSpec:
     explain: str
     seeder: Choice
+    data: str  # the explained images' data and split (for naming them in messages; not in the key)
+    split: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,9 +189,31 @@ class CellPlan:
 class Plan:
     stages: dict[str, Stage]  # in dependency order
     cells: list[CellPlan]
+    builder: "PlanBuilder | None" = None
+    # (explain, segmenter, data) → the seeds stages one segment stage prompts with (see build_plan)
+    segment_groups: dict[tuple, set] = dataclasses.field(default_factory=dict)
 
     def count(self, *kinds) -> int:
         return sum(1 for s in self.stages.values() if s.kind in kinds)
+
+    def group_segments(self, failed=frozenset()) -> None:
+        """Plan one segment stage per explanation and segmenter, prompted by every seeder of that group
+        whose seeds stage is not in ``failed``, and point each cell at its stage and seeder slot. So
+        expensive per-image work (SAM's image embedding) is done once for all seeders, and one broken
+        seeder fails its own cells only: its group is segmented without it (under another key)."""
+        planned = {k for k, s in self.stages.items() if s.kind == "segment"}
+        segment_of = {}
+        for (explain, segmenter, data), seed_keys in self.segment_groups.items():
+            working = sorted(k for k in seed_keys if k not in failed)
+            if working:
+                key = self.builder.segment(segmenter, explain, working, data)
+                segment_of.update({(seeds, segmenter): (key, i) for i, seeds in enumerate(working)})
+        for cp in self.cells:
+            if cp.seeds is not None:
+                cp.segment, cp.segment_index = segment_of.get((cp.seeds, cp.cell.segmenter), (None, 0))
+        used = {cp.segment for cp in self.cells}
+        for key in planned - used:
+            del self.stages[key]
 
 
 def mixing_weight(registry, ensemble: Choice | None) -> float:
@@ -198,7 +223,7 @@ def mixing_weight(registry, ensemble: Choice | None) -> float:
     if ensemble is None:
         return 1.0
     factory = registry.get("ensembles", ensemble.name).factory
-    name = getattr(factory, "mixing_parameter", None)
+    name = capability(factory, "mixing_parameter", "ensembles")
     if name is None:
         return math.nan
     if name in ensemble.params:
@@ -238,8 +263,9 @@ def check_components(cells: list[Cell], registry, extra: tuple = ()) -> dict[Cho
         seen.add((kind, choice))
         try:
             component = registry.create(kind, choice.name, **choice.params)
-            if hasattr(component, "check"):
-                component.check()
+            check = capability(component, "check", kind)
+            if check is not None:
+                check()
             if kind == "datasets":
                 fingerprints[choice] = component.fingerprint()
         except UserError as exc:
@@ -274,7 +300,7 @@ class PlanBuilder:
 
     def data(self, ds: Choice) -> str:
         # parameters that only say where the data is (its fingerprint covers what it is) stay out of keys
-        location = set(getattr(self.registry.get("datasets", ds.name).factory, "location_params", ()))
+        location = set(capability(self.registry.get("datasets", ds.name).factory, "location_params", "datasets"))
         content = {"name": ds.name, "params": {k: v for k, v in ds.params.items() if k not in location}}
         return self.add("data", [content, self.version("datasets", ds), self.fingerprints[ds]], f"data {ds.name}",
                         [], DataSpec(ds))
@@ -308,7 +334,11 @@ class PlanBuilder:
         if ensemble is None:
             return SingleModel(raw)
         rule = self.registry.create("ensembles", ensemble.name, **ensemble.params)
-        reduces = rule.reduces_to() if hasattr(rule, "reduces_to") else None
+        reduces_to = capability(rule, "reduces_to", "ensembles")
+        reduces = reduces_to() if reduces_to is not None else None
+        if reduces not in ("raw", "masked", None):
+            raise UserError(f"ensemble {ensemble.label!r}: reduces_to() returned {reduces!r}; it returns \"raw\", "
+                            f"\"masked\" or None")
         if reduces == "raw":
             return SingleModel(raw)
         if reduces == "masked":
@@ -326,8 +356,9 @@ class PlanBuilder:
                         ExplainSpec(cell.backbone, data, ref, split, cell.explainer, self.grid.protocol.eval_batch_size))
 
     def seeds(self, seeder: Choice, explain: str) -> str:
+        spec = self.stages[explain].spec
         return self.add("seeds", [explain, seeder.ident, self.version("seeders", seeder)], f"seeds {seeder.name}",
-                        [explain], SeedsSpec(explain, seeder))
+                        [explain], SeedsSpec(explain, seeder, spec.data, spec.split))
 
     def segment(self, segmenter: Choice, explain: str, seed_keys: list[str], data: str, split: str = "test") -> str:
         seed_keys = sorted(seed_keys)
@@ -367,16 +398,9 @@ def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
             segments.setdefault((explain, cell.segmenter, data), set()).add(seeds)
         plans.append(CellPlan(cell, cell_labels(cell, registry), data, raw, masked, raw_logits, masked_logits,
                               explain, seeds, None))
-    # One segment stage per explanation and segmenter prompts with every seeder's points, so expensive
-    # per-image work (SAM's image embedding) is done once for all seeders.
-    segment_of = {}
-    for (explain, segmenter, data), seed_keys in segments.items():
-        key = builder.segment(segmenter, explain, list(seed_keys), data)
-        segment_of.update({(seeds, segmenter): (key, i) for i, seeds in enumerate(sorted(seed_keys))})
-    for cp in plans:
-        if cp.seeds is not None:
-            cp.segment, cp.segment_index = segment_of[(cp.seeds, cp.cell.segmenter)]
-    return Plan(builder.stages, plans)
+    plan = Plan(builder.stages, plans, builder, segments)
+    plan.group_segments()
+    return plan
 
 
 # -- the annotation loop's rounds --------------------------------------------------------------------------

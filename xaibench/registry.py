@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib.metadata
 import inspect
 import os
@@ -114,6 +115,30 @@ def validate_keywords(model: type[pydantic.BaseModel], params: dict | None) -> d
     if validated.model_extra:
         out.update(validated.model_extra)
     return out
+
+
+def check_factory(factory, where: str, name: str = "my-component") -> None:
+    """A factory is a class or a function whose parameters are all keyword-only; raises ``PluginError``
+    saying ``where`` it was registered and what to change."""
+    if not callable(factory):
+        raise PluginError(f"{where} was registered with a factory that is not callable ({factory!r}); pass the "
+                          f"class (or a function building the component), not an instance: register({name!r}, MyClass)")
+    if not (inspect.isclass(factory) or inspect.isfunction(factory) or inspect.ismethod(factory)
+            or isinstance(factory, functools.partial)):
+        raise PluginError(f"{where} was registered with an instance of {type(factory).__name__}, not a class or "
+                          f"function; the registry builds components from their parameters, so pass the class: "
+                          f"register({name!r}, {type(factory).__name__})")
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError) as exc:
+        raise PluginError(f"{where}: its factory has no inspectable signature ({exc}); register a class or "
+                          f"function with keyword-only parameters") from None
+    positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    if positional:
+        qualname = getattr(factory, "__qualname__", repr(factory))
+        raise PluginError(f"{where}: factory {qualname} takes {', '.join(positional)} by position; grid parameters "
+                          f"are passed by name, so make every parameter keyword-only: def __init__(self, *, "
+                          f"{positional[0]}=...)")
 
 
 def canonical_name(name: str) -> str:
@@ -251,12 +276,7 @@ class Registry:
                             f"{_source} registered a {_kind[:-1]} with the name {name!r}; a name must be a "
                             f"non-empty string, as in register(\"my-{_kind[:-1]}\", MyClass)"
                         )
-                    if not callable(factory):
-                        raise PluginError(
-                            f"{_source} registered {_kind[:-1]} {name!r} with a factory that is not callable "
-                            f"({factory!r}); pass the class (or a function building the component), not an "
-                            f"instance: register({name!r}, MyClass)"
-                        )
+                    check_factory(factory, f"{_source}: {_kind[:-1]} {name!r}", name)
                     existing = found[_kind].get(name)
                     if existing is not None:
                         if existing.distribution == _d:
@@ -304,6 +324,13 @@ class Registry:
             raise UnknownComponentError(
                 f"unknown {kind[:-1]} {name!r}.{did_you_mean} Valid {kind}: {', '.join(valid) or '(none)'}"
             ) from None
+
+    def who(self, kind: str, name: str, label: str | None = None) -> str:
+        """``seeder 'top-k(k=2)' (plugin 'seeders', distribution xaibench 0.2.0)``: a component as messages
+        about it name it (``label`` is its grid label, default its name)."""
+        component = self.get(kind, name)
+        return (f"{kind[:-1]} {label or name!r} (plugin {component.plugin!r}, distribution "
+                f"{component.distribution} {component.version})")
 
     def validate(self, kind: str, name: str, params: dict | None = None) -> dict:
         """Check ``params`` against the component's keyword parameters; return them coerced.

@@ -66,7 +66,14 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
         echo(describe_plan(grid, plan))
         return {"cells": len(plan.cells), "trainings": plan.count(*TRAINING_KINDS), "dry_run": True}
     with RunFolder(out_dir, grid_path, grid, registry, progress=progress) as folder:
-        execution = execute(plan.stages, folder, retry_failed=retry_failed)
+        # Segment stages last: a seeder whose seeds failed is left out of its group's shared segment stage.
+        before = execute({k: s for k, s in plan.stages.items() if s.kind != "segment"}, folder,
+                         retry_failed=retry_failed)
+        plan.group_segments(before.failed)
+        execution = execute({k: s for k, s in plan.stages.items() if s.kind == "segment"}, folder,
+                            retry_failed=retry_failed, failed=before.failed)
+        execution.counts.add(before.counts)
+        execution.failed.update(before.failed)
         rows = score_cells(plan, folder.store, folder.artifacts, registry, execution.failed,
                            grid.protocol.cam_threshold)
         folder.store.record_cells(rows)

@@ -12,6 +12,8 @@ import numpy as np
 
 from . import metrics
 from .artifacts import Artifacts, Memo, unpack_masks
+from .contracts import validate_ensemble
+from .errors import ComponentError, ContractViolation
 from .grid import Choice, digest
 from .plan import CellPlan, Plan, RoundPlan
 from .records import CellRow, Failure, Status
@@ -28,7 +30,13 @@ def mixed_logits(ensemble: Choice | None, registry, raw: np.ndarray, masked: np.
     import torch
 
     rule = registry.create("ensembles", ensemble.name, **ensemble.params)
-    return rule(torch.from_numpy(raw), torch.from_numpy(masked)).detach().numpy()
+    raw_logits = torch.from_numpy(raw)
+    out = rule(raw_logits, torch.from_numpy(masked))
+    try:
+        validate_ensemble(out, raw_logits)
+    except ContractViolation as exc:
+        raise ComponentError(registry.who("ensembles", ensemble.name, ensemble.label), str(exc)) from None
+    return out.detach().numpy()
 
 
 def score_key(cp: CellPlan, cam_threshold: float) -> str:

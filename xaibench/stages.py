@@ -4,7 +4,6 @@ for what each stage is and how it is keyed, ``xaibench.artifacts`` for where its
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 import traceback
 from pathlib import Path
@@ -12,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import SPLITS, Artifacts, unpack_masks
-from .contracts import Prompts
+from .contracts import (Prompts, capability, validate_annotation, validate_classes, validate_ensemble,
+                        validate_layers, validate_logits, validate_maps, validate_masked, validate_model,
+                        validate_prompt_sets, validate_sample, validate_segmentation)
 from .errors import ComponentError, ContractViolation, StageError, UserError
 from .grid import Choice
 from .models import ensemble_model, load_weights, save_weights
@@ -24,21 +25,12 @@ from .store import save_arrays
 from .training import fit, predict_logits, resolve_device, to_tensor
 
 
-def describe_component(registry, kind: str, choice: Choice) -> str:
-    """``seeder 'top-k(k=2)' (plugin 'seeders', distribution xaibench 0.2.0)``: who a message is about."""
-    component = registry.get(kind, choice.name)
-    return (f"{kind[:-1]} {choice.label!r} (plugin {component.plugin!r}, distribution "
-            f"{component.distribution} {component.version})")
-
-
 def build_untrained(backbone, num_classes: int):
     """``backbone.build(num_classes, pretrained=False)``, or ``build(num_classes)`` for a backbone whose
     ``build`` takes no ``pretrained`` (its weights are replaced by a stage's anyway)."""
-    try:
-        takes = "pretrained" in inspect.signature(backbone.build).parameters
-    except (TypeError, ValueError):
-        takes = True
-    return backbone.build(num_classes, pretrained=False) if takes else backbone.build(num_classes)
+    if capability(backbone, "pretrained", "backbones"):
+        return backbone.build(num_classes, pretrained=False)
+    return backbone.build(num_classes)
 
 
 class StageRunner:
@@ -77,16 +69,19 @@ class StageRunner:
 
     # -- components ----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def calling(self, kind: str, choice: Choice):
-        """Any exception raised inside becomes a ``ComponentError`` naming the component (kind, name,
-        plugin, distribution, version), so a failed cell says whose fault it was."""
+    def calling(self, kind: str, choice: Choice, given: str = ""):
+        """Any exception raised inside, a contract violation included, becomes a ``ComponentError`` naming
+        the component (kind, name, plugin, distribution, version) and what it was ``given``, so a failed
+        cell says whose fault it was and where to look."""
         try:
             yield
         except (ComponentError, StageError):  # already says whose it is, or is xaibench's own
             raise
         except Exception as exc:
             message = str(exc) if isinstance(exc, (UserError, ContractViolation)) else f"{type(exc).__name__}: {exc}"
-            raise ComponentError(describe_component(self.registry, kind, choice), message,
+            if given:
+                message += f" (given {given})"
+            raise ComponentError(self.registry.who(kind, choice.name, choice.label), message,
                                  user_error=isinstance(exc, UserError)) from exc
 
     def component(self, kind: str, choice: Choice):
@@ -97,8 +92,10 @@ class StageRunner:
         import torch
 
         backbone = self.component("backbones", backbone_choice)
-        with self.calling("backbones", backbone_choice), torch.random.fork_rng():
+        with self.calling("backbones", backbone_choice, given=f"build({num_classes}, pretrained=False)"), \
+                torch.random.fork_rng():
             model = build_untrained(backbone, num_classes)
+            validate_model(model)
             load_weights(model, self.path("train", key))
         return backbone, model.to(self.device).eval()
 
@@ -119,53 +116,40 @@ class StageRunner:
     def _run_data(self, stage: Stage):
         spec: DataSpec = stage.spec
         dataset = self.component("datasets", spec.dataset)
-        with self.calling("datasets", spec.dataset):
-            classes = np.asarray(list(dataset.classes), dtype=str)
-            sizes = set()
-            counts = {}
-            for split in SPLITS:
+        with self.calling("datasets", spec.dataset, given="no input (its classes)"):
+            validate_classes(dataset.classes)
+        classes = np.asarray(list(dataset.classes), dtype=str)
+        sizes, counts = set(), {}
+        for split in SPLITS:
+            with self.calling("datasets", spec.dataset, given=f"split({split!r})"):
                 samples = list(dataset.split(split))
-                images, labels, masks, references, has_mask, has_reference, ids = [], [], [], [], [], [], []
                 for sample in samples:
-                    image = np.asarray(sample.image)
-                    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                        raise UserError(f"dataset sample {sample.id!r}: image must be uint8 (H, W, 3), "
-                                        f"got {image.dtype} {image.shape}")
-                    if not 0 <= int(sample.label) < len(classes):
-                        raise UserError(f"dataset sample {sample.id!r}: label {sample.label} is not a class index")
-                    sizes.add(image.shape[:2])
+                    validate_sample(sample, len(classes))
+                    sizes.add(sample.image.shape[:2])
                     if len(sizes) > 1:
-                        raise UserError(f"dataset images differ in size ({sorted(sizes)}); resize them to one size")
-                    mask, reference = sample.mask, getattr(sample, "reference", None)
-                    for what, array in (("mask", mask), ("reference", reference)):
-                        if array is not None and np.asarray(array).shape != image.shape[:2]:
-                            raise UserError(f"dataset sample {sample.id!r}: {what} {np.asarray(array).shape} does "
-                                            f"not match image {image.shape[:2]}")
-                    if reference is not None and mask is None:
-                        raise UserError(f"dataset sample {sample.id!r} has a reference but no mask; a reference "
-                                        f"is the exact version of an annotation, so give both or neither")
-                    images.append(image)
-                    labels.append(int(sample.label))
-                    has_mask.append(mask is not None)
-                    masks.append(np.asarray(mask, dtype=bool) if mask is not None else np.zeros(image.shape[:2], bool))
-                    references.append(np.asarray(reference, dtype=bool) if reference is not None else masks[-1])
-                    has_reference.append(reference is not None)
-                    ids.append(str(sample.id))
-                shape = next(iter(sizes)) if sizes else (0, 0)
-                save_arrays(
-                    self.path("data", stage.key, split),
-                    images=np.stack(images) if images else np.zeros((0, *shape, 3), np.uint8),
-                    labels=np.asarray(labels, dtype=np.int64),
-                    masks=np.stack(masks) if masks else np.zeros((0, *shape), bool),
-                    references=np.stack(references) if references else np.zeros((0, *shape), bool),
-                    has_mask=np.asarray(has_mask, dtype=bool),
-                    has_reference=np.asarray(has_reference, dtype=bool),
-                    ids=np.asarray(ids, dtype=str),
-                    classes=classes,
-                )
-                counts[split] = len(samples)
-            if counts["train"] == 0 or counts["test"] == 0:
-                raise UserError(f"dataset {spec.dataset.name!r} has an empty train or test split: {counts}")
+                        raise ContractViolation(f"images differ in size ({sorted(sizes)}); every image of a dataset "
+                                                f"has one size (resize them, e.g. with an image_size parameter)")
+            shape = next(iter(sizes)) if sizes else (0, 0)
+
+            def stack(values, empty_shape, dtype):
+                return np.stack(values) if values else np.zeros((0, *empty_shape), dtype)
+
+            masks = [s.mask if s.mask is not None else np.zeros(shape, bool) for s in samples]
+            save_arrays(
+                self.path("data", stage.key, split),
+                images=stack([s.image for s in samples], (*shape, 3), np.uint8),
+                labels=np.asarray([int(s.label) for s in samples], dtype=np.int64),
+                masks=stack(masks, shape, bool),
+                references=stack([s.reference if getattr(s, "reference", None) is not None else m
+                                  for s, m in zip(samples, masks)], shape, bool),
+                has_mask=np.asarray([s.mask is not None for s in samples], dtype=bool),
+                has_reference=np.asarray([getattr(s, "reference", None) is not None for s in samples], dtype=bool),
+                ids=np.asarray([str(s.id) for s in samples], dtype=str),
+                classes=classes,
+            )
+            counts[split] = len(samples)
+        if counts["train"] == 0 or counts["test"] == 0:
+            raise UserError(f"dataset {spec.dataset.name!r} has an empty train or test split: {counts}")
         return {"counts": counts, "classes": classes.tolist()}
 
     def _fit(self, stage, spec, model, foreground=None, mask_fn=None, subset=None):
@@ -175,7 +159,7 @@ class StageRunner:
             images, labels = images[subset], labels[subset]
             foreground = foreground[subset] if foreground is not None else None
         with self.bar(stage, len(labels) * spec.train["epochs"], "img") as bar, \
-                self.calling("backbones", spec.backbone):
+                self.calling("backbones", spec.backbone, given="training batches"):
             return fit(model, images, labels, seed=spec.seed, device=self.device, foreground=foreground,
                        mask_fn=mask_fn, progress=bar.update, **spec.train)
 
@@ -186,8 +170,9 @@ class StageRunner:
         train = self.artifacts.data(spec.data, "train")
         backbone = self.component("backbones", spec.backbone)
         torch.manual_seed(spec.seed)
-        with self.calling("backbones", spec.backbone):
+        with self.calling("backbones", spec.backbone, given=f"build({len(train['classes'])})"):
             model = backbone.build(len(train["classes"]))
+            validate_model(model)
         stats = self._fit(stage, spec, model)
         save_weights(model, self.path("train", stage.key))
         return stats
@@ -201,8 +186,11 @@ class StageRunner:
         mask = self.component("masks", spec.mask)
 
         def mask_fn(images, fg):
-            with self.calling("masks", spec.mask):
-                return mask(images, fg)
+            given = f"a training batch: images {tuple(images.shape)} {str(images.dtype).removeprefix('torch.')}"
+            with self.calling("masks", spec.mask, given=given):
+                out = mask(images, fg)
+                validate_masked(out, images, fg)
+            return out
 
         stats = self._fit(stage, spec, model, foreground=foreground, mask_fn=mask_fn, subset=subset)
         save_weights(model, self.path("finetune", stage.key))
@@ -212,28 +200,36 @@ class StageRunner:
         spec: LogitsSpec = stage.spec
         test = self.artifacts.data(spec.data, "test")
         _, model = self.load_model(spec.backbone, spec.model, len(test["classes"]))
-        with self.calling("backbones", spec.backbone):
+        with self.calling("backbones", spec.backbone, given=f"the {len(test['labels'])} test images"):
             logits = predict_logits(model, test["images"], batch_size=256, device=self.device)
+            validate_logits(logits, len(test["labels"]), len(test["classes"]))
         save_arrays(self.path("logits", stage.key), test=logits)
         return {"n": len(logits)}
+
+    def _target_layers(self, backbone, choice: Choice, model):
+        with self.calling("backbones", choice, given="target_layers(model)"):
+            layers = backbone.target_layers(model)
+            validate_layers(layers, model)
+        return list(layers)
 
     def _explained_model(self, spec: ExplainSpec, num_classes):
         ref = spec.model
         if not isinstance(ref, MixedModel):
             backbone, model = self.load_model(spec.backbone, ref.key, num_classes)
-            with self.calling("backbones", spec.backbone):
-                return model, backbone.target_layers(model)
+            return model, self._target_layers(backbone, spec.backbone, model)
         backbone, raw = self.load_model(spec.backbone, ref.raw, num_classes)
         _, masked = self.load_model(spec.backbone, ref.masked, num_classes)
         rule = self.component("ensembles", ref.ensemble)
 
         def mixed(raw_logits, masked_logits):
-            with self.calling("ensembles", ref.ensemble):
-                return rule(raw_logits, masked_logits)
+            with self.calling("ensembles", ref.ensemble, given=f"member logits {tuple(raw_logits.shape)}"):
+                out = rule(raw_logits, masked_logits)
+                validate_ensemble(out, raw_logits)
+            return out
 
         model = ensemble_model(raw, masked, mixed).eval()
-        with self.calling("backbones", spec.backbone):
-            return model, backbone.target_layers(raw) + backbone.target_layers(masked)
+        layers = self._target_layers(backbone, spec.backbone, raw) + self._target_layers(backbone, spec.backbone, masked)
+        return model, layers
 
     def _run_explain(self, stage: Stage):
         import torch
@@ -243,29 +239,38 @@ class StageRunner:
         index = np.flatnonzero(test["has_mask"])
         model, target_layers = self._explained_model(spec, len(test["classes"]))
         explainer = self.component("explainers", spec.explainer)
+        uses_ground_truth = capability(explainer, "uses_ground_truth", "explainers")
         height, width = test["images"].shape[1:3]
-        maps = np.zeros((len(index), height, width), dtype=np.float16)
+        maps = np.zeros((len(index), height, width), dtype=np.float32)
         batch = spec.batch_size
         for start in self.bar_range(stage, len(index), batch):
             chunk = index[start : start + batch]
             images = to_tensor(test["images"][chunk]).to(self.device)
             targets = torch.from_numpy(test["labels"][chunk]).to(self.device)
-            gt = test["references"][chunk] if getattr(explainer, "uses_ground_truth", False) else None
-            with self.calling("explainers", spec.explainer):
-                out = np.asarray(explainer.explain(model, images, targets, target_layers=target_layers, masks=gt))
-                if out.shape != (len(chunk), height, width):
-                    raise ContractViolation(f"returned maps of shape {out.shape}; expected "
-                                     f"{(len(chunk), height, width)}")
+            gt = test["references"][chunk] if uses_ground_truth else None
+            given = f"{len(chunk)} {spec.split} images from {str(test['ids'][chunk[0]])!r}"
+            with self.calling("explainers", spec.explainer, given=given):
+                out = explainer.explain(model, images, targets, target_layers=target_layers, masks=gt)
+                validate_maps(out, len(chunk), height, width)
             maps[start : start + len(chunk)] = out
         save_arrays(self.path("explain", stage.key), maps=maps, index=index)
         return {"n": int(len(index))}
 
     def _run_seeds(self, stage: Stage):
         spec: SeedsSpec = stage.spec
-        maps = self.artifacts.load("explain", spec.explain)["maps"]
+        explained = self.artifacts.load("explain", spec.explain)
+        ids = self.artifacts.data(spec.data, spec.split)["ids"][explained["index"]]
         seeder = self.component("seeders", spec.seeder)
-        with self.calling("seeders", spec.seeder):
-            prompts = [seeder(m.astype(np.float32)) for m in maps]
+        maps = explained["maps"].astype(np.float32)
+        prompts = []
+        for saliency, image_id in zip(maps, ids):
+            with self.calling("seeders", spec.seeder, given=f"the map of {spec.split} image {str(image_id)!r}"):
+                prompts.append(seeder(saliency))
+        try:
+            validate_prompt_sets(prompts, maps)  # one pass over all maps: cheap beside seeding them
+        except ContractViolation as exc:
+            with self.calling("seeders", spec.seeder, given=f"the map of {spec.split} image {str(ids[exc.index])!r}"):
+                raise
         width = max([len(p.labels) for p in prompts], default=0)
         points = np.full((len(prompts), width, 2), np.nan, dtype=np.float32)
         labels = np.full((len(prompts), width), -1, dtype=np.int8)
@@ -284,8 +289,8 @@ class StageRunner:
         index = explained["index"]
         test = self.artifacts.data(spec.data, spec.split)
         segmenter = self.component("segmenters", spec.segmenter)
-        scored = getattr(segmenter, "segment_with_scores", None)
-        uses_saliency = getattr(segmenter, "uses_saliency", False)
+        scored = capability(segmenter, "segment_with_scores", "segmenters")
+        uses_saliency = capability(segmenter, "uses_saliency", "segmenters")
         height, width = test["images"].shape[1:3]
         masks = np.zeros((len(seeds), len(index), height, width), dtype=bool)
         scores = np.full((len(seeds), len(index)), np.nan, dtype=np.float32)
@@ -295,16 +300,17 @@ class StageRunner:
                 keep = s["labels"][row] >= 0
                 prompts.append(Prompts(s["points"][row][keep], s["labels"][row][keep].astype(np.int64)))
             extra = {"saliency": [explained["maps"][row].astype(np.float32)] * len(prompts)} if uses_saliency else {}
-            with self.calling("segmenters", spec.segmenter):
+            given = f"{spec.split} image {str(test['ids'][i])!r} with {len(prompts)} prompt set(s)"
+            with self.calling("segmenters", spec.segmenter, given=given):
                 if scored is not None:
                     out, confidence = scored(test["images"][i], prompts, **extra)
+                    validate_segmentation(out, len(prompts), height, width, confidence)
                     scores[:, row] = np.asarray(confidence, dtype=np.float32)
                 else:
                     out = segmenter.segment(test["images"][i], prompts, **extra)
-                if len(out) != len(prompts):
-                    raise ContractViolation(f"returned {len(out)} masks for {len(prompts)} prompt sets")
+                    validate_segmentation(out, len(prompts), height, width)
             for j, mask in enumerate(out):
-                masks[j, row] = np.asarray(mask, dtype=bool)
+                masks[j, row] = mask
         save_arrays(self.path("segment", stage.key), masks=np.packbits(masks, axis=-1), width=np.int64(width),
                     scores=scores)
         return {"n": int(len(index)), "seeders": len(seeds)}
@@ -316,6 +322,7 @@ class StageRunner:
         segmentation and whether the annotation changed."""
         spec: AcceptSpec = stage.spec
         current = self.artifacts.annotations(spec.data, spec.annotations)
+        ids = self.artifacts.data(spec.data, "train")["ids"]
         explained = self.artifacts.load("explain", spec.explain)
         segmented = self.artifacts.load("segment", spec.segment)
         proposals = unpack_masks(segmented, 0)
@@ -325,16 +332,12 @@ class StageRunner:
         updated = current.copy()
         accepted = np.zeros(len(index), dtype=bool)
         for row, i in enumerate(self.bar_range(stage, len(index), 1, index)):
-            with self.calling("acceptors", spec.acceptor):
+            with self.calling("acceptors", spec.acceptor, given=f"train image {str(ids[i])!r}"):
                 out = acceptor(current[i].copy(), proposals[row].copy(),
                                saliency=explained["maps"][row].astype(np.float32), score=float(scores[row]))
-                if out is None:
-                    continue
-                out = np.asarray(out)
-                if out.dtype != bool or out.shape != current[i].shape:
-                    raise ContractViolation(f"returned {out.dtype} {out.shape}; expected a bool mask {current[i].shape} "
-                                     f"or None")
-            updated[i], accepted[row] = out, True
+                validate_annotation(out, current[i].shape)
+            if out is not None:
+                updated[i], accepted[row] = out, True
         changed = np.any(updated[index] != current[index], axis=(1, 2))
         save_arrays(self.path("accept", stage.key), masks=np.packbits(updated, axis=-1),
                     width=np.int64(updated.shape[-1]), index=index, accepted=accepted, changed=changed)

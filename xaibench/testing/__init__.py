@@ -12,8 +12,10 @@
 ``check_executor``) feeds a built component tiny inputs (2 images of 32×40 pixels; backbones at 32
 pixels) and checks the call contract of ``xaibench.contracts``: types, shapes, dtypes and value ranges of
 what it returns, determinism (the same input twice gives the same output), inputs left unmodified, the
-contract's attributes, and devices (CPU always, CUDA too when it is available). A violation raises ``AssertionError`` naming the component, what is
-wrong and what to fix. ``check_component(kind, name, **params)`` builds the component from the registry and
+contract's attributes, and devices (CPU always, CUDA too when it is available). The output checks are the
+validators of ``xaibench.contracts``, the very ones a run calls on every output. A violation raises
+``AssertionError`` naming the component, what is wrong and what to fix. ``check_light_import(module)``
+checks that importing a plugin module imports no heavy library (torch, OpenCV, ...). ``check_component(kind, name, **params)`` builds the component from the registry and
 also checks its factory (keyword-only parameters, resolvable annotations). A dataset whose optional
 ``check()`` finds its data missing raises that ``UserError`` unchanged: that is not a contract violation.
 """
@@ -25,13 +27,14 @@ from ._annotation import check_acceptor, check_seeder, check_segmenter
 from ._core import _check_factory, _expect
 from ._datasets import SPLITS, check_dataset
 from ._executors import check_executor
+from ._imports import HEAVY_MODULES, check_light_import
 from ._inputs import HEIGHT, WIDTH, tiny_classifier
 from ._models import check_backbone, check_ensemble, check_explainer, check_mask
 
 __all__ = [
-    "CHECKS", "HEIGHT", "SPLITS", "WIDTH", "check_acceptor", "check_backbone", "check_component", "check_dataset",
-    "check_ensemble", "check_executor", "check_explainer", "check_mask", "check_seeder", "check_segmenter",
-    "registered", "tiny_classifier",
+    "CHECKS", "HEAVY_MODULES", "HEIGHT", "SPLITS", "WIDTH", "check_acceptor", "check_backbone", "check_component",
+    "check_dataset", "check_ensemble", "check_executor", "check_explainer", "check_light_import", "check_mask",
+    "check_seeder", "check_segmenter", "registered", "tiny_classifier",
 ]
 
 

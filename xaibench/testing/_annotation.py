@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import contracts
 from ..contracts import Prompts
-from ._core import _call, _expect, _label
+from ._core import _call, _expect, _label, _valid
 from ._inputs import HEIGHT, WIDTH, _bump_map, _smooth_map, _uint8_image
 
 
@@ -24,20 +25,8 @@ def check_seeder(seeder, *, name: str | None = None) -> None:
         before = saliency.copy()
         call = f"seeder(saliency) with {what}, float32 ({HEIGHT}, {WIDTH})"
         found = _call(label, call, seeder, saliency)
-        _expect(isinstance(found, Prompts), label, f"{call} returned {type(found).__name__}",
-                "return xaibench.contracts.Prompts(points=..., labels=...)")
+        _valid(label, call, contracts.validate_prompts, found, saliency)
         points, labels = found.points, found.labels
-        _expect(isinstance(points, np.ndarray) and points.dtype == np.float32 and isinstance(labels, np.ndarray)
-                and labels.dtype == np.int64, label,
-                f"{call} gave points {getattr(points, 'dtype', '?')} and labels {getattr(labels, 'dtype', '?')}",
-                "points are float32 (N, 2), labels int64 (N,)")
-        _expect(set(labels.tolist()) <= {0, 1}, label, f"{call} gave labels {sorted(set(labels.tolist()))}",
-                "label points 1 (foreground) or 0 (background)")
-        x, y = points.T
-        _expect(bool(np.all(np.isfinite(points).all(axis=1) & (0 <= x) & (x < WIDTH) & (0 <= y) & (y < HEIGHT))),
-                label,
-                f"{call} gave points outside the image", f"points are (x=column, y=row) with 0 <= x < W={WIDTH} "
-                f"and 0 <= y < H={HEIGHT}")
         if what in ("a smooth map", "a single bump"):
             _expect(len(found.positive) >= 1, label, f"{call} gave no foreground point",
                     "return at least one positive point where the map has a peak")
@@ -69,13 +58,9 @@ def check_segmenter(segmenter, *, name: str | None = None) -> None:
     call = (f"segment(image uint8 ({HEIGHT}, {WIDTH}, 3), [positive+negative, positive, empty prompts]"
             + (", saliency=[3 maps])" if uses_saliency else ")"))
     masks = _call(label, call, segmenter.segment, image, prompt_sets, **extra)
-    _expect(isinstance(masks, list) and len(masks) == 3, label,
-            f"{call} returned {type(masks).__name__} of length {len(masks) if hasattr(masks, '__len__') else '?'}",
+    _expect(isinstance(masks, list), label, f"{call} returned {type(masks).__name__}",
             "return a list with one mask per prompt set")
-    for mask in masks:
-        _expect(isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == (HEIGHT, WIDTH), label,
-                f"{call} gave a mask {getattr(mask, 'dtype', type(mask).__name__)} {getattr(mask, 'shape', '')}",
-                f"each mask is a bool numpy array (H, W) = ({HEIGHT}, {WIDTH})")
+    _valid(label, call, contracts.validate_segmentation, masks, 3, HEIGHT, WIDTH)
     again = _call(label, call, segmenter.segment, image, prompt_sets, **extra)
     _expect(all(np.array_equal(a, b) for a, b in zip(masks, again)), label, f"{call} differs between calls",
             "make segmentation deterministic (seed any randomness)")
@@ -88,12 +73,14 @@ def check_segmenter(segmenter, *, name: str | None = None) -> None:
     if hasattr(segmenter, "segment_with_scores"):
         scored = _call(label, call.replace("segment(", "segment_with_scores(", 1), segmenter.segment_with_scores,
                        image, prompt_sets, **extra)
-        _expect(isinstance(scored, tuple) and len(scored) == 2 and len(scored[0]) == 3 and len(scored[1]) == 3
+        _expect(isinstance(scored, tuple) and len(scored) == 2 and len(scored[0]) == 3
                 and all(np.array_equal(a, b) for a, b in zip(masks, scored[0])), label,
                 "segment_with_scores did not return (the masks of segment, one score per mask)",
                 "return (masks, scores) with the same masks as segment() and a float score per mask")
-        _expect(all(isinstance(v, (float, np.floating)) and (np.isnan(v) or 0.0 <= v <= 1.0) for v in scored[1]),
-                label, f"segment_with_scores gave scores {scored[1]!r}",
+        _valid(label, "segment_with_scores(...)", contracts.validate_segmentation, scored[0], 3, HEIGHT, WIDTH,
+               scored[1])
+        _expect(all(isinstance(v, (float, np.floating)) for v in scored[1]), label,
+                f"segment_with_scores gave scores {scored[1]!r}",
                 "scores are floats in [0, 1], or NaN where a mask has no confidence")
 
 
@@ -114,9 +101,7 @@ def check_acceptor(acceptor, *, name: str | None = None) -> None:
         inputs = current.copy(), proposal.copy(), saliency.copy()
         call = f"acceptor(annotation ({current.sum()} pixels), proposal, saliency=map, score={score})"
         out = _call(label, call, acceptor, inputs[0], inputs[1], saliency=inputs[2], score=score)
-        _expect(out is None or (isinstance(out, np.ndarray) and out.dtype == bool and out.shape == proposal.shape),
-                label, f"{call} returned {getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}",
-                f"return None (keep the annotation) or a bool numpy array {proposal.shape}")
+        _valid(label, call, contracts.validate_annotation, out, proposal.shape)
         again = _call(label, call, acceptor, current.copy(), proposal.copy(), saliency=saliency.copy(), score=score)
         _expect((out is None and again is None) or (out is not None and again is not None
                                                     and np.array_equal(out, again)),

@@ -6,6 +6,9 @@ from __future__ import annotations
 import inspect
 import typing
 
+from ..errors import ContractViolation, PluginError
+from ..registry import check_factory
+
 
 def _expect(condition, label: str, problem: str, fix: str) -> None:
     if not condition:
@@ -21,6 +24,15 @@ def _call(label: str, what: str, fn, *args, **kwargs):
                              f"of its contract (docs/plugins.md)") from exc
 
 
+def _valid(label: str, call: str, validator, *args) -> None:
+    """``validator(*args)`` (one of ``xaibench.contracts``' validators, the ones a run calls); a
+    ``ContractViolation`` becomes an ``AssertionError`` saying which call broke the contract."""
+    try:
+        validator(*args)
+    except ContractViolation as exc:
+        raise AssertionError(f"{label}: {call}: {exc}") from None
+
+
 def _label(kind: str, component, name: str | None) -> str:
     return name or f"{kind[:-1]} {type(component).__name__}"
 
@@ -32,15 +44,12 @@ def _devices(devices) -> list[str]:
 
 
 def _check_factory(factory, label: str) -> None:
+    """The registry's own factory check (a class or function with keyword-only parameters), as an
+    ``AssertionError``, and annotations that resolve."""
     try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError) as exc:
-        raise AssertionError(f"{label}: the factory has no inspectable signature ({exc}); register a class "
-                             f"whose __init__ takes keyword-only parameters") from None
-    positional = [p.name for p in signature.parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
-    _expect(not positional, label, f"parameters {positional} can be given by position",
-            "make every parameter keyword-only: def __init__(self, *, name=default)")
+        check_factory(factory, label)
+    except PluginError as exc:
+        raise AssertionError(str(exc)) from None
     try:
         typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory, include_extras=True)
     except Exception as exc:

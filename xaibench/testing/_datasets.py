@@ -7,8 +7,9 @@ import json
 
 import numpy as np
 
+from .. import contracts
 from ..registry import signature_model
-from ._core import _call, _check_factory, _expect, _label
+from ._core import _call, _check_factory, _expect, _label, _valid
 
 SPLITS = ("train", "val", "test")
 
@@ -21,9 +22,7 @@ def check_dataset(dataset, *, name: str | None = None, max_samples: int | None =
     if hasattr(dataset, "check"):
         dataset.check()  # a UserError here means missing data: let it through unchanged
     classes = getattr(dataset, "classes", None)
-    _expect(isinstance(classes, (list, tuple)) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)
-            and len(set(classes)) == len(classes), label, f"classes is {classes!r}",
-            "set classes to a list of at least 2 distinct class-name strings")
+    _valid(label, "classes", contracts.validate_classes, classes)
     size, ids, counts = None, set(), {}
     for split in SPLITS:
         samples = _call(label, f"split({split!r})", dataset.split, split)
@@ -67,29 +66,12 @@ def _same_mask(a, b) -> bool:
 
 
 def _check_sample(sample, label, split, classes, size, ids):
-    missing = [f for f in ("id", "image", "label", "mask") if not hasattr(sample, f)]
-    _expect(not missing, label, f"a {split} sample lacks {missing}", "return xaibench.contracts.Sample objects")
+    _valid(label, f"split({split!r})", contracts.validate_sample, sample, len(classes))
     where = f"{split} sample {sample.id!r}"
     _expect(isinstance(sample.id, str) and sample.id not in ids, label, f"{where}: id is not a unique string",
             "give every sample of the dataset its own string id")
     ids.add(sample.id)
     image = sample.image
-    _expect(isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3,
-            label, f"{where}: image is {getattr(image, 'dtype', type(image).__name__)} "
-            f"{getattr(image, 'shape', '')}", "images are uint8 numpy arrays (H, W, 3), RGB")
     _expect(size is None or image.shape[:2] == size, label, f"{where}: image size {image.shape[:2]} differs from "
             f"{size}", "resize every image of the dataset to one size (e.g. an image_size parameter)")
-    _expect(isinstance(sample.label, (int, np.integer)) and not isinstance(sample.label, bool)
-            and 0 <= sample.label < len(classes), label, f"{where}: label {sample.label!r}",
-            f"labels are int indices into classes (0 to {len(classes) - 1})")
-    mask = sample.mask
-    _expect(mask is None or (isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == image.shape[:2]),
-            label, f"{where}: mask is {getattr(mask, 'dtype', type(mask).__name__)} {getattr(mask, 'shape', '')}",
-            "masks are bool numpy arrays (H, W) matching the image, or None where there is no annotation")
-    reference = getattr(sample, "reference", None)
-    _expect(reference is None or (mask is not None and isinstance(reference, np.ndarray) and reference.dtype == bool
-                                  and reference.shape == image.shape[:2]),
-            label, f"{where}: reference is {getattr(reference, 'dtype', type(reference).__name__)} "
-            f"{getattr(reference, 'shape', '')} (mask {'None' if mask is None else 'given'})",
-            "a reference is a bool numpy array (H, W) matching the image, given only beside a mask")
     return image.shape[:2]

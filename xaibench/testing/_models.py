@@ -6,8 +6,9 @@ import copy
 
 import numpy as np
 
+from .. import contracts
 from ..models import ensemble_model
-from ._core import _call, _devices, _expect, _label
+from ._core import _call, _devices, _expect, _label, _valid
 from ._inputs import HEIGHT, WIDTH, _image_batch, tiny_classifier
 
 
@@ -27,21 +28,12 @@ def check_mask(mask, *, name: str | None = None, devices=None) -> None:
             before = images.clone(), foreground.clone()
             call = f"mask(images, foreground) with {dtype} images (2, 3, {HEIGHT}, {WIDTH}) on {device}"
             out = _call(label, call, mask, images, foreground)
-            _expect(isinstance(out, torch.Tensor) and out.shape == images.shape and out.dtype == dtype
-                    and out.device == images.device, label,
-                    f"{call} returned {type(out).__name__} {getattr(out, 'dtype', '')} "
-                    f"{tuple(getattr(out, 'shape', ()))} on {getattr(out, 'device', '?')}",
-                    "return a tensor of the images' shape, dtype and device (build fills with "
-                    "dtype=images.dtype, device=images.device)")
             _expect(torch.equal(images, before[0]) and torch.equal(foreground, before[1]), label,
                     f"{call} modified its inputs", "never write into images or foreground; use torch.where")
+            _valid(label, call, contracts.validate_masked, out, images, foreground)
             keep = foreground.expand_as(images)
-            _expect(torch.equal(out[keep], images[keep]), label, f"{call} changed foreground pixels",
-                    "leave every pixel where foreground is True exactly as it was")
             _expect(not torch.equal(out[~keep], images[~keep]), label, f"{call} left the background as it was",
                     "replace the pixels where foreground is False")
-            _expect(bool(torch.isfinite(out).all()) and float(out.min()) >= 0 and float(out.max()) <= 1, label,
-                    f"{call} returned values outside [0, 1]", "keep the result in [0, 1] (clamp it)")
             _expect(torch.equal(_call(label, call, mask, images, foreground), out), label,
                     f"{call} differs between two calls", "make the mask deterministic (seed any randomness "
                     "from its parameters)")
@@ -77,8 +69,7 @@ def _check_backbone(backbone, label, num_classes, image_size, devices):
         builds.append(_call(label, f"build({num_classes}, pretrained=False)", backbone.build, num_classes,
                             pretrained=False))
     model, twin = builds
-    _expect(isinstance(model, torch.nn.Module), label, f"build() returned {type(model).__name__}",
-            "return a torch.nn.Module")
+    _valid(label, f"build({num_classes}, pretrained=False)", contracts.validate_model, model)
     state, twin_state = model.state_dict(), twin.state_dict()
     _expect(state.keys() == twin_state.keys() and all(torch.equal(state[k], twin_state[k]) for k in state), label,
             "two builds under the same torch seed have different weights",
@@ -90,10 +81,7 @@ def _check_backbone(backbone, label, num_classes, image_size, devices):
         net = copy.deepcopy(model).to(device).eval()
         images = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
         layers = _call(label, "target_layers(model)", backbone.target_layers, net)
-        modules = {id(m) for m in net.modules()}
-        _expect(isinstance(layers, (list, tuple)) and layers and all(id(layer) in modules for layer in layers),
-                label, "target_layers(model) is not a non-empty list of the model's own modules",
-                "return [the module inside `model` that CAM explainers should hook], e.g. [model.net.layer4]")
+        _valid(label, "target_layers(model)", contracts.validate_layers, layers, net)
         activations = []
 
         def capture(module, inputs, output):
@@ -107,11 +95,9 @@ def _check_backbone(backbone, label, num_classes, image_size, devices):
         finally:
             for handle in handles:
                 handle.remove()
-        _expect(isinstance(logits, torch.Tensor) and logits.shape == (2, num_classes) and logits.is_floating_point()
-                and logits.device == images.device and bool(torch.isfinite(logits).all()), label,
-                f"model(images) on {device} returned {getattr(logits, 'dtype', type(logits).__name__)} "
-                f"{tuple(getattr(logits, 'shape', ()))}", f"return finite float logits (B, num_classes={num_classes}) "
-                "on the images' device")
+        _valid(label, f"model(images) on {device}", contracts.validate_logits, logits, 2, num_classes)
+        _expect(logits.device == images.device, label, f"model(images) on {device} gave logits on {logits.device}",
+                "return the logits on the images' device")
         _expect(len(activations) >= len(layers) and all(isinstance(a, torch.Tensor) and a.ndim == 4
                                                         and a.shape[0] == 2 for a in activations), label,
                 "the target layers did not run, or gave no (B, C, h, w) output",
@@ -140,10 +126,7 @@ def check_ensemble(ensemble, *, name: str | None = None, devices=None) -> None:
         before = raw.detach().clone(), masked.detach().clone()
         call = f"ensemble(raw_logits, masked_logits) with float32 (2, 3) on {device}"
         out = _call(label, call, ensemble, raw, masked)
-        _expect(isinstance(out, torch.Tensor) and out.shape == (2, 3) and out.dtype == raw.dtype
-                and out.device == raw.device and bool(torch.isfinite(out).all()), label,
-                f"{call} returned {getattr(out, 'dtype', type(out).__name__)} {tuple(getattr(out, 'shape', ()))}",
-                "return finite logits of the inputs' shape, dtype and device")
+        _valid(label, call, contracts.validate_ensemble, out, raw)
         _expect(out.requires_grad and any(g is not None for g in torch.autograd.grad(
             out.sum(), [raw, masked], allow_unused=True)), label, f"{call} is not differentiable",
             "compute with torch operations on the inputs (no .detach(), .numpy() or torch.no_grad)")
@@ -199,11 +182,7 @@ def _check_explanation(explainer, label, where, model, layers, uses_ground_truth
               [p.requires_grad for p in model.parameters()], model.training, _hook_count(model))
     call = f"explain({where}, images (2, 3, {HEIGHT}, {WIDTH}), targets, target_layers=..., masks=...)"
     maps = _call(label, call, explainer.explain, model, images, targets, target_layers=layers, masks=masks)
-    _expect(isinstance(maps, np.ndarray) and maps.dtype == np.float32 and maps.shape == (2, HEIGHT, WIDTH), label,
-            f"{call} returned {type(maps).__name__} {getattr(maps, 'dtype', '')} {getattr(maps, 'shape', '')}",
-            f"return a float32 numpy array (B, H, W) = (2, {HEIGHT}, {WIDTH}) at the images' size (.cpu().numpy())")
-    _expect(bool(np.isfinite(maps).all()) and maps.min() >= 0 and maps.max() <= 1, label,
-            f"{call} returned values outside [0, 1]", "scale each map to [0, 1] (e.g. per-image min-max)")
+    _valid(label, call, contracts.validate_maps, maps, 2, HEIGHT, WIDTH)
     again = _call(label, call, explainer.explain, model, images, targets, target_layers=layers, masks=masks)
     _expect(np.array_equal(again, maps), label, f"{call} differs between two calls",
             "make explanations deterministic (seed any randomness from the parameters and the image)")

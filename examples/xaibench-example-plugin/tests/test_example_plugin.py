@@ -9,7 +9,7 @@ import torch
 
 import xaibench
 from xaibench.errors import ComponentParamsError
-from xaibench.testing import check_component, registered
+from xaibench.testing import check_component, check_light_import, registered
 
 DISTRIBUTION = "xaibench-example-plugin"
 
@@ -19,6 +19,10 @@ def test_components_arrive_through_the_entry_point():
     assert registered("seeders", distribution=DISTRIBUTION) == ["centroid"]
     component = xaibench.get_registry().get("masks", "checkerboard")
     assert (component.plugin, component.distribution) == ("xaibench_example", DISTRIBUTION)
+
+
+def test_importing_the_plugin_imports_no_heavy_library():
+    check_light_import("xaibench_example")
 
 
 @pytest.mark.parametrize("kind", ["masks", "seeders"])
