@@ -125,3 +125,48 @@ def test_grids_are_read_with_a_safe_loader(registry, blobs, tmp_path):
     with pytest.raises(GridError, match="g.yaml:1:7"):
         parse_grid(text, "g.yaml", registry=registry)
     assert not marker.exists()
+
+
+BOMB = ("l0: &l0 [x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, 10)))
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda g: g.replace("    size: 32\n", "    size: 32\n    size: 9999\n"),
+     ["g.yaml:6:5: key 'size' is given twice (first at line 5)"]),
+    (lambda g: g + "train: {lr: .inf}\n", ["g.yaml:14:13: '.inf' is not a finite number"]),
+    (lambda g: g + "train: {lr: 1e400}\n", ["g.yaml:14:13: train.lr: Input should be a finite number"]),
+    (lambda g: g + "train: {epochs: true}\n", ["g.yaml:14:17: train.epochs: true is a boolean; a number is expected"]),
+    (lambda g: g.replace("[0.8, 0.9, 1.0]", "[0.8, true]"),
+     ["g.yaml:10:26: ensembles[0].sweep.alpha[1]: logit-mix: true is a boolean; a number is expected"]),
+    (lambda g: g.replace("[0.8, 0.9, 1.0]", "['0.8', 0.8]"),
+     ["g.yaml:10:28: ensembles[0].sweep.alpha[1]: logit-mix: 0.8 is the same value as sweep.alpha[0] once read"]),
+    (lambda g: g.replace("seeds: [0, 1]", "seeds: [-1]"), ["g.yaml:2:9: seeds[0]", "greater than or equal to 0"]),
+    (lambda g: g + "device: tpu9\n", ["g.yaml:14:9: device: 'tpu9' is not a device; use auto"]),
+    (lambda g: g + "x: " + "[" * 5000 + "]" * 5000 + "\n", ["the grid nests deeper than 64 levels"]),
+    (lambda g: g + BOMB + "extra: *l9\n", ["the grid expands to more than 100,000 values"]),
+    (lambda g: g + "a: &a [1, *a]\n", ["g.yaml:14:4: a YAML alias refers to a node that contains it"]),
+])
+def test_hostile_grids_are_one_error_with_a_location_and_write_nothing(registry, blobs, write_grid, tmp_path, capsys,
+                                                                      edit, expected):
+    path = write_grid(edit(GRID), "g.yaml")
+    out = tmp_path / "out"
+    assert main(["run", "--grid", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.replace(str(path), "g.yaml")
+    assert err.startswith("error: ") and "Traceback" not in err
+    for fragment in expected:
+        assert fragment in err, err
+    assert not out.exists()
+
+
+def test_a_grid_that_is_not_utf8_names_the_byte_and_its_place(registry, blobs, tmp_path, capsys):
+    path = tmp_path / "g.yaml"
+    path.write_bytes(GRID.encode().replace(b"name: t\n", b"name: t\xe9st\n"))
+    assert main(["run", "--grid", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:1:8: byte 0xe9 is not UTF-8" in err and not (tmp_path / "out").exists()
+
+
+def test_numbers_written_without_a_dot_are_still_numbers(registry, blobs):
+    grid = parse_grid(GRID + "train: {lr: 1e-3}\n", registry=registry)  # YAML 1.1 reads 1e-3 as a string
+    assert grid.train.lr == 0.001

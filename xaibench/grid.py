@@ -16,6 +16,8 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -80,15 +82,32 @@ class ComponentSpec(pydantic.BaseModel):
         return out
 
 
+# The devices a grid may name (whether this machine has them is checked before a run starts).
+DEVICE_PATTERN = r"auto|cpu|cuda(:[0-9]+)?|mps"
+
+# Numbers in grids are finite numbers, never booleans (pydantic alone would read true as 1). YAML reads
+# 1e-3 (no dot) as a string: such strings are still read as numbers.
+STRICT = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _not_boolean(value):
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is a boolean; a number is expected")
+    return value
+
+
+NotBoolean = pydantic.BeforeValidator(_not_boolean)
+
+
 class TrainConfig(pydantic.BaseModel):
     """Optimisation settings of one training stage."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    epochs: Annotated[int, Field(ge=1)] = 5
-    batch_size: Annotated[int, Field(ge=1)] = 32
-    lr: Annotated[float, Field(gt=0)] = 1e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    epochs: Annotated[int, NotBoolean, Field(ge=1)] = 5
+    batch_size: Annotated[int, NotBoolean, Field(ge=1)] = 32
+    lr: Annotated[float, NotBoolean, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, NotBoolean, Field(ge=0)] = 0.0
     optimizer: Literal["adam", "sgd"] = "adam"
     augment: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the forward pass (CPU or CUDA)
@@ -105,11 +124,11 @@ class Protocol(pydantic.BaseModel):
     ``cam_threshold``: saliency maps are min-max normalised per image and binarised at this value before
     the Jaccard index against the ground-truth mask is taken."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = STRICT
 
     missing_mask: Literal["borrow", "raw", "drop"] = "borrow"
-    cam_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
-    eval_batch_size: Annotated[int, Field(ge=1)] = 64
+    cam_threshold: Annotated[float, NotBoolean, Field(ge=0.0, le=1.0)] = 0.5
+    eval_batch_size: Annotated[int, NotBoolean, Field(ge=1)] = 64
 
 
 class LoopConfig(pydantic.BaseModel):
@@ -120,20 +139,20 @@ class LoopConfig(pydantic.BaseModel):
     ``acceptors``: acceptance rules, a grid axis like any component list. A chain stops early once a round
     changes none of its annotations (converged), or at most a share ``min_changed`` of them (stopped)."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    rounds: Annotated[int, Field(ge=1)] = 3
+    rounds: Annotated[int, NotBoolean, Field(ge=1)] = 3
     acceptors: Annotated[list[ComponentSpec], Field(min_length=1)] = [ComponentSpec(name="agreement")]
-    min_changed: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    min_changed: Annotated[float, NotBoolean, Field(ge=0.0, le=1.0)] = 0.0
 
 
 class Grid(pydantic.BaseModel):
     """A validated grid file."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = STRICT
 
     name: str = "grid"
-    seeds: Annotated[list[int], Field(min_length=1)] = [0]
+    seeds: Annotated[list[Annotated[int, NotBoolean, Field(ge=0)]], Field(min_length=1)] = [0]
     datasets: Annotated[list[ComponentSpec], Field(min_length=1)]
     backbones: Annotated[list[ComponentSpec], Field(min_length=1)]
     masks: list[ComponentSpec] = []
@@ -145,9 +164,16 @@ class Grid(pydantic.BaseModel):
     finetune: TrainConfig = TrainConfig(epochs=3, lr=1e-4)
     protocol: Protocol = Protocol()
     executor: ComponentSpec = ComponentSpec(name="local")
-    device: str = "auto"
+    device: str = "auto"  # checked against the machine before a run
     published: Optional[str] = None  # CSV of published numbers (dataset, mask, alpha, accuracy), relative to the grid
     loop: LoopConfig = LoopConfig()
+
+    @pydantic.field_validator("device")
+    @classmethod
+    def _device(cls, device):
+        if not re.fullmatch(DEVICE_PATTERN, device):
+            raise ValueError(f"{device!r} is not a device; use auto (CUDA when present), cpu, cuda, cuda:N or mps")
+        return device
 
     @pydantic.field_validator("seeds")
     @classmethod
@@ -206,6 +232,11 @@ class Choice:
 
 # -- YAML with locations -----------------------------------------------------------------------------
 
+# Bounds on what a grid file may be: far beyond any real grid, and each refused in well under a second.
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
+
 
 class _Source:
     """A parsed YAML document that can point at the node behind a validation error's location."""
@@ -213,14 +244,86 @@ class _Source:
     def __init__(self, text: str, path: str):
         self.path = path
         try:
+            self._check_depth(text)
             self.node = yaml.compose(text, Loader=yaml.SafeLoader)
-            self.data = yaml.safe_load(text)
+            self.data = None
+            if self.node is not None:
+                self._check_nodes(self.node)
+                loader = yaml.SafeLoader("")
+                try:
+                    self.data = loader.construct_document(self.node)
+                finally:
+                    loader.dispose()
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
             raise GridError(f"{where}: YAML syntax error: {exc.problem}. Fix the YAML and run again.") from None
         except yaml.YAMLError as exc:
             raise GridError(f"{path}: YAML error: {exc}") from None
+
+    def _at(self, mark) -> str:
+        return f"{self.path}:{mark.line + 1}:{mark.column + 1}"
+
+    def _check_depth(self, text: str) -> None:
+        """Nesting deeper than ``MAX_DEPTH`` is refused from the event stream (no recursion)."""
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise GridError(f"{self._at(event.start_mark)}: the grid nests deeper than {MAX_DEPTH} levels; "
+                                    f"a grid is a few levels of mappings and lists")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+
+    def _check_nodes(self, root) -> None:
+        """Every distinct node once (iteratively): no repeated key in a mapping, no non-finite number, no
+        recursive alias, and at most ``MAX_VALUES`` values once aliases are expanded (a YAML alias bomb
+        is refused before anything walks it)."""
+        sizes: dict[int, int] = {}
+        floats = yaml.SafeLoader("")
+        stack = [(root, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if id(node) in sizes and not children_done:
+                continue
+            if isinstance(node, yaml.ScalarNode):
+                if node.tag == "tag:yaml.org,2002:float" and not math.isfinite(floats.construct_yaml_float(node)):
+                    raise GridError(f"{self._at(node.start_mark)}: {node.value!r} is not a finite number; grids take "
+                                    f"finite numbers only")
+                sizes[id(node)] = 1
+                continue
+            children = ([c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode)
+                        else list(node.value))
+            if not children_done:
+                sizes[id(node)] = -1  # in progress: its subtree is being walked
+                if isinstance(node, yaml.MappingNode):
+                    self._check_keys(node)
+                stack.append((node, True))
+                for child in children:
+                    if sizes.get(id(child)) == -1:
+                        raise GridError(f"{self._at(node.start_mark)}: a YAML alias refers to a node that contains "
+                                        f"it; grids cannot be recursive")
+                    if id(child) not in sizes:
+                        stack.append((child, False))
+                continue
+            total = 1 + sum(sizes[id(c)] for c in children)
+            if total > MAX_VALUES:
+                raise GridError(f"{self._at(node.start_mark)}: the grid expands to more than {MAX_VALUES:,} values "
+                                f"(YAML aliases repeat a part of it); write the grid out instead")
+            sizes[id(node)] = total
+        floats.dispose()
+
+    def _check_keys(self, node) -> None:
+        seen: dict[str, object] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key_node.value in seen:
+                first = seen[key_node.value].start_mark
+                raise GridError(f"{self._at(key_node.start_mark)}: key {key_node.value!r} is given twice (first at "
+                                f"line {first.line + 1}); each key appears once")
+            seen[key_node.value] = key_node
 
     def where(self, loc, *, key: bool = False) -> str:
         """``file:line:column`` of the node at ``loc``; of its key rather than its value if ``key``."""
@@ -256,7 +359,17 @@ def load_grid(path: str | Path, registry) -> Grid:
     path = Path(path)
     if not path.is_file():
         raise GridError(f"grid file {str(path)!r} does not exist; pass an existing YAML file to --grid")
-    return parse_grid(path.read_text(), str(path), registry=registry)
+    raw = path.read_bytes()
+    if len(raw) > MAX_BYTES:
+        raise GridError(f"{path}: {len(raw):,} bytes; a grid file is at most {MAX_BYTES:,} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise GridError(f"{path}:{line}:{column}: byte {raw[exc.start]:#04x} is not UTF-8; save the grid as "
+                        f"UTF-8 text") from None
+    return parse_grid(text, str(path), registry=registry)
 
 
 def parse_grid(text: str, path: str = "<grid>", *, registry) -> Grid:
@@ -292,14 +405,16 @@ def parse_grid(text: str, path: str = "<grid>", *, registry) -> Grid:
                 registry.validate(kind, choice.name, choice.params)
             except ComponentParamsError as exc:
                 for param, msg in exc.problems:
-                    if param in spec.sweep:
-                        loc = base + ("sweep", param, spec.sweep[param].index(choice.params[param]))
+                    name = param.split("[", 1)[0]
+                    if name in spec.sweep:
+                        loc = base + ("sweep", name, spec.sweep[name].index(choice.params[name]))
                     else:
-                        loc = base + (param,)
+                        loc = base + (name,)
                     unknown = msg.startswith("unknown parameter")
                     problems.append(f"{source.where(loc, key=unknown)}: {_readable_loc(loc)}: {choice.name}: {msg}")
             except UserError as exc:
                 problems.append(f"{source.where(base + ('name',))}: {_readable_loc(base)}: {exc}")
+        problems += _sweep_repeats(spec, kind, base, source, registry)
     if grid.published is not None:
         published = (Path(path).parent / grid.published).resolve()
         if not published.is_file():
@@ -310,6 +425,26 @@ def parse_grid(text: str, path: str = "<grid>", *, registry) -> Grid:
         unique = list(dict.fromkeys(problems))
         raise GridError("invalid grid:\n  " + "\n  ".join(unique))
     return grid
+
+
+def _sweep_repeats(spec: ComponentSpec, kind: str, base: tuple, source: _Source, registry) -> list[str]:
+    """A sweep value that equals an earlier one once the component reads it (``'0.8'`` and ``0.8`` for a
+    float) would run the same configuration twice under two labels: one problem per repeat."""
+    problems = []
+    for param, values in spec.sweep.items():
+        seen: dict[str, int] = {}
+        for index, value in enumerate(values):
+            try:
+                read = registry.validate(kind, spec.name, {**spec.params, param: value}).get(param, value)
+            except UserError:
+                break  # reported with the choices, or needs the other swept parameters
+            text = canonical_json(read)
+            if text in seen:
+                loc = base + ("sweep", param, index)
+                problems.append(f"{source.where(loc)}: {_readable_loc(loc)}: {spec.name}: {value!r} is the same "
+                                f"value as sweep.{param}[{seen[text]}] once read ({text}); sweep distinct values")
+            seen.setdefault(text, index)
+    return problems
 
 
 # -- cells -----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ distribution names or entry-point names to load besides the built-ins.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import functools
@@ -18,6 +19,7 @@ import importlib.metadata
 import inspect
 import os
 import re
+import types
 import typing
 import warnings
 from typing import Any, Callable
@@ -89,14 +91,56 @@ def signature_model(fn: Callable, title: str) -> type[pydantic.BaseModel]:
             continue
         default = ... if param.default is param.empty else param.default
         fields[name] = (hints.get(name, Any), default)
-    config = pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=())
+    config = pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=(),
+                                 allow_inf_nan=False)
     return pydantic.create_model(title, __config__=config, **fields)
+
+
+def _takes_bool(annotation) -> bool:
+    """Whether a parameter annotated ``annotation`` accepts True/False as such (not as the number 1/0)."""
+    if annotation in (bool, typing.Any, object) or isinstance(annotation, typing.TypeVar):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _takes_bool(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_takes_bool(a) for a in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return any(isinstance(a, bool) for a in typing.get_args(annotation))
+    return annotation not in (int, float, complex) and origin is None
+
+
+def _booleans_for_numbers(annotation, value, where: str) -> list[tuple[str, str]]:
+    """Problems ``(where, message)`` for every True/False given where ``annotation`` wants a number,
+    inside lists and tuples too: pydantic would read them as 1 and 0."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _booleans_for_numbers(typing.get_args(annotation)[0], value, where)
+    if isinstance(value, bool):
+        return [] if _takes_bool(annotation) else [(where, f"{str(value).lower()} is a boolean; a number is expected")]
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _booleans_for_numbers(args[0], value, where) if len(args) == 1 else []
+    if origin in (list, tuple, set, frozenset, collections.abc.Sequence) and isinstance(value, (list, tuple)):
+        args = typing.get_args(annotation)
+        out = []
+        for i, item in enumerate(value):
+            inner = args[0] if len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis) else (
+                args[i] if i < len(args) else typing.Any)
+            out += _booleans_for_numbers(inner, item, f"{where}[{i}]")
+        return out
+    return []
 
 
 def validate_keywords(model: type[pydantic.BaseModel], params: dict | None) -> dict:
     """``params`` checked and coerced by ``model``; only the keys given (defaults stay the callee's).
 
-    Raises ``ComponentParamsError`` listing each bad parameter."""
+    Raises ``ComponentParamsError`` listing each bad parameter (True/False where a number is expected
+    included: pydantic alone would take them as 1 and 0)."""
+    booleans = [problem for name, value in (params or {}).items() if name in model.model_fields
+                for problem in _booleans_for_numbers(model.model_fields[name].annotation, value, name)]
+    if booleans:
+        raise ComponentParamsError(booleans)
     try:
         validated = model.model_validate(params or {})
     except pydantic.ValidationError as exc:
