@@ -36,24 +36,39 @@ def _normalized(net, mean, std):
 
 
 def load_state_file(path: Path) -> dict:
-    """A state dict from ``.safetensors`` or a tensors-only torch file (``weights_only=True``)."""
+    """A state dict (name → tensor) from ``.safetensors`` or a tensors-only torch file (``weights_only=True``).
+
+    Every file that is not one (a folder, empty, truncated, garbage, a pickle of code, a dict of other
+    things) is a ``UserError`` naming the file and what is wrong."""
     import torch
 
+    if path.is_dir():
+        raise UserError(f"weights file {str(path)!r} is a folder, not a file; give the weights file itself or 'none'")
     if not path.is_file():
         raise UserError(f"weights file {str(path)!r} does not exist; give an existing file or 'none'")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors' own errors: truncated, empty, no header, another format
+            raise UserError(
+                f"weights file {str(path)!r} is not a readable safetensors file ({type(exc).__name__}: {exc}); it "
+                f"is truncated, damaged or another format: write it again with safetensors.torch.save_file"
+            ) from None
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UserError(
-            f"weights file {str(path)!r} cannot be loaded as tensors only ({type(exc).__name__}: {exc}); "
-            "xaibench never unpickles code: save a state_dict, or convert it to .safetensors"
+            f"weights file {str(path)!r} cannot be loaded as tensors only ({type(exc).__name__}: {exc}); it is "
+            "truncated, damaged, or pickles code (xaibench never unpickles code): save a state_dict, or convert "
+            "it to .safetensors"
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"weights file {str(path)!r} holds {type(state).__name__}, not a state dict of tensors; "
+                        f"save model.state_dict()")
     return state
 
 
@@ -70,11 +85,37 @@ class ResNet18:
         self.target_layer = target_layer
 
     def check(self) -> None:
-        """Fail before a run starts when the weights cannot be had (no file, no cache and no network)."""
+        """Fail before a run starts when the weights cannot be had (no file, no cache and no network), or
+        the file is not a resnet18's."""
         if self.weights == "imagenet":
             self._imagenet_state()
         elif self.weights != "none":
-            load_state_file(Path(self.weights))
+            self._fit(self._resnet(1000), load_state_file(Path(self.weights)), 1000)
+
+    @staticmethod
+    def _resnet(num_classes: int):
+        from torchvision.models import resnet18
+
+        return resnet18(num_classes=num_classes)
+
+    def _fit(self, net, state: dict, num_classes: int) -> None:
+        """Load ``state`` into ``net``: its ``fc`` head only if its shape fits ``num_classes``; any other
+        missing, unexpected or misshapen key is a ``UserError`` naming the file."""
+        state = {k.removeprefix("net."): v for k, v in state.items() if k not in ("mean", "std")}
+        head = state.get("fc.weight")
+        if head is None or head.shape[0] != num_classes:  # a new task gets a freshly initialised head
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        own = net.state_dict()
+        missing = [k for k in own if k not in state and not k.startswith("fc.")]
+        unexpected = [k for k in state if k not in own]
+        misshapen = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or misshapen:
+            raise UserError(
+                f"weights {self.weights!r} do not fit resnet18: {len(missing)} missing keys (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(misshapen)} of another shape "
+                f"(e.g. {misshapen[:3]}); give the state dict of a torchvision resnet18"
+            )
+        net.load_state_dict(state, strict=False)
 
     def _imagenet_state(self):
         import torch
@@ -92,22 +133,10 @@ class ResNet18:
             ) from None
 
     def build(self, num_classes: int, *, pretrained: bool = True):
-        from torchvision.models import resnet18
-
-        net = resnet18(num_classes=num_classes)
+        net = self._resnet(num_classes)
         if pretrained and self.weights != "none":
             state = self._imagenet_state() if self.weights == "imagenet" else load_state_file(Path(self.weights))
-            state = {k.removeprefix("net."): v for k, v in state.items() if k not in ("mean", "std")}
-            head = state.get("fc.weight")
-            if head is None or head.shape[0] != num_classes:  # a new task gets a freshly initialised head
-                state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            missing, unexpected = net.load_state_dict(state, strict=False)
-            missing = [k for k in missing if not k.startswith("fc.")]
-            if missing or unexpected:
-                raise UserError(
-                    f"weights {self.weights!r} do not fit resnet18: {len(missing)} missing keys "
-                    f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-                )
+            self._fit(net, state, num_classes)
         return _normalized(net, IMAGENET_MEAN, IMAGENET_STD)
 
     def target_layers(self, model):

@@ -32,7 +32,8 @@ import numpy as np
 from pydantic import Field
 
 from xaibench.contracts import Sample
-from xaibench.download import default_data_root, read_manifest, safe_extract_zip, sha256_file, write_manifest
+from xaibench.download import (MANIFEST_NAME, default_data_root, read_manifest, safe_extract_zip, sha256_file,
+                               write_manifest)
 from xaibench.download import download as download_file
 from xaibench.errors import ComponentParamsError, UserError
 from xaibench.hookspecs import hookimpl
@@ -203,6 +204,21 @@ class KahikateaDataset:
         if self._ready():
             self._check_recorded_hash(manifest)
             return root
+        created, had_archive = not root.exists(), self.archive_path.is_file()
+        try:
+            return self._fetch(root, manifest)
+        except UserError:
+            # A refused fetch (a bomb, the wrong archive) leaves what was there before: nothing, or the
+            # user's own archive. An interrupted one keeps its download to resume.
+            if not had_archive:
+                self.archive_path.unlink(missing_ok=True)
+            if manifest is None:
+                (root / MANIFEST_NAME).unlink(missing_ok=True)
+            if created and root.is_dir() and not any(root.iterdir()):
+                root.rmdir()
+            raise
+
+    def _fetch(self, root: Path, manifest: dict | None) -> Path:
         expected = self.sha256 or (manifest or {}).get("sha256")
         archive = self.archive_path
         if archive.is_file():

@@ -372,11 +372,36 @@ class SamSegmenter:
         if self.checkpoint is None:
             raise UserError(f"sam: parameter 'checkpoint' is not set. {download}.")
         path = Path(self.checkpoint).expanduser()
+        if path.is_dir():
+            raise UserError(f"sam: checkpoint {str(path)!r} (parameter 'checkpoint') is a folder, not a file. "
+                            f"{download}.")
         if not path.is_file():
             raise UserError(
                 f"sam: checkpoint file {str(path)!r} (parameter 'checkpoint') does not exist. {download}."
             )
+        self._check_file(path, download)
         return path
+
+    def _check_file(self, path: Path, download: str) -> None:
+        """The checkpoint loads as tensors only (memory-mapped: cheap) and holds a SAM image encoder of
+        ``model_type``'s width; otherwise a ``UserError`` naming the file and what is wrong."""
+        import torch
+
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # truncated, garbage, not a torch file, or a pickle of code
+            raise UserError(f"sam: checkpoint {str(path)!r} cannot be read as tensors ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); it is truncated, damaged or not a SAM "
+                            f"checkpoint. {download}.") from None
+        embed = state.get("image_encoder.patch_embed.proj.weight") if isinstance(state, dict) else None
+        if embed is None:
+            raise UserError(f"sam: checkpoint {str(path)!r} holds no SAM image encoder (no "
+                            f"'image_encoder.patch_embed.proj.weight'); it is not a SAM checkpoint. {download}.")
+        width = {"vit_b": 768, "vit_l": 1024, "vit_h": 1280}.get(self.model_type)
+        if width is not None and embed.shape[0] != width:
+            found = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}.get(int(embed.shape[0]), f"width {embed.shape[0]}")
+            raise UserError(f"sam: checkpoint {str(path)!r} is a {found} model, not model_type {self.model_type!r}; "
+                            f"set model_type to match it")
 
     def _build_model(self):
         """The SAM model of ``model_type`` with the weights in ``checkpoint`` (a ``torch.nn.Module``)."""

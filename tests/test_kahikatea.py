@@ -370,16 +370,18 @@ def test_unsafe_zip_entries_are_refused_before_anything_is_extracted(server, lay
 
 
 def test_an_interrupted_extraction_leaves_no_dataset(server, monkeypatch, tmp_path):
-    copy = shutil.copyfileobj
+    from xaibench import download
+
+    copy = download._copy
     copies = []
 
-    def copy_then_interrupt(src, dst, length=0):
+    def copy_then_interrupt(src, dst, *args):
         copies.append(dst)
         if len(copies) == 10:
             raise KeyboardInterrupt
-        copy(src, dst, length)
+        return copy(src, dst, *args)
 
-    monkeypatch.setattr(shutil, "copyfileobj", copy_then_interrupt)
+    monkeypatch.setattr(download, "_copy", copy_then_interrupt)
     root = tmp_path / "k"
     with pytest.raises(KeyboardInterrupt):
         dataset_at(root, server).fetch()
@@ -676,3 +678,71 @@ def test_kahikatea_keeps_the_dataset_contract(ready_root):
     from xaibench.testing import check_component
 
     check_component("datasets", "kahikatea", root=str(ready_root), image_size=32)
+
+
+def _bomb(size: int = 1 << 30) -> bytes:
+    """A zip of about 1 MB holding one file of ``size`` zero bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        info = zipfile.ZipInfo("data/ve_positive/zeros.png")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with z.open(info, "w", force_zip64=True) as entry:
+            block = bytes(1 << 20)
+            for _ in range(size >> 20):
+                entry.write(block)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bomb():
+    return _bomb()
+
+
+def test_a_zip_bomb_is_refused_through_the_cli_and_leaves_nothing(server, bomb, tmp_path, capsys):
+    from xaibench.cli import main
+
+    assert len(bomb) < 2 << 20  # about 1 MB that expands to 1 GiB
+    server.files["/bomb.zip"] = bomb
+    root = tmp_path / "k"
+    code = main(["data", "fetch", "kahikatea", "--root", str(root), "--url", server.url("/bomb.zip")])
+    assert code == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the download's progress bar
+    assert err.startswith("error: ") and "expands 1,0" in err and "more than the 200 allowed" in err
+    assert "nothing was written" in err and not root.exists()
+
+
+@pytest.mark.parametrize("limits, problem", [
+    ({"max_entries": 2}, "3 entries, more than the 2 allowed"),
+    ({"max_bytes": 5}, "it expands to 6 bytes, more than the 5 allowed"),
+])
+def test_archive_limits_on_entries_and_total_size(tmp_path, limits, problem):
+    from xaibench.download import ArchiveLimits
+
+    zip_path = tmp_path / "a.zip"
+    zip_path.write_bytes(make_zip({"a.txt": b"a", "b.txt": b"bb", "c.txt": b"ccc"}))
+    with pytest.raises(UserError, match=problem):
+        safe_extract_zip(zip_path, tmp_path / "out", limits=ArchiveLimits(**limits))
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_headers_that_understate_sizes_are_stopped_at_the_limit(tmp_path, monkeypatch):
+    """The byte count of what is written, not the headers, bounds the extraction."""
+    from xaibench import download
+    from xaibench.download import ArchiveLimits
+
+    zip_path = tmp_path / "a.zip"
+    zip_path.write_bytes(make_zip({"a.txt": b"x" * 5000}))
+    monkeypatch.setattr(download, "_check_limits", lambda *args: None)  # as if the headers had said 0 bytes
+    with pytest.raises(UserError, match="expands to more than 1,000 bytes"):
+        safe_extract_zip(zip_path, tmp_path / "out", limits=ArchiveLimits(max_bytes=1000))
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_the_default_limits_take_an_archive_like_the_real_one(tmp_path):
+    """Incompressible tiles of about the real archive's shape extract under the default limits."""
+    zip_path = tmp_path / "a.zip"
+    rng = np.random.default_rng(0)
+    zip_path.write_bytes(make_zip({f"data/ve_negative/{i}.jpg": rng.bytes(20_000) for i in range(50)}))
+    assert safe_extract_zip(zip_path, tmp_path / "out") == 50

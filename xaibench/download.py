@@ -9,6 +9,7 @@ manifest is not complete is not a dataset, whatever else it holds.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -147,13 +148,26 @@ def _advice(dest: Path) -> str:
 # -- extraction --------------------------------------------------------------------------------------------
 
 
-def safe_extract_zip(zip_path: Path, root: Path) -> int:
+@dataclasses.dataclass(frozen=True)
+class ArchiveLimits:
+    """What an archive may expand to before ``safe_extract_zip`` refuses it (a zip bomb, or not the archive
+    it claims to be). The defaults are far beyond the real datasets' (the Kahikatea archive: about 142 MB
+    of JPEG and PNG tiles, about 1,000 entries, compression ratio about 1)."""
+
+    max_bytes: int = 16 << 30  # 16 GiB extracted in all
+    max_entries: int = 200_000
+    max_ratio: float = 200.0  # extracted bytes per compressed byte, per entry and in all
+
+
+def safe_extract_zip(zip_path: Path, root: Path, *, limits: ArchiveLimits = ArchiveLimits()) -> int:
     """Extract ``zip_path`` into ``root`` and return the number of files extracted.
 
     Every entry is checked before anything is written: an absolute path, a ``..`` component or a symlink
-    entry raises ``UserError`` naming the entry. Files are extracted into a temporary folder inside
-    ``root`` and each top-level entry is then renamed into place (replacing an older one of the same name),
-    so an interrupted extraction leaves only a hidden temporary folder behind."""
+    entry raises ``UserError`` naming the entry, and so does an archive beyond ``limits`` (total size,
+    entry count, compression ratio). The bytes written are counted as well, so an archive whose headers
+    understate its sizes is stopped at the limit. Files are extracted into a temporary folder inside
+    ``root`` and each top-level entry is then renamed into place (replacing an older one of the same name);
+    a refused or interrupted extraction leaves nothing behind."""
     zip_path, root = Path(zip_path), Path(root)
     root.mkdir(parents=True, exist_ok=True)
     try:
@@ -164,9 +178,10 @@ def safe_extract_zip(zip_path: Path, root: Path) -> int:
         entries = archive.infolist()
         for info in entries:
             _check_entry(zip_path, info)
+        _check_limits(zip_path, entries, limits)
         staging = Path(tempfile.mkdtemp(prefix=".xaibench-extract-", dir=root))
         try:
-            files = 0
+            files = written = 0
             for info in entries:
                 target = staging / info.filename.replace("\\", "/")
                 if info.is_dir():
@@ -174,7 +189,7 @@ def safe_extract_zip(zip_path: Path, root: Path) -> int:
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
+                    written = _copy(src, dst, written, limits.max_bytes, zip_path)
                 files += 1
             for entry in sorted(staging.iterdir()):
                 _replace(entry, root / entry.name, staging)
@@ -185,6 +200,41 @@ def safe_extract_zip(zip_path: Path, root: Path) -> int:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return files
+
+
+def _copy(src, dst, written: int, limit: int, zip_path: Path) -> int:
+    """Copy an entry's bytes, stopping once the archive's total passes ``limit`` (headers can understate
+    sizes); returns the total written so far."""
+    while chunk := src.read(CHUNK):
+        written += len(chunk)
+        if written > limit:
+            raise UserError(f"{zip_path} expands to more than {limit:,} bytes (its headers said less); refusing to "
+                            f"extract it (nothing was written)")
+        dst.write(chunk)
+    return written
+
+
+def _check_limits(zip_path: Path, entries: list, limits: ArchiveLimits) -> None:
+    total = sum(info.file_size for info in entries)
+    packed = sum(info.compress_size for info in entries)
+    problem = None
+    if len(entries) > limits.max_entries:
+        problem = f"{len(entries):,} entries, more than the {limits.max_entries:,} allowed"
+    elif total > limits.max_bytes:
+        problem = f"it expands to {total:,} bytes, more than the {limits.max_bytes:,} allowed"
+    elif total > limits.max_ratio * max(packed, 1) and total > (1 << 20):
+        problem = f"it expands {total / max(packed, 1):,.0f} times ({packed:,} to {total:,} bytes), more than " \
+                  f"the {limits.max_ratio:g} allowed: a zip bomb, or not the dataset's archive"
+    else:
+        for info in entries:
+            if info.file_size > (1 << 20) and info.file_size > limits.max_ratio * max(info.compress_size, 1):
+                problem = (f"entry {info.filename!r} expands {info.file_size / max(info.compress_size, 1):,.0f} times "
+                           f"({info.compress_size:,} to {info.file_size:,} bytes), more than the "
+                           f"{limits.max_ratio:g} allowed: a zip bomb, or not the dataset's archive")
+                break
+    if problem:
+        raise UserError(f"{zip_path}: {problem}; refusing to extract it (nothing was written). Delete it and fetch "
+                        f"the dataset again, or pass another --url")
 
 
 def _check_entry(zip_path: Path, info: zipfile.ZipInfo) -> None:
