@@ -199,9 +199,10 @@ class Acceptor(Protocol):
 class Executor(Protocol):
     """Kind ``executors``: runs independent stage tasks.
 
-    ``map(fn, tasks) -> iterator`` of ``fn(task)`` results, one per task, in task order. ``fn`` and the
-    tasks are picklable; results are small (artifacts are written by ``fn`` itself to the cache). Only
-    the caller writes to the results store.
+    ``map(fn, tasks) -> iterator`` of ``fn(task)`` results, one per task, in task order; where the worker
+    running a task died (killed, out of memory), an ``xaibench.errors.WorkerLost`` in that task's place,
+    and the other tasks go on. ``fn`` and the tasks are picklable; results are small (artifacts are
+    written by ``fn`` itself to the cache). Only the caller writes to the results store.
 
     Optional: ``close()`` releases workers; ``check()`` fails early when workers cannot be had (an
     unreachable cluster)."""
@@ -467,7 +468,8 @@ def validate_annotation(out, shape: tuple) -> None:
 
 def validate_result(result, key: str) -> None:
     """One result of an executor's ``map``: the result of the task in its position (a stage result
-    carrying that task's key), so results come one per task, in task order."""
+    carrying that task's key), so results come one per task, in task order (a ``WorkerLost`` in a task's
+    place is handled by the caller)."""
     if getattr(result, "key", None) != key:
         found = getattr(result, "key", None) or type(result).__name__
         raise ContractViolation(f"map() gave a result for {found!r} where the task was {key!r}; give one result per "

@@ -58,3 +58,8 @@ class ComponentError(XaibenchError):
         self.component = component
         self.message = message
         self.user_error = user_error
+
+
+class WorkerLost(XaibenchError):
+    """What an executor yields in place of a task's result when the worker running that task died (killed,
+    or out of memory): the task failed, the other tasks go on."""
