@@ -55,3 +55,77 @@ def test_sigkill_then_resume_gives_identical_results_and_redoes_nothing(write_gr
     summary = json.loads((out / "run.json").read_text())
     assert summary["stages_reused"] >= finished and summary["cells_failed"] == 0
     assert (out / "leaderboard.csv").read_bytes() == (reference / "leaderboard.csv").read_bytes()
+
+
+TRAINING_GRID = """\
+name: long-training
+seeds: [0]
+datasets: [{name: synthetic, n_train: 96, n_val: 0, n_test: 16, image_size: 32}]
+backbones: [resnet18]
+train: {epochs: 5, batch_size: 16}
+"""
+
+
+@pytest.mark.slow
+def test_a_training_killed_mid_way_resumes_from_its_last_epoch_and_ends_identical(write_grid, tmp_path):
+    import json
+
+    grid = write_grid(TRAINING_GRID)
+    reference = tmp_path / "reference"
+    subprocess.run(_command(grid, reference), check=True, capture_output=True)
+
+    out = tmp_path / "interrupted"
+    process = subprocess.Popen(_command(grid, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and not list((out / "cache" / "checkpoints").glob("*.pt")) \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the training ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    subprocess.run(_command(grid, out), check=True, capture_output=True)
+    with sqlite3.connect(out / "store.sqlite") as db:
+        (meta,) = db.execute("SELECT meta FROM stages WHERE kind = 'train'").fetchone()
+    assert json.loads(meta)["resumed_from_epoch"] >= 1
+    assert not list((out / "cache" / "checkpoints").glob("*"))  # removed once the training finished
+    model = next((out / "cache" / "models").glob("*.safetensors")).read_bytes()
+    assert model == next((reference / "cache" / "models").glob("*.safetensors")).read_bytes()
+    assert (out / "leaderboard.csv").read_bytes() == (reference / "leaderboard.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_removes_the_lock_keeps_the_epoch_and_says_how_to_resume(write_grid, tmp_path):
+    grid = write_grid(TRAINING_GRID.replace("epochs: 5", "epochs: 50"))
+    out = tmp_path / "run"
+    command = [sys.executable, "-c", "from xaibench.cli import entry; entry()", *_command(grid, out)[3:]]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and not list((out / "cache" / "checkpoints").glob("*.pt")) \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (out / ".lock").is_file()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)  # a guard against a hang, not a speed claim
+    assert process.returncode == 130
+    assert "interrupted; run the same command again to resume" in err and "Traceback" not in err
+    assert not (out / ".lock").exists()
+    assert list((out / "cache" / "checkpoints").glob("*.pt"))  # the finished epochs are kept
+
+
+def test_a_refused_second_run_leaves_the_owners_lock_alone(registry, blobs, write_grid, tmp_path, capsys):
+    from xaibench.cli import main
+    from xaibench.store import RunLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    owner = RunLock(out)
+    owner.acquire()
+    try:
+        before = (out / ".lock").read_text()
+        grid = write_grid("datasets: [blobs]\nbackbones: [resnet18]\n")
+        assert main(["run", "--grid", str(grid), "--out", str(out), "--quiet"]) == 2
+        assert f"another xaibench run (process {os.getpid()}) is using" in capsys.readouterr().err
+        assert (out / ".lock").read_text() == before == str(os.getpid())
+    finally:
+        owner.release()
+    assert not (out / ".lock").exists()

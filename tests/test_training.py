@@ -120,3 +120,49 @@ def test_other_runtime_errors_in_a_step_are_not_reported_as_memory(monkeypatch):
     monkeypatch.setattr(model, "forward", broken)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         _fit(model, 0)
+
+
+def _tiny_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+
+
+def _train(net, checkpoint, stop_after=None, epochs=4):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 255, (20, 12, 12, 3), dtype=np.uint8), np.arange(20) % 2
+    seen = [0]
+
+    def progress(n):
+        seen[0] += n
+        if stop_after is not None and seen[0] >= stop_after:
+            raise KeyboardInterrupt
+
+    return fit(net, images, labels, epochs=epochs, batch_size=8, lr=1e-2, weight_decay=0.0, optimizer="adam",
+               augment=True, seed=3, device="cpu", progress=progress, checkpoint=checkpoint, checkpoint_every=1)
+
+
+def test_an_interrupted_training_resumes_from_its_last_epoch_bitwise_identically(tmp_path):
+    reference = _tiny_net()
+    _train(reference, None)
+    checkpoint = tmp_path / "ckpt.pt"
+    interrupted = _tiny_net()
+    with pytest.raises(KeyboardInterrupt):
+        _train(interrupted, checkpoint, stop_after=2 * 20 + 8)  # during epoch 3, after two checkpoints
+    assert checkpoint.is_file()
+    resumed = _tiny_net()
+    stats = _train(resumed, checkpoint)
+    assert stats["resumed_from_epoch"] == 2 and len(stats["epoch_losses"]) == 4
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_a_damaged_checkpoint_is_ignored_with_a_warning(tmp_path):
+    checkpoint = tmp_path / "ckpt.pt"
+    checkpoint.write_bytes(b"not a checkpoint")
+    reference = _tiny_net()
+    _train(reference, None)
+    with pytest.warns(UserWarning, match="cannot be resumed from"):
+        stats = _train(net := _tiny_net(), checkpoint)
+    assert stats["resumed_from_epoch"] == 0
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in reference.state_dict().items())

@@ -46,6 +46,21 @@ class Artifacts:
     def exists(self, kind: str, key: str) -> bool:
         return all(p.is_file() for p in self.files(kind, key))
 
+    def unreadable(self, kind: str, key: str) -> str | None:
+        """Why a stage's files cannot be read back in full (weights: every tensor; arrays: every array), or
+        None when they can."""
+        for path in self.files(kind, key):
+            try:
+                if path.suffix == ".safetensors":
+                    from safetensors.numpy import load_file
+
+                    load_file(str(path))
+                else:
+                    load_arrays(path)
+            except Exception as exc:  # any reader error means the file is not a finished artifact
+                return f"{path}: {type(exc).__name__}: {exc}"
+        return None
+
     def load(self, kind: str, key: str) -> dict[str, np.ndarray]:
         return load_arrays(self.path(kind, key))
 

@@ -6,8 +6,10 @@ User mistakes print one ``error:`` message and exit with code 2; failed cells ex
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import sqlite3
 import sys
 import warnings
 from pathlib import Path
@@ -79,6 +81,9 @@ def _common_run_options(command) -> None:
     command.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
                          help="an executor parameter (repeatable), e.g. --executor-option address=auto")
     command.add_argument("--quiet", action="store_true", help="no progress bars")
+    command.add_argument("--rebuild-store", action="store_true",
+                         help="the folder's store.sqlite is unreadable: move it aside and record again every stage "
+                              "whose artifacts are on disk")
 
 
 def _executor_override(args) -> dict | None:
@@ -98,7 +103,7 @@ def _cmd_loop(args) -> int:
         print(loop.describe(planner))
         return 0
     info = loop.loop(args.grid, out, retry_failed=args.retry_failed, executor_override=_executor_override(args),
-                     progress=not args.quiet)
+                     progress=not args.quiet, rebuild_store=args.rebuild_store)
     table = _read_csv(out / "loop.csv")
     if len(table):
         columns = [c for c in ("mask", "segmenter", "acceptor", "round", "seeds", "accuracy", "jaccard",
@@ -125,7 +130,7 @@ def _cmd_run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.grid).stem
     executor = _executor_override(args)
     summary = run(args.grid, out, dry_run=args.dry_run, retry_failed=args.retry_failed, executor_override=executor,
-                  progress=not args.quiet)
+                  progress=not args.quiet, rebuild_store=args.rebuild_store)
     if args.dry_run:
         return 0
     df, files, published = leaderboard.load_runs([out])
@@ -258,6 +263,12 @@ def _cmd_leaderboard(args) -> int:
     return 0
 
 
+def _out_of_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "disk is full" in str(exc)
+
+
 def _warning_line(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
@@ -273,12 +284,31 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
+        print("interrupted; run the same command again to resume (finished stages and the last epoch of an "
+              "interrupted training are kept)", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into a reader that stopped early (| head): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not _out_of_space(exc):
+            raise
+        print(f"error: no space left on the device ({exc}); free space or choose another --out, then run the same "
+              f"command again: finished stages are kept", file=sys.stderr)
+        return 1
+
+
+def entry() -> None:
+    """The ``xaibench`` command. After Ctrl-C the folder is already released (lock removed, store closed),
+    so the process ends at once instead of waiting for torch's threads and finalizers, which can take
+    seconds on a loaded machine."""
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

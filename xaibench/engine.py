@@ -8,17 +8,20 @@ result; it returns a ``RunCounts`` and the failure behind every stage that did n
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 from .contracts import capability, validate_result
-from .errors import ContractViolation
+from .errors import ContractViolation, UserError, WorkerLost
 from .grid import ComponentSpec, Grid
 from .plan import TRAINING_KINDS, Stage
 from .records import Failure, RunCounts, StageResult, Status
 from .stages import StageRunner
-from .store import Store
+from .store import RunLock, Store, file_digest
 
 
 def apply_executor_override(grid: Grid, override: dict | None, registry) -> None:
@@ -45,27 +48,71 @@ def copy_grid(grid_path, out_dir: Path) -> None:
         shutil.copyfile(grid_path, target)
 
 
+def check_out_dir(out: Path, *, rebuild_store: bool = False) -> None:
+    """Refuse, before anything is written, an output folder a run cannot or should not use: a file, the
+    filesystem's root or the home folder, a folder holding other files (not a run folder), or one that
+    cannot be written (permissions, a read-only or immutable filesystem)."""
+    out = Path(out).expanduser()
+    resolved = out.resolve()
+    what = f"--out {str(out)!r}"
+    if resolved == Path(resolved.anchor):
+        raise UserError(f"{what} is the root of the filesystem; give a folder of its own, e.g. runs/my-grid")
+    if resolved == Path.home().resolve():
+        raise UserError(f"{what} is your home folder; give a folder of its own, e.g. ~/runs/my-grid")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{what} is a file, not a folder; give a folder (new, or an earlier run's)")
+    if out.is_dir():
+        is_run = (out / "store.sqlite").is_file() or (rebuild_store and (out / "cache").is_dir())
+        if not is_run and {p.name for p in out.iterdir()} - {".lock"}:  # a lock a killed command left is ours
+            raise UserError(f"{what} holds files but no xaibench run (no store.sqlite); give a new or empty "
+                            f"folder, or the --out folder of an earlier run")
+        _check_writable(out, what)
+        return
+    parent = next(p for p in resolved.parents if p.exists())
+    if not parent.is_dir():
+        raise UserError(f"{what}: {parent} is a file, so the folder cannot be made")
+    _check_writable(parent, f"{what}: its parent {str(parent)!r}")
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Create and remove a file in ``folder``: the only test that also catches read-only and immutable
+    filesystems for a privileged user."""
+    try:
+        handle = tempfile.TemporaryFile(dir=folder)
+    except OSError as exc:
+        raise UserError(f"{what} cannot be written ({exc.strerror or exc}); choose a folder you can write to") from None
+    handle.close()
+
+
 class RunFolder:
     """The run folder of one command: store (locked), grid copy, stage runner and executor.
 
-    Use as a context manager; the executor is built and checked before anything is written, and the
-    executor and the store are closed on the way out whatever happens."""
+    Use as a context manager; the folder is checked and the executor built and checked before anything
+    is written, and the executor, the store and the lock are closed on the way out whatever happens.
+    ``rebuild_store``: a store that cannot be read is moved aside and a new one records every planned
+    stage whose artifacts are on disk and load (see ``execute``)."""
 
-    def __init__(self, out_dir, grid_path, grid: Grid, registry, *, progress: bool = True):
+    def __init__(self, out_dir, grid_path, grid: Grid, registry, *, progress: bool = True,
+                 rebuild_store: bool = False):
         self.out = Path(out_dir)
         self.grid_path = Path(grid_path)
         self.grid = grid
         self.registry = registry
         self.progress = progress
+        self.rebuild_store = rebuild_store
         self.executor = None
+        self.lock: RunLock | None = None
         self.store: Store | None = None
         self.runner: StageRunner | None = None
 
     def __enter__(self) -> "RunFolder":
+        check_out_dir(self.out, rebuild_store=self.rebuild_store)
         self.executor = checked_executor(self.grid, self.registry)
         try:
-            self.store = Store(self.out)
-            self.store.lock()
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.out)
+            self.lock.acquire()
+            self.store = self._open_store()
             copy_grid(self.grid_path, self.out)
             self.runner = StageRunner(self.store.cache, self.registry, device=self.grid.device,
                                       progress=self.progress)
@@ -86,10 +133,32 @@ class RunFolder:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _open_store(self) -> Store:
+        try:
+            return Store(self.out)
+        except UserError:
+            if not self.rebuild_store:
+                raise
+        broken = self.out / f"store.sqlite.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(self.out / "store.sqlite", broken)
+        echo_warning(f"{self.out / 'store.sqlite'} could not be read; moved to {broken.name}, and the records are "
+                     f"rebuilt from the artifacts in {self.out / 'cache'}")
+        return Store(self.out)
 
     @property
     def artifacts(self):
         return self.runner.artifacts
+
+
+def echo_warning(line: str) -> None:
+    """One ``warning:`` line on stderr, above any progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"warning: {line}", file=sys.stderr)
 
 
 @dataclasses.dataclass
@@ -128,10 +197,12 @@ def execute(stages: dict[str, Stage], folder: RunFolder, *, retry_failed: bool =
     todo = []
     for stage in stages.values():
         record = store.stage(stage.key)
-        if record and record["status"] == Status.DONE and runner.artifacts.exists(stage.kind, stage.key):
+        if record is None and folder.rebuild_store and _recover(stage, folder):
+            record = store.stage(stage.key)
+        if record and record["status"] == Status.DONE and _trusted(stage, folder):
             counts.stages_reused += 1
             counts.trainings_reused += stage.kind in TRAINING_KINDS
-        elif record and record["status"] == Status.FAILED and not retry_failed:
+        elif record and record["status"] == Status.FAILED and not retry_failed and not record["meta"].get("transient"):
             meta = record["meta"]
             failed_now[stage.key] = Failure(stage.label, meta.get("component", ""),
                                             f"{meta.get('message', 'failed')} (earlier run; --retry-failed reruns it)")
@@ -156,18 +227,46 @@ def execute(stages: dict[str, Stage], folder: RunFolder, *, retry_failed: bool =
                 bar.update(1)
                 if result.ok:
                     store.record_stage(stage.key, stage.kind, stage.label, Status.DONE, meta=result.meta,
-                                       seconds=result.seconds)
+                                       seconds=result.seconds, files=result.files)
                     counts.stages_run += 1
                     counts.trainings_run += stage.kind in TRAINING_KINDS
                 else:
                     store.record_stage(stage.key, stage.kind, stage.label, Status.FAILED, error=result.traceback,
-                                       meta={"message": result.error, "component": result.component},
+                                       meta={"message": result.error, "component": result.component,
+                                             "transient": result.transient},
                                        seconds=result.seconds)
                     failure = Failure(stage.label, result.component, result.error)
                     failed_now[stage.key] = failure
                     counts.stages_failed += 1
                     tqdm.write(f"stage failed: {failure.line()}", file=sys.stderr)
     return Execution(counts, failed_now)
+
+
+def relative_files(folder: RunFolder, stage: Stage) -> list[tuple[str, Path]]:
+    """``(path relative to the run folder, absolute path)`` of every file ``stage`` writes."""
+    return [(str(p.relative_to(folder.out)), p) for p in folder.artifacts.files(stage.kind, stage.key)]
+
+
+def _trusted(stage: Stage, folder: RunFolder) -> bool:
+    """Whether every file of a done stage is the one it wrote (size and hash, see ``store.check_file``);
+    a missing or changed file is named in one warning line and its stage computed again."""
+    for relative, _ in relative_files(folder, stage):
+        problem = folder.store.verify(relative)
+        if problem is not None:
+            echo_warning(f"{folder.out / relative} cannot be reused: {problem}; computing '{stage.label}' again")
+            return False
+    return True
+
+
+def _recover(stage: Stage, folder: RunFolder) -> bool:
+    """``--rebuild-store``: record a stage with no record as done when all its files are on disk and load
+    (they were written atomically, so a complete file is a finished stage's)."""
+    files = relative_files(folder, stage)
+    if not all(path.is_file() for _, path in files) or folder.artifacts.unreadable(stage.kind, stage.key):
+        return False
+    folder.store.record_stage(stage.key, stage.kind, stage.label, Status.DONE, meta={"recovered": True},
+                              files={relative: file_digest(path) for relative, path in files})
+    return True
 
 
 def _results(folder: RunFolder, ready: list[Stage]):
@@ -180,6 +279,9 @@ def _results(folder: RunFolder, ready: list[Stage]):
     who = folder.registry.who("executors", folder.grid.executor.name, folder.grid.executor.name)
     for position, stage in enumerate(ready):
         result = next(results, None)
+        if isinstance(result, WorkerLost):
+            yield stage, StageResult(stage.key, False, 0.0, error=str(result), component=who)
+            continue
         try:
             if result is None:
                 raise ContractViolation(f"map() gave {position} results for {len(ready)} tasks; give one result "

@@ -19,7 +19,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 import pydantic
 import yaml
@@ -112,6 +112,15 @@ class TrainConfig(pydantic.BaseModel):
     augment: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the forward pass (CPU or CUDA)
     channels_last: bool = False  # NHWC memory layout, faster convolutions on recent GPUs and CPUs
+    # Save model, optimizer, random state and epoch after every this many epochs (0: never), so an
+    # interrupted training resumes where it was; it changes no result, so it is no part of a cache key.
+    checkpoint_every: Annotated[int, NotBoolean, Field(ge=0)] = 1
+
+    RESULT_NEUTRAL: ClassVar[tuple[str, ...]] = ("checkpoint_every",)
+
+    def keyed(self) -> dict:
+        """The settings that change a training's result (a stage key hashes these)."""
+        return self.model_dump(exclude=set(self.RESULT_NEUTRAL))
 
 
 class Protocol(pydantic.BaseModel):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,13 @@ def load_runs(dirs) -> tuple[pd.DataFrame, dict[str, Path], pd.DataFrame | None]
             for row in store.cells():
                 if row["cell_id"] in files:
                     continue
-                files[row["cell_id"]] = store.cell_path(row["cell_id"])
+                path = store.cell_path(row["cell_id"])
+                problem = _unreadable(store, path) if row["status"] == Status.DONE else None
+                if problem is not None:
+                    warnings.warn(f"{path} cannot be read back ({problem}); its confidence intervals are left out "
+                                  f"until 'xaibench run' on {directory} scores the cell again")
+                    path = None
+                files[row["cell_id"]] = path
                 rows.append(row)
         finally:
             store.close()
@@ -67,6 +74,18 @@ def load_runs(dirs) -> tuple[pd.DataFrame, dict[str, Path], pd.DataFrame | None]
         if published is None and candidate.is_file():
             published = read_published(candidate)
     return frame(rows), files, published
+
+
+def _unreadable(store: Store, path: Path) -> str | None:
+    """Why a cell's per-image file cannot be used: not the file written (its record), or, for a file no
+    record covers (older runs), one that does not load."""
+    if store.artifact(str(path.relative_to(store.root))) is not None:
+        return store.verify(str(path.relative_to(store.root)))
+    try:
+        load_arrays(path)
+    except Exception as exc:  # any reader error: the file is damaged
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def name_of(label) -> str:

@@ -72,7 +72,7 @@ def _write_tables(out_dir: Path, rows: list[dict], rounds: int) -> tuple[pd.Data
 
 
 def loop(grid_path, out_dir, *, retry_failed: bool = False, executor_override: dict | None = None,
-         registry=None, progress: bool = True) -> dict:
+         registry=None, progress: bool = True, rebuild_store: bool = False) -> dict:
     """Run the annotation loop of a grid into ``out_dir``; returns the summary (also in ``loop.json``).
 
     Writes ``loop.csv`` (per configuration and round, over seeds), ``loop_seeds.csv`` (per chain and
@@ -88,7 +88,7 @@ def loop(grid_path, out_dir, *, retry_failed: bool = False, executor_override: d
     apply_executor_override(grid, executor_override, registry)
     rounds, rows, plans = grid.loop.rounds, [], {}
     counts = RunCounts()
-    with RunFolder(out_dir, grid_path, grid, registry, progress=progress) as folder:
+    with RunFolder(out_dir, grid_path, grid, registry, progress=progress, rebuild_store=rebuild_store) as folder:
         annotations: dict[Chain, str | None] = {chain: None for chain in planner.chains}
         executed: set[str] = set()
         failed: dict[str, Failure] = {}

@@ -47,8 +47,12 @@ def save_weights(model, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    try:
+        save_file(state, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written file is never left behind (a full disk, an interrupt)
+        raise
 
 
 def load_weights(model, path: Path):

@@ -285,7 +285,8 @@ class PlanBuilder:
         self.grid = grid
         self.registry = registry
         self.fingerprints = fingerprints
-        self.config = grid.model_dump(include={"train", "finetune", "protocol"})
+        self.config = {"train": grid.train.keyed(), "finetune": grid.finetune.keyed(),
+                       "protocol": grid.protocol.model_dump()}
         self.stages: dict[str, Stage] = {}
 
     def add(self, kind, ident, label, deps, spec) -> str:
@@ -309,7 +310,7 @@ class PlanBuilder:
         train = self.config["train"]
         return self.add("train", [data, cell.backbone.ident, self.version("backbones", cell.backbone), train, cell.seed],
                         f"train {cell.backbone.name} on {cell.dataset.name} seed={cell.seed}", [data],
-                        TrainSpec(cell.backbone, data, cell.seed, train))
+                        TrainSpec(cell.backbone, data, cell.seed, self.grid.train.model_dump()))
 
     def logits(self, cell: Cell, model: str, data: str, what: str) -> str:
         return self.add("logits", [model, data], f"logits {what} seed={cell.seed}", [model, data],
@@ -326,8 +327,8 @@ class PlanBuilder:
             deps.append(annotations)
         return self.add("finetune", ident,
                         f"finetune on {cell.mask.name}-masked {cell.dataset.name}{round_label} seed={cell.seed}",
-                        deps, FinetuneSpec(cell.backbone, data, raw, cell.mask, cell.seed, finetune, missing,
-                                           annotations))
+                        deps, FinetuneSpec(cell.backbone, data, raw, cell.mask, cell.seed,
+                                           self.grid.finetune.model_dump(), missing, annotations))
 
     def model_ref(self, ensemble: Choice | None, raw: str, masked: str | None) -> ModelRef:
         """The model an explanation is taken of: a single model where the ensemble rule reduces to one."""

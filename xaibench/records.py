@@ -59,6 +59,8 @@ class StageResult:
     traceback: str | None = None
     component: str = ""  # the component that failed, as ``Failure.component``
     user_error: bool = False
+    transient: bool = False  # the machine's fault (a full disk, a killed worker): the next run retries it
+    files: dict = dataclasses.field(default_factory=dict)  # relative path → (size, sha256, probe) written
 
 
 @dataclasses.dataclass(frozen=True)

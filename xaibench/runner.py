@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import exhibits, figures, leaderboard, report
-from .engine import RunFolder, apply_executor_override, execute
+from .engine import RunFolder, apply_executor_override, echo_warning, execute
 from .outputs import Outputs
 from .plan import TRAINING_KINDS, Plan, plan_run
 from .records import CellRow, Failure, Status, failure_table
@@ -54,7 +54,8 @@ def failure_summary(plan: Plan, rows: list[CellRow], failed: dict[str, Failure])
 
 
 def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False,
-        executor_override: dict | None = None, registry=None, progress: bool = True, echo=print) -> dict:
+        executor_override: dict | None = None, registry=None, progress: bool = True, echo=print,
+        rebuild_store: bool = False) -> dict:
     """Run a grid into ``out_dir``; returns the run summary (also written to ``out_dir/run.json``).
 
     Every user error (bad grid, unknown component, missing files) is raised before anything is written."""
@@ -65,7 +66,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
     if dry_run:
         echo(describe_plan(grid, plan))
         return {"cells": len(plan.cells), "trainings": plan.count(*TRAINING_KINDS), "dry_run": True}
-    with RunFolder(out_dir, grid_path, grid, registry, progress=progress) as folder:
+    with RunFolder(out_dir, grid_path, grid, registry, progress=progress, rebuild_store=rebuild_store) as folder:
         # Segment stages last: a seeder whose seeds failed is left out of its group's shared segment stage.
         before = execute({k: s for k, s in plan.stages.items() if s.kind != "segment"}, folder,
                          retry_failed=retry_failed)
@@ -75,7 +76,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
         execution.counts.add(before.counts)
         execution.failed.update(before.failed)
         rows = score_cells(plan, folder.store, folder.artifacts, registry, execution.failed,
-                           grid.protocol.cam_threshold)
+                           grid.protocol.cam_threshold, warn=echo_warning)
         folder.store.record_cells(rows)
         current = {cp.cell.cell_id for cp in plan.cells}
         cells = [c for c in folder.store.cells() if c["cell_id"] in current]

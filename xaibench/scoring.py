@@ -17,7 +17,7 @@ from .errors import ComponentError, ContractViolation
 from .grid import Choice, digest
 from .plan import CellPlan, Plan, RoundPlan
 from .records import CellRow, Failure, Status
-from .store import Store, save_arrays
+from .store import Store, file_digest, save_arrays
 
 # Bump when scoring changes, so cells scored by an older xaibench are scored again.
 SCORING_VERSION = 1
@@ -83,10 +83,11 @@ def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_thr
 
 
 def score_cells(plan: Plan, store: Store, artifacts: Artifacts, registry, failed: dict[str, Failure],
-                cam_threshold: float) -> list[CellRow]:
-    """Every cell's row; a cell whose score key is unchanged keeps its earlier scores, and per-image
-    scores are written for each newly scored cell. A cell one of whose stages failed is failed with
-    that stage's failure."""
+                cam_threshold: float, warn=None) -> list[CellRow]:
+    """Every cell's row; a cell whose score key is unchanged and whose per-image file is the one written
+    keeps its earlier scores, and per-image scores are written (and their digest recorded) for each newly
+    scored cell. A cell one of whose stages failed is failed with that stage's failure. ``warn(line)``
+    is told about a per-image file that cannot be reused."""
     memo = Memo(artifacts)
     rows = []
     scored = store.scored_cells()
@@ -98,12 +99,19 @@ def score_cells(plan: Plan, store: Store, artifacts: Artifacts, registry, failed
             continue
         key = score_key(cp, cam_threshold)
         previous = scored.get(cell_id)
-        if previous and previous.get("score_key") == key and store.cell_path(cell_id).is_file():
-            rows.append(CellRow(cell_id, cp.labels, Status.DONE, previous))
-            continue
+        path = store.cell_path(cell_id)
+        relative = str(path.relative_to(store.root))
+        if previous and previous.get("score_key") == key:
+            problem = store.verify(relative)
+            if problem is None:
+                rows.append(CellRow(cell_id, cp.labels, Status.DONE, previous))
+                continue
+            if warn is not None:
+                warn(f"{path} cannot be reused: {problem}; scoring the cell again")
         try:
             scores, per_image = score_cell(cp, artifacts, memo, registry, cam_threshold)
-            save_arrays(store.cell_path(cell_id), **per_image)
+            save_arrays(path, **per_image)
+            store.record_artifacts("", {relative: file_digest(path)})
             rows.append(CellRow(cell_id, cp.labels, Status.DONE, {**scores, "score_key": key}))
         except Exception as exc:  # a scoring bug fails the cell, not the run
             rows.append(CellRow(cell_id, cp.labels, Status.FAILED, {}, f"scoring: {type(exc).__name__}: {exc}"))

@@ -4,6 +4,8 @@ for what each stage is and how it is keyed, ``xaibench.artifacts`` for where its
 from __future__ import annotations
 
 import contextlib
+import errno
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -21,7 +23,7 @@ from .plan import (AcceptSpec, DataSpec, ExplainSpec, FinetuneSpec, LogitsSpec, 
                    Stage, TrainSpec)
 from .records import StageResult
 from .registry import get_registry
-from .store import save_arrays
+from .store import file_digest, save_arrays
 from .training import fit, predict_logits, resolve_device, to_tensor
 
 
@@ -104,8 +106,17 @@ class StageRunner:
         start = time.perf_counter()
         try:
             meta = getattr(self, f"_run_{stage.kind}")(stage)
-            return StageResult(stage.key, True, time.perf_counter() - start, meta=meta or {})
+            root = self.artifacts.cache.parent
+            files = {str(p.relative_to(root)): file_digest(p) for p in self.artifacts.files(stage.kind, stage.key)}
+            return StageResult(stage.key, True, time.perf_counter() - start, meta=meta or {}, files=files)
         except Exception as exc:  # recorded against the stage; the run goes on with other cells
+            full = _disk_full(exc)
+            if full is not None:
+                free = shutil.disk_usage(self.artifacts.cache.parent).free
+                return StageResult(stage.key, False, time.perf_counter() - start, traceback=traceback.format_exc(),
+                                   error=f"no space left on the device of {self.artifacts.cache.parent} ({free:,} bytes "
+                                         f"free; {full}); free space there or choose another --out, and run the "
+                                         f"same command again: this stage is retried", transient=True)
             component = exc.component if isinstance(exc, ComponentError) else ""
             message = exc.message if isinstance(exc, ComponentError) else (
                 str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}")
@@ -161,7 +172,11 @@ class StageRunner:
         with self.bar(stage, len(labels) * spec.train["epochs"], "img") as bar, \
                 self.calling("backbones", spec.backbone, given="training batches"):
             return fit(model, images, labels, seed=spec.seed, device=self.device, foreground=foreground,
-                       mask_fn=mask_fn, progress=bar.update, **spec.train)
+                       mask_fn=mask_fn, progress=bar.update, checkpoint=self.checkpoint_path(stage), **spec.train)
+
+    def checkpoint_path(self, stage: Stage) -> Path:
+        """Where an unfinished training of ``stage`` keeps its last epoch (removed once it finishes)."""
+        return self.artifacts.cache / "checkpoints" / f"{stage.key}.pt"
 
     def _run_train(self, stage: Stage):
         import torch
@@ -175,6 +190,7 @@ class StageRunner:
             validate_model(model)
         stats = self._fit(stage, spec, model)
         save_weights(model, self.path("train", stage.key))
+        self.checkpoint_path(stage).unlink(missing_ok=True)
         return stats
 
     def _run_finetune(self, stage: Stage):
@@ -194,6 +210,7 @@ class StageRunner:
 
         stats = self._fit(stage, spec, model, foreground=foreground, mask_fn=mask_fn, subset=subset)
         save_weights(model, self.path("finetune", stage.key))
+        self.checkpoint_path(stage).unlink(missing_ok=True)
         return stats
 
     def _run_logits(self, stage: Stage):
@@ -342,6 +359,19 @@ class StageRunner:
         save_arrays(self.path("accept", stage.key), masks=np.packbits(updated, axis=-1),
                     width=np.int64(updated.shape[-1]), index=index, accepted=accepted, changed=changed)
         return {"n": int(len(index)), "accepted": int(accepted.sum()), "changed": int(changed.sum())}
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """The message of the out-of-space error behind ``exc`` (itself or what caused it), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        if any(text in str(exc) for text in ("No space left on device", "Disk quota exceeded")):
+            return f"{type(exc).__name__}: {exc}"  # a library's own error around the OS's (safetensors)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def masks_for_finetuning(masks, has_mask, policy: str, *, seed: int):

@@ -8,7 +8,10 @@ orientation) and applies it to the image and its foreground mask alike.
 from __future__ import annotations
 
 import math
+import os
 import time
+import warnings
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -68,8 +71,15 @@ def fit(
     progress: Callable | None = None,
     precision: str = "fp32",
     channels_last: bool = False,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 1,
 ) -> dict:
     """Train ``model`` in place with cross-entropy; returns statistics.
+
+    ``checkpoint``: a file where the model, the optimizer, the random generators and the epoch are saved
+    (atomically) after every ``checkpoint_every`` epochs (0: never). When it exists at the start, training
+    resumes from it and ends bitwise identical to an uninterrupted run (the same device and thread
+    count); the caller removes it once the trained model is saved.
 
     ``foreground`` bool (N, H, W) and ``mask_fn`` (a Mask component) together make masked training:
     each augmented batch is masked on the device before the forward pass. ``precision="bf16"`` runs the
@@ -93,9 +103,14 @@ def fit(
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     n = len(y_all)
     steps_per_epoch = math.ceil(n / batch_size)
-    losses = []
+    losses: list[float] = []
+    first = 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        first, losses = _resume(checkpoint, model, opt, generator, device)
+        if progress is not None:
+            progress(first * n)
     start = time.perf_counter()
-    for epoch in range(epochs):
+    for epoch in range(first, epochs):
         order = torch.randperm(n, generator=generator)
         epoch_loss = 0.0
         for step in range(steps_per_epoch):
@@ -132,13 +147,64 @@ def fit(
             if progress is not None:
                 progress(len(index))
         losses.append(epoch_loss / n)
+        if checkpoint is not None and checkpoint_every and (epoch + 1) % checkpoint_every == 0 and epoch + 1 < epochs:
+            _save_checkpoint(checkpoint, model, opt, generator, epoch + 1, losses)
     seconds = time.perf_counter() - start
+    trained = n * (epochs - first)
     return {
         "epoch_losses": losses,
         "images_seen": n * epochs,
+        "resumed_from_epoch": first,
         "seconds": seconds,
-        "images_per_second": n * epochs / seconds if seconds > 0 else None,
+        "images_per_second": trained / seconds if seconds > 0 and trained else None,
     }
+
+
+def _save_checkpoint(path: Path, model, opt, generator, epoch: int, losses: list[float]) -> None:
+    """Everything a resumed training needs, written to a temporary file and renamed into place."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"epoch": epoch, "losses": list(losses), "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _resume(path: Path, model, opt, generator, device) -> tuple[int, list[float]]:
+    """Load a checkpoint into the model, optimizer and generators; ``(epochs done, their losses)``. A file
+    that cannot be read (tensors only) is ignored: training starts over."""
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        epoch, losses = int(state["epoch"]), [float(v) for v in state["losses"]]
+        parts = state["model"], state["optimizer"], state["generator"], state["torch_rng"]
+    except Exception as exc:  # a damaged checkpoint costs the epochs it held, never a wrong model
+        warnings.warn(f"checkpoint {path} cannot be resumed from ({type(exc).__name__}: {exc}); training starts "
+                      f"over")
+        Path(path).unlink(missing_ok=True)
+        return 0, []
+    try:
+        model.load_state_dict(parts[0])
+        opt.load_state_dict(parts[1])
+        generator.set_state(parts[2])
+        torch.set_rng_state(parts[3])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+    except Exception as exc:
+        raise StageError(f"checkpoint {path} does not belong to this training ({type(exc).__name__}: {exc}); delete "
+                         f"it and run again") from exc
+    model.to(device)
+    return epoch, losses
 
 
 def _out_of_memory(exc: BaseException) -> bool:
