@@ -9,6 +9,22 @@ from xaibench.contracts import Sample
 from xaibench.registry import Registry
 
 
+@pytest.fixture(autouse=True)
+def seeded_random_state():
+    """Every test starts from the same global random state (Python, numpy, torch), whatever ran before
+    it: a test that builds a model or draws data without its own seed still sees the same numbers, in any
+    order the tests run in."""
+    import random
+
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
 @pytest.fixture
 def registry(monkeypatch):
     """A fresh registry of the installed plugins, also used by the CLI for the duration of the test."""

@@ -88,8 +88,11 @@ class Float64Mask:
 
 
 class NoisyMask:
+    """A fresh noise background on every call (half-scaled, so it never equals images drawn from the same
+    seed)."""
+
     def __call__(self, images, foreground):
-        return torch.where(foreground, images, torch.rand_like(images))
+        return torch.where(foreground, images, torch.rand_like(images) * 0.5)
 
 
 class RowColumnSeeder:
