@@ -17,6 +17,8 @@ minutes on a 2-core CPU). Prints a JSON object with:
 - ``quickstart_seconds``: the quickstart grid from scratch on this machine.
 - ``rerun_verification_share``: the share of the rerun spent checking that every reused artifact is the
   file that was written (size and hash; goal <= 0.02).
+- ``planning``: ``--dry-run`` of about 10,000 and 1,000,000 cells in a fresh process: seconds (goals < 2 s
+  and < 60 s) and peak memory.
 - ``validation_share``: per stage kind, the share of the stage's time spent checking components'
   outputs against their contracts (goal <= 0.02).
 """
@@ -244,6 +246,44 @@ def validation_share(tmp: Path) -> dict:
     return {"validation_share": max(shares.values()), "validation_share_by_stage": shares}
 
 
+PLANNING_GRID = """\
+name: planning
+seeds: SEEDS
+datasets: [{name: synthetic, image_size: 64}]
+backbones: [resnet18]
+masks: [white, black, median, blur]
+ensembles: [{name: logit-mix, sweep: {alpha: ALPHAS}}]
+explainers: [gradcam]
+seeders: SEEDERS
+segmenters: SEGMENTERS
+"""
+
+
+def planning_seconds(tmp: Path) -> dict:
+    """``xaibench run --dry-run`` (a fresh process, imports and plugin loading included) of a grid of about
+    10,000 and of about 1,000,000 cells: wall seconds and peak memory of each (goals: < 2 s, < 60 s)."""
+    import subprocess
+
+    alphas = str([round(i / 25, 4) for i in range(25)])
+    out = {}
+    for name, seeds, seeders, segmenters in (
+            ("10k", 4, 5, 4), ("1m", 100, 10, 10)):
+        grid = (PLANNING_GRID.replace("SEEDS", str(list(range(seeds)))).replace("ALPHAS", alphas)
+                .replace("SEEDERS", "[" + ", ".join(f"{{name: top-k, k: {k}}}" for k in range(1, seeders + 1)) + "]")
+                .replace("SEGMENTERS", "[" + ", ".join(f"{{name: random-walker, beta: {10 * b}}}"
+                                                       for b in range(1, segmenters + 1)) + "]"))
+        path = tmp / f"planning-{name}.yaml"
+        path.write_text(grid)
+        code = ("import sys; from xaibench.cli import main; main(['run', '--grid', sys.argv[1], '--dry-run']); "
+                "print('peak', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+        out[f"planning_{name}_seconds"] = time.perf_counter() - start
+        out[f"planning_{name}_cells"] = int(done.stdout.split(" cells,")[0].rsplit(" ", 1)[1].replace(",", ""))
+        out[f"planning_{name}_peak_mib"] = int(done.stdout.rsplit("peak", 1)[1]) / 1024
+    return out
+
+
 def gradcam_forward_ratio(tmp: Path, threads: int) -> dict:
     import gradcam_speed
 
@@ -256,6 +296,7 @@ MEASUREMENTS = {
     "alpha_sweep_ratio": lambda tmp, threads: alpha_sweep_ratio(tmp),
     "sam_seeders_ratio": lambda tmp, threads: sam_seeders_ratio(tmp),
     "validation_share": lambda tmp, threads: validation_share(tmp),
+    "planning": lambda tmp, threads: planning_seconds(tmp),
     "quickstart": lambda tmp, threads: quickstart(tmp),
 }
 

@@ -94,7 +94,25 @@ def test_dry_run_prints_cells_and_trainings_and_writes_nothing(registry, blobs, 
     assert main(["run", "--grid", str(write_grid(GRID)), "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "52 cells" in printed and "10 trainings (2 baseline, 8 masked fine-tunes)" in printed
+    assert "axes: seeds 2, datasets 1, backbones 1, masks 4, ensembles 3, explainers 1, seeders 1, segmenters 2" in printed
+    assert "stages: data 1, train 2, logits 10, explain 18, seeds 18, finetune 8, segment 36" in printed
+    assert "| mask=" not in printed and "--verbose lists every cell" in printed
+    assert main(["run", "--grid", str(write_grid(GRID)), "--out", str(out), "--dry-run", "--verbose"]) == 0
+    assert capsys.readouterr().out.count("| mask=") == 52
     assert not out.exists()
+
+
+def test_a_dry_run_imports_no_torch(registry, tmp_path):
+    import subprocess
+    import sys
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(GRID.replace("name: blobs\n    size: 32", "name: synthetic"))
+    code = ("import sys; from xaibench.cli import main; code = main(['run', '--grid', sys.argv[1], '--dry-run']); "
+            "print('torch' in sys.modules); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code, str(grid)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_location_parameters_stay_out_of_cache_keys(registry, blobs, monkeypatch):

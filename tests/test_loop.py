@@ -260,6 +260,9 @@ def test_dry_run_lists_the_chains_and_writes_nothing(loop_grid, write_grid, caps
     assert main(["loop", "--grid", str(grid), "--out", str(loop_grid.out), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 chain(s), up to 3 round(s) after round 0, at most 16 masked trainings" in out
+    assert "acceptor=" not in out and "--verbose lists every chain" in out
+    assert main(["loop", "--grid", str(grid), "--out", str(loop_grid.out), "--dry-run", "--verbose"]) == 0
+    out = capsys.readouterr().out
     assert out.count("acceptor=square") == 2 and out.count("acceptor=never") == 2
     assert not loop_grid.out.exists()
 

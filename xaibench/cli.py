@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a grid of experiments (resumes a finished or interrupted run)")
     run.add_argument("--grid", required=True, help="grid YAML file, e.g. grids/quickstart.yaml")
     run.add_argument("--out", help="run directory (default: runs/<grid file name>)")
-    run.add_argument("--dry-run", action="store_true", help="print the cells and trainings, write nothing")
+    run.add_argument("--dry-run", action="store_true", help="print what would run (cells, stages, trainings), write "
+                                                            "nothing")
+    run.add_argument("--verbose", action="store_true", help="with --dry-run, also list every cell")
     _common_run_options(run)
 
     loop = sub.add_parser("loop", help="run the iterative annotation loop of a grid, round by round (resumable)",
@@ -41,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--grid", required=True, help="grid YAML file with a 'loop' section, e.g. grids/loop.yaml")
     loop.add_argument("--out", help="run directory, shared with 'xaibench run' (default: runs/<grid file name>)")
     loop.add_argument("--dry-run", action="store_true", help="print the chains and trainings, write nothing")
+    loop.add_argument("--verbose", action="store_true", help="with --dry-run, also list every chain")
     _common_run_options(loop)
 
     plugins = sub.add_parser(
@@ -100,7 +103,7 @@ def _cmd_loop(args) -> int:
         registry = get_registry()
         planner = loop.load_loop_grid(args.grid, registry)
         loop.apply_executor_override(planner.grid, _executor_override(args), registry)
-        print(loop.describe(planner))
+        print(loop.describe(planner, verbose=args.verbose))
         return 0
     info = loop.loop(args.grid, out, retry_failed=args.retry_failed, executor_override=_executor_override(args),
                      progress=not args.quiet, rebuild_store=args.rebuild_store)
@@ -130,7 +133,7 @@ def _cmd_run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.grid).stem
     executor = _executor_override(args)
     summary = run(args.grid, out, dry_run=args.dry_run, retry_failed=args.retry_failed, executor_override=executor,
-                  progress=not args.quiet, rebuild_store=args.rebuild_store)
+                  progress=not args.quiet, rebuild_store=args.rebuild_store, verbose=args.verbose)
     if args.dry_run:
         return 0
     df, files, published = leaderboard.load_runs([out])

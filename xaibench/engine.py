@@ -22,6 +22,7 @@ from .plan import TRAINING_KINDS, Stage
 from .records import Failure, RunCounts, StageResult, Status
 from .stages import StageRunner
 from .store import RunLock, Store, file_digest
+from .training import resolve_device
 
 
 def apply_executor_override(grid: Grid, override: dict | None, registry) -> None:
@@ -107,6 +108,7 @@ class RunFolder:
 
     def __enter__(self) -> "RunFolder":
         check_out_dir(self.out, rebuild_store=self.rebuild_store)
+        resolve_device(self.grid.device, what=f"{self.grid_path}: device")  # torch is imported from here on
         self.executor = checked_executor(self.grid, self.registry)
         try:
             self.out.mkdir(parents=True, exist_ok=True)

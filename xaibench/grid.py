@@ -13,6 +13,7 @@ Every error names the file, line and column of the offending YAML node.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -216,27 +217,32 @@ SECTION_KIND = {
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """A concrete component: a name and its full parameters (one point of its sweep)."""
+    """A concrete component: a name and its full parameters (one point of its sweep). Immutable: its
+    canonical JSON, hash and label are computed once (planning a million cells hashes choices often)."""
 
     name: str
     params: dict
+    json: str = dataclasses.field(init=False, repr=False, compare=False)
+    label: str = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "json", canonical_json(self.ident))
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        object.__setattr__(self, "label", f"{self.name}({inner})" if self.params else self.name)
+        object.__setattr__(self, "_hash", hash(self.json))
 
     @property
     def ident(self) -> dict:
         return {"name": self.name, "params": self.params}
 
-    @property
-    def label(self) -> str:
-        if not self.params:
-            return self.name
-        inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        return f"{self.name}({inner})"
-
     def __hash__(self):
-        return hash(canonical_json(self.ident))
+        return self._hash
 
     def __eq__(self, other):
-        return isinstance(other, Choice) and self.ident == other.ident
+        return isinstance(other, Choice) and self.json == other.json
+
+    def __reduce__(self):  # rebuilt where unpickled: string hashes differ between processes
+        return Choice, (self.name, self.params)
 
 
 # -- YAML with locations -----------------------------------------------------------------------------
@@ -481,7 +487,7 @@ class Cell:
             for f in dataclasses.fields(self)
         }
 
-    @property
+    @functools.cached_property
     def cell_id(self) -> str:
         return digest(self.ident)
 
@@ -492,20 +498,25 @@ def label_of(choice: Choice | None) -> str:
 
 
 def all_choices(specs: list[ComponentSpec]) -> list[Choice]:
-    return [choice for spec in specs for choice in spec.choices()]
+    """Every choice of a section's entries and sweeps, each once, in order."""
+    return list(dict.fromkeys(choice for spec in specs for choice in spec.choices()))
 
 
-def expand(grid: Grid) -> list[Cell]:
-    """The cross product of a grid, in a stable order: baseline cells first, then each mask × ensemble."""
+def iter_cells(grid: Grid):
+    """The cross product of a grid, one cell at a time, in a stable order: per dataset, backbone and seed,
+    the baseline cells first, then each mask × ensemble. The choices of each axis are distinct, so the
+    cells are too (no set of a million cells is needed to deduplicate them)."""
     variants = [(None, None)] + [(m, e) for m in all_choices(grid.masks) for e in all_choices(grid.ensembles)]
     explainers = all_choices(grid.explainers) or [None]
     chains = [(None, None)]
-    if grid.segmenters:
+    if grid.segmenters and grid.explainers:
         chains = [(s, g) for s in all_choices(grid.seeders) for g in all_choices(grid.segmenters)]
-    cells = []
-    for dataset, backbone, seed in itertools.product(all_choices(grid.datasets), all_choices(grid.backbones), grid.seeds):
+    for dataset, backbone, seed in itertools.product(all_choices(grid.datasets), all_choices(grid.backbones),
+                                                     dict.fromkeys(grid.seeds)):
         for (mask, ensemble), explainer, (seeder, segmenter) in itertools.product(variants, explainers, chains):
-            if explainer is None:
-                seeder = segmenter = None
-            cells.append(Cell(dataset, backbone, seed, mask, ensemble, explainer, seeder, segmenter))
-    return list(dict.fromkeys(cells))
+            yield Cell(dataset, backbone, seed, mask, ensemble, explainer, seeder, segmenter)
+
+
+def expand(grid: Grid) -> list[Cell]:
+    """Every cell of a grid (``iter_cells``) as a list."""
+    return list(iter_cells(grid))

@@ -44,22 +44,24 @@ from .records import Failure, RunCounts, Status, failure_table
 from .registry import get_registry
 from .scoring import round_row
 from .store import atomic_write_text
-from .training import resolve_device
 
 
 def load_loop_grid(grid_path, registry) -> LoopPlanner:
-    """Validate a grid for the loop and check its device; raises ``UserError`` and writes nothing."""
-    planner = plan_loop(grid_path, registry)
-    resolve_device(planner.grid.device, what=f"{grid_path}: device")
-    return planner
+    """Validate a grid for the loop; raises ``UserError`` and writes nothing (the device is checked when
+    the loop starts)."""
+    return plan_loop(grid_path, registry)
 
 
-def describe(planner: LoopPlanner) -> str:
+def describe(planner: LoopPlanner, *, verbose: bool = False) -> str:
+    """The loop's dry run: chains, rounds and trainings, and with ``verbose`` one line per chain."""
     grid = planner.grid
-    lines = [f"grid {grid.name!r}: {len(planner.chains)} chain(s), up to {grid.loop.rounds} round(s) after round 0, "
-             f"at most {len(planner.chains) * (grid.loop.rounds + 1)} masked trainings"]
-    for chain in planner.chains:
-        lines.append("  " + " | ".join(f"{k}={v}" for k, v in planner.labels(chain).items() if v != ""))
+    lines = [f"grid {grid.name!r}: {len(planner.chains):,} chain(s), up to {grid.loop.rounds} round(s) after round 0, "
+             f"at most {len(planner.chains) * (grid.loop.rounds + 1):,} masked trainings"]
+    if verbose:
+        for chain in planner.chains:
+            lines.append("  " + " | ".join(f"{k}={v}" for k, v in planner.labels(chain).items() if v != ""))
+    else:
+        lines.append("  (--verbose lists every chain)")
     return "\n".join(lines)
 
 

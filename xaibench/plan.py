@@ -30,7 +30,7 @@ from typing import Union
 
 from .contracts import capability
 from .errors import GridError, UserError
-from .grid import Cell, Choice, Grid, all_choices, digest, expand, label_of, load_grid
+from .grid import SECTION_KIND, Cell, Choice, Grid, all_choices, digest, expand, iter_cells, label_of, load_grid
 from .records import CELL_LABELS
 
 TRAINING_KINDS = ("train", "finetune")
@@ -192,6 +192,7 @@ class Plan:
     builder: "PlanBuilder | None" = None
     # (explain, segmenter, data) → the seeds stages one segment stage prompts with (see build_plan)
     segment_groups: dict[tuple, set] = dataclasses.field(default_factory=dict)
+    n_cells: int = 0  # also when the cells themselves were not kept
 
     def count(self, *kinds) -> int:
         return sum(1 for s in self.stages.values() if s.kind in kinds)
@@ -211,7 +212,7 @@ class Plan:
         for cp in self.cells:
             if cp.seeds is not None:
                 cp.segment, cp.segment_index = segment_of.get((cp.seeds, cp.cell.segmenter), (None, 0))
-        used = {cp.segment for cp in self.cells}
+        used = {key for key, _ in segment_of.values()}
         for key in planned - used:
             del self.stages[key]
 
@@ -232,15 +233,16 @@ def mixing_weight(registry, ensemble: Choice | None) -> float:
     return float(default) if default is not inspect.Parameter.empty else math.nan
 
 
-def cell_labels(cell: Cell, registry) -> dict:
-    """The label columns (``records.CELL_LABELS``) of a cell, as its tables show them."""
+def cell_labels(cell: Cell, registry, alpha: float | None = None) -> dict:
+    """The label columns (``records.CELL_LABELS``) of a cell, as its tables show them (``alpha``: the
+    cell's mixing weight when the caller has it already)."""
     labels = {
         "dataset": label_of(cell.dataset),
         "backbone": label_of(cell.backbone),
         "seed": cell.seed,
         "mask": label_of(cell.mask) if cell.mask else "none",
         "ensemble": label_of(cell.ensemble) if cell.ensemble else "baseline",
-        "alpha": mixing_weight(registry, cell.ensemble),
+        "alpha": mixing_weight(registry, cell.ensemble) if alpha is None else alpha,
         "explainer": label_of(cell.explainer),
         "seeder": label_of(cell.seeder),
         "segmenter": label_of(cell.segmenter),
@@ -248,19 +250,14 @@ def cell_labels(cell: Cell, registry) -> dict:
     return {column: labels[column] for column in CELL_LABELS}
 
 
-def check_components(cells: list[Cell], registry, extra: tuple = ()) -> dict[Choice, str]:
-    """Call every distinct component's optional ``check()`` (missing data, weights, checkpoints) and
-    fingerprint every dataset; report all problems at once. ``extra``: more ``(kind, choice)`` pairs to
-    check. Returns dataset choice → fingerprint."""
+def check_components(grid: Grid, registry, extra: tuple = ()) -> dict[Choice, str]:
+    """Call the optional ``check()`` of every component of the grid (missing data, weights, checkpoints)
+    and fingerprint every dataset; report all problems at once. ``extra``: more ``(kind, choice)`` pairs
+    to check. Returns dataset choice → fingerprint."""
     problems: list[str] = []
     fingerprints: dict[Choice, str] = {}
-    seen: set[tuple[str, Choice]] = set()
-    pairs = [(kind, getattr(cell, kind[:-1])) for cell in cells
-             for kind in ("datasets", "backbones", "masks", "ensembles", "explainers", "seeders", "segmenters")]
-    for kind, choice in [*pairs, *extra]:
-        if choice is None or (kind, choice) in seen:
-            continue
-        seen.add((kind, choice))
+    pairs = [(kind, choice) for section, kind in SECTION_KIND.items() for choice in all_choices(getattr(grid, section))]
+    for kind, choice in dict.fromkeys([*pairs, *extra]):
         try:
             component = registry.create(kind, choice.name, **choice.params)
             check = capability(component, "check", kind)
@@ -288,6 +285,14 @@ class PlanBuilder:
         self.config = {"train": grid.train.keyed(), "finetune": grid.finetune.keyed(),
                        "protocol": grid.protocol.model_dump()}
         self.stages: dict[str, Stage] = {}
+        self._memo: dict[tuple, object] = {}  # inputs of a stage (or model reference) → its key: a million
+        # cells ask for far fewer distinct stages, and each is digested once
+
+    def _once(self, memo: tuple, make):
+        found = self._memo.get(memo)
+        if found is None:
+            found = self._memo[memo] = make()
+        return found
 
     def add(self, kind, ident, label, deps, spec) -> str:
         key = digest([kind, ident])
@@ -299,7 +304,15 @@ class PlanBuilder:
     def version(self, kind: str, choice: Choice) -> str:
         return self.registry.get(kind, choice.name).version
 
+    def labels(self, cell: Cell) -> dict:
+        """``cell_labels``, its mixing weight worked out once per ensemble choice."""
+        alpha = self._once(("alpha", cell.ensemble), lambda: mixing_weight(self.registry, cell.ensemble))
+        return cell_labels(cell, self.registry, alpha)
+
     def data(self, ds: Choice) -> str:
+        return self._once(("data", ds), lambda: self._data(ds))
+
+    def _data(self, ds: Choice) -> str:
         # parameters that only say where the data is (its fingerprint covers what it is) stay out of keys
         location = set(capability(self.registry.get("datasets", ds.name).factory, "location_params", "datasets"))
         content = {"name": ds.name, "params": {k: v for k, v in ds.params.items() if k not in location}}
@@ -308,17 +321,23 @@ class PlanBuilder:
 
     def train(self, cell: Cell, data: str) -> str:
         train = self.config["train"]
-        return self.add("train", [data, cell.backbone.ident, self.version("backbones", cell.backbone), train, cell.seed],
-                        f"train {cell.backbone.name} on {cell.dataset.name} seed={cell.seed}", [data],
-                        TrainSpec(cell.backbone, data, cell.seed, self.grid.train.model_dump()))
+        return self._once(("train", data, cell.backbone, cell.seed), lambda: self.add(
+            "train", [data, cell.backbone.ident, self.version("backbones", cell.backbone), train, cell.seed],
+            f"train {cell.backbone.name} on {cell.dataset.name} seed={cell.seed}", [data],
+            TrainSpec(cell.backbone, data, cell.seed, self.grid.train.model_dump())))
 
     def logits(self, cell: Cell, model: str, data: str, what: str) -> str:
-        return self.add("logits", [model, data], f"logits {what} seed={cell.seed}", [model, data],
-                        LogitsSpec(cell.backbone, model, data))
+        return self._once(("logits", model, data), lambda: self.add(
+            "logits", [model, data], f"logits {what} seed={cell.seed}", [model, data],
+            LogitsSpec(cell.backbone, model, data)))
 
     def finetune(self, cell: Cell, raw: str, data: str, annotations: str | None = None, round_label: str = "") -> str:
         """The baseline fine-tuned on masked images; the masks are the dataset's annotations, or those of
         an ``accept`` stage (the annotation loop's later rounds)."""
+        return self._once(("finetune", raw, data, cell.mask, cell.seed, annotations),
+                          lambda: self._finetune(cell, raw, data, annotations, round_label))
+
+    def _finetune(self, cell: Cell, raw: str, data: str, annotations: str | None, round_label: str) -> str:
         finetune, missing = self.config["finetune"], self.config["protocol"]["missing_mask"]
         ident = [raw, cell.mask.ident, self.version("masks", cell.mask), finetune, missing, cell.seed]
         deps = [raw, data]
@@ -332,21 +351,35 @@ class PlanBuilder:
 
     def model_ref(self, ensemble: Choice | None, raw: str, masked: str | None) -> ModelRef:
         """The model an explanation is taken of: a single model where the ensemble rule reduces to one."""
+        return self._once(("ref", ensemble, raw, masked), lambda: self._model_ref(ensemble, raw, masked))
+
+    def _reduces_to(self, ensemble: Choice) -> str | None:
+        return self._once(("reduces", ensemble), lambda: self._reduction(ensemble)) or None
+
+    def _model_ref(self, ensemble: Choice | None, raw: str, masked: str | None) -> ModelRef:
         if ensemble is None:
             return SingleModel(raw)
-        rule = self.registry.create("ensembles", ensemble.name, **ensemble.params)
-        reduces_to = capability(rule, "reduces_to", "ensembles")
-        reduces = reduces_to() if reduces_to is not None else None
-        if reduces not in ("raw", "masked", None):
-            raise UserError(f"ensemble {ensemble.label!r}: reduces_to() returned {reduces!r}; it returns \"raw\", "
-                            f"\"masked\" or None")
+        reduces = self._reduces_to(ensemble)
         if reduces == "raw":
             return SingleModel(raw)
         if reduces == "masked":
             return SingleModel(masked)
         return MixedModel(raw, masked, ensemble, self.version("ensembles", ensemble))
 
+    def _reduction(self, ensemble: Choice) -> str:
+        rule = self.registry.create("ensembles", ensemble.name, **ensemble.params)
+        reduces_to = capability(rule, "reduces_to", "ensembles")
+        reduces = reduces_to() if reduces_to is not None else None
+        if reduces not in ("raw", "masked", None):
+            raise UserError(f"ensemble {ensemble.label!r}: reduces_to() returned {reduces!r}; it returns \"raw\", "
+                            f"\"masked\" or None")
+        return reduces or ""
+
     def explain(self, cell: Cell, raw: str, masked: str | None, data: str, split: str = "test") -> str:
+        return self._once(("explain", cell.ensemble, raw, masked, cell.explainer, data, split),
+                          lambda: self._explain(cell, raw, masked, data, split))
+
+    def _explain(self, cell: Cell, raw: str, masked: str | None, data: str, split: str) -> str:
         ref = self.model_ref(cell.ensemble, raw, masked)
         ident = [ref.ident, cell.explainer.ident, self.version("explainers", cell.explainer), data]
         if split != "test":
@@ -358,8 +391,9 @@ class PlanBuilder:
 
     def seeds(self, seeder: Choice, explain: str) -> str:
         spec = self.stages[explain].spec
-        return self.add("seeds", [explain, seeder.ident, self.version("seeders", seeder)], f"seeds {seeder.name}",
-                        [explain], SeedsSpec(explain, seeder, spec.data, spec.split))
+        return self._once(("seeds", seeder, explain), lambda: self.add(
+            "seeds", [explain, seeder.ident, self.version("seeders", seeder)], f"seeds {seeder.name}", [explain],
+            SeedsSpec(explain, seeder, spec.data, spec.split)))
 
     def segment(self, segmenter: Choice, explain: str, seed_keys: list[str], data: str, split: str = "test") -> str:
         seed_keys = sorted(seed_keys)
@@ -378,13 +412,18 @@ class PlanBuilder:
         return self.add("accept", ident, label, deps, AcceptSpec(data, annotations, explain, segment, acceptor))
 
 
-def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
+def build_plan(grid: Grid, cells, registry, *, keep_cells: bool = True) -> Plan:
     """Work out every stage the cells need, deduplicated by key. Builds datasets (cheaply) to fingerprint
-    them and calls components' optional ``check()`` so missing files fail before anything runs."""
-    builder = PlanBuilder(grid, registry, check_components(cells, registry))
+    them and calls components' optional ``check()`` so missing files fail before anything runs.
+
+    ``cells``: any iterable of cells. Without ``keep_cells`` (a dry run) the cells are counted, not kept,
+    so planning a million cells needs memory for its stages only."""
+    builder = PlanBuilder(grid, registry, check_components(grid, registry))
     plans: list[CellPlan] = []
     segments: dict[tuple, set] = {}
+    count = 0
     for cell in cells:
+        count += 1
         data = builder.data(cell.dataset)
         raw = builder.train(cell, data)
         raw_logits = builder.logits(cell, raw, data, "baseline")
@@ -397,9 +436,10 @@ def build_plan(grid: Grid, cells: list[Cell], registry) -> Plan:
         if cell.seeder is not None:
             seeds = builder.seeds(cell.seeder, explain)
             segments.setdefault((explain, cell.segmenter, data), set()).add(seeds)
-        plans.append(CellPlan(cell, cell_labels(cell, registry), data, raw, masked, raw_logits, masked_logits,
-                              explain, seeds, None))
-    plan = Plan(builder.stages, plans, builder, segments)
+        if keep_cells:
+            plans.append(CellPlan(cell, builder.labels(cell), data, raw, masked, raw_logits, masked_logits,
+                                  explain, seeds, None))
+    plan = Plan(builder.stages, plans, builder, segments, n_cells=count)
     plan.group_segments()
     return plan
 
@@ -474,7 +514,7 @@ class LoopPlanner:
                          explain_test, explain_train, segment, accept)
 
     def labels(self, chain: Chain) -> dict:
-        return {**cell_labels(chain.cell, self.builder.registry), "acceptor": chain.acceptor.label}
+        return {**self.builder.labels(chain.cell), "acceptor": chain.acceptor.label}
 
 
 def plan_loop(grid_path, registry) -> LoopPlanner:
@@ -486,11 +526,11 @@ def plan_loop(grid_path, registry) -> LoopPlanner:
                         "model, explains it, seeds prompts and segments training images (see grids/loop.yaml)")
     found = chains(grid)
     acceptors = {("acceptors", chain.acceptor) for chain in found}
-    fingerprints = check_components([chain.cell for chain in found], registry, extra=tuple(acceptors))
+    fingerprints = check_components(grid, registry, extra=tuple(acceptors))
     return LoopPlanner(grid, found, PlanBuilder(grid, registry, fingerprints))
 
 
-def plan_run(grid_path, registry) -> tuple[Grid, Plan]:
+def plan_run(grid_path, registry, *, keep_cells: bool = True) -> tuple[Grid, Plan]:
     """Load and validate a grid and plan its stages; raises ``UserError`` and writes nothing."""
     grid = load_grid(grid_path, registry)
-    return grid, build_plan(grid, expand(grid), registry)
+    return grid, build_plan(grid, iter_cells(grid), registry, keep_cells=keep_cells)

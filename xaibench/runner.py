@@ -20,29 +20,42 @@ import pandas as pd
 from . import exhibits, figures, leaderboard, report
 from .engine import RunFolder, apply_executor_override, echo_warning, execute
 from .outputs import Outputs
+from .grid import all_choices
 from .plan import TRAINING_KINDS, Plan, plan_run
 from .records import CellRow, Failure, Status, failure_table
 from .registry import get_registry
 from .scoring import score_cells, scores_key
 from .store import atomic_write_text
-from .training import resolve_device
 
 
-def plan_grid(grid_path, registry=None):
-    """Load and validate a grid and plan its stages; raises ``UserError`` and writes nothing."""
+def plan_grid(grid_path, registry=None, *, keep_cells: bool = True):
+    """Load and validate a grid and plan its stages; raises ``UserError`` and writes nothing. Imports no
+    torch: the device is checked against the machine when the run starts."""
     registry = registry or get_registry()
-    grid, plan = plan_run(grid_path, registry)
+    grid, plan = plan_run(grid_path, registry, keep_cells=keep_cells)
     registry.validate("executors", grid.executor.name, grid.executor.params)
-    resolve_device(grid.device, what=f"{grid_path}: device")  # before anything is written
     return grid, plan
 
 
-def describe_plan(grid, plan: Plan) -> str:
-    lines = [f"grid {grid.name!r}: {len(plan.cells)} cells, {len(plan.stages)} stages, "
-             f"{plan.count(*TRAINING_KINDS)} trainings "
-             f"({plan.count('train')} baseline, {plan.count('finetune')} masked fine-tunes)"]
-    for cp in plan.cells:
-        lines.append("  " + " | ".join(f"{k}={v}" for k, v in cp.labels.items() if v != ""))
+AXES = ("datasets", "backbones", "masks", "ensembles", "explainers", "seeders", "segmenters")
+
+
+def describe_plan(grid, plan: Plan, *, verbose: bool = False) -> str:
+    """The dry run's summary: cells, stages and trainings; the choices on each axis; the stages of each
+    kind; and, with ``verbose``, one line per cell."""
+    lines = [f"grid {grid.name!r}: {plan.n_cells:,} cells, {len(plan.stages):,} stages, "
+             f"{plan.count(*TRAINING_KINDS):,} trainings "
+             f"({plan.count('train'):,} baseline, {plan.count('finetune'):,} masked fine-tunes)"]
+    axes = [f"seeds {len(grid.seeds)}"] + [f"{axis} {len(all_choices(getattr(grid, axis)))}" for axis in AXES
+                                           if getattr(grid, axis)]
+    lines.append("  axes: " + ", ".join(axes))
+    kinds = dict.fromkeys(s.kind for s in plan.stages.values())
+    lines.append("  stages: " + ", ".join(f"{kind} {plan.count(kind):,}" for kind in kinds))
+    if verbose:
+        for cp in plan.cells:
+            lines.append("  " + " | ".join(f"{k}={v}" for k, v in cp.labels.items() if v != ""))
+    else:
+        lines.append("  (--verbose lists every cell)")
     return "\n".join(lines)
 
 
@@ -55,17 +68,18 @@ def failure_summary(plan: Plan, rows: list[CellRow], failed: dict[str, Failure])
 
 def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False,
         executor_override: dict | None = None, registry=None, progress: bool = True, echo=print,
-        rebuild_store: bool = False) -> dict:
+        rebuild_store: bool = False, verbose: bool = False) -> dict:
     """Run a grid into ``out_dir``; returns the run summary (also written to ``out_dir/run.json``).
 
-    Every user error (bad grid, unknown component, missing files) is raised before anything is written."""
+    Every user error (bad grid, unknown component, missing files) is raised before anything is written.
+    ``dry_run`` plans and prints a summary (every cell with ``verbose``) and writes nothing."""
     started = time.perf_counter()
     registry = registry or get_registry()
-    grid, plan = plan_grid(grid_path, registry)
+    grid, plan = plan_grid(grid_path, registry, keep_cells=not dry_run or verbose)
     apply_executor_override(grid, executor_override, registry)
     if dry_run:
-        echo(describe_plan(grid, plan))
-        return {"cells": len(plan.cells), "trainings": plan.count(*TRAINING_KINDS), "dry_run": True}
+        echo(describe_plan(grid, plan, verbose=verbose))
+        return {"cells": plan.n_cells, "trainings": plan.count(*TRAINING_KINDS), "dry_run": True}
     with RunFolder(out_dir, grid_path, grid, registry, progress=progress, rebuild_store=rebuild_store) as folder:
         # Segment stages last: a seeder whose seeds failed is left out of its group's shared segment stage.
         before = execute({k: s for k, s in plan.stages.items() if s.kind != "segment"}, folder,
