@@ -94,7 +94,10 @@ class ProcessExecutor:
     plugins from installed entry points: components registered only in the driver are not available.
     Workers stay up between tasks and keep what the stage runner loaded. A worker that dies (killed, or
     out of memory) fails the task it was running, which is yielded as ``xaibench.errors.WorkerLost``, and
-    is replaced; the other tasks go on."""
+    is replaced; the other tasks go on.
+
+    Besides ``map`` it offers ``submit``/``next_result`` and ``slots``, so a run starts each stage as soon
+    as its own inputs are done rather than wave by wave."""
 
     def __init__(self, *, workers: Annotated[int, Field(ge=1)] = 2,
                  threads: Optional[Annotated[int, Field(ge=1)]] = None):
@@ -102,6 +105,13 @@ class ProcessExecutor:
         self.threads = threads
         self._pool: list[_Worker] = []
         self._context = None
+        self._queue: list[tuple[int, str, bytes, object]] = []  # submitted, not yet sent to a worker
+        self._done: list[tuple[int, object]] = []
+        self._tickets = 0
+
+    @property
+    def slots(self) -> int:
+        return self.workers
 
     def _start(self) -> _Worker:
         import multiprocessing
@@ -110,64 +120,98 @@ class ProcessExecutor:
         threads = self.threads or max(1, (os.cpu_count() or 1) // self.workers)
         return _Worker(self._context, threads)
 
-    def map(self, fn, tasks):
-        tasks = list(tasks)
-        if not tasks:
-            return
-        from multiprocessing.connection import wait
-
+    def submit(self, fn, task) -> int:
+        """Queue ``fn(task)``; returns a ticket that ``next_result`` gives back with the result."""
         blob = pickle.dumps(fn)
         fn_id = hashlib.sha256(blob).hexdigest()
-        while len(self._pool) < min(self.workers, len(tasks)):
+        self._tickets += 1
+        self._queue.append((self._tickets, fn_id, blob, task))
+        while len(self._pool) < self.workers and len(self._pool) < len(self._queue) + self._running():
             self._pool.append(self._start())
-        results: dict[int, object] = {}
-        queue = list(range(len(tasks)))
-        done = 0
+        self._feed()
+        return self._tickets
+
+    def _running(self) -> int:
+        return sum(w.task is not None for w in self._pool)
+
+    def _feed(self) -> None:
+        for worker in self._pool:
+            if worker.task is None and self._queue:
+                ticket, fn_id, blob, task = self._queue.pop(0)
+                worker.send(ticket, fn_id, blob, task)
+
+    def next_result(self):
+        """``(ticket, result)`` of a submitted task once one has finished (blocks until then); the result
+        is ``WorkerLost`` where the worker running it died."""
+        from multiprocessing.connection import wait
+
         try:
-            while done < len(tasks):
-                for worker in self._pool:
-                    if worker.task is None and queue:
-                        index = queue.pop(0)
-                        worker.send(index, fn_id, blob, tasks[index])
+            while not self._done:
+                self._feed()
                 busy = [w for w in self._pool if w.task is not None]
+                if not busy:
+                    raise RuntimeError("next_result() with no task submitted")
                 ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
                 for worker in busy:
-                    if worker.conn in ready and worker.conn.poll():
-                        try:
-                            index, ok, value = worker.conn.recv()
-                        except (EOFError, OSError):
-                            index, ok, value = worker.task, None, None
-                    elif worker.process.sentinel in ready:
-                        index, ok, value = worker.task, None, None
-                    else:
-                        continue
-                    if ok is None:  # the process died with the task
-                        worker.process.join(5)
-                        code = worker.process.exitcode
-                        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                        results[index] = WorkerLost(f"worker died ({how}: killed or out of memory?) while running "
-                                                    f"it; run again with --retry-failed, with fewer workers or a "
-                                                    f"smaller batch_size")
-                        self._pool[self._pool.index(worker)] = self._start()
-                        worker.stop(timeout=0)
-                    elif not ok:
-                        raise RuntimeError(f"a task raised in a worker process:\n{value}")
-                    else:
-                        results[index] = value
-                        worker.task = None
-                while done in results:
-                    yield results.pop(done)
-                    done += 1
-        except GeneratorExit:  # the caller stopped reading: the workers stay for the next map
-            raise
+                    self._collect(worker, ready)
+            return self._done.pop(0)
         except BaseException:
             self.close()  # Ctrl-C or an error: end the workers now, not after their tasks
             raise
 
+    def _collect(self, worker: _Worker, ready) -> None:
+        if worker.conn in ready and worker.conn.poll():
+            try:
+                ticket, ok, value = worker.conn.recv()
+            except (EOFError, OSError):
+                ticket, ok, value = worker.task, None, None
+        elif worker.process.sentinel in ready:
+            ticket, ok, value = worker.task, None, None
+        else:
+            return
+        if ok is None:  # the process died with the task
+            worker.process.join(5)
+            code = worker.process.exitcode
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            self._done.append((ticket, WorkerLost(f"worker died ({how}: killed or out of memory?) while running it; "
+                                                  f"run again with --retry-failed, with fewer workers or a smaller "
+                                                  f"batch_size")))
+            self._pool[self._pool.index(worker)] = self._start()
+            worker.stop(timeout=0)
+        elif not ok:
+            raise RuntimeError(f"a task raised in a worker process:\n{value}")
+        else:
+            self._done.append((ticket, value))
+            worker.task = None
+
+    def map(self, fn, tasks):
+        tickets = [self.submit(fn, task) for task in tasks]
+        results: dict[int, object] = {}
+        for ticket in tickets:
+            while ticket not in results:
+                done, value = self.next_result()
+                results[done] = value
+            yield results.pop(ticket)
+
     def close(self):
         pool, self._pool = self._pool, []
+        self._queue.clear()
+        self._done.clear()
         for worker in pool:
             worker.stop(timeout=0 if worker.task is not None else 1.0)
+
+
+def _answer_probe(path: str, token: str, node: str) -> str:
+    """On one Ray node: read the driver's probe file and write an answer beside it."""
+    from pathlib import Path
+
+    try:
+        if Path(path).read_text() != token:
+            return "another file is at the run folder's path there"
+        Path(f"{path}.{node}").write_text(token)
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return "ok"
 
 
 def _call_with_threads(fn, task, threads):
@@ -193,6 +237,8 @@ class RayExecutor:
         self.gpus = gpus
         self.threads = threads
         self._started = False
+        self._remote = None
+        self._pending: list = []
 
     def _ray(self):
         try:
@@ -210,21 +256,77 @@ class RayExecutor:
     def check(self):
         self._ray()
 
-    def map(self, fn, tasks):
-        tasks = list(tasks)
-        if not tasks:
-            return
+    def check_folder(self, folder) -> None:
+        """Every node of the cluster must see the run folder at the same path (stage artifacts are written
+        there by whichever node runs the stage): each node reads a file the driver wrote and writes one the
+        driver reads. A node that cannot is a ``UserError`` naming it and what to set up."""
+        import uuid
+        from pathlib import Path
+
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from xaibench.errors import UserError
+
         ray = self._ray()
-        remote = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus)(_call_with_threads)
-        threads = self.threads or max(1, int(self.cpus))
-        refs = [remote.remote(fn, task, threads) for task in tasks]
+        folder = Path(folder).resolve()
+        token = uuid.uuid4().hex
+        probe = folder / f".xaibench-probe-{token}"
+        probe.write_text(token)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        try:
+            remote = ray.remote(num_cpus=0)(_answer_probe)
+            answers = ray.get([remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                               .remote(str(probe), token, n["NodeID"]) for n in nodes])
+            blind = [f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]}: {answer})" for n, answer in zip(nodes, answers)
+                     if answer != "ok" or not Path(f"{probe}.{n['NodeID']}").is_file()]
+        finally:
+            for path in folder.glob(f".xaibench-probe-{token}*"):
+                path.unlink(missing_ok=True)
+        if blind:
+            raise UserError(
+                f"the run folder {folder} is not shared with {len(blind)} of the {len(nodes)} Ray nodes: "
+                f"{'; '.join(blind)}. Every node writes the stages it runs into the run folder, so it must see the "
+                f"folder at the same path: put --out on a filesystem every node mounts there (NFS, a cluster "
+                f"volume), or run with another executor")
+
+    @property
+    def slots(self) -> int:
+        """Tasks the cluster runs at once: its CPUs over the CPUs each task asks for (GPUs likewise)."""
+        ray = self._ray()
+        resources = ray.cluster_resources()
+        slots = int(resources.get("CPU", 1) // self.cpus)
+        if self.gpus:
+            slots = min(slots, int(resources.get("GPU", 0) // self.gpus))
+        return max(1, slots)
+
+    def submit(self, fn, task):
+        ray = self._ray()
+        if self._remote is None:
+            self._remote = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus)(_call_with_threads)
+        ref = self._remote.remote(fn, task, self.threads or max(1, int(self.cpus)))
+        self._pending.append(ref)
+        return ref
+
+    def next_result(self):
+        ray = self._ray()
+        (ref,), rest = ray.wait(self._pending, num_returns=1)
+        self._pending = rest
+        try:
+            return ref, ray.get(ref)
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError,
+                ray.exceptions.NodeDiedError) as exc:
+            return ref, WorkerLost(f"worker died ({type(exc).__name__}: killed or out of memory?) while running it; "
+                                   f"run again with --retry-failed, with fewer tasks per node or a smaller "
+                                   f"batch_size")
+
+    def map(self, fn, tasks):
+        refs = [self.submit(fn, task) for task in tasks]
+        results = {}
         for ref in refs:
-            try:
-                yield ray.get(ref)
-            except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError,
-                    ray.exceptions.NodeDiedError) as exc:
-                yield WorkerLost(f"worker died ({type(exc).__name__}: killed or out of memory?) while running it; run "
-                                 f"again with --retry-failed, with fewer tasks per node or a smaller batch_size")
+            while ref not in results:
+                done, value = self.next_result()
+                results[done] = value
+            yield results.pop(ref)
 
     def close(self):
         if self._started:
@@ -232,6 +334,8 @@ class RayExecutor:
 
             ray.shutdown()
             self._started = False
+        self._remote = None
+        self._pending = []
 
 
 @hookimpl

@@ -205,7 +205,12 @@ class Executor(Protocol):
     written by ``fn`` itself to the cache). Only the caller writes to the results store.
 
     Optional: ``close()`` releases workers; ``check()`` fails early when workers cannot be had (an
-    unreachable cluster)."""
+    unreachable cluster). ``submit(fn, task) -> ticket``, ``next_result() -> (ticket, result)`` (blocks
+    until a submitted task has finished; a ``WorkerLost`` result where its worker died) and ``slots``
+    (how many tasks run at once) together let a run start each stage as soon as its own inputs are done;
+    an executor with ``map`` alone runs the stages wave by wave. ``check_folder(folder)`` raises a
+    ``UserError`` when its workers cannot read and write the run folder (a cluster without shared
+    storage), before any stage runs."""
 
     def map(self, fn: Callable, tasks: Iterable) -> Iterator: ...
 
@@ -223,7 +228,8 @@ OPTIONAL: dict[str, dict[str, object]] = {
     "seeders": {"check": None},
     "segmenters": {"uses_saliency": False, "segment_with_scores": None, "check": None},
     "acceptors": {"check": None},
-    "executors": {"close": None, "check": None},
+    "executors": {"close": None, "check": None, "check_folder": None, "submit": None, "next_result": None,
+                  "slots": None},
 }
 
 

@@ -111,9 +111,20 @@ class RunFolder:
         resolve_device(self.grid.device, what=f"{self.grid_path}: device")  # torch is imported from here on
         self.executor = checked_executor(self.grid, self.registry)
         try:
+            created = not self.out.exists()
             self.out.mkdir(parents=True, exist_ok=True)
             self.lock = RunLock(self.out)
             self.lock.acquire()
+            check_folder = capability(self.executor, "check_folder", "executors")
+            if check_folder is not None:
+                try:
+                    check_folder(self.out)  # every worker sees the folder the stages are written to
+                except UserError:
+                    self.lock.release()
+                    self.lock = None
+                    if created:
+                        self.out.rmdir()
+                    raise
             self.store = self._open_store()
             copy_grid(self.grid_path, self.out)
             self.runner = StageRunner(self.store.cache, self.registry, device=self.grid.device,
@@ -192,10 +203,6 @@ def execute(stages: dict[str, Stage], folder: RunFolder, *, retry_failed: bool =
     counts = RunCounts()
     known = dict(failed or {})
     failed_now: dict[str, Failure] = {}
-    depth = _depths(stages)
-    waves: dict[int, list] = {}
-    for key, stage in stages.items():
-        waves.setdefault(depth[key], []).append(stage)
     todo = []
     for stage in stages.values():
         record = store.stage(stage.key)
@@ -211,37 +218,115 @@ def execute(stages: dict[str, Stage], folder: RunFolder, *, retry_failed: bool =
             counts.stages_failed += 1
         else:
             todo.append(stage.key)
-    pending = set(todo)
+    pending = [stages[key] for key in todo]
     with tqdm(total=len(todo), desc="stages", unit="stage", disable=not folder.progress, dynamic_ncols=True) as bar:
-        for level in sorted(waves):
-            ready = []
-            for stage in waves[level]:
-                if stage.key not in pending:
-                    continue
-                broken = [d for d in stage.deps if d in failed_now or d in known]
-                if broken:
-                    failed_now[stage.key] = failed_now.get(broken[0]) or known[broken[0]]
-                    counts.stages_failed += 1
-                    bar.update(1)
-                    continue
-                ready.append(stage)
-            for stage, result in _results(folder, ready):
+        def skipped(stage: Stage) -> bool:
+            """A stage whose input failed fails with that failure, and is not run."""
+            broken = [d for d in stage.deps if d in failed_now or d in known]
+            if broken:
+                failed_now[stage.key] = failed_now.get(broken[0]) or known[broken[0]]
+                counts.stages_failed += 1
                 bar.update(1)
-                if result.ok:
-                    store.record_stage(stage.key, stage.kind, stage.label, Status.DONE, meta=result.meta,
-                                       seconds=result.seconds, files=result.files)
-                    counts.stages_run += 1
-                    counts.trainings_run += stage.kind in TRAINING_KINDS
-                else:
-                    store.record_stage(stage.key, stage.kind, stage.label, Status.FAILED, error=result.traceback,
-                                       meta={"message": result.error, "component": result.component,
-                                             "transient": result.transient},
-                                       seconds=result.seconds)
-                    failure = Failure(stage.label, result.component, result.error)
-                    failed_now[stage.key] = failure
-                    counts.stages_failed += 1
-                    tqdm.write(f"stage failed: {failure.line()}", file=sys.stderr)
+            return bool(broken)
+
+        def finished(stage: Stage, result: StageResult) -> None:
+            bar.update(1)
+            if result.ok:
+                store.record_stage(stage.key, stage.kind, stage.label, Status.DONE, meta=result.meta,
+                                   seconds=result.seconds, files=result.files)
+                counts.stages_run += 1
+                counts.trainings_run += stage.kind in TRAINING_KINDS
+            else:
+                store.record_stage(stage.key, stage.kind, stage.label, Status.FAILED, error=result.traceback,
+                                   meta={"message": result.error, "component": result.component,
+                                         "transient": result.transient}, seconds=result.seconds)
+                failure = Failure(stage.label, result.component, result.error)
+                failed_now[stage.key] = failure
+                counts.stages_failed += 1
+                tqdm.write(f"stage failed: {failure.line()}", file=sys.stderr)
+
+        executor = folder.executor
+        if capability(executor, "submit", "executors") and capability(executor, "next_result", "executors"):
+            _by_dependencies(folder, pending, skipped, finished)
+        else:
+            _by_waves(folder, pending, skipped, finished)
     return Execution(counts, failed_now)
+
+
+# Rough relative cost of each stage kind: what the dependency-driven scheduler starts first when several
+# stages are ready (the longest chain of expected work below a stage goes first).
+EXPECTED_COST = {"train": 100.0, "finetune": 60.0, "segment": 10.0, "explain": 5.0, "data": 3.0, "logits": 2.0,
+                 "seeds": 1.0, "accept": 1.0}
+
+
+def priorities(stages: list[Stage]) -> dict[str, float]:
+    """Each stage's expected cost plus the largest of its dependants' priorities (the "bottom level" of
+    list scheduling), over the stages given, in dependency order."""
+    keys = {s.key for s in stages}
+    children: dict[str, list[str]] = {s.key: [] for s in stages}
+    for stage in stages:
+        for dep in stage.deps:
+            if dep in keys:
+                children[dep].append(stage.key)
+    level: dict[str, float] = {}
+    for stage in reversed(stages):
+        level[stage.key] = EXPECTED_COST.get(stage.kind, 1.0) + max((level[c] for c in children[stage.key]), default=0.0)
+    return level
+
+
+def _by_waves(folder: RunFolder, pending: list[Stage], skipped, finished) -> None:
+    """Executors with ``map`` alone: one wave of stages per depth of the graph."""
+    depth = _depths({s.key: s for s in pending})
+    for level in sorted(set(depth.values())):
+        ready = [s for s in pending if depth[s.key] == level and not skipped(s)]
+        for stage, result in _results(folder, ready):
+            finished(stage, result)
+
+
+def _by_dependencies(folder: RunFolder, pending: list[Stage], skipped, finished) -> None:
+    """Executors with ``submit``/``next_result``: each stage starts as soon as its own inputs are done,
+    the ready stage with the longest expected chain below it first, at most ``slots`` at a time."""
+    executor = folder.executor
+    slots = max(1, int(capability(executor, "slots", "executors") or 1))
+    keys = {s.key for s in pending}
+    waiting = {s.key: {d for d in s.deps if d in keys} for s in pending}
+    dependants: dict[str, list[Stage]] = {s.key: [] for s in pending}
+    for stage in pending:
+        for dep in waiting[stage.key]:
+            dependants[dep].append(stage)
+    level = priorities(pending)
+    ready = [s for s in pending if not waiting[s.key]]
+    running: dict[object, Stage] = {}
+    who = folder.registry.who("executors", folder.grid.executor.name, folder.grid.executor.name)
+
+    def settle(stage: Stage) -> None:
+        """``stage`` is finished or failed: its dependants may now be ready (or fail with it)."""
+        for child in dependants[stage.key]:
+            waiting[child.key].discard(stage.key)
+            if not waiting[child.key]:
+                ready.append(child)
+
+    while ready or running:
+        ready.sort(key=lambda s: -level[s.key])
+        while ready and len(running) < slots:
+            stage = ready.pop(0)
+            if skipped(stage):
+                settle(stage)
+                continue
+            running[executor.submit(folder.runner, stage)] = stage
+        if not running:
+            continue
+        ticket, result = executor.next_result()
+        stage = running.pop(ticket)
+        if isinstance(result, WorkerLost):
+            result = StageResult(stage.key, False, 0.0, error=str(result), component=who)
+        else:
+            try:
+                validate_result(result, stage.key)
+            except ContractViolation as exc:
+                result = StageResult(stage.key, False, 0.0, error=str(exc), component=who)
+        finished(stage, result)
+        settle(stage)
 
 
 def relative_files(folder: RunFolder, stage: Stage) -> list[tuple[str, Path]]:
