@@ -51,7 +51,8 @@ def _first(folder, pattern):
 
 @pytest.mark.parametrize("damage, target, what", [
     ("truncate", "cache/logits/*.npz", "stage"),
-    ("garbage", "cache/explain/*.npz", "stage"),
+    ("garbage", "cache/explain/*/maps.npy", "stage"),
+    ("truncate", "cache/data/*.train/images.npy", "stage"),
     ("delete", "cache/seeds/*.npz", "stage"),
     ("truncate", "cache/models/*.safetensors", "stage"),
     ("truncate", "cells/*.npz", "cell"),
@@ -303,7 +304,8 @@ def test_a_worker_killed_mid_run_fails_its_stage_and_the_run_reports_it(run, tmp
 
     # worker processes load installed plugins only: the synthetic dataset, not the tests' blobs
     grid = GRID.replace("{name: blobs, n: 12}", "{name: synthetic, n_train: 48, n_val: 0, n_test: 16, image_size: 32}") \
-        .replace("train: {epochs: 1", "train: {epochs: 30") + "executor: {name: process, workers: 2, threads: 1}\n"
+        .replace("train: {epochs: 1", "train: {epochs: 30, checkpoint_seconds: 0") + \
+        "executor: {name: process, workers: 2, threads: 1}\n"
     killed = []
 
     def kill_a_training_worker():

@@ -62,7 +62,7 @@ name: long-training
 seeds: [0]
 datasets: [{name: synthetic, n_train: 96, n_val: 0, n_test: 16, image_size: 32}]
 backbones: [resnet18]
-train: {epochs: 5, batch_size: 16}
+train: {epochs: 5, batch_size: 16, checkpoint_seconds: 0}
 """
 
 

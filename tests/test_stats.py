@@ -57,3 +57,30 @@ def test_atomic_write_text_replaces_whole_files_readable_by_others(tmp_path):
     assert path.read_bytes() == b"a,b\r\n1,2\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("k, n", [(0, 0), (0, 1), (0, 5), (2, 10), (5, 10), (3, 7), (4, 7), (0, 40), (17, 60),
+                                  (30, 60), (123, 300)])
+def test_the_exact_binomial_p_value_equals_scipys(k, n):
+    from scipy.stats import binomtest
+
+    from xaibench.stats import exact_binomial_two_sided
+
+    expected = 1.0 if n == 0 else binomtest(k, n, 0.5).pvalue
+    assert exact_binomial_two_sided(k, n) == pytest.approx(expected, rel=1e-12, abs=1e-300)
+
+
+@pytest.mark.parametrize("n", [7, 61, 3000])
+def test_the_bootstrap_drawn_in_blocks_equals_drawing_every_resample_at_once(n):
+    """Blocks keep memory flat for large test sets; the interval is the one of all draws at once."""
+    from xaibench.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_ci
+
+    scores = np.random.default_rng(n).random((3, n))
+    scores[0, ::5] = np.nan
+    finite = np.isfinite(scores)
+    draws = np.random.default_rng(BOOTSTRAP_SEED).integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
+    values = np.where(finite, scores, 0.0)[:, draws]
+    statistic = np.nanmean(values.sum(axis=2) / finite[:, draws].sum(axis=2), axis=0)
+    tail = (1.0 - 0.95) / 2.0 * 100.0  # as bootstrap_ci computes it (2.4999999999999996)
+    expected = np.nanpercentile(statistic, [tail, 100.0 - tail])
+    assert bootstrap_ci(scores) == pytest.approx(tuple(expected), rel=0, abs=0)

@@ -113,11 +113,14 @@ class TrainConfig(pydantic.BaseModel):
     augment: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the forward pass (CPU or CUDA)
     channels_last: bool = False  # NHWC memory layout, faster convolutions on recent GPUs and CPUs
-    # Save model, optimizer, random state and epoch after every this many epochs (0: never), so an
-    # interrupted training resumes where it was; it changes no result, so it is no part of a cache key.
+    # Save model, optimizer, random state and epoch after every this many epochs (0: never), but not
+    # sooner than checkpoint_seconds after the last save (a checkpoint writes about three models' worth
+    # of bytes; a training shorter than that loses little when interrupted), so an interrupted training
+    # resumes where it was. Neither changes a result, so neither is part of a cache key.
     checkpoint_every: Annotated[int, NotBoolean, Field(ge=0)] = 1
+    checkpoint_seconds: Annotated[float, NotBoolean, Field(ge=0)] = 30.0
 
-    RESULT_NEUTRAL: ClassVar[tuple[str, ...]] = ("checkpoint_every",)
+    RESULT_NEUTRAL: ClassVar[tuple[str, ...]] = ("checkpoint_every", "checkpoint_seconds")
 
     def keyed(self) -> dict:
         """The settings that change a training's result (a stage key hashes these)."""

@@ -159,10 +159,23 @@ def threshold_sweep(
     the images with a non-empty mask; the first threshold reaching the curve's maximum and that maximum
     (an optimistic score: the threshold is chosen on the images it is scored on); and the curve's mean,
     a threshold-free summary. All NaN when no mask is non-empty."""
+    return sweep_summary(sweep_per_image(maps, masks, thresholds), thresholds)
+
+
+def sweep_per_image(maps: np.ndarray, masks: np.ndarray, thresholds: np.ndarray = DEFAULT_SWEEP) -> np.ndarray:
+    """float64 (N, T): each image's IoU at each threshold of the fixed-threshold binarisation (NaN rows
+    for empty masks). Computed on chunks of images and stacked, it is the whole set's."""
     maps, masks = _pair(maps, masks)
     normalised = normalise(maps)
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    curve = np.array([mean_excluding_nan(iou(normalised >= t, masks))[0] for t in thresholds])
+    return np.stack([iou(normalised >= t, masks) for t in thresholds], axis=1) if len(thresholds) else \
+        np.zeros((len(maps), 0))
+
+
+def sweep_summary(per_image: np.ndarray, thresholds: np.ndarray = DEFAULT_SWEEP):
+    """``threshold_sweep``'s ``(curve, best_threshold, best_mean_iou, curve_mean)`` from ``sweep_per_image``."""
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    curve = np.array([mean_excluding_nan(per_image[:, j])[0] for j in range(per_image.shape[1])])
     if len(curve) == 0 or not np.isfinite(curve).any():
         return curve, float("nan"), float("nan"), float("nan")
     best = int(np.nanargmax(curve))
@@ -298,7 +311,7 @@ def boundary_f1(pred: np.ndarray, truth: np.ndarray, tolerance: float = 2) -> np
 # -- summaries -------------------------------------------------------------------------------------------
 
 
-def _summary(scores: dict[str, np.ndarray]) -> dict[str, float]:
+def summary(scores: dict[str, np.ndarray]) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, values in scores.items():
         out[name], out[f"{name}_excluded"] = mean_excluding_nan(values)
@@ -332,9 +345,15 @@ def explanation_scores(maps: np.ndarray, masks: np.ndarray, *, threshold: float)
     The keys of ``explanation_per_image``, plus ``sweep_mean`` and ``sweep_best`` (``threshold_sweep``'s
     curve mean and maximum over the whole set); the sweep's ``_excluded`` counts images with an empty mask."""
     maps, masks = _pair(maps, masks)
-    out = _summary(explanation_per_image(maps, masks, threshold=threshold))
-    _, _, best, curve_mean = threshold_sweep(maps, masks)
-    empty = int((~masks.any(axis=(1, 2))).sum())
+    return explanation_summary(explanation_per_image(maps, masks, threshold=threshold), sweep_per_image(maps, masks))
+
+
+def explanation_summary(per_image: dict[str, np.ndarray], sweep: np.ndarray) -> dict[str, float]:
+    """``explanation_scores`` from the per-image scores and ``sweep_per_image`` of the same images (which
+    may have been computed chunk by chunk and concatenated)."""
+    out = summary(per_image)
+    _, _, best, curve_mean = sweep_summary(sweep)
+    empty = int(np.isnan(sweep).all(axis=1).sum()) if sweep.shape[1] else 0
     out.update(sweep_mean=curve_mean, sweep_mean_excluded=empty, sweep_best=best, sweep_best_excluded=empty)
     return out
 
@@ -347,4 +366,4 @@ def segmentation_per_image(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.
 
 def segmentation_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Means of ``segmentation_per_image``'s scores, each with ``<name>_excluded`` (NaN, empty-truth images)."""
-    return _summary(segmentation_per_image(pred, truth))
+    return summary(segmentation_per_image(pred, truth))

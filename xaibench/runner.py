@@ -25,6 +25,7 @@ from .plan import TRAINING_KINDS, Plan, plan_run
 from .records import CellRow, Failure, Status, failure_table
 from .registry import get_registry
 from .scoring import score_cells, scores_key
+from .stages import peak_memory, reset_peak_memory
 from .store import atomic_write_text
 
 
@@ -89,6 +90,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
                             retry_failed=retry_failed, failed=before.failed)
         execution.counts.add(before.counts)
         execution.failed.update(before.failed)
+        reset_peak_memory()
         rows = score_cells(plan, folder.store, folder.artifacts, registry, execution.failed,
                            grid.protocol.cam_threshold, warn=echo_warning)
         folder.store.record_cells(rows)
@@ -103,6 +105,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
             **execution.counts.as_dict(),
             "failures": failure_summary(plan, rows, execution.failed),
             "device": folder.runner.device,
+            "scoring_peak_rss_mib": peak_memory(),
         }
         return publish(folder, plan, cells, files, info, started=started)
 

@@ -62,24 +62,51 @@ def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_thr
     per_image = {"ids": test["ids"], "correct": correct}
     if cp.explain:
         explained = memo("explain", cp.explain)
-        truth = test["references"][explained["index"]]
         if ("explanation scores", cp.explain) not in memo.loaded:  # shared by every cell of this explanation
-            maps = explained["maps"].astype(np.float32)
-            memo.loaded[("explanation scores", cp.explain)] = (
-                metrics.explanation_per_image(maps, truth, threshold=cam_threshold),
-                metrics.explanation_scores(maps, truth, threshold=cam_threshold))
+            memo.loaded[("explanation scores", cp.explain)] = explanation_scores(explained, test["references"],
+                                                                              cam_threshold)
         scores, means = memo.loaded[("explanation scores", cp.explain)]
         out.update(means)
         out["jaccard_n"] = int(np.isfinite(scores["jaccard"]).sum())
         per_image.update(explained_index=explained["index"], **scores)
     if cp.segment:
-        masks = unpack_masks(memo("segment", cp.segment), cp.segment_index)
-        truth = test["references"][memo("explain", cp.explain)["index"]]
-        scores = metrics.segmentation_per_image(masks, truth)
-        out.update(metrics.segmentation_scores(masks, truth))
+        index = memo("explain", cp.explain)["index"]
+        segmented = memo("segment", cp.segment)
+        chunks = [metrics.segmentation_per_image(unpack_masks({"masks": segmented["masks"][cp.segment_index, start:start + CHUNK],
+                                                               "width": segmented["width"]}),
+                                                 test["references"][index[start:start + CHUNK]])
+                  for start in range(0, len(index), CHUNK)]
+        scores = _concatenate(chunks, ("seg_iou", "seg_dice", "seg_boundary_f1"))
+        out.update(metrics.summary(scores))
         out["seg_n"] = int(np.isfinite(scores["seg_iou"]).sum())
         per_image.update(scores)
     return out, per_image
+
+
+# Images scored at a time: per-image metrics are computed on chunks, so the maps and masks of a whole
+# test set are never in memory together.
+CHUNK = 256
+
+
+def _concatenate(chunks: list[dict], names) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([c[name] for c in chunks]) if chunks else np.zeros(0) for name in names}
+
+
+def explanation_scores(explained: dict, references, cam_threshold: float) -> tuple[dict, dict]:
+    """``(per-image scores, means)`` of every explanation metric for an explain artifact, chunk by chunk
+    (``references``: the split's reference rows)."""
+    index, maps = explained["index"], explained["maps"]
+    per_image, sweeps = [], []
+    for start in range(0, len(index), CHUNK):
+        chunk = np.asarray(maps[start:start + CHUNK], dtype=np.float32)
+        truth = references[index[start:start + CHUNK]]
+        per_image.append(metrics.explanation_per_image(chunk, truth, threshold=cam_threshold))
+        sweeps.append(metrics.sweep_per_image(chunk, truth))
+    names = list(per_image[0]) if per_image else list(metrics.explanation_per_image(
+        np.zeros((0, 1, 1), np.float32), np.zeros((0, 1, 1), bool), threshold=cam_threshold))
+    scores = _concatenate(per_image, names)
+    sweep = np.concatenate(sweeps) if sweeps else np.zeros((0, len(metrics.DEFAULT_SWEEP)))
+    return scores, metrics.explanation_summary(scores, sweep)
 
 
 def score_cells(plan: Plan, store: Store, artifacts: Artifacts, registry, failed: dict[str, Failure],
@@ -130,7 +157,7 @@ def round_scores(rp: RoundPlan, artifacts: Artifacts, registry, cam_threshold: f
     logits = mixed_logits(rp.chain.cell.ensemble, registry, raw, masked)
     explained = artifacts.load("explain", rp.explain_test)
     truth = test["references"][explained["index"]]
-    jaccard = metrics.iou(metrics.binarise_fixed(explained["maps"].astype(np.float32), cam_threshold), truth)
+    jaccard = metrics.iou(metrics.binarise_fixed(np.asarray(explained["maps"], dtype=np.float32), cam_threshold), truth)
     index = np.flatnonzero(train["has_mask"])  # the explained, segmented and renewed training images
     references = train["references"][index]
     current = artifacts.annotations(rp.data, rp.annotations)[index]

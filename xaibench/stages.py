@@ -4,6 +4,7 @@ for what each stage is and how it is keyed, ``xaibench.artifacts`` for where its
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import shutil
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import SPLITS, Artifacts, unpack_masks
+from .artifacts import SPLITS, ArrayFolderWriter, Artifacts, PackedMasks
 from .contracts import (Prompts, capability, validate_annotation, validate_classes, validate_ensemble,
                         validate_layers, validate_logits, validate_maps, validate_masked, validate_model,
                         validate_prompt_sets, validate_sample, validate_segmentation)
@@ -104,8 +105,12 @@ class StageRunner:
     # -- running -------------------------------------------------------------------------------------
     def __call__(self, stage: Stage) -> StageResult:
         start = time.perf_counter()
+        reset_peak_memory()
         try:
             meta = getattr(self, f"_run_{stage.kind}")(stage)
+            peak = peak_memory()
+            if peak is not None:
+                meta = {**(meta or {}), "peak_rss_mib": peak}
             root = self.artifacts.cache.parent
             files = {str(p.relative_to(root)): file_digest(p) for p in self.artifacts.files(stage.kind, stage.key)}
             return StageResult(stage.key, True, time.perf_counter() - start, meta=meta or {}, files=files)
@@ -125,54 +130,77 @@ class StageRunner:
                                traceback=traceback.format_exc(), component=component, user_error=user_error)
 
     def _run_data(self, stage: Stage):
+        """Each split as an array folder written one sample at a time (``artifacts.ArrayFolderWriter``):
+        a split is never held in memory by this stage."""
         spec: DataSpec = stage.spec
         dataset = self.component("datasets", spec.dataset)
         with self.calling("datasets", spec.dataset, given="no input (its classes)"):
             validate_classes(dataset.classes)
         classes = np.asarray(list(dataset.classes), dtype=str)
-        sizes, counts = set(), {}
+        size: tuple | None = None
+        counts = {}
         for split in SPLITS:
             with self.calling("datasets", spec.dataset, given=f"split({split!r})"):
-                samples = list(dataset.split(split))
-                for sample in samples:
-                    validate_sample(sample, len(classes))
-                    sizes.add(sample.image.shape[:2])
-                    if len(sizes) > 1:
-                        raise ContractViolation(f"images differ in size ({sorted(sizes)}); every image of a dataset "
-                                                f"has one size (resize them, e.g. with an image_size parameter)")
-            shape = next(iter(sizes)) if sizes else (0, 0)
-
-            def stack(values, empty_shape, dtype):
-                return np.stack(values) if values else np.zeros((0, *empty_shape), dtype)
-
-            masks = [s.mask if s.mask is not None else np.zeros(shape, bool) for s in samples]
-            save_arrays(
-                self.path("data", stage.key, split),
-                images=stack([s.image for s in samples], (*shape, 3), np.uint8),
-                labels=np.asarray([int(s.label) for s in samples], dtype=np.int64),
-                masks=stack(masks, shape, bool),
-                references=stack([s.reference if getattr(s, "reference", None) is not None else m
-                                  for s, m in zip(samples, masks)], shape, bool),
-                has_mask=np.asarray([s.mask is not None for s in samples], dtype=bool),
-                has_reference=np.asarray([getattr(s, "reference", None) is not None for s in samples], dtype=bool),
-                ids=np.asarray([str(s.id) for s in samples], dtype=str),
-                classes=classes,
-            )
-            counts[split] = len(samples)
+                samples = dataset.split(split)
+                if not hasattr(samples, "__len__"):
+                    raise ContractViolation(f"split({split!r}) returned {type(samples).__name__}, which has no "
+                                            f"length; return a sequence (a list) of Sample")
+                size, counts[split] = self._write_split(self.path("data", stage.key, split), samples, classes, size)
         if counts["train"] == 0 or counts["test"] == 0:
             raise UserError(f"dataset {spec.dataset.name!r} has an empty train or test split: {counts}")
         return {"counts": counts, "classes": classes.tolist()}
 
+    @staticmethod
+    def _write_split(folder: Path, samples, classes: np.ndarray, size: tuple | None) -> tuple[tuple | None, int]:
+        """Validate and write one split; ``size`` (H, W) is the dataset's image size so far (None: none
+        seen yet). Returns the size and the number of samples."""
+        n = len(samples)
+        writer = ArrayFolderWriter(folder)
+        try:
+            labels, has_mask, has_reference, ids = [], [], [], []
+            columns = None
+            for i, sample in enumerate(samples):
+                validate_sample(sample, len(classes))
+                if size is not None and sample.image.shape[:2] != size:
+                    raise ContractViolation(f"images differ in size ({size} and {sample.image.shape[:2]} for sample "
+                                            f"{sample.id!r}); every image of a dataset has one size (resize them, "
+                                            f"e.g. with an image_size parameter)")
+                size = sample.image.shape[:2]
+                if columns is None:
+                    columns = (writer.column("images", (n, *size, 3), np.uint8), writer.column("masks", (n, *size), bool),
+                               writer.column("references", (n, *size), bool))
+                reference = getattr(sample, "reference", None)
+                columns[0][i] = sample.image
+                columns[1][i] = sample.mask if sample.mask is not None else False
+                columns[2][i] = reference if reference is not None else columns[1][i]
+                labels.append(int(sample.label))
+                has_mask.append(sample.mask is not None)
+                has_reference.append(reference is not None)
+                ids.append(str(sample.id))
+            if columns is None:  # an empty split
+                shape = size or (0, 0)
+                writer.column("images", (0, *shape, 3), np.uint8)
+                writer.column("masks", (0, *shape), bool)
+                writer.column("references", (0, *shape), bool)
+            writer.save("labels", np.asarray(labels, dtype=np.int64))
+            writer.save("has_mask", np.asarray(has_mask, dtype=bool))
+            writer.save("has_reference", np.asarray(has_reference, dtype=bool))
+            writer.save("ids", np.asarray(ids, dtype=str))
+            writer.save("classes", classes)
+            writer.close()
+        except BaseException:
+            writer.abandon()
+            raise
+        return size, n
+
     def _fit(self, stage, spec, model, foreground=None, mask_fn=None, subset=None):
         train = self.artifacts.data(spec.data, "train")
-        images, labels = train["images"], train["labels"]
-        if subset is not None:
-            images, labels = images[subset], labels[subset]
-            foreground = foreground[subset] if foreground is not None else None
-        with self.bar(stage, len(labels) * spec.train["epochs"], "img") as bar, \
+        n = len(train["labels"]) if subset is None else len(subset)
+        with self.bar(stage, n * spec.train["epochs"], "img") as bar, \
                 self.calling("backbones", spec.backbone, given="training batches"):
-            return fit(model, images, labels, seed=spec.seed, device=self.device, foreground=foreground,
-                       mask_fn=mask_fn, progress=bar.update, checkpoint=self.checkpoint_path(stage), **spec.train)
+            return fit(model, train["images"], train["labels"], seed=spec.seed, device=self.device,
+                       foreground=foreground, mask_fn=mask_fn, subset=subset, progress=bar.update,
+                       checkpoint=self.checkpoint_path(stage), **spec.train)
 
     def checkpoint_path(self, stage: Stage) -> Path:
         """Where an unfinished training of ``stage`` keeps its last epoch (removed once it finishes)."""
@@ -258,19 +286,25 @@ class StageRunner:
         explainer = self.component("explainers", spec.explainer)
         uses_ground_truth = capability(explainer, "uses_ground_truth", "explainers")
         height, width = test["images"].shape[1:3]
-        maps = np.zeros((len(index), height, width), dtype=np.float32)
-        batch = spec.batch_size
-        for start in self.bar_range(stage, len(index), batch):
-            chunk = index[start : start + batch]
-            images = to_tensor(test["images"][chunk]).to(self.device)
-            targets = torch.from_numpy(test["labels"][chunk]).to(self.device)
-            gt = test["references"][chunk] if uses_ground_truth else None
-            given = f"{len(chunk)} {spec.split} images from {str(test['ids'][chunk[0]])!r}"
-            with self.calling("explainers", spec.explainer, given=given):
-                out = explainer.explain(model, images, targets, target_layers=target_layers, masks=gt)
-                validate_maps(out, len(chunk), height, width)
-            maps[start : start + len(chunk)] = out
-        save_arrays(self.path("explain", stage.key), maps=maps, index=index)
+        writer = ArrayFolderWriter(self.path("explain", stage.key))
+        try:
+            maps = writer.column("maps", (len(index), height, width), np.float32)  # on disk, filled by batch
+            batch = spec.batch_size
+            for start in self.bar_range(stage, len(index), batch):
+                chunk = index[start : start + batch]
+                images = to_tensor(test["images"][chunk]).to(self.device)
+                targets = torch.from_numpy(test["labels"][chunk]).to(self.device)
+                gt = test["references"][chunk] if uses_ground_truth else None
+                given = f"{len(chunk)} {spec.split} images from {str(test['ids'][chunk[0]])!r}"
+                with self.calling("explainers", spec.explainer, given=given):
+                    out = explainer.explain(model, images, targets, target_layers=target_layers, masks=gt)
+                    validate_maps(out, len(chunk), height, width)
+                maps[start : start + len(chunk)] = out
+            writer.save("index", index)
+            writer.close()
+        except BaseException:
+            writer.abandon()
+            raise
         return {"n": int(len(index))}
 
     def _run_seeds(self, stage: Stage):
@@ -278,16 +312,20 @@ class StageRunner:
         explained = self.artifacts.load("explain", spec.explain)
         ids = self.artifacts.data(spec.data, spec.split)["ids"][explained["index"]]
         seeder = self.component("seeders", spec.seeder)
-        maps = explained["maps"].astype(np.float32)
         prompts = []
-        for saliency, image_id in zip(maps, ids):
-            with self.calling("seeders", spec.seeder, given=f"the map of {spec.split} image {str(image_id)!r}"):
-                prompts.append(seeder(saliency))
-        try:
-            validate_prompt_sets(prompts, maps)  # one pass over all maps: cheap beside seeding them
-        except ContractViolation as exc:
-            with self.calling("seeders", spec.seeder, given=f"the map of {spec.split} image {str(ids[exc.index])!r}"):
-                raise
+        for start in range(0, len(ids), CHUNK):
+            maps = explained["maps"][start : start + CHUNK]
+            found = []
+            for saliency, image_id in zip(maps, ids[start : start + CHUNK]):
+                with self.calling("seeders", spec.seeder, given=f"the map of {spec.split} image {str(image_id)!r}"):
+                    found.append(seeder(saliency))
+            try:
+                validate_prompt_sets(found, maps)  # a few array operations per chunk: cheap beside seeding
+            except ContractViolation as exc:
+                image = str(ids[start + exc.index])
+                with self.calling("seeders", spec.seeder, given=f"the map of {spec.split} image {image!r}"):
+                    raise
+            prompts += found
         width = max([len(p.labels) for p in prompts], default=0)
         points = np.full((len(prompts), width, 2), np.nan, dtype=np.float32)
         labels = np.full((len(prompts), width), -1, dtype=np.int8)
@@ -309,7 +347,7 @@ class StageRunner:
         scored = capability(segmenter, "segment_with_scores", "segmenters")
         uses_saliency = capability(segmenter, "uses_saliency", "segmenters")
         height, width = test["images"].shape[1:3]
-        masks = np.zeros((len(seeds), len(index), height, width), dtype=bool)
+        masks = np.zeros((len(seeds), len(index), height, (width + 7) // 8), dtype=np.uint8)  # bit-packed rows
         scores = np.full((len(seeds), len(index)), np.nan, dtype=np.float32)
         for row, i in enumerate(self.bar_range(stage, len(index), 1, index)):
             prompts = []
@@ -327,9 +365,8 @@ class StageRunner:
                     out = segmenter.segment(test["images"][i], prompts, **extra)
                     validate_segmentation(out, len(prompts), height, width)
             for j, mask in enumerate(out):
-                masks[j, row] = mask
-        save_arrays(self.path("segment", stage.key), masks=np.packbits(masks, axis=-1), width=np.int64(width),
-                    scores=scores)
+                masks[j, row] = np.packbits(mask, axis=-1)
+        save_arrays(self.path("segment", stage.key), masks=masks, width=np.int64(width), scores=scores)
         return {"n": int(len(index)), "seeders": len(seeds)}
 
     def _run_accept(self, stage: Stage):
@@ -342,23 +379,61 @@ class StageRunner:
         ids = self.artifacts.data(spec.data, "train")["ids"]
         explained = self.artifacts.load("explain", spec.explain)
         segmented = self.artifacts.load("segment", spec.segment)
-        proposals = unpack_masks(segmented, 0)
+        proposals = PackedMasks(segmented["masks"][0], segmented["width"])
         scores = segmented.get("scores", np.full((1, len(proposals)), np.nan, np.float32))[0]
         acceptor = self.component("acceptors", spec.acceptor)
         index = explained["index"]
-        updated = current.copy()
+        height, width = current.shape[1:]
+        updated = np.zeros((len(current), height, (width + 7) // 8), dtype=np.uint8)  # every annotation, packed
+        for start in range(0, len(current), CHUNK):
+            updated[start:start + CHUNK] = np.packbits(current[np.arange(start, min(start + CHUNK, len(current)))],
+                                                       axis=-1)
         accepted = np.zeros(len(index), dtype=bool)
+        changed = np.zeros(len(index), dtype=bool)
         for row, i in enumerate(self.bar_range(stage, len(index), 1, index)):
+            annotation = current[[i]][0]
             with self.calling("acceptors", spec.acceptor, given=f"train image {str(ids[i])!r}"):
-                out = acceptor(current[i].copy(), proposals[row].copy(),
+                out = acceptor(annotation.copy(), proposals[row].copy(),
                                saliency=explained["maps"][row].astype(np.float32), score=float(scores[row]))
-                validate_annotation(out, current[i].shape)
+                validate_annotation(out, annotation.shape)
             if out is not None:
-                updated[i], accepted[row] = out, True
-        changed = np.any(updated[index] != current[index], axis=(1, 2))
-        save_arrays(self.path("accept", stage.key), masks=np.packbits(updated, axis=-1),
-                    width=np.int64(updated.shape[-1]), index=index, accepted=accepted, changed=changed)
+                updated[i], accepted[row] = np.packbits(out, axis=-1), True
+                changed[row] = not np.array_equal(out, annotation)
+        save_arrays(self.path("accept", stage.key), masks=updated, width=np.int64(width), index=index,
+                    accepted=accepted, changed=changed)
         return {"n": int(len(index)), "accepted": int(accepted.sum()), "changed": int(changed.sum())}
+
+
+def reset_peak_memory() -> None:
+    """Give memory freed by earlier stages back to the system and start this process's peak resident
+    memory afresh (Linux: ``malloc_trim``, ``/proc/self/clear_refs``), so a stage's record says what the
+    stage itself needed and a long run does not keep its largest stage's memory; elsewhere nothing
+    happens."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory() -> float | None:
+    """Peak resident memory of this process since the last reset, in MiB (Linux), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+# Maps read at a time where a stage passes over all of them (a few MB at any image size in use).
+CHUNK = 256
 
 
 def _disk_full(exc: BaseException) -> str | None:
@@ -374,21 +449,50 @@ def _disk_full(exc: BaseException) -> str | None:
     return None
 
 
-def masks_for_finetuning(masks, has_mask, policy: str, *, seed: int):
-    """Foreground masks for fine-tuning under the missing-mask ``policy`` (see ``grid.Protocol``).
+class Foreground:
+    """The foregrounds fine-tuning masks each training sample with, read a batch at a time: sample ``i``
+    gets ``annotations[source[i]]`` (its own annotation, or the one it borrows), or all True where
+    ``source[i]`` is -1 (left unmasked)."""
 
-    Returns ``(foreground bool (N, H, W), subset index or None)``."""
+    def __init__(self, annotations, source: np.ndarray):
+        self.annotations, self.source = annotations, np.asarray(source, dtype=np.int64)
+        self.shape = (len(self.source), *tuple(annotations.shape[1:]))
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        source = self.source[rows]
+        single = np.ndim(source) == 0
+        source = np.atleast_1d(source)
+        out = np.ones((len(source), *self.shape[1:]), dtype=bool)
+        given = source >= 0
+        if given.any():
+            out[given] = self.annotations[source[given]]
+        return out[0] if single else out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[np.arange(len(self))]
+        return out if dtype is None else out.astype(dtype)
+
+
+def masks_for_finetuning(masks, has_mask, policy: str, *, seed: int):
+    """The foregrounds for fine-tuning under the missing-mask ``policy`` (see ``grid.Protocol``).
+
+    Returns ``(foreground, subset)``: a ``Foreground`` (bool rows (N, H, W), read as batches are
+    drawn) and the samples trained on (None: all)."""
+    has_mask = np.asarray(has_mask, dtype=bool)
     annotated = np.flatnonzero(has_mask)
     if len(annotated) == 0:
         raise UserError("no training sample has an annotation mask, so masked fine-tuning (and the annotation "
                         "loop) is impossible; use a dataset with masks, or drop 'masks' from a grid for 'run'")
+    source = np.arange(len(has_mask))
     if policy == "drop":
-        return masks, annotated
-    foreground = masks.copy()
+        return Foreground(masks, source), annotated
     missing = np.flatnonzero(~has_mask)
     if policy == "raw":
-        foreground[missing] = True
+        source[missing] = -1
     else:  # borrow
         rng = np.random.default_rng(seed)
-        foreground[missing] = masks[rng.choice(annotated, size=len(missing))]
-    return foreground, None
+        source[missing] = rng.choice(annotated, size=len(missing))
+    return Foreground(masks, source), None

@@ -14,6 +14,7 @@ Rules (documented in the README and tested on hand-computed cases):
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -43,13 +44,18 @@ def bootstrap_ci(per_image: np.ndarray, *, level: float = 0.95, resamples: int =
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     n = scores.shape[1]
-    draws = rng.integers(0, n, size=(resamples, n))
-    values = np.where(finite, scores, 0.0)[:, draws]  # (S, B, N)
-    counts = finite[:, draws].sum(axis=2)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # resamples drawing only undefined images
-        per_seed = values.sum(axis=2) / counts  # (S, B); NaN where a resample has no finite image
-        statistic = np.nanmean(per_seed, axis=0)
+    filled = np.where(finite, scores, 0.0)
+    # Resamples are drawn and reduced a block at a time (the same draws as all at once), so memory stays
+    # at a few tens of MB whatever the number of test images.
+    block = max(1, (1 << 22) // max(n * len(scores), 1))
+    statistic = np.empty(resamples)
+    for start in range(0, resamples, block):
+        draws = rng.integers(0, n, size=(min(block, resamples - start), n))
+        counts = finite[:, draws].sum(axis=2)
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # resamples drawing only undefined images
+            per_seed = filled[:, draws].sum(axis=2) / counts  # (S, b); NaN where a resample has no finite image
+            statistic[start:start + len(draws)] = np.nanmean(per_seed, axis=0)
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.nanpercentile(statistic, [tail, 100.0 - tail])
     return float(low), float(high)
@@ -67,16 +73,24 @@ def mcnemar(model_correct: np.ndarray, baseline_correct: np.ndarray) -> dict:
 
     ``b``: baseline right and model wrong; ``c``: model right and baseline wrong, summed over seeds.
     ``p``: two-sided exact binomial p-value of min(b, c) in b + c trials at 0.5 (1.0 when b + c = 0)."""
-    from scipy.stats import binomtest
-
     model = np.asarray(model_correct, dtype=bool)
     base = np.asarray(baseline_correct, dtype=bool)
     if model.shape != base.shape:
         raise ValueError(f"paired predictions differ in shape: {model.shape} vs {base.shape}")
     b = int(np.sum(base & ~model))
     c = int(np.sum(model & ~base))
-    p = 1.0 if b + c == 0 else float(binomtest(min(b, c), b + c, 0.5).pvalue)
-    return {"b": b, "c": c, "p": p}
+    return {"b": b, "c": c, "p": exact_binomial_two_sided(min(b, c), b + c)}
+
+
+def exact_binomial_two_sided(k: int, n: int) -> float:
+    """Two-sided exact binomial p-value of ``k`` successes in ``n`` trials at probability 1/2 (the value of
+    ``scipy.stats.binomtest(k, n, 0.5).pvalue``, computed exactly with integers): the probability of an
+    outcome at least as far from n/2 as ``k``; 1.0 for no trials."""
+    if n == 0:
+        return 1.0
+    low = min(k, n - k)
+    tail = sum(math.comb(n, i) for i in range(low + 1))
+    return min(1.0, 2 * tail / 2**n) if 2 * low != n else 1.0
 
 
 def seed_ci(values, *, level: float = 0.95) -> tuple[float, float]:

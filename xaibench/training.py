@@ -55,7 +55,7 @@ def _dihedral(x, codes):
 
 def fit(
     model,
-    images: np.ndarray,
+    images,
     labels: np.ndarray,
     *,
     epochs: int,
@@ -66,32 +66,37 @@ def fit(
     augment: bool,
     seed: int,
     device: str,
-    foreground: np.ndarray | None = None,
+    foreground=None,
     mask_fn: Callable | None = None,
+    subset: np.ndarray | None = None,
     progress: Callable | None = None,
     precision: str = "fp32",
     channels_last: bool = False,
     checkpoint: Path | None = None,
     checkpoint_every: int = 1,
+    checkpoint_seconds: float = 0.0,
 ) -> dict:
     """Train ``model`` in place with cross-entropy; returns statistics.
 
     ``checkpoint``: a file where the model, the optimizer, the random generators and the epoch are saved
-    (atomically) after every ``checkpoint_every`` epochs (0: never). When it exists at the start, training
+    (atomically) after every ``checkpoint_every`` epochs (0: never), once at least ``checkpoint_seconds``
+    have passed since the last save (or the start). When it exists at the start, training
     resumes from it and ends bitwise identical to an uninterrupted run (the same device and thread
     count); the caller removes it once the trained model is saved.
 
-    ``foreground`` bool (N, H, W) and ``mask_fn`` (a Mask component) together make masked training:
-    each augmented batch is masked on the device before the forward pass. ``precision="bf16"`` runs the
+    ``images``: uint8 (N, H, W, 3), an array or anything indexed by a batch of rows (``artifacts.Rows``):
+    only the rows of one batch are ever read and converted to float, so a split need not fit in memory.
+    ``subset``: the indices of the samples trained on (default all). ``foreground`` (bool rows (N, H, W),
+    indexed the same way) and ``mask_fn`` (a Mask component) together make masked training: each augmented
+    batch is masked on the device before the forward pass. ``precision="bf16"`` runs the
     forward pass under bfloat16 autocast; ``channels_last`` keeps model and batches in NHWC layout. ``progress(n)`` is called
     after every step with the number of images processed. Raises ``StageError`` on a non-finite loss and
     when a step runs out of memory (CUDA out-of-memory, ``MemoryError``), saying to lower the batch size."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    x_all = to_tensor(images)
-    y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    fg_all = torch.from_numpy(np.asarray(foreground, dtype=bool))[:, None] if foreground is not None else None
+    labels = np.asarray(labels, dtype=np.int64)
+    samples = np.arange(len(labels)) if subset is None else np.asarray(subset, dtype=np.int64)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format).train()
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
@@ -101,7 +106,7 @@ def fit(
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     else:
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    n = len(y_all)
+    n = len(samples)
     steps_per_epoch = math.ceil(n / batch_size)
     losses: list[float] = []
     first = 0
@@ -109,15 +114,17 @@ def fit(
         first, losses = _resume(checkpoint, model, opt, generator, device)
         if progress is not None:
             progress(first * n)
-    start = time.perf_counter()
+    start = last_save = time.perf_counter()
     for epoch in range(first, epochs):
         order = torch.randperm(n, generator=generator)
         epoch_loss = 0.0
         for step in range(steps_per_epoch):
             index = order[step * batch_size : (step + 1) * batch_size]
-            x = x_all[index].to(device, non_blocking=True)
-            y = y_all[index].to(device, non_blocking=True)
-            fg = fg_all[index].to(device) if fg_all is not None else None
+            rows = samples[index.numpy()]
+            x = to_tensor(images[rows]).to(device, non_blocking=True)
+            y = torch.from_numpy(labels[rows]).to(device, non_blocking=True)
+            fg = torch.from_numpy(np.asarray(foreground[rows], dtype=bool))[:, None].to(device) \
+                if foreground is not None else None
             if augment:
                 codes = torch.randint(0, 8, (len(index),), generator=generator).to(device)
                 x = _dihedral(x, codes)
@@ -147,8 +154,10 @@ def fit(
             if progress is not None:
                 progress(len(index))
         losses.append(epoch_loss / n)
-        if checkpoint is not None and checkpoint_every and (epoch + 1) % checkpoint_every == 0 and epoch + 1 < epochs:
+        if (checkpoint is not None and checkpoint_every and (epoch + 1) % checkpoint_every == 0 and epoch + 1 < epochs
+                and time.perf_counter() - last_save >= checkpoint_seconds):
             _save_checkpoint(checkpoint, model, opt, generator, epoch + 1, losses)
+            last_save = time.perf_counter()
     seconds = time.perf_counter() - start
     trained = n * (epochs - first)
     return {
