@@ -22,12 +22,12 @@ from xaibench.artifacts import Artifacts
 
 def compare(run_dir: Path, threshold: float = 0.5) -> dict:
     artifacts = Artifacts(run_dir / "cache")
-    data_keys = [p.name.split(".")[0] for p in (run_dir / "cache" / "data").glob("*.test.npz")]
+    data_keys = [p.name.split(".")[0] for p in (run_dir / "cache" / "data").glob("*.test")]
     test = artifacts.data(data_keys[0], "test")
     out: dict[str, dict] = {}
-    for path in sorted((run_dir / "cache" / "explain").glob("*.npz")):
-        explained = artifacts.load("explain", path.stem)
-        maps = explained["maps"]
+    for path in sorted(p for p in (run_dir / "cache" / "explain").iterdir() if p.is_dir() and not p.name.startswith(".")):
+        explained = artifacts.load("explain", path.name)
+        maps = np.asarray(explained["maps"])
         if maps.dtype != np.float32:
             raise SystemExit(f"{path}: maps are {maps.dtype}; run this on a run that stored float32 maps")
         truth = test["references"][explained["index"]]

@@ -19,6 +19,13 @@ minutes on a 2-core CPU). Prints a JSON object with:
   file that was written (size and hash; goal <= 0.02).
 - ``planning``: ``--dry-run`` of about 10,000 and 1,000,000 cells in a fresh process: seconds (goals < 2 s
   and < 60 s) and peak memory.
+- ``scheduler``: from a small run's stage times, the dependency-driven schedule's makespan (and the old
+  wave-by-wave one's) over the list-scheduling reference at 2 to 64 workers (goal <= 1.05); and the
+  wall time of the process executor over local on that grid.
+- ``fixed_cost_ratio``: ``xaibench run`` of a small Table I grid over ``handwritten.py``, the same protocol
+  in plain PyTorch (fresh processes, median of 3 interleaved; goal <= 1.1).
+- ``memory_8000_over_500``: peak resident memory of training, fine-tuning, explanation and scoring on
+  8,000 training tiles over 500 (96 px; goal <= 1.2).
 - ``validation_share``: per stage kind, the share of the stage's time spent checking components'
   outputs against their contracts (goal <= 0.02).
 """
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -69,14 +77,19 @@ def train_throughput_ratio(epochs: int = 2, n: int = 512, size: int = 64) -> dic
     from xaibench import registry
     from xaibench.training import fit, to_tensor
 
+    from xaibench.artifacts import Rows
+
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
     labels = np.arange(n) % 2
     backbone = registry.create("backbones", "resnet18")
+    folder = Path(tempfile.mkdtemp())  # xaibench reads the split from disk a batch at a time
+    np.save(folder / "images.npy", images)
+    rows = Rows(folder / "images.npy")
 
     def ours():
         torch.manual_seed(0)
-        fit(backbone.build(2), images, labels, epochs=epochs, batch_size=32, lr=1e-3, weight_decay=0.0,
+        fit(backbone.build(2), rows, labels, epochs=epochs, batch_size=32, lr=1e-3, weight_decay=0.0,
             optimizer="adam", augment=False, seed=0, device="cpu")
 
     def plain():
@@ -94,6 +107,7 @@ def train_throughput_ratio(epochs: int = 2, n: int = 512, size: int = 64) -> dic
     from gradcam_speed import best_times
 
     best = best_times({"xaibench": ours, "plain": plain}, repeats=3)
+    shutil.rmtree(folder, ignore_errors=True)
     return {"train_throughput_ratio": best["plain"] / best["xaibench"], "train_xaibench_s": best["xaibench"],
             "train_plain_s": best["plain"]}
 
@@ -284,6 +298,161 @@ def planning_seconds(tmp: Path) -> dict:
     return out
 
 
+SCHEDULE_GRID = """\
+name: schedule
+seeds: [0, 1]
+datasets: [{name: synthetic, n_train: 96, n_val: 0, n_test: 48, image_size: 48}]
+backbones: [resnet18]
+masks: [white, blur]
+ensembles: [{name: logit-mix, sweep: {alpha: [0.5, 0.9]}}]
+explainers: [gradcam]
+seeders: [top-k, components]
+segmenters: [random-walker]
+train: {epochs: 2, batch_size: 32}
+finetune: {epochs: 1, batch_size: 32}
+"""
+
+
+def scheduler(tmp: Path, threads: int) -> dict:
+    """A small grid run locally; from its recorded stage times, the makespan of the dependency-driven and
+    of the wave-by-wave schedule at 2 to 64 workers over the list-scheduling reference (schedule.py).
+    Then the same grid's wall time under the process executor (2 workers, 1 thread each) over local."""
+    import schedule
+
+    local, _ = _run(SCHEDULE_GRID, tmp / "local")
+    simulated = schedule.compare(tmp / "local")
+    process, _ = _run(SCHEDULE_GRID + "executor: {name: process, workers: 2, threads: 1}\n", tmp / "process")
+    return {"schedule_dependencies_worst": simulated["dependencies_worst"],
+            "schedule_waves_worst": simulated["waves_worst"],
+            "schedule_by_workers": {p: {k: round(v, 3) for k, v in simulated[p].items()} for p in
+                                    ("2", "4", "8", "16", "32", "64")},
+            "process_over_local_wall": process / local, "local_s": local, "process_s": process}
+
+
+FIXED_COST_GRID = """\
+name: fixed-cost
+seeds: [0]
+datasets: [{name: synthetic, n_train: 192, n_val: 0, n_test: 96, image_size: 64}]
+backbones: [resnet18]
+masks: [blur, white, median, black]
+ensembles: [{name: logit-mix, sweep: {alpha: [0.8, 0.9, 1.0]}}]
+train: {epochs: 3, batch_size: 32, lr: 0.001, augment: false}
+finetune: {epochs: 2, batch_size: 32, lr: 0.0001, augment: false}
+"""
+
+
+def fixed_cost(tmp: Path, repeats: int = 3) -> dict:
+    """``xaibench run`` of a small Table I grid against ``handwritten.py`` doing the same protocol by
+    hand, each a fresh process, interleaved, median of ``repeats`` (goal <= 1.1)."""
+    import statistics
+    import subprocess
+
+    grid = tmp / "fixed-cost.yaml"
+    grid.write_text(FIXED_COST_GRID)
+    times: dict[str, list[float]] = {"xaibench": [], "handwritten": []}
+    for i in range(repeats):
+        for name, command in (("xaibench", [sys.executable, "-m", "xaibench.cli", "run", "--grid", str(grid),
+                                            "--out", str(tmp / f"run{i}"), "--quiet"]),
+                              ("handwritten", [sys.executable, str(Path(__file__).with_name("handwritten.py"))])):
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    return {"fixed_cost_ratio": median["xaibench"] / median["handwritten"], "fixed_cost_xaibench_s": median["xaibench"],
+            "fixed_cost_handwritten_s": median["handwritten"]}
+
+
+MEMORY_GRID = """\
+name: memory
+datasets: [{name: synthetic, n_train: N_TRAIN, n_val: 0, n_test: 200, image_size: 96}]
+backbones: [tiny-cnn]
+masks: [blur]
+ensembles: [{name: logit-mix, alpha: 0.5}]
+explainers: [{name: gradcam, target_layer: conv}]
+seeders: [top-k]
+segmenters: [cam-threshold]
+train: {epochs: 1, batch_size: 32}
+finetune: {epochs: 1, batch_size: 32}
+"""
+
+
+class TinyCnn:
+    """A two-layer CNN: memory and time of a stage are then its data handling's, not the network's."""
+
+    def __init__(self):
+        pass
+
+    def build(self, num_classes, *, pretrained=True):
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+                self.head = torch.nn.Linear(8, num_classes)
+
+            def forward(self, images):
+                return self.head(torch.relu(self.conv(images)).mean(dim=(2, 3)))
+
+        return Net()
+
+    def target_layers(self, model):
+        return [model.conv]
+
+
+def _memory_run(folder: str, n: int) -> None:
+    """One run of MEMORY_GRID with ``n`` training tiles (in a fresh process, see ``memory_scaling``)."""
+    from xaibench import hookimpl
+    from xaibench.registry import Registry
+
+    class Plugin:
+        @hookimpl
+        def register_backbones(self, register):
+            register("tiny-cnn", TinyCnn)
+
+    registry = Registry()
+    registry.add_plugin(Plugin(), name="bench-tiny-cnn")
+    _, summary = _run(MEMORY_GRID.replace("N_TRAIN", str(n)), Path(folder), registry)
+    print(json.dumps({"scoring": summary["scoring_peak_rss_mib"]}))
+
+
+def memory_scaling(tmp: Path) -> dict:
+    """Peak resident memory of each stage kind (the stage runner records it) and of scoring, on 500 and on
+    8,000 training tiles of 96 px (goal: the 8,000 run <= 1.2 x the 500 run). Each size is run twice in
+    fresh processes: once to build the data stage, then, with every other stage removed, again, so the
+    measured stages run in a process that never held the dataset plugin's samples (the data stage writes
+    one sample at a time, but a plugin may build a whole split in memory)."""
+    import shutil
+    import sqlite3
+    import subprocess
+
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import run; run._memory_run(sys.argv[2], int(sys.argv[3]))"
+    peaks = {}
+    for n in (500, 8000):
+        folder = tmp / f"memory{n}"
+        command = [sys.executable, "-c", code, str(Path(__file__).parent), str(folder), str(n)]
+        subprocess.run(command, check=True, capture_output=True)
+        with sqlite3.connect(folder / "store.sqlite") as db:
+            db.execute("DELETE FROM stages WHERE kind != 'data'")
+            db.execute("DELETE FROM artifacts WHERE path NOT LIKE 'cache/data/%'")
+            db.execute("DELETE FROM cells")
+        for sub in (folder / "cache").iterdir():
+            if sub.name != "data":
+                shutil.rmtree(sub)
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        with sqlite3.connect(folder / "store.sqlite") as db:
+            rows = db.execute("SELECT kind, meta FROM stages WHERE status = 'done' AND kind != 'data'").fetchall()
+        by_kind: dict[str, float] = {}
+        for kind, meta in rows:
+            by_kind[kind] = max(by_kind.get(kind, 0.0), json.loads(meta).get("peak_rss_mib") or 0.0)
+        by_kind["scoring"] = json.loads(done.stdout.strip().splitlines()[-1])["scoring"]
+        peaks[n] = by_kind
+    kinds = ("train", "finetune", "explain", "scoring")
+    ratios = {kind: peaks[8000][kind] / peaks[500][kind] for kind in kinds}
+    return {"memory_8000_over_500": max(ratios.values()), "memory_ratio_by_stage": ratios,
+            "memory_peak_mib": {str(n): {k: peaks[n][k] for k in kinds} for n in peaks}}
+
+
 def gradcam_forward_ratio(tmp: Path, threads: int) -> dict:
     import gradcam_speed
 
@@ -297,6 +466,9 @@ MEASUREMENTS = {
     "sam_seeders_ratio": lambda tmp, threads: sam_seeders_ratio(tmp),
     "validation_share": lambda tmp, threads: validation_share(tmp),
     "planning": lambda tmp, threads: planning_seconds(tmp),
+    "scheduler": scheduler,
+    "memory_scaling": lambda tmp, threads: memory_scaling(tmp),
+    "fixed_cost": lambda tmp, threads: fixed_cost(tmp),
     "quickstart": lambda tmp, threads: quickstart(tmp),
 }
 
