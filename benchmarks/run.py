@@ -26,6 +26,9 @@ minutes on a 2-core CPU). Prints a JSON object with:
   in plain PyTorch (fresh processes, median of 3 interleaved; goal <= 1.1).
 - ``memory_8000_over_500``: peak resident memory of training, fine-tuning, explanation and scoring on
   8,000 training tiles over 500 (96 px; goal <= 1.2).
+- ``faithfulness_cost``: seconds per image of deletion/insertion and of ROAD at 5 and 10 steps, and a
+  faithfulness stage (which also scores the random map) over Grad-CAM's; ROAD's imputation against
+  pytorch-grad-cam's.
 - ``validation_share``: per stage kind, the share of the stage's time spent checking components'
   outputs against their contracts (goal <= 0.02).
 """
@@ -459,6 +462,52 @@ def gradcam_forward_ratio(tmp: Path, threads: int) -> dict:
     return gradcam_speed.main(["--n", "32", "--size", "224", "--threads", str(threads)])
 
 
+def faithfulness_cost(n: int = 16, size: int = 96) -> dict:
+    """Seconds per image of Grad-CAM (layer3 of a ResNet18 at 96 px) and of each faithfulness score at 5 and
+    10 steps, as multiples of Grad-CAM's; and ROAD's imputation here against pytorch-grad-cam's
+    ``NoisyLinearImputer`` on the same masks (both give the same images)."""
+    import time
+
+    import numpy as np
+    import torch
+    import torchvision
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    from xaibench import faithfulness
+    from xaibench.registry import get_registry
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=2).eval()
+    images, targets = torch.rand(n, 3, size, size), torch.ones(n, dtype=torch.long)
+    explainer = get_registry().create("explainers", "gradcam")
+    start = time.perf_counter()
+    maps = explainer.explain(model, images, targets, target_layers=[model.layer3])
+    gradcam = (time.perf_counter() - start) / n
+    out = {"gradcam_seconds_per_image": gradcam}
+    for steps in (5, 10):
+        start = time.perf_counter()
+        faithfulness.deletion_insertion(model, images, maps, targets, steps=steps)
+        curves = (time.perf_counter() - start) / n
+        start = time.perf_counter()
+        faithfulness.road(model, images, maps, targets, steps=steps)
+        road = (time.perf_counter() - start) / n
+        # a faithfulness stage also scores the random map of each image: twice these
+        out[f"faithfulness_{steps}_steps"] = {"deletion_insertion_seconds_per_image": curves,
+                                              "road_seconds_per_image": road,
+                                              "stage_over_gradcam": 2 * (curves + road) / gradcam}
+    rng = np.random.default_rng(0)
+    masks = [rng.random((size, size)) < share for share in (0.1, 0.3, 0.5, 0.7, 0.9)]
+    timings = {}
+    for name, impute in (("ours", lambda image, known: faithfulness.impute(image, known)),
+                         ("library", lambda image, known: NoisyLinearImputer()(image, torch.from_numpy(known.astype(np.float32))))):
+        start = time.perf_counter()
+        for known in masks:
+            impute(images[0], known)
+        timings[name] = time.perf_counter() - start
+    out["road_imputation_library_over_ours"] = timings["library"] / timings["ours"]
+    return out
+
+
 MEASUREMENTS = {
     "train_throughput_ratio": lambda tmp, threads: train_throughput_ratio(),
     "gradcam_forward_ratio": gradcam_forward_ratio,
@@ -469,6 +518,7 @@ MEASUREMENTS = {
     "scheduler": scheduler,
     "memory_scaling": lambda tmp, threads: memory_scaling(tmp),
     "fixed_cost": lambda tmp, threads: fixed_cost(tmp),
+    "faithfulness_cost": lambda tmp, threads: faithfulness_cost(),
     "quickstart": lambda tmp, threads: quickstart(tmp),
 }
 

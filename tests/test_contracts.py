@@ -27,6 +27,7 @@ seeders: [SEEDERS]
 segmenters: [SEGMENTERS]
 train: {epochs: 1, batch_size: 8}
 finetune: {epochs: 1, batch_size: 8}
+protocol: {faithfulness_steps: 0}
 """
 
 

@@ -203,6 +203,7 @@ ensembles:
 explainers: [gradcam]
 train: {{epochs: 1, batch_size: 4}}
 finetune: {{epochs: 1, batch_size: 4}}
+protocol: {{faithfulness_steps: 0}}
 """
 
 

@@ -41,7 +41,8 @@ def test_plan_shares_trainings_across_alphas_explainers_and_segmenters(registry,
     assert plan.count("train") == 2  # one baseline per seed
     assert plan.count("finetune") == 8  # 4 masks per seed
     # alpha=1.0 reduces to the baseline, so its explanation is the baseline's: 1 + 4 masks x 2 alphas per seed
-    assert plan.count("explain") == 2 * (1 + 4 * 2)
+    assert plan.count("explain") == 2 * 2 * (1 + 4 * 2)  # of test and of val
+    assert plan.count("faithfulness") == 2 * (1 + 4 * 2)
 
 
 def _error(registry, text):
@@ -95,7 +96,7 @@ def test_dry_run_prints_cells_and_trainings_and_writes_nothing(registry, blobs, 
     printed = capsys.readouterr().out
     assert "52 cells" in printed and "10 trainings (2 baseline, 8 masked fine-tunes)" in printed
     assert "axes: seeds 2, datasets 1, backbones 1, masks 4, ensembles 3, explainers 1, seeders 1, segmenters 2" in printed
-    assert "stages: data 1, train 2, logits 10, explain 18, seeds 18, finetune 8, segment 36" in printed
+    assert "stages: data 1, train 2, logits 10, explain 36, faithfulness 18, seeds 18, finetune 8, segment 36" in printed
     assert "| mask=" not in printed and "--verbose lists every cell" in printed
     assert main(["run", "--grid", str(write_grid(GRID)), "--out", str(out), "--dry-run", "--verbose"]) == 0
     assert capsys.readouterr().out.count("| mask=") == 52

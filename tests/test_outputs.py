@@ -24,6 +24,7 @@ seeders: [{name: top-k, k: 1, min_distance: 4}]
 segmenters: [cam-threshold]
 train: {epochs: 1, batch_size: 8}
 finetune: {epochs: 1, batch_size: 8}
+protocol: {faithfulness_steps: 0}
 """
 
 

@@ -28,6 +28,7 @@ seeders: [{name: top-k, k: 2, min_distance: 4}]
 segmenters: [random-walker]
 train: {epochs: 1, batch_size: 8}
 finetune: {epochs: 1, batch_size: 8}
+protocol: {faithfulness_steps: 2, faithfulness_images: 4}
 """
 
 
@@ -59,9 +60,9 @@ def _check_report(path, figures):
 
     parser = Collect()
     parser.feed(path.read_text())
-    # accuracy and its detail, Jaccard and all explanation metrics, segmentation IoU and all its metrics,
-    # plugins
-    assert parser.tags.count("table") == 7
+    # accuracy and its detail, Jaccard, all explanation metrics, their lift over random and faithfulness,
+    # segmentation IoU and all its metrics, plugins
+    assert parser.tags.count("table") == 9
     assert len(parser.images) == figures and all(src.startswith("data:image/png;base64,") for src in parser.images)
     assert {"Figures", "Grid", "Plugins", "Machine"} <= set(parser.headings)
     assert any(h.startswith("Accuracy (%)") for h in parser.headings)
@@ -108,6 +109,12 @@ def test_tiny_run_writes_results_and_a_rerun_trains_nothing(run_grid, capsys):
 
     markdown = (run_grid.out / "leaderboard.md").read_text()
     assert "|  | white | blur |" in markdown and "| α=0.5 |" in markdown and "| Baseline |" in markdown
+    # no val split: the validation choices say they were not possible; chance rows and faithfulness are there
+    assert "| α* (val) | not possible (no val split) | not possible (no val split) |" in markdown
+    assert "τ* (val): not possible: no val split" in markdown
+    assert "| Chance: random |" in markdown and "| Chance: centre |" in markdown
+    assert "Faithfulness · gradcam on 4 test images per seed" in markdown
+    assert table["faithfulness_n"].dropna().eq(4).all() and table["lift_jaccard"].notna().all()
     assert "cells: 5 done, 0 failed" in capsys.readouterr().out
     _check_report(run_grid.out / "report.html", figures=3)
 
@@ -123,9 +130,10 @@ def test_adding_a_segmenter_or_an_alpha_retrains_nothing(run_grid):
                              .replace("[0.5, 1.0]", "[0.5, 0.75, 1.0]"))
     assert code == 0 and summary["trainings_run"] == 0
     assert summary["cells"] == 2 * (1 + 2 * 3)
-    # new: 2 explanations (alpha 0.75 per mask) and their seeds; random-walker on those 2 and watershed
-    # on all 5 explanations (baseline, 2 masks x alpha 0.5, 2 masks x alpha 0.75)
-    assert summary["stages_run"] == 2 + 2 + (2 + 5)
+    # new: 2 explanations (alpha 0.75 per mask) of test and of val, the test ones' faithfulness and seeds;
+    # random-walker on those 2 and watershed on all 5 explanations (baseline, 2 masks x alpha 0.5, 2 masks
+    # x alpha 0.75)
+    assert summary["stages_run"] == 2 + 2 + 2 + 2 + (2 + 5)
 
 
 def test_a_failing_plugin_fails_its_cells_only(run_grid, add_plugin):

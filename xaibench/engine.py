@@ -255,7 +255,8 @@ def execute(stages: dict[str, Stage], folder: RunFolder, *, retry_failed: bool =
 
 # Rough relative cost of each stage kind: what the dependency-driven scheduler starts first when several
 # stages are ready (the longest chain of expected work below a stage goes first).
-EXPECTED_COST = {"train": 100.0, "finetune": 60.0, "segment": 10.0, "explain": 5.0, "data": 3.0, "logits": 2.0,
+EXPECTED_COST = {"train": 100.0, "finetune": 60.0, "segment": 10.0, "faithfulness": 8.0, "explain": 5.0, "data": 3.0,
+                 "logits": 2.0,
                  "seeds": 1.0, "accept": 1.0}
 
 

@@ -135,13 +135,28 @@ class Protocol(pydantic.BaseModel):
     so the presence and shape of a mask cannot reveal the label; ``raw`` leaves them unmasked (leaks the
     label whenever only one class is annotated); ``drop`` leaves them out of fine-tuning.
     ``cam_threshold``: saliency maps are min-max normalised per image and binarised at this value before
-    the Jaccard index against the ground-truth mask is taken."""
+    the Jaccard index against the ground-truth mask is taken (the threshold chosen on validation, τ*, is
+    reported beside it). ``faithfulness_steps``: the steps of the deletion and insertion curves and of
+    ROAD's percentiles (``xaibench.faithfulness``); 0 measures no faithfulness. ``faithfulness_images``:
+    measure faithfulness on at most this many of the explained test images, evenly spaced among them
+    (0: all); each costs about 4 × steps forward passes and 4 × (steps − 1) ROAD imputations (its own
+    map's and the random map's), about 120 times its Grad-CAM at 10 steps on a CPU."""
 
     model_config = STRICT
 
     missing_mask: Literal["borrow", "raw", "drop"] = "borrow"
     cam_threshold: Annotated[float, NotBoolean, Field(ge=0.0, le=1.0)] = 0.5
     eval_batch_size: Annotated[int, NotBoolean, Field(ge=1)] = 64
+    faithfulness_steps: Annotated[int, NotBoolean, Field(ge=0, le=100)] = 10
+    faithfulness_images: Annotated[int, NotBoolean, Field(ge=0)] = 100
+
+    @pydantic.field_validator("faithfulness_steps")
+    @classmethod
+    def _steps(cls, steps):
+        if steps == 1:
+            raise ValueError("faithfulness_steps is 0 (no faithfulness) or at least 2 (ROAD needs a percentile "
+                             "between 0 and 100)")
+        return steps
 
 
 class LoopConfig(pydantic.BaseModel):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .leaderboard import METRICS, Entry, name_of, published_lookup, table_one_entries
+from .leaderboard import (METRICS, NO_VAL, Entry, at_or_below_chance, name_of, published_lookup,
+                          table_one_entries)
 
 # Text → LaTeX, for the characters that are special to LaTeX or outside what pdflatex reads by default.
 _ESCAPES = {
@@ -19,6 +20,7 @@ _ESCAPES = {
     "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
     "α": r"$\alpha$", "Δ": r"$\Delta$", "→": r"$\rightarrow$", "·": r"$\cdot$", "†": r"$\dagger$",
     "—": "---", "–": "--", "±": r"$\pm$", "×": r"$\times$",
+    "°": r"$^\circ$", "≤": r"$\leq$", "τ": r"$\tau$",
 }
 
 
@@ -40,6 +42,8 @@ def _number(value, scale: float, digits: int) -> str:
 
 
 def _mean(entry: Entry | None, metric: str) -> str:
+    if entry is not None and entry.row.get("selection") == NO_VAL:
+        return "n/a (no val)"
     if entry is None or pd.isna(entry.row.get(metric)):
         return "---"
     _, scale, digits, _ = METRICS[metric]
@@ -50,6 +54,8 @@ def _mean(entry: Entry | None, metric: str) -> str:
         text += rf"$^\dagger$"
     if entry.paper is not None:
         text += rf" ({entry.paper:.{digits}f})"
+    if at_or_below_chance(entry.row, metric):
+        text += r"$^\circ$"
     return text
 
 
@@ -66,7 +72,7 @@ def _interval(entry: Entry | None, metric: str) -> str:
 def _row_label(label: str) -> str:
     if label.startswith("α="):
         return rf"$\alpha = {escape(label[2:])}$"
-    return escape(label)
+    return escape(label).replace(r"$\alpha$*", r"$\alpha^*$")
 
 
 def breakable(text) -> str:
@@ -91,6 +97,10 @@ def table(summary: pd.DataFrame, metric: str, caption: str, published: dict | No
         pad = [""] * (len(columns) - 1)
         lines.append(" & ".join(["Baseline", _mean(layout.baseline, metric)] + pad) + r" \\")
         lines.append(" & ".join(["", _interval(layout.baseline, metric)] + pad) + r" \\")
+    for label, entry in layout.chance:
+        pad = [""] * (len(columns) - 1)
+        lines.append(" & ".join([escape(label), _mean(entry, metric)] + pad) + r" \\")
+        lines.append(" & ".join(["", _interval(entry, metric)] + pad) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     if note:
         lines.append(rf"\par\smallskip{{\footnotesize {note}}}")
@@ -106,7 +116,8 @@ def document(df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench lea
              r"\usepackage[margin=2cm]{geometry}", r"\begin{document}", rf"\section*{{{escape(title)}}}"]
     failed = int((df["status"] != "done").sum())
     parts.append(escape(f"{len(df)} cells, {failed} failed. Means over seeds; below each, its 95% bootstrap CI "
-                        f"over test images; bold: the best value of its column; † a configuration missing seeds")
+                        f"over test images; bold: the best value of its column; † a configuration missing seeds; ° a value no "
+                        f"better than the random map's on the same images; α* (val): α chosen on validation accuracy")
                  + (escape("; in parentheses: the published value.") if published is not None else "."))
     if not len(summary):
         parts.append("\n" + escape("No cell finished, so there is no table to show."))

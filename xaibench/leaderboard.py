@@ -19,25 +19,34 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import stats
+from . import faithfulness, metrics, stats
 from .errors import UserError
 from .records import CELL_LABELS, CONFIG_LABELS, Status, variant_label
 from .store import Store, atomic_write_text, load_arrays
 
 ID_COLUMNS = list(CELL_LABELS)
 CONFIG_COLUMNS = list(CONFIG_LABELS)
-EXPLANATION_METRICS = ["jaccard", "dice", "jaccard_otsu", "jaccard_top20", "roc_auc", "average_precision",
-                       "pointing_game", "relevance_mass", "relevance_rank"]
+EXPLANATION_METRICS = list(metrics.EXPLANATION_METRICS)
 SEGMENTATION_METRICS = ["seg_iou", "seg_dice", "seg_boundary_f1"]
-METRIC_COLUMNS = (["accuracy", "n_test"] + EXPLANATION_METRICS + ["sweep_mean", "sweep_best", "jaccard_n",
-                  "jaccard_excluded"] + SEGMENTATION_METRICS + ["seg_n", "seg_iou_excluded"])
+FAITHFULNESS_METRICS = list(faithfulness.NAMES)
+# Chance levels (the ``random`` and ``centre`` explainers on the same test images) and each metric's lift
+# over ``random`` (in the metric's better direction), per image in the cell files.
+CHANCE_COLUMNS = ([f"{prefix}{m}" for m in EXPLANATION_METRICS for prefix in ("random_", "centre_", "lift_")]
+                  + [f"{prefix}{m}" for m in FAITHFULNESS_METRICS for prefix in ("random_", "lift_")])
+METRIC_COLUMNS = (["accuracy", "n_test", "val_accuracy", "n_val"] + EXPLANATION_METRICS
+                  + ["sweep_mean", "sweep_best", "tau_star", "jaccard_val_tau", "jaccard_n", "jaccard_excluded"]
+                  + FAITHFULNESS_METRICS + ["faithfulness_n"] + CHANCE_COLUMNS + SEGMENTATION_METRICS + ["seg_n", "seg_iou_excluded"])
 # metric -> (per-image array in the cell file, display scale, digits, title)
 METRICS = {
     "accuracy": ("correct", 100.0, 2, "Accuracy (%)"),
-    **{m: (m, 1.0, 3, m) for m in EXPLANATION_METRICS + SEGMENTATION_METRICS},
+    **{m: (m, 1.0, 3, m) for m in EXPLANATION_METRICS + SEGMENTATION_METRICS + FAITHFULNESS_METRICS
+       + CHANCE_COLUMNS + ["jaccard_val_tau"]},
 }
 METRICS["jaccard"] = ("jaccard", 1.0, 3, "Explanation Jaccard vs ground-truth masks")
+METRICS["jaccard_val_tau"] = ("jaccard_val_tau", 1.0, 3, "Explanation Jaccard at τ* chosen on validation")
 METRICS["seg_iou"] = ("seg_iou", 1.0, 3, "Segmentation IoU")
+# Where a rule's mixing weight is chosen on validation accuracy (``alpha_choices``), its rows are named so.
+SELECTED = "α* (val)"
 # The columns every summary has, even one of a run in which no cell finished.
 SUMMARY_COLUMNS = CONFIG_COLUMNS + ["n_seeds", "seeds_expected", "complete"]
 
@@ -124,8 +133,55 @@ def _matrix(per_image: _PerImage, cell_ids, key: str) -> np.ndarray | None:
     return np.stack([np.asarray(a, dtype=np.float64) for a in arrays])
 
 
+NO_VAL = "not possible: no val split"
+
+
+def alpha_choices(df: pd.DataFrame) -> pd.DataFrame:
+    """The cells chosen on validation: for each dataset, backbone, seed, mask, explainer, seeder,
+    segmenter and ensemble rule with a mixing weight swept over two or more values, the finished cell with
+    the highest validation accuracy (ties to the larger α), as a row of the same columns under the
+    ensemble ``"<rule> α* (val)"``, with ``alpha_star`` (the chosen α) and ``source`` (the chosen cell's
+    id). Only ``val_accuracy`` decides; no test number is read. Where some cell has no validation
+    accuracy (the dataset has no val split), the row has no scores and ``selection`` says why."""
+    done = df[(df["status"] == Status.DONE) & (df["ensemble"] != "baseline")]
+    done = done[pd.to_numeric(done["alpha"], errors="coerce").notna()]
+    if done.empty:
+        return pd.DataFrame(columns=[*df.columns, "alpha_star", "source", "selection"])
+    done = done.assign(rule=done["ensemble"].map(name_of), alpha=done["alpha"].astype(float))
+    keys = ["dataset", "backbone", "seed", "mask", "explainer", "seeder", "segmenter", "rule"]
+    out = []
+    for _, group in done.groupby(keys, sort=False, dropna=False):
+        if group["alpha"].nunique() < 2:  # nothing to choose
+            continue
+        first = group.iloc[0]
+        val = pd.to_numeric(group["val_accuracy"], errors="coerce")
+        base = {**{c: first[c] for c in ID_COLUMNS}, "ensemble": f"{first['rule']} {SELECTED}", "alpha": math.nan,
+                "status": Status.DONE}
+        if val.isna().any():
+            out.append({**base, "alpha_star": math.nan, "source": None, "selection": NO_VAL,
+                        "cell_id": f"{first['cell_id']}:{SELECTED}"})
+            continue
+        chosen = group.assign(_val=val.to_numpy()).sort_values(["_val", "alpha"], ascending=[False, False]).iloc[0]
+        out.append({**{c: chosen[c] for c in df.columns}, **base, "alpha_star": float(chosen["alpha"]),
+                    "source": chosen["cell_id"], "selection": "val", "cell_id": f"{chosen['cell_id']}:{SELECTED}"})
+    return pd.DataFrame(out, columns=[*df.columns, "alpha_star", "source", "selection"])
+
+
+def with_choices(df: pd.DataFrame, files: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, Path]]:
+    """``df`` with the rows of ``alpha_choices`` added, and ``files`` with each such row's per-image file
+    (its chosen cell's; none where no choice was possible)."""
+    chosen = alpha_choices(df)
+    if chosen.empty:
+        return df, files
+    files = {**files, **{r["cell_id"]: files.get(r["source"]) if r["source"] else None for _, r in chosen.iterrows()}}
+    return pd.concat([df, chosen], ignore_index=True), files
+
+
 def summarise(df: pd.DataFrame, files: dict[str, Path]) -> pd.DataFrame:
-    """One row per configuration over its seeds, with CIs, seed spread, seed counts and McNemar p."""
+    """One row per configuration over its seeds, with CIs, seed spread, seed counts and McNemar p; the
+    configurations chosen on validation (``alpha_choices``) are rows too, with the α chosen for each
+    seed in ``alpha_star`` and ``selection`` saying whether a choice was possible."""
+    df, files = with_choices(df, files)
     per_image = _PerImage(files)
     done = df[df["status"] == Status.DONE]
     expected = {key: sorted(group["seed"].unique()) for key, group in df.groupby(["dataset", "backbone"])}
@@ -138,6 +194,12 @@ def summarise(df: pd.DataFrame, files: dict[str, Path]) -> pd.DataFrame:
         row = dict(zip(CONFIG_COLUMNS, config))
         all_seeds = expected[(row["dataset"], row["backbone"])]
         row.update(n_seeds=len(seeds), seeds_expected=len(all_seeds), complete=len(seeds) == len(all_seeds))
+        if "selection" in group and group["selection"].notna().any():
+            row["selection"] = NO_VAL if (group["selection"] == NO_VAL).any() else "val"
+            row["alpha_star"] = " / ".join(f"{a:g}" for a in group["alpha_star"] if not pd.isna(a))
+        if "tau_star" in group and pd.to_numeric(group["tau_star"], errors="coerce").notna().any():
+            row["tau_star"] = " / ".join(f"{t:g}" for t in pd.to_numeric(group["tau_star"], errors="coerce")
+                                         if not pd.isna(t))
         for metric, (key, _, _, _) in METRICS.items():
             matrix = _matrix(per_image, group["cell_id"], key)
             if matrix is None:
@@ -175,6 +237,9 @@ def _row_labels(frame: pd.DataFrame) -> dict[str, str]:
     named = weighted["ensemble"].map(name_of).nunique() > 1
     out = {}
     for ensemble, alpha in zip(frame["ensemble"], frame["alpha"]):
+        if str(ensemble).endswith(SELECTED):
+            out[ensemble] = str(ensemble) if named else SELECTED
+            continue
         label = variant_label(ensemble, alpha)
         out[ensemble] = f"{name_of(ensemble)} {label}" if named and label.startswith("α=") else label
     return out
@@ -190,7 +255,19 @@ def published_lookup(published: pd.DataFrame | None, dataset: str):
     return {(str(r["mask"]), round(float(r["alpha"]), 6)): float(r["accuracy"]) for _, r in rows.iterrows()}
 
 
+BELOW_CHANCE = "≤ chance"
+
+
+def at_or_below_chance(row, metric) -> bool:
+    """Whether ``metric`` of a summary row is no better than the ``random`` explainer's on the same
+    images (its mean lift is at most 0)."""
+    lift = row.get(f"lift_{metric}")
+    return lift is not None and not pd.isna(lift) and float(lift) <= 0
+
+
 def _value(row, metric, scale, digits, paper=None) -> str:
+    if row.get("selection") == NO_VAL:
+        return "not possible (no val split)"
     if metric not in row or pd.isna(row.get(metric)):
         return "—"
     text = _fmt(row[metric], scale, digits)
@@ -201,6 +278,8 @@ def _value(row, metric, scale, digits, paper=None) -> str:
         text += f" †{row['n_seeds']}/{row['seeds_expected']} seeds"
     if paper is not None:
         text += f" / {paper:.{digits}f} ({row[metric] * scale - paper:+.{digits}f})"
+    if at_or_below_chance(row, metric):
+        text += f" {BELOW_CHANCE}"
     return text
 
 
@@ -227,6 +306,7 @@ class TableOne:
     masks: list[str]
     rows: list[tuple[str, list[Entry | None]]]
     baseline: Entry | None
+    chance: list[tuple[str, Entry]] = dataclasses.field(default_factory=list)  # (label, entry) per reference
 
 
 def table_one_entries(summary: pd.DataFrame, metric: str, published: dict | None = None) -> TableOne:
@@ -250,15 +330,25 @@ def table_one_entries(summary: pd.DataFrame, metric: str, published: dict | None
         value = entry.row.get(metric) if entry is not None else None
         return round(float(value) * scale, digits) if value is not None and not pd.isna(value) else None
 
+    ranked = [(label, entries) for label, entries in rows if label not in (SELECTED,) and not label.endswith(SELECTED)]
     for column in range(len(masks)):
-        values = [rounded(entries[column]) for _, entries in rows]
+        values = [rounded(entries[column]) for _, entries in ranked]
         finite = [v for v in values if v is not None]
-        for (_, entries), value in zip(rows, values):
-            if finite and len(rows) > 1 and value == max(finite):
+        for (_, entries), value in zip(ranked, values):
+            if finite and len(ranked) > 1 and value == max(finite):
                 entries[column].best = True
     base = summary[summary["ensemble"] == "baseline"]
     baseline = Entry(base.iloc[0], (published or {}).get(("none", 1.0))) if len(base) else None
-    return TableOne(metric, masks, rows, baseline)
+    chance = []
+    reference = base.iloc[0] if len(base) else (summary.iloc[0] if len(summary) else None)
+    for name in ("random", "centre"):
+        column = f"{name}_{metric}"
+        if reference is not None and column in reference and not pd.isna(reference.get(column)):
+            values = {metric: reference[column], f"{metric}_ci_low": reference.get(f"{column}_ci_low"),
+                      f"{metric}_ci_high": reference.get(f"{column}_ci_high"), "complete": reference["complete"],
+                      "n_seeds": reference["n_seeds"], "seeds_expected": reference["seeds_expected"]}
+            chance.append((f"Chance: {name}", Entry(pd.Series(values))))
+    return TableOne(metric, masks, rows, baseline, chance)
 
 
 def table_one(summary: pd.DataFrame, metric: str, published: dict | None = None):
@@ -277,6 +367,8 @@ def table_one(summary: pd.DataFrame, metric: str, published: dict | None = None)
     rows = [[label] + [text(e) for e in entries] for label, entries in table.rows]
     if table.baseline is not None:
         rows.append(["Baseline", text(table.baseline)] + [""] * (len(header) - 2))
+    for label, entry in table.chance:
+        rows.append([label, text(entry)] + [""] * (len(header) - 2))
     return header, rows
 
 
@@ -289,9 +381,15 @@ def detail_table(summary: pd.DataFrame, metric: str):
     rows = []
     row_label = _row_labels(summary)
     for _, r in summary.iterrows():
+        label = row_label[r["ensemble"]]
+        if r.get("selection") == NO_VAL:
+            rows.append([r["mask"], label, "not possible (no val split)"] + [""] * (len(header) - 3))
+            continue
         if metric not in r or pd.isna(r.get(metric)):
             continue
-        line = [r["mask"], row_label[r["ensemble"]], _fmt(r[metric], scale, digits),
+        if r.get("selection") == "val":
+            label += f" (α = {r['alpha_star']} by seed)"
+        line = [r["mask"], label, _fmt(r[metric], scale, digits),
                 f"[{_fmt(r[f'{metric}_ci_low'], scale, digits)}, {_fmt(r[f'{metric}_ci_high'], scale, digits)}]",
                 _fmt(r[f"{metric}_seed_sd"], scale, digits),
                 f"{r['n_seeds']}/{r['seeds_expected']}" + ("" if r["complete"] else " †")]
@@ -309,6 +407,9 @@ def metrics_table(summary: pd.DataFrame, names: list[str]):
     rows = []
     row_label = _row_labels(summary)
     for _, r in summary.iterrows():
+        if r.get("selection") == NO_VAL:
+            rows.append([r["mask"], row_label[r["ensemble"]], "not possible (no val split)"] + [""] * (len(names) - 1))
+            continue
         cells = []
         for metric in names:
             _, scale, digits, _ = METRICS[metric]
@@ -316,7 +417,9 @@ def metrics_table(summary: pd.DataFrame, names: list[str]):
                 cells.append("—")
                 continue
             low, high = r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high")
-            cells.append(f"{_fmt(r[metric], scale, digits)} [{_fmt(low, scale, digits)}, {_fmt(high, scale, digits)}]")
+            mark = f" {BELOW_CHANCE}" if at_or_below_chance(r, metric) else ""
+            cells.append(f"{_fmt(r[metric], scale, digits)} [{_fmt(low, scale, digits)}, {_fmt(high, scale, digits)}]"
+                         + mark)
         rows.append([r["mask"], row_label[r["ensemble"]]] + cells)
     return header, rows
 
@@ -331,11 +434,31 @@ def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | 
         paper = published_lookup(published, dataset)
         title = "Accuracy (%) on raw test images" + (" · reproduced / published (Δ)" if paper else "")
         items.append((3, title, table_one(models, "accuracy", paper)))
+        if paper:
+            items.append((4, "Published and reproduced", PUBLISHED_NOTE))
         items.append((4, "Accuracy detail", detail_table(models, "accuracy")))
         for explainer, sub in group[group["explainer"] != ""].groupby("explainer", sort=False):
             explained = sub.drop_duplicates(["mask", "ensemble"])
             items.append((3, f"{METRICS['jaccard'][3]} · {explainer}", table_one(explained, "jaccard")))
+            if "jaccard_val_tau" in explained and explained["jaccard_val_tau"].notna().any():
+                items.append((3, f"{METRICS['jaccard_val_tau'][3]} · {explainer}", table_one(explained, "jaccard_val_tau")))
+                labels = _row_labels(explained)
+                items.append((4, f"τ* by seed · {explainer}",
+                              [f"{labels[r['ensemble']]}, mask {r['mask']}: τ* = {r['tau_star']}"
+                               for _, r in explained.iterrows() if isinstance(r.get("tau_star"), str)]))
+            else:
+                items.append((4, f"{METRICS['jaccard_val_tau'][3]} · {explainer}",
+                              f"τ* (val): {NO_VAL}; the Jaccard above is at the fixed threshold only."))
             items.append((4, f"Explanation metrics · {explainer}", metrics_table(explained, EXPLANATION_METRICS)))
+            items.append((4, f"Lift over the random map · {explainer}",
+                          metrics_table(explained, [f"lift_{m}" for m in EXPLANATION_METRICS])))
+            faithful = [c for m in FAITHFULNESS_METRICS for c in (m, f"random_{m}", f"lift_{m}")]
+            if any(c in explained and explained[c].notna().any() for c in faithful):
+                cells = df[(df["dataset"] == dataset) & (df["backbone"] == backbone) & (df["explainer"] == explainer)]
+                counts = sorted({int(n) for n in pd.to_numeric(cells["faithfulness_n"], errors="coerce").dropna()})
+                where = f" on {' / '.join(map(str, counts))} test images per seed" if counts else ""
+                items.append((4, f"Faithfulness · {explainer}{where} (deletion: lower is better)",
+                              metrics_table(explained, faithful)))
             chains = sub[sub["segmenter"] != ""].groupby(["seeder", "segmenter"], sort=False)
             for (seeder, segmenter), seg in chains:
                 items.append((3, f"{METRICS['seg_iou'][3]} · {explainer} → {seeder} → {segmenter}",
@@ -356,7 +479,14 @@ def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | 
 
 NOTE = ("Values are means over seeds with a 95% bootstrap CI over test images in brackets; † marks a "
         "configuration missing some seeds. Accuracy is measured on raw test images for every model and "
-        "ensemble; McNemar's exact test pools each seed's paired predictions against that seed's baseline.")
+        "ensemble; McNemar's exact test pools each seed's paired predictions against that seed's baseline. "
+        f"α* (val) is the mixing weight chosen per seed on validation accuracy (ties to the larger α), τ* the "
+        f"CAM threshold chosen on validation Jaccard; test is never read to choose. Chance rows are the "
+        f"random and centre maps on the same test images; {BELOW_CHANCE} marks a value no better than the "
+        f"random map's (its lift, metric − random's in the metric's better direction, is at most 0).")
+PUBLISHED_NOTE = ("The published values are the paper's, whose α and best mask were read off the test set; they "
+                  "are compared with the reproduced fixed-α cells. The α* (val) row is chosen on validation and "
+                  "has no published counterpart.")
 
 
 def _md_table(header, rows) -> str:

@@ -23,6 +23,9 @@ import numpy as np
 VALUE_RESOLUTION = 1e-6
 
 DEFAULT_SWEEP = np.linspace(0.05, 0.95, 19)
+# The image-level localisation metrics of ``explanation_per_image`` (every one higher-is-better).
+EXPLANATION_METRICS = ("jaccard", "dice", "jaccard_otsu", "jaccard_top20", "roc_auc", "average_precision",
+                       "pointing_game", "relevance_mass", "relevance_rank")
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -34,6 +34,8 @@ from .grid import SECTION_KIND, Cell, Choice, Grid, all_choices, digest, expand,
 from .records import CELL_LABELS
 
 TRAINING_KINDS = ("train", "finetune")
+# Bump when the faithfulness stage computes something else, so its artifacts are made again.
+FAITHFULNESS_VERSION = 1
 
 
 # -- stage specs -------------------------------------------------------------------------------------------
@@ -118,6 +120,19 @@ class ExplainSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class FaithfulnessSpec:
+    """Deletion, insertion and ROAD of an explanation's maps, and of the ``random`` map's, on its model."""
+
+    backbone: Choice
+    data: str
+    model: ModelRef
+    explain: str
+    steps: int
+    images: int  # how many of the explained images (0: all)
+    batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
 class SeedsSpec:
     explain: str
     seeder: Choice
@@ -143,9 +158,11 @@ class AcceptSpec:
     acceptor: Choice
 
 
-StageSpec = Union[DataSpec, TrainSpec, FinetuneSpec, LogitsSpec, ExplainSpec, SeedsSpec, SegmentSpec, AcceptSpec]
+StageSpec = Union[DataSpec, TrainSpec, FinetuneSpec, LogitsSpec, ExplainSpec, FaithfulnessSpec, SeedsSpec, SegmentSpec,
+                  AcceptSpec]
 SPEC_KIND = {DataSpec: "data", TrainSpec: "train", FinetuneSpec: "finetune", LogitsSpec: "logits",
-             ExplainSpec: "explain", SeedsSpec: "seeds", SegmentSpec: "segment", AcceptSpec: "accept"}
+             ExplainSpec: "explain", FaithfulnessSpec: "faithfulness", SeedsSpec: "seeds", SegmentSpec: "segment",
+             AcceptSpec: "accept"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,11 +195,13 @@ class CellPlan:
     seeds: str | None
     segment: str | None
     segment_index: int = 0  # this cell's seeder among those the segment stage prompts with
+    explain_val: str | None = None  # the same explanation of the val split (τ* is chosen on it)
+    faithfulness: str | None = None
 
     @property
     def keys(self) -> list[str]:
         return [k for k in (self.data, self.raw_model, self.masked_model, self.raw_logits, self.masked_logits,
-                            self.explain, self.seeds, self.segment) if k]
+                            self.explain, self.seeds, self.segment, self.explain_val, self.faithfulness) if k]
 
 
 @dataclasses.dataclass
@@ -327,8 +346,9 @@ class PlanBuilder:
             TrainSpec(cell.backbone, data, cell.seed, self.grid.train.model_dump())))
 
     def logits(self, cell: Cell, model: str, data: str, what: str) -> str:
+        """A model's logits on the test and the val split (α* is chosen on val)."""
         return self._once(("logits", model, data), lambda: self.add(
-            "logits", [model, data], f"logits {what} seed={cell.seed}", [model, data],
+            "logits", [model, data, {"splits": ["test", "val"]}], f"logits {what} seed={cell.seed}", [model, data],
             LogitsSpec(cell.backbone, model, data)))
 
     def finetune(self, cell: Cell, raw: str, data: str, annotations: str | None = None, round_label: str = "") -> str:
@@ -389,6 +409,15 @@ class PlanBuilder:
                         [*ref.keys, data],
                         ExplainSpec(cell.backbone, data, ref, split, cell.explainer, self.grid.protocol.eval_batch_size))
 
+    def faithfulness(self, cell: Cell, explain: str) -> str:
+        spec: ExplainSpec = self.stages[explain].spec
+        steps, images = self.grid.protocol.faithfulness_steps, self.grid.protocol.faithfulness_images
+        return self._once(("faithfulness", explain, steps, images), lambda: self.add(
+            "faithfulness", [explain, spec.model.ident, steps, images, FAITHFULNESS_VERSION],
+            f"faithfulness of {self.stages[explain].label}", [explain, *spec.model.keys, spec.data],
+            FaithfulnessSpec(spec.backbone, spec.data, spec.model, explain, steps, images,
+                             self.grid.protocol.eval_batch_size)))
+
     def seeds(self, seeder: Choice, explain: str) -> str:
         spec = self.stages[explain].spec
         return self._once(("seeds", seeder, explain), lambda: self.add(
@@ -431,14 +460,18 @@ def build_plan(grid: Grid, cells, registry, *, keep_cells: bool = True) -> Plan:
         if cell.mask is not None:
             masked = builder.finetune(cell, raw, data)
             masked_logits = builder.logits(cell, masked, data, f"{cell.mask.name} model")
+        explain_val = faithfulness = None
         if cell.explainer is not None:
             explain = builder.explain(cell, raw, masked, data)
+            explain_val = builder.explain(cell, raw, masked, data, split="val")
+            if grid.protocol.faithfulness_steps:
+                faithfulness = builder.faithfulness(cell, explain)
         if cell.seeder is not None:
             seeds = builder.seeds(cell.seeder, explain)
             segments.setdefault((explain, cell.segmenter, data), set()).add(seeds)
         if keep_cells:
             plans.append(CellPlan(cell, builder.labels(cell), data, raw, masked, raw_logits, masked_logits,
-                                  explain, seeds, None))
+                                  explain, seeds, None, explain_val=explain_val, faithfulness=faithfulness))
     plan = Plan(builder.stages, plans, builder, segments, n_cells=count)
     plan.group_segments()
     return plan

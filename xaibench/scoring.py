@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import metrics
+from . import faithfulness, metrics
 from .artifacts import Artifacts, Memo, unpack_masks
 from .contracts import validate_ensemble
 from .errors import ComponentError, ContractViolation
@@ -18,9 +18,15 @@ from .grid import Choice, digest
 from .plan import CellPlan, Plan, RoundPlan
 from .records import CellRow, Failure, Status
 from .store import Store, file_digest, save_arrays
+from .training import to_tensor
 
 # Bump when scoring changes, so cells scored by an older xaibench are scored again.
-SCORING_VERSION = 1
+SCORING_VERSION = 2
+
+# The reference explainers every explanation is read against (no model: cheap), and the metrics that get a
+# chance level and a lift over ``random``.
+CHANCE = ("random", "centre")
+CHANCE_METRICS = metrics.EXPLANATION_METRICS
 
 
 def mixed_logits(ensemble: Choice | None, registry, raw: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
@@ -55,20 +61,46 @@ def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_thr
     they come from (test ids, correctness, per-image Jaccard and segmentation IoU)."""
     test = artifacts.data(cp.data, "test")
     labels = test["labels"]
-    masked = memo("logits", cp.masked_logits)["test"] if cp.cell.ensemble is not None else None
-    logits = mixed_logits(cp.cell.ensemble, registry, memo("logits", cp.raw_logits)["test"], masked)
-    correct = np.argmax(logits, axis=1) == labels
-    out = {"accuracy": metrics.accuracy(logits, labels), "n_test": int(len(labels))}
+    logits = {split: mixed_logits(cp.cell.ensemble, registry, memo("logits", cp.raw_logits)[split],
+                                  memo("logits", cp.masked_logits)[split] if cp.cell.ensemble is not None else None)
+              for split in ("test", "val")}
+    correct = np.argmax(logits["test"], axis=1) == labels
+    val_labels = artifacts.data(cp.data, "val")["labels"]
+    out = {"accuracy": metrics.accuracy(logits["test"], labels), "n_test": int(len(labels)),
+           # what α* is chosen on (``leaderboard.choose_alpha``); NaN where there is no val split
+           "val_accuracy": metrics.accuracy(logits["val"], val_labels) if len(val_labels) else float("nan"),
+           "n_val": int(len(val_labels))}
     per_image = {"ids": test["ids"], "correct": correct}
     if cp.explain:
         explained = memo("explain", cp.explain)
         if ("explanation scores", cp.explain) not in memo.loaded:  # shared by every cell of this explanation
             memo.loaded[("explanation scores", cp.explain)] = explanation_scores(explained, test["references"],
                                                                               cam_threshold)
-        scores, means = memo.loaded[("explanation scores", cp.explain)]
+        scores, means, sweep = memo.loaded[("explanation scores", cp.explain)]
         out.update(means)
         out["jaccard_n"] = int(np.isfinite(scores["jaccard"]).sum())
         per_image.update(explained_index=explained["index"], **scores)
+        chance = chance_scores(cp.data, explained["index"], test, memo, registry, cam_threshold)
+        for name in CHANCE_METRICS:
+            lift = scores[name] - chance[f"random_{name}"]
+            per_image.update({f"random_{name}": chance[f"random_{name}"], f"centre_{name}": chance[f"centre_{name}"],
+                              f"lift_{name}": lift})
+            for prefix in ("random_", "centre_", "lift_"):
+                out[f"{prefix}{name}"] = metrics.mean_excluding_nan(per_image[f"{prefix}{name}"])[0]
+        if cp.explain_val:
+            tau, at_tau = validation_threshold(memo("explain", cp.explain_val), artifacts.data(cp.data, "val"), sweep)
+            out.update(tau_star=tau, jaccard_val_tau=metrics.mean_excluding_nan(at_tau)[0])
+            per_image["jaccard_val_tau"] = at_tau
+    if cp.faithfulness:
+        found = memo("faithfulness", cp.faithfulness)
+        out["faithfulness_n"] = int(len(found["index"]))
+        for name in faithfulness.NAMES:
+            # lift: the improvement over the random map's, in the metric's better direction
+            lift = (found[f"random_{name}"] - found[name]) if name in faithfulness.LOWER_IS_BETTER \
+                else (found[name] - found[f"random_{name}"])
+            per_image.update({name: found[name], f"random_{name}": found[f"random_{name}"], f"lift_{name}": lift})
+            for prefix in ("", "random_", "lift_"):
+                out[f"{prefix}{name}"] = metrics.mean_excluding_nan(per_image[f"{prefix}{name}"])[0]
     if cp.segment:
         index = memo("explain", cp.explain)["index"]
         segmented = memo("segment", cp.segment)
@@ -92,9 +124,9 @@ def _concatenate(chunks: list[dict], names) -> dict[str, np.ndarray]:
     return {name: np.concatenate([c[name] for c in chunks]) if chunks else np.zeros(0) for name in names}
 
 
-def explanation_scores(explained: dict, references, cam_threshold: float) -> tuple[dict, dict]:
-    """``(per-image scores, means)`` of every explanation metric for an explain artifact, chunk by chunk
-    (``references``: the split's reference rows)."""
+def explanation_scores(explained: dict, references, cam_threshold: float) -> tuple[dict, dict, np.ndarray]:
+    """``(per-image scores, means, sweep)`` of every explanation metric for an explain artifact, chunk by
+    chunk (``references``: the split's reference rows; ``sweep``: ``metrics.sweep_per_image``)."""
     index, maps = explained["index"], explained["maps"]
     per_image, sweeps = [], []
     for start in range(0, len(index), CHUNK):
@@ -106,7 +138,47 @@ def explanation_scores(explained: dict, references, cam_threshold: float) -> tup
         np.zeros((0, 1, 1), np.float32), np.zeros((0, 1, 1), bool), threshold=cam_threshold))
     scores = _concatenate(per_image, names)
     sweep = np.concatenate(sweeps) if sweeps else np.zeros((0, len(metrics.DEFAULT_SWEEP)))
-    return scores, metrics.explanation_summary(scores, sweep)
+    return scores, metrics.explanation_summary(scores, sweep), sweep
+
+
+def validation_threshold(val_explained: dict, val: dict, test_sweep: np.ndarray) -> tuple[float, np.ndarray]:
+    """``(τ*, test Jaccard at τ* per image)``: τ* is the threshold of ``metrics.DEFAULT_SWEEP`` with the
+    highest mean Jaccard over the val images (ties to the lower threshold); only val maps and val masks
+    are read. NaN (and a NaN array) where the val split has no image with a non-empty mask."""
+    index = val_explained["index"]
+    curves = [metrics.sweep_per_image(np.asarray(val_explained["maps"][start:start + CHUNK], dtype=np.float32),
+                                      val["references"][index[start:start + CHUNK]])
+              for start in range(0, len(index), CHUNK)]
+    curve, _, _, _ = metrics.sweep_summary(np.concatenate(curves) if curves else
+                                           np.zeros((0, len(metrics.DEFAULT_SWEEP))))
+    if not len(curve) or not np.isfinite(curve).any():
+        return float("nan"), np.full(len(test_sweep), np.nan)
+    best = int(np.nanargmax(curve))
+    return float(metrics.DEFAULT_SWEEP[best]), test_sweep[:, best]
+
+
+def chance_scores(data: str, index: np.ndarray, test: dict, memo: Memo, registry, cam_threshold: float) -> dict:
+    """Per-image scores of the ``random`` and ``centre`` explainers (``CHANCE``) on the test images
+    ``index``: ``{"random_<metric>", "centre_<metric>"}``, worked out once per data set and images."""
+    key = ("chance", data, index.tobytes())
+    if key not in memo.loaded:
+        import torch
+
+        references = test["references"]
+        found: dict[str, list] = {}
+        for name in CHANCE:
+            explainer = registry.create("explainers", name)
+            chunks = []
+            for start in range(0, len(index), CHUNK):
+                rows = index[start:start + CHUNK]
+                images = to_tensor(test["images"][rows])
+                maps = explainer.explain(None, images, None, target_layers=[])
+                chunks.append(metrics.explanation_per_image(np.asarray(maps, dtype=np.float32), references[rows],
+                                                            threshold=cam_threshold))
+            merged = _concatenate(chunks, CHANCE_METRICS)
+            found.update({f"{name}_{metric}": merged[metric] for metric in CHANCE_METRICS})
+        memo.loaded[key] = found
+    return memo.loaded[key]
 
 
 def score_cells(plan: Plan, store: Store, artifacts: Artifacts, registry, failed: dict[str, Failure],

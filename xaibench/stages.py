@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import faithfulness
 from .artifacts import SPLITS, ArrayFolderWriter, Artifacts, PackedMasks
 from .contracts import (Prompts, capability, validate_annotation, validate_classes, validate_ensemble,
                         validate_layers, validate_logits, validate_maps, validate_masked, validate_model,
@@ -20,8 +21,8 @@ from .contracts import (Prompts, capability, validate_annotation, validate_class
 from .errors import ComponentError, ContractViolation, StageError, UserError
 from .grid import Choice
 from .models import ensemble_model, load_weights, save_weights
-from .plan import (AcceptSpec, DataSpec, ExplainSpec, FinetuneSpec, LogitsSpec, MixedModel, SeedsSpec, SegmentSpec,
-                   Stage, TrainSpec)
+from .plan import (AcceptSpec, DataSpec, ExplainSpec, FaithfulnessSpec, FinetuneSpec, LogitsSpec, MixedModel, SeedsSpec,
+                   SegmentSpec, Stage, TrainSpec)
 from .records import StageResult
 from .registry import get_registry
 from .store import file_digest, save_arrays
@@ -242,14 +243,22 @@ class StageRunner:
         return stats
 
     def _run_logits(self, stage: Stage):
+        """The model's logits on the test split and on the val split (empty where it has none)."""
         spec: LogitsSpec = stage.spec
-        test = self.artifacts.data(spec.data, "test")
-        _, model = self.load_model(spec.backbone, spec.model, len(test["classes"]))
-        with self.calling("backbones", spec.backbone, given=f"the {len(test['labels'])} test images"):
-            logits = predict_logits(model, test["images"], batch_size=256, device=self.device)
-            validate_logits(logits, len(test["labels"]), len(test["classes"]))
-        save_arrays(self.path("logits", stage.key), test=logits)
-        return {"n": len(logits)}
+        out = {}
+        for split in ("test", "val"):
+            data = self.artifacts.data(spec.data, split)
+            if split == "test":
+                _, model = self.load_model(spec.backbone, spec.model, len(data["classes"]))
+            if len(data["labels"]) == 0:
+                out[split] = np.zeros((0, len(data["classes"])), dtype=np.float32)
+                continue
+            with self.calling("backbones", spec.backbone, given=f"the {len(data['labels'])} {split} images"):
+                logits = predict_logits(model, data["images"], batch_size=256, device=self.device)
+                validate_logits(logits, len(data["labels"]), len(data["classes"]))
+            out[split] = logits
+        save_arrays(self.path("logits", stage.key), **out)
+        return {"n": len(out["test"]), "n_val": len(out["val"])}
 
     def _target_layers(self, backbone, choice: Choice, model):
         with self.calling("backbones", choice, given="target_layers(model)"):
@@ -257,7 +266,8 @@ class StageRunner:
             validate_layers(layers, model)
         return list(layers)
 
-    def _explained_model(self, spec: ExplainSpec, num_classes):
+    def _explained_model(self, spec: ExplainSpec | FaithfulnessSpec, num_classes):
+        """The model an explanation is of (an ensemble's as one module) and its target layers."""
         ref = spec.model
         if not isinstance(ref, MixedModel):
             backbone, model = self.load_model(spec.backbone, ref.key, num_classes)
@@ -305,6 +315,34 @@ class StageRunner:
         except BaseException:
             writer.abandon()
             raise
+        return {"n": int(len(index))}
+
+    def _run_faithfulness(self, stage: Stage):
+        """Deletion, insertion and ROAD (``xaibench.faithfulness``) of the explanation's maps and, as their
+        chance level, of the ``random`` explainer's maps of the same images, each with the true class as
+        target (the class the maps explain)."""
+        import torch
+
+        spec: FaithfulnessSpec = stage.spec
+        explained = self.artifacts.load("explain", spec.explain)
+        test = self.artifacts.data(spec.data, "test")
+        chosen = faithfulness.subset(len(explained["index"]), spec.images)  # positions among the explained
+        index = explained["index"][chosen]
+        model, _ = self._explained_model(spec, len(test["classes"]))
+        chance = self.registry.create("explainers", "random")
+        out = {f"{prefix}{name}": np.full(len(index), np.nan) for prefix in ("", "random_") for name in faithfulness.NAMES}
+        for start in self.bar_range(stage, len(index), spec.batch_size):
+            rows = slice(start, start + spec.batch_size)
+            images = to_tensor(test["images"][index[rows]]).to(self.device)
+            targets = torch.from_numpy(test["labels"][index[rows]]).to(self.device)
+            maps = np.asarray(explained["maps"][chosen[rows]], dtype=np.float32)
+            with self.calling("backbones", spec.backbone, given=f"{len(images)} perturbed test images"):
+                for prefix, saliency in (("", maps), ("random_", chance.explain(None, images, targets, target_layers=[]))):
+                    found = faithfulness.scores(model, images, saliency, targets, steps=spec.steps, seed=start,
+                                                batch_size=spec.batch_size)
+                    for name, values in found.items():
+                        out[f"{prefix}{name}"][rows] = values
+        save_arrays(self.path("faithfulness", stage.key), index=index, position=chosen, **out)
         return {"n": int(len(index))}
 
     def _run_seeds(self, stage: Stage):
