@@ -80,6 +80,8 @@ class ResNet18:
     state dict of a ResNet18 (its ``fc`` head is kept only if its shape fits).
     ``target_layer``: dotted path inside torchvision's ResNet hooked by CAM explainers."""
 
+    path_params = ("weights",)  # a relative path in a grid is read from the grid file's folder
+
     def __init__(self, *, weights: str = "none", target_layer: str = "layer4"):
         self.weights = weights
         self.target_layer = target_layer

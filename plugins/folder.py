@@ -53,6 +53,7 @@ class FolderDataset:
     gives an empty val split. Loaded splits are cached on the instance."""
 
     location_params = ("root",)  # where the data is, not what it is: kept out of cache keys
+    path_params = ("root",)  # a relative path in a grid is read from the grid file's folder
 
     def __init__(
         self,
@@ -188,6 +189,10 @@ class FolderDataset:
             else:
                 empty = True
         return Sample(path.relative_to(self.root_path).as_posix(), image, label, mask), empty
+
+    def source_files(self, name: str) -> dict[str, Path]:
+        """Sample id → its original image file, for ``xaibench data audit``."""
+        return {sample.id: self.root_path / sample.id for sample in self.split(name)}
 
     # -- identity and facts ------------------------------------------------------------------------------
     def _files(self) -> list[tuple[str, int, int]]:

@@ -91,6 +91,7 @@ class KahikateaDataset:
     classes = ["absent", "present"]
 
     location_params = ("root", "download", "url", "sha256")  # where the data is, not what it is: kept out of cache keys
+    path_params = ("root",)  # a relative path in a grid is read from the grid file's folder
 
     def __init__(
         self,
@@ -375,6 +376,11 @@ class KahikateaDataset:
             foreground = read_mask(tile.mask, size=(width, height), white_background=True, image_path=tile.image)
             mask = np.asarray(Image.fromarray(foreground.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
         return Sample(tile.name[: -len(".png")], rgb, tile.label, mask)
+
+    def source_files(self, name: str) -> dict[str, Path]:
+        """Sample id → its original tile file, for ``xaibench data audit``."""
+        assignment = self.assignment(write=False)
+        return {tile.name[: -len(".png")]: tile.image for tile in self.tiles() if assignment[tile.name] == name}
 
     # -- identity and facts ------------------------------------------------------------------------------
     def fingerprint(self) -> str:

@@ -65,6 +65,7 @@ class LcdbWaikatoDataset:
     prepare = staticmethod(prepare)
 
     location_params = ("root",)  # where the data is, not what it is: kept out of cache keys
+    path_params = ("root",)  # a relative path in a grid is read from the grid file's folder
 
     def __init__(
         self,

@@ -285,6 +285,8 @@ class SamSegmenter:
     model is loaded on the first ``segment`` call, on ``device`` ("auto": CUDA when available, else
     CPU), and kept; it is not pickled with the segmenter, so each worker process loads its own."""
 
+    path_params = ("checkpoint",)  # a relative path in a grid is read from the grid file's folder
+
     def __init__(
         self,
         *,

@@ -18,7 +18,9 @@ road's angle: ``c * 180 / num_classes`` degrees from the x axis (columns), +-30 
 ``K = len(classes)``, the cue equals the label with probability ``spurious + (1 - spurious) / K`` in
 ``train`` and ``val`` (``0.5 + spurious / 2`` for binary), otherwise it is one of the other classes, spread
 evenly; in ``test`` it is independent of the label. The rates are allotted exactly per class, not sampled,
-so a split's agreement is the stated one up to rounding. ``cues(split)`` gives each sample's cue.
+so a split's agreement is the stated one up to rounding. ``cues(split)`` gives each sample's cue, and
+each sample's ``group`` is ``"cue agrees"`` or ``"cue conflicts"``: the test split is then a cue-conflict
+test set, and the leaderboard reports accuracy on each group and on the worst.
 
 ``annotation_noise`` (see ``xaibench_plugins.annotation_noise``) degrades the ``train`` and ``val``
 annotations the way human annotators do, keeping the exact masks as ``reference``; ``test`` stays exact. The
@@ -46,7 +48,9 @@ from xaibench_plugins.annotation_noise import AnnotationNoise, choose_degraded, 
 from xaibench_plugins.synthetic_tiles import LAND_COVER_CLASSES, binary_tile, land_cover_tile
 
 # Bump whenever the generated samples change for the same parameters: it is part of the fingerprint.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: samples carry their cue group
+# Each sample's group: whether its spurious cue agrees with its label (in test, about 1/K of the samples).
+ALIGNED, CONFLICTING = "cue agrees", "cue conflicts"
 
 BINARY_CLASSES = ["absent", "present"]
 SPLITS = ("train", "val", "test")
@@ -137,7 +141,8 @@ class SyntheticDataset:
             for index, (label, cue) in enumerate(zip(labels.tolist(), cues.tolist())):
                 rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(key, 1, index)))
                 image, mask = draw(rng, self.image_size, label, cue, num_classes)
-                samples.append(Sample(f"{name}-{index:05d}", image, label, mask))
+                samples.append(Sample(f"{name}-{index:05d}", image, label, mask,
+                                      group=ALIGNED if cue == label else CONFLICTING))
             if self.annotation_noise is not None and name != "test":
                 samples = self._degrade(samples, key)
             self._generated[name] = (samples, cues)

@@ -104,7 +104,8 @@ def test_the_reference_table_is_the_contract_of_contracts_py():
 def test_a_drifted_reference_table_is_caught():
     from xaibench import contracts
 
-    text = DOCS.read_text().replace("| `uses_saliency` (`False`), `segment_with_scores`, `check` |", "| `check` |")
+    text = DOCS.read_text().replace("| `uses_saliency` (`False`), `segment_with_scores`, `path_params` (`()`), `check` |",
+                                   "| `check` |")
     _, optional = _reference_rows(text)["segmenters"]
     assert set(optional) != set(contracts.OPTIONAL["segmenters"])
 

@@ -30,16 +30,45 @@ def test_builtins_arrive_through_the_entry_point_group(registry):
 
 
 def test_plugins_command_prints_every_builtin_with_its_distribution(registry, capsys):
-    assert main(["plugins"]) == 0
+    assert main(["plugins", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     listed = {(r["kind"], r["name"]) for r in rows}
     assert {(k, n) for k, names in BUILTINS.items() for n in names} <= listed
-    assert all(set(r) == {"kind", "name", "plugin", "distribution", "version"} for r in rows)
+    assert all(set(r) == {"kind", "name", "plugin", "distribution", "version", "parameters"} for r in rows)
     assert {r["version"] for r in rows if r["distribution"] == "xaibench"} == {__import__("xaibench").__version__}
+    blur = next(r for r in rows if (r["kind"], r["name"]) == ("masks", "blur"))
+    assert blur["parameters"] == [{"name": "sigma", "type": "float > 0", "required": False, "default": 4.0}]
+
+
+def test_plugins_command_prints_a_table_and_one_component(registry, capsys):
+    assert main(["plugins"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["kind", "name", "parameters", "from"]
+    version = __import__("xaibench").__version__
+    assert any(line.split()[:4] == ["masks", "blur", "sigma:", "float"] and line.endswith(f"xaibench {version}")
+               for line in table)
+    # one line per parameter, the first beside the name
+    synthetic = next(i for i, line in enumerate(table) if line.startswith("datasets    synthetic"))
+    assert 'task: "binary" | "multiclass" = "binary"' in table[synthetic]
+    assert table[synthetic + 1].strip() == "n_train: int ≥ 1 = 240"
+    assert main(["plugins", "masks", "blur"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"masks blur — plugin masks, xaibench {version}")
+    assert "Gaussian blur" in text and "  sigma: float > 0 = 4.0" in text
+    assert main(["plugins", "masks", "blurr"]) == 2
+    assert "Did you mean 'blur'?" in capsys.readouterr().err
+    assert main(["plugins", "masks"]) == 2
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"xaibench {__import__('xaibench').__version__}"
 
 
 def test_plugins_command_filters_by_kind(registry, capsys):
-    assert main(["plugins", "--kind", "masks"]) == 0
+    assert main(["plugins", "--kind", "masks", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["kind"] for r in rows} == {"masks"}
     assert {r["name"] for r in rows if r["distribution"] == "xaibench"} == BUILTINS["masks"]
@@ -221,7 +250,7 @@ def test_plugins_command_lists_only_builtins_when_told_to(fake_distributions, mo
     fake_distributions("xaibench-grey", GREY, "xaibench_grey")
     monkeypatch.setenv("XAIBENCH_LOAD_PLUGINS", "")
     monkeypatch.setattr("xaibench.registry._default", None)
-    assert main(["plugins"]) == 0
+    assert main(["plugins", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["distribution"] for r in rows} == {"xaibench"}
     assert {(k, n) for k, names in BUILTINS.items() for n in names} <= {(r["kind"], r["name"]) for r in rows}

@@ -60,9 +60,9 @@ def _check_report(path, figures):
 
     parser = Collect()
     parser.feed(path.read_text())
-    # accuracy and its detail, Jaccard, all explanation metrics, their lift over random and faithfulness,
-    # segmentation IoU and all its metrics, plugins
-    assert parser.tags.count("table") == 9
+    # accuracy, its detail and by test group, Jaccard, all explanation metrics, their lift over random and
+    # faithfulness, segmentation IoU and all its metrics, plugins
+    assert parser.tags.count("table") == 10
     assert len(parser.images) == figures and all(src.startswith("data:image/png;base64,") for src in parser.images)
     assert {"Figures", "Grid", "Plugins", "Machine"} <= set(parser.headings)
     assert any(h.startswith("Accuracy (%)") for h in parser.headings)
@@ -113,6 +113,7 @@ def test_tiny_run_writes_results_and_a_rerun_trains_nothing(run_grid, capsys):
     assert "| α* (val) | not possible (no val split) | not possible (no val split) |" in markdown
     assert "τ* (val): not possible: no val split" in markdown
     assert "| Chance: random |" in markdown and "| Chance: centre |" in markdown
+    assert "| mask | ensemble | all | cue agrees (n=" in markdown and "| worst group |" in markdown
     assert "Faithfulness · gradcam on 4 test images per seed" in markdown
     assert table["faithfulness_n"].dropna().eq(4).all() and table["lift_jaccard"].notna().all()
     assert "cells: 5 done, 0 failed" in capsys.readouterr().out

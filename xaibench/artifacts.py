@@ -27,11 +27,11 @@ SUFFIX = {"train": ".safetensors", "finetune": ".safetensors", "data": "", "expl
 FOLDER = {"train": "models", "finetune": "models"}
 # The arrays of each array-folder kind (what a complete folder holds).
 FOLDER_ARRAYS = {
-    "data": ("images", "labels", "masks", "references", "has_mask", "has_reference", "ids", "classes"),
+    "data": ("images", "labels", "masks", "references", "has_mask", "has_reference", "ids", "groups", "classes"),
     "explain": ("maps", "index"),
 }
 # Arrays read whole when an array folder is opened (small: one value per sample); the rest are Rows.
-WHOLE = {"labels", "has_mask", "has_reference", "ids", "classes", "index"}
+WHOLE = {"labels", "has_mask", "has_reference", "ids", "groups", "classes", "index"}
 
 
 class Rows:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import inspect
 import json
 import os
 import sqlite3
@@ -17,10 +18,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import data, latex, leaderboard, loop, report
+from . import audit, data, latex, leaderboard, loop, report
 from .errors import PluginError, UserError
 from .registry import KINDS, get_registry
 from .runner import run
+from .store import atomic_write_text
+from .text import text_table
+from .version import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="xaibench",
         description="Benchmarks of explanation-guided classification and segmentation of aerial imagery.",
     )
+    parser.add_argument("--version", action="version", version=f"xaibench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a grid of experiments (resumes a finished or interrupted run)")
@@ -47,11 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     _common_run_options(loop)
 
     plugins = sub.add_parser(
-        "plugins", help="list registered components as JSON (kind, name, plugin, distribution, version)",
+        "plugins", help="list registered components: kind, name, parameters, distribution and version",
         epilog="XAIBENCH_LOAD_PLUGINS limits which third-party plugins load: unset, all; empty, built-ins only; "
                "otherwise a comma-separated list of distribution or entry-point names. Writing a plugin: "
                "docs/plugins.md")
+    plugins.add_argument("kind_name", nargs="*", metavar="KIND NAME",
+                         help="one component: its description and parameters (e.g. masks blur)")
     plugins.add_argument("--kind", help="only components of this kind (datasets, masks, ...)")
+    plugins.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     data = sub.add_parser("data", help="inspect, download or prepare datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -70,6 +78,19 @@ def _parser() -> argparse.ArgumentParser:
         epilog="e.g. xaibench data prepare lcdb-waikato --imagery DIR --lcdb FILE --out DIR --tile-size 224")
     prepare.add_argument("name")
     prepare.add_argument("options", nargs=argparse.REMAINDER, help="--option value ...")
+    audit_parser = data_sub.add_parser(
+        "audit", help="look for shortcuts: per-class file facts and probes of trivial features",
+        description="Per class: original sizes, aspect ratios, modes, formats, mask coverage; per trivial "
+                    "feature (original size, aspect, format, mode, JPEG quantisation, and after the dataset's "
+                    "resize mean colour, colour histogram, high-frequency energy) a cross-validated logistic "
+                    "regression, flagged when its exact 95%% CI lies above the majority share.")
+    audit_parser.add_argument("name")
+    audit_parser.add_argument("--root", help="dataset folder (default: the dataset's documented location)")
+    audit_parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="another dataset parameter (repeatable), e.g. --param image_size=224")
+    audit_parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    audit_parser.add_argument("--output", default=None, metavar="FILE",
+                       help="where to write the JSON (default: audit-NAME.json in the current folder)")
 
     board = sub.add_parser("leaderboard", help="rebuild the leaderboard of one or more run directories")
     board.add_argument("dirs", nargs="+", metavar="DIR", help="run directories written by 'xaibench run' (merged)")
@@ -137,8 +158,10 @@ def _cmd_run(args) -> int:
     if args.dry_run:
         return 0
     df, files, published = leaderboard.load_runs([out])
-    print(leaderboard.markdown(df, leaderboard.summarise(df, files), f"xaibench: {summary['grid']}", published,
-                               brief=True))
+    table = leaderboard.summarise(df, files)
+    print(leaderboard.markdown(df, table, f"xaibench: {summary['grid']}", published, brief=True))
+    for line in leaderboard.at_chance(df, table):
+        print(f"warning: {line}", file=sys.stderr)
     print(f"cells: {summary['cells_done']} done, {summary['cells_failed']} failed of {summary['cells']}; "
           f"trainings: {summary['trainings_run']} run, {summary['trainings_reused']} reused; "
           f"{summary['wall_s']:.1f} s on {summary['device']}")
@@ -166,13 +189,56 @@ def _failure_lines(summary: dict, out: Path, *, what: str) -> list[str]:
 
 
 def _cmd_plugins(args) -> int:
+    registry = get_registry()
+    if args.kind_name:
+        if len(args.kind_name) != 2:
+            raise UserError("name one component as KIND NAME (e.g. xaibench plugins masks blur), or none to list all")
+        kind, name = args.kind_name
+        if kind not in KINDS:
+            raise UserError(f"unknown kind {kind!r}; kinds are {', '.join(KINDS)}")
+        if name not in registry.names(kind):
+            registry.get(kind, name)  # the unknown-name error, with the closest name
+        component = registry.get(kind, name)
+        row = {**component.describe(), "parameters": _json_safe(component.parameters()),
+               "doc": inspect.getdoc(component.factory) or ""}
+        print(json.dumps(row, indent=2) if args.json else _component_text(row))
+        return 0
     if args.kind and args.kind not in KINDS:
         raise UserError(f"unknown kind {args.kind!r}; kinds are {', '.join(KINDS)}")
-    rows = get_registry().describe()
-    if args.kind:
-        rows = [r for r in rows if r["kind"] == args.kind]
-    print(json.dumps(rows, indent=2))
+    rows = [{**registry.get(r["kind"], r["name"]).describe(),
+             "parameters": _json_safe(registry.get(r["kind"], r["name"]).parameters())}
+            for r in registry.describe() if not args.kind or r["kind"] == args.kind]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = []
+    for r in rows:  # one line per parameter
+        lines = _parameter_lines(r["parameters"]) or ["—"]
+        table.append([r["kind"], r["name"], lines[0], f"{r['distribution']} {r['version']}"])
+        table += [["", "", line, ""] for line in lines[1:]]
+    print("\n".join(text_table(["kind", "name", "parameters", "from"], table)))
+    print("\nxaibench plugins KIND NAME describes one; --json gives all of this as JSON")
     return 0
+
+
+def _json_safe(parameters: list[dict]) -> list[dict]:
+    return json.loads(json.dumps(parameters, default=str))
+
+
+def _parameter_lines(parameters: list[dict]) -> list[str]:
+    return [f"{p['name']}: {p['type']}" + (" (required)" if p["required"] else f" = {json.dumps(p['default'])}")
+            for p in parameters]
+
+
+def _component_text(row: dict) -> str:
+    lines = [f"{row['kind']} {row['name']} — plugin {row['plugin']}, {row['distribution']} {row['version']}", ""]
+    lines += [row["doc"], ""] if row["doc"] else []
+    if row["parameters"]:
+        lines.append("parameters:")
+        lines += [f"  {line}" for line in _parameter_lines(row["parameters"])]
+    else:
+        lines.append("parameters: none")
+    return "\n".join(lines)
 
 
 def _parse_value(text: str):
@@ -212,6 +278,9 @@ def _options(tokens: list[str]) -> dict:
 
 def _cmd_data(args) -> int:
     if args.data_command == "prepare":
+        if any(token in ("--help", "-h") for token in args.options):
+            print(data.prepare_help(args.name))
+            return 0
         options = _options(args.options)
         print(f"prepared: {data.prepare(args.name, options)}")
         return 0
@@ -221,6 +290,16 @@ def _cmd_data(args) -> int:
     if args.data_command == "info":
         params.update(_key_values(args.param, "--param"))
         print(json.dumps(data.info(args.name, params), indent=2))
+        return 0
+    if args.data_command == "audit":
+        params.update(_key_values(args.param, "--param"))
+        if args.folds < 2:
+            raise UserError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
+        result = audit.audit(args.name, params, folds=args.folds)
+        output = Path(args.output or f"audit-{args.name}.json")
+        atomic_write_text(output, json.dumps(result, indent=2, default=str) + "\n")
+        print(audit.table(result))
+        print(f"written: {output}")
         return 0
     for key in ("url", "sha256"):
         if getattr(args, key):

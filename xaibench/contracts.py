@@ -32,13 +32,17 @@ class Sample:
     exists (e.g. negatives of a binary presence task). This is the annotation models are trained with.
     ``reference``: bool array (H, W), the exact relevance mask where ``mask`` is a knowingly imprecise
     annotation (the synthetic dataset's annotation noise); None where ``mask`` is the best there is, and
-    then ``mask`` is its own reference. Scores against ground truth always use the reference."""
+    then ``mask`` is its own reference. Scores against ground truth always use the reference.
+    ``group``: a non-empty string naming the sample's group (e.g. whether a spurious cue agrees with the
+    label), or None; where test samples carry groups, accuracy is reported per group and for the worst
+    group."""
 
     id: str
     image: np.ndarray
     label: int
     mask: np.ndarray | None
     reference: np.ndarray | None = None
+    group: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,13 +224,14 @@ PROTOCOLS = {"datasets": Dataset, "masks": Mask, "backbones": Backbone, "ensembl
              "executors": Executor}
 
 OPTIONAL: dict[str, dict[str, object]] = {
-    "datasets": {"location_params": (), "check": None, "fetch": None, "prepare": None, "describe": None},
+    "datasets": {"location_params": (), "path_params": (), "check": None, "fetch": None, "prepare": None,
+                 "describe": None, "source_files": None},
     "masks": {"check": None},
-    "backbones": {"pretrained": True, "check": None},
+    "backbones": {"pretrained": True, "path_params": (), "check": None},
     "ensembles": {"reduces_to": None, "mixing_parameter": None, "check": None},
     "explainers": {"uses_ground_truth": False, "check": None},
     "seeders": {"check": None},
-    "segmenters": {"uses_saliency": False, "segment_with_scores": None, "check": None},
+    "segmenters": {"uses_saliency": False, "segment_with_scores": None, "path_params": (), "check": None},
     "acceptors": {"check": None},
     "executors": {"close": None, "check": None, "check_folder": None, "submit": None, "next_result": None,
                   "slots": None},
@@ -290,8 +295,8 @@ def validate_classes(classes) -> None:
 
 
 def validate_sample(sample, num_classes: int) -> None:
-    """One dataset sample: a ``Sample`` with a uint8 (H, W, 3) image, an int label in range, and bool
-    masks of the image's size (a reference only beside a mask)."""
+    """One dataset sample: a ``Sample`` with a uint8 (H, W, 3) image, an int label in range, bool masks
+    of the image's size (a reference only beside a mask) and a group that is None or a non-empty string."""
     if not all(hasattr(sample, f) for f in ("id", "image", "label", "mask")):
         raise ContractViolation(f"split() gave a {type(sample).__name__}; return xaibench.contracts.Sample objects")
     image = sample.image
@@ -310,6 +315,10 @@ def validate_sample(sample, num_classes: int) -> None:
             raise ContractViolation(f"sample {sample.id!r} has a reference but no mask; a reference is the exact "
                                     f"version of an annotation, so give both or neither")
         validate_mask_array(reference, f"sample {sample.id!r}: reference", image.shape[:2])
+    group = getattr(sample, "group", None)
+    if group is not None and (not isinstance(group, str) or not group):
+        raise ContractViolation(f"sample {sample.id!r}: group {group!r} is not a non-empty string; give a group "
+                                f"name or None")
 
 
 def validate_masked(out, images, foreground) -> None:

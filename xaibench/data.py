@@ -11,13 +11,15 @@ from collections import Counter
 
 import numpy as np
 
+from .audit import file_facts
 from .contracts import capability
 from .errors import UserError
-from .registry import get_registry, signature_model, validate_keywords
+from .registry import get_registry, signature_model, type_text, validate_keywords
 
 
 def info(name: str, params: dict, registry=None) -> dict:
-    """Counts per split and class, how many samples have masks, and the image sizes seen."""
+    """Counts per split and class, how many samples have masks, and the image sizes: as the samples are
+    (after the dataset's resize) and, where the dataset names its files, as they are on disk."""
     registry = registry or get_registry()
     dataset = registry.create("datasets", name, **params)
     check = capability(dataset, "check", "datasets")
@@ -26,8 +28,14 @@ def info(name: str, params: dict, registry=None) -> dict:
     classes = list(dataset.classes)
     out: dict = {"dataset": name, "params": params, "classes": classes, "splits": {}}
     sizes: Counter = Counter()
+    on_disk: Counter = Counter()
+    source_files = capability(dataset, "source_files", "datasets")
     for split in ("train", "val", "test"):
         samples = list(dataset.split(split))
+        if source_files is not None:
+            for path in source_files(split).values():
+                facts = file_facts(path)
+                on_disk[f"{facts['width']}x{facts['height']}"] += 1
         per_class = Counter(classes[int(s.label)] for s in samples)
         sizes.update(f"{s.image.shape[1]}x{s.image.shape[0]}" for s in samples)
         out["splits"][split] = {
@@ -37,7 +45,9 @@ def info(name: str, params: dict, registry=None) -> dict:
             "mask_foreground_fraction": float(np.mean([s.mask.mean() for s in samples if s.mask is not None]))
             if any(s.mask is not None for s in samples) else None,
         }
-    out["image_sizes"] = dict(sizes)
+    out["image_sizes"] = dict(sizes)  # as the samples are, after the dataset's resize
+    # as the files are, where the dataset names them (``source_files``)
+    out["image_sizes_on_disk"] = dict(on_disk) if source_files is not None else None
     out["fingerprint"] = dataset.fingerprint()
     describe = capability(dataset, "describe", "datasets")
     if describe is not None:
@@ -52,6 +62,27 @@ def fetch(name: str, params: dict, registry=None):
     if fetch_data is None:
         raise UserError(f"dataset {name!r} has nothing to download (it defines no fetch())")
     return fetch_data()
+
+
+def prepare_help(name: str, registry=None) -> str:
+    """``xaibench data prepare NAME --help``: the dataset's ``prepare`` options, their types and defaults,
+    and its docstring."""
+    import inspect
+
+    registry = registry or get_registry()
+    factory = registry.get("datasets", name).factory
+    prepare_fn = capability(factory, "prepare", "datasets")
+    if prepare_fn is None:
+        raise UserError(f"dataset {name!r} needs no preparation (it defines no prepare())")
+    model = signature_model(prepare_fn, f"{name}.prepare")
+    lines = [f"usage: xaibench data prepare {name} --option value ...", "", "options:"]
+    for field_name, field in model.model_fields.items():
+        if field_name == "progress":
+            continue
+        default = " (required)" if field.is_required() else f" (default {field.get_default(call_default_factory=True)!r})"
+        lines.append(f"  --{field_name.replace('_', '-')}: {type_text(field.annotation, field.metadata)}{default}")
+    doc = inspect.getdoc(prepare_fn)
+    return "\n".join(lines + (["", doc] if doc else []))
 
 
 def prepare(name: str, options: dict, registry=None):

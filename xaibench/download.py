@@ -53,6 +53,20 @@ def sha256_file(path: Path) -> str:
 # -- download ----------------------------------------------------------------------------------------------
 
 
+def _nothing_or_part(part: Path, created: list[Path]) -> str:
+    """After a failed download: an empty ``.part`` and the empty folders the call ``created`` are removed
+    (nothing was written); a ``.part`` with bytes is kept to resume. Says which, for the error message."""
+    if part.exists() and part.stat().st_size > 0:
+        return f"; {part} is kept and the next attempt resumes it"
+    part.unlink(missing_ok=True)
+    for folder in created:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or already gone
+            break
+    return "; nothing was written"
+
+
 def download(url: str, dest: Path, *, sha256: str | None, progress: bool = True) -> str:
     """Download ``url`` to ``dest`` and return the file's hex sha256.
 
@@ -60,7 +74,8 @@ def download(url: str, dest: Path, *, sha256: str | None, progress: bool = True)
     Range request (restarted when the server ignores it). With ``sha256`` given, a mismatch deletes the
     ``.part`` and raises ``UserError`` naming both hashes. Only a complete (and verified) file is renamed
     to ``dest``, so ``dest`` existing means the download finished. Network failures raise ``UserError``
-    and keep the ``.part`` for the next call to resume."""
+    and keep the ``.part`` for the next call to resume; a failure before the first byte leaves nothing
+    behind (no ``.part``, none of the folders it created)."""
     import http.client
     import urllib.error
     import urllib.request
@@ -69,6 +84,7 @@ def download(url: str, dest: Path, *, sha256: str | None, progress: bool = True)
 
     dest = Path(dest)
     part = dest.with_suffix(dest.suffix + ".part")
+    created = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     expected = sha256.lower() if sha256 else None
     have = part.stat().st_size if part.exists() else 0
@@ -109,12 +125,14 @@ def download(url: str, dest: Path, *, sha256: str | None, progress: bool = True)
                     received += len(chunk)
                     bar.update(len(chunk))
     except urllib.error.HTTPError as exc:
-        raise UserError(f"could not download {url}: HTTP {exc.code} {exc.reason}. {_advice(dest)}") from None
+        kept = _nothing_or_part(part, created)
+        raise UserError(f"could not download {url}: HTTP {exc.code} {exc.reason}{kept}. {_advice(dest)}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
+        kept = _nothing_or_part(part, created)
         raise UserError(
-            f"could not download {url}: {type(exc).__name__}: {reason} (after {have + received} bytes; "
-            f"{part} is kept and the next attempt resumes it). {_advice(dest)}"
+            f"could not download {url}: {type(exc).__name__}: {reason} (after {have + received} bytes{kept}). "
+            f"{_advice(dest)}"
         ) from None
     size = have + received
     if total is not None and size < total:

@@ -219,7 +219,9 @@ def execute(stages: dict[str, Stage], folder: RunFolder, *, retry_failed: bool =
         else:
             todo.append(stage.key)
     pending = [stages[key] for key in todo]
-    with tqdm(total=len(todo), desc="stages", unit="stage", disable=not folder.progress, dynamic_ncols=True) as bar:
+    # not left on screen (the command prints its summary next); off where stderr is no terminal (a log file)
+    with tqdm(total=len(todo), desc="stages", unit="stage", disable=(not folder.progress) or None, leave=False,
+              dynamic_ncols=True) as bar:
         def skipped(stage: Stage) -> bool:
             """A stage whose input failed fails with that failure, and is not run."""
             broken = [d for d in stage.deps if d in failed_now or d in known]

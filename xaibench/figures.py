@@ -32,12 +32,26 @@ def _pyplot():
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")[:80]
+    """A file-name stem a shell needs no quotes for: letters, digits, ``.``, ``-`` and ``_``."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")[:80]
 
 
-def _save(fig, path: Path) -> Path:
+def short(label: str, width: int = 70) -> str:
+    """A component label for a title: path values cut to their last part, wrapped at ``width``."""
+    import textwrap
+
+    text = re.sub(r"(?<==)[^,()]*[/\\]([^,()/\\]+)", r"…/\1", str(label))
+    return "\n".join(textwrap.wrap(text, width, break_on_hyphens=False)) or text
+
+
+def _save(fig, path: Path, legend: bool = False) -> Path:
+    """Write ``fig`` as PNG; ``legend``: leave room below for a figure legend (and a colour bar, which
+    tight_layout cannot place, so the layout is set by hand)."""
     plt = _pyplot()
-    fig.tight_layout()
+    if legend:
+        fig.subplots_adjust(left=0.02, right=0.88, top=0.9, bottom=0.08, wspace=0.05, hspace=0.12)
+    else:
+        fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -72,7 +86,10 @@ def fig1_masks(examples: MaskExamples, path: Path) -> Path:
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(name)
+                ax.set_title(short(name, 24), fontsize=9)
+            if col == 0:
+                ax.set_ylabel(examples.classes[row], fontsize=9)
+    fig.suptitle(f"{short(examples.dataset)}: annotated training tiles, raw and masked (rows: class)", fontsize=9)
     return _save(fig, path)
 
 
@@ -99,9 +116,27 @@ def fig2_overlays(overlays: Overlays, path: Path) -> Path:
             if len(neg):
                 ax.scatter(neg[:, 0], neg[:, 1], marker="x", s=50, c="red")
         if panel.row == 0:
-            ax.set_title(panel.column, fontsize=9)
-    fig.suptitle(f"{overlays.dataset} · {' → '.join(overlays.chain)}", fontsize=9)
-    return _save(fig, path)
+            ax.set_title(short(panel.column, 28), fontsize=8)
+    fig.suptitle(short(f"{overlays.dataset} · {' → '.join(overlays.chain)}", 90), fontsize=9)
+    _legend_and_colour_bar(fig, axes, plt)
+    return _save(fig, path, legend=True)
+
+
+def _legend_and_colour_bar(fig, axes, plt) -> None:
+    """Fig. 2's key: what the stars, crosses and contours are, and the saliency colour scale."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="*", linestyle="", markersize=10, markerfacecolor="lime",
+                      markeredgecolor="black", label="seed point"),
+               Line2D([], [], marker="x", linestyle="", markersize=7, color="red", label="negative point"),
+               Line2D([], [], color="yellow", label="predicted mask"),
+               Line2D([], [], color="cyan", label="ground truth")]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes.ravel().tolist(), fraction=0.025,
+                       pad=0.02)
+    bar.set_label("saliency (min-max normalised)", fontsize=8)
 
 
 def accuracy_vs_alpha(curves: pd.DataFrame, path_for) -> list[Path]:
@@ -120,7 +155,7 @@ def accuracy_vs_alpha(curves: pd.DataFrame, path_for) -> list[Path]:
         ax.axhline(100 * baseline.mean(), color="black", linestyle="--", label="baseline")
         ax.set_xlabel("α (weight of the raw-image model)")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{dataset} · {backbone} · mean over {len(baseline)} seed(s)", fontsize=9)
+        ax.set_title(short(f"{dataset} · {backbone} · mean over {len(baseline)} seed(s)", 80), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         written.append(_save(fig, path_for(f"accuracy_vs_alpha_{dataset}_{backbone}")))

@@ -26,6 +26,7 @@ import pydantic
 import yaml
 from pydantic import Field
 
+from .contracts import OPTIONAL, capability
 from .errors import ComponentParamsError, GridError, UserError
 
 
@@ -427,7 +428,9 @@ def parse_grid(text: str, path: str = "<grid>", *, registry) -> Grid:
     checks.append(("executors", ("executor",), grid.executor))
     if "loop" in source.data:  # the default acceptor is checked by the loop itself
         checks += [("acceptors", ("loop", "acceptors", i), spec) for i, spec in enumerate(grid.loop.acceptors)]
+    folder = Path(path).parent
     for kind, base, spec in checks:
+        _resolve_paths(spec, kind, registry, folder)
         try:
             choices = spec.choices()
         except ValueError as exc:
@@ -458,6 +461,36 @@ def parse_grid(text: str, path: str = "<grid>", *, registry) -> Grid:
         unique = list(dict.fromkeys(problems))
         raise GridError("invalid grid:\n  " + "\n  ".join(unique))
     return grid
+
+
+def _resolve_paths(spec: ComponentSpec, kind: str, registry, folder: Path) -> None:
+    """Read the relative paths among a component's ``path_params`` (a dataset's ``root``, a backbone's
+    ``weights``, SAM's ``checkpoint``) from the grid file's ``folder``, as ``published`` is: a value with a
+    folder separator, or naming a file there; a bare word that is no file there (``none``, ``imagenet``)
+    is left as it is. ``~`` is the home folder."""
+    if "path_params" not in OPTIONAL.get(kind, {}):
+        return
+    try:
+        factory = registry.get(kind, spec.name).factory
+    except Exception:  # an unknown name: reported with the other problems
+        return
+    for name in capability(factory, "path_params", kind) or ():
+        if name in spec.params:
+            spec.params[name] = _resolved(spec.params[name], folder)
+        if name in spec.sweep:
+            spec.sweep[name] = [_resolved(value, folder) for value in spec.sweep[name]]
+
+
+def _resolved(value, folder: Path):
+    if not isinstance(value, str) or not value:
+        return value
+    given = Path(value).expanduser()
+    if given.is_absolute():
+        return str(given)
+    candidate = folder / given
+    if "/" in value or "\\" in value or candidate.exists():
+        return str(candidate.resolve())
+    return value
 
 
 def _sweep_repeats(spec: ComponentSpec, kind: str, base: tuple, source: _Source, registry) -> list[str]:

@@ -33,7 +33,7 @@ FAITHFULNESS_METRICS = list(faithfulness.NAMES)
 # over ``random`` (in the metric's better direction), per image in the cell files.
 CHANCE_COLUMNS = ([f"{prefix}{m}" for m in EXPLANATION_METRICS for prefix in ("random_", "centre_", "lift_")]
                   + [f"{prefix}{m}" for m in FAITHFULNESS_METRICS for prefix in ("random_", "lift_")])
-METRIC_COLUMNS = (["accuracy", "n_test", "val_accuracy", "n_val"] + EXPLANATION_METRICS
+METRIC_COLUMNS = (["accuracy", "n_test", "majority_share", "worst_group_accuracy", "n_groups", "val_accuracy", "n_val"] + EXPLANATION_METRICS
                   + ["sweep_mean", "sweep_best", "tau_star", "jaccard_val_tau", "jaccard_n", "jaccard_excluded"]
                   + FAITHFULNESS_METRICS + ["faithfulness_n"] + CHANCE_COLUMNS + SEGMENTATION_METRICS + ["seg_n", "seg_iou_excluded"])
 # metric -> (per-image array in the cell file, display scale, digits, title)
@@ -208,6 +208,7 @@ def summarise(df: pd.DataFrame, files: dict[str, Path]) -> pd.DataFrame:
             row[metric] = float(np.nanmean(means)) if np.isfinite(means).any() else float("nan")
             row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = stats.bootstrap_ci(matrix)
             row[f"{metric}_seed_sd"] = stats.seed_spread(matrix)
+        row.update(group_accuracies(per_image, group["cell_id"]))
         if row["ensemble"] != "baseline":
             pairs = [(c, baseline.get((row["dataset"], row["backbone"], s))) for c, s in zip(group["cell_id"], seeds)]
             pairs = [(c, b) for c, b in pairs if b is not None]
@@ -218,6 +219,59 @@ def summarise(df: pd.DataFrame, files: dict[str, Path]) -> pd.DataFrame:
                 row.update(mcnemar_p=test["p"], mcnemar_b=test["b"], mcnemar_c=test["c"])
         out.append(row)
     return pd.DataFrame(out) if out else pd.DataFrame(columns=SUMMARY_COLUMNS)
+
+
+WORST = "worst group"
+
+
+def group_columns(summary: pd.DataFrame) -> list[str]:
+    """The groups with an accuracy column in a summary, in order."""
+    return [c[len("accuracy["):-1] for c in summary.columns if c.startswith("accuracy[") and c.endswith("]")]
+
+
+def group_accuracies(per_image: "_PerImage", cell_ids) -> dict:
+    """Accuracy per test group (``accuracy[<group>]``) and of the worst group (``worst_group_accuracy``),
+    each with its bootstrap CI, over the seeds' cells; empty where the test samples carry no groups or
+    the seeds' groups differ."""
+    cell_ids = list(cell_ids)
+    groups = [per_image(c).get("group") for c in cell_ids]
+    correct = _matrix(per_image, cell_ids, "correct")
+    if correct is None or any(g is None for g in groups) or any(not np.array_equal(groups[0], g) for g in groups):
+        return {}
+    groups = np.asarray(groups[0]).astype(str)
+    out = {}
+    for name in (g for g in np.unique(groups) if g != ""):
+        members = correct[:, groups == name]
+        column = f"accuracy[{name}]"
+        out[column] = float(np.nanmean(stats.seed_means(members)))
+        out[f"{column}_ci_low"], out[f"{column}_ci_high"] = stats.bootstrap_ci(members)
+        out[f"{column}_n"] = int(members.shape[1])
+    if out:
+        out["worst_group_accuracy"] = stats.worst_group(correct, groups)
+        out["worst_group_accuracy_ci_low"], out["worst_group_accuracy_ci_high"] = \
+            stats.bootstrap_worst_group_ci(correct, groups)
+    return out
+
+
+def group_table(summary: pd.DataFrame):
+    """One row per model variant: overall accuracy and per group, and the worst group's, each [95% CI]."""
+    names = group_columns(summary)
+    header = ["mask", "ensemble", "all"] + [f"{n} (n={int(summary[f'accuracy[{n}]_n'].dropna().iloc[0])})"
+                                             for n in names] + [WORST]
+    rows = []
+    row_label = _row_labels(summary)
+    for _, r in summary.iterrows():
+        if r.get("selection") == NO_VAL:
+            rows.append([r["mask"], row_label[r["ensemble"]], "not possible (no val split)"] + [""] * (len(names) + 1))
+            continue
+        cells = []
+        for column in ["accuracy"] + [f"accuracy[{n}]" for n in names] + ["worst_group_accuracy"]:
+            value = r.get(column)
+            cells.append("—" if value is None or pd.isna(value) else
+                         f"{_fmt(value, 100, 2)} [{_fmt(r.get(column + '_ci_low'), 100, 2)}, "
+                         f"{_fmt(r.get(column + '_ci_high'), 100, 2)}]")
+        rows.append([r["mask"], row_label[r["ensemble"]]] + cells)
+    return header, rows
 
 
 # -- tables -----------------------------------------------------------------------------------------
@@ -424,6 +478,27 @@ def metrics_table(summary: pd.DataFrame, names: list[str]):
     return header, rows
 
 
+def at_chance(df: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """One line per model whose test accuracy is not clearly above chance: its 95% CI reaches down to the
+    share of the commonest test class (what always guessing it scores)."""
+    lines = []
+    if "accuracy_ci_low" not in summary:
+        return lines
+    models = summary.drop_duplicates(["dataset", "backbone", "mask", "ensemble"])
+    labels = _row_labels(models) if len(models) else {}
+    for _, r in models.iterrows():
+        cells = df[(df["dataset"] == r["dataset"]) & (df["backbone"] == r["backbone"])]
+        majority = pd.to_numeric(cells["majority_share"], errors="coerce").max()
+        low = r.get("accuracy_ci_low")
+        if pd.isna(majority) or low is None or pd.isna(low) or low > majority:
+            continue
+        mask = "" if r["mask"] == "none" else f", mask {r['mask']}"
+        lines.append(f"{name_of(r['dataset'])} · {name_of(r['backbone'])}: {labels[r['ensemble']]}{mask} is at chance "
+                     f"on test: accuracy {_fmt(r['accuracy'], 100, 2)}% with its 95% CI from "
+                     f"{_fmt(low, 100, 2)}%, not above the commonest class's share ({_fmt(majority, 100, 2)}%)")
+    return lines
+
+
 def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | None = None):
     """The leaderboard as ``(level, title, text or (header, rows))`` items, for markdown and HTML."""
     items = []
@@ -437,6 +512,8 @@ def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | 
         if paper:
             items.append((4, "Published and reproduced", PUBLISHED_NOTE))
         items.append((4, "Accuracy detail", detail_table(models, "accuracy")))
+        if group_columns(models) and models["worst_group_accuracy"].notna().any():
+            items.append((3, "Accuracy (%) by test group, and the worst group's", group_table(models)))
         for explainer, sub in group[group["explainer"] != ""].groupby("explainer", sort=False):
             explained = sub.drop_duplicates(["mask", "ensemble"])
             items.append((3, f"{METRICS['jaccard'][3]} · {explainer}", table_one(explained, "jaccard")))
@@ -465,6 +542,9 @@ def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | 
                               table_one(seg, "seg_iou")))
                 items.append((4, f"Segmentation metrics · {explainer} → {seeder} → {segmenter}",
                               metrics_table(seg, SEGMENTATION_METRICS)))
+    chance = at_chance(df, summary)
+    if chance:
+        items.append((2, "Models at chance", chance))
     failures = df[df["status"] != Status.DONE]
     if len(failures):
         def cell(r):
@@ -505,7 +585,7 @@ def markdown(df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench lea
     failed = int((df["status"] != Status.DONE).sum())
     parts = [f"# {title}", "", f"{len(df)} cells, {failed} failed. {NOTE}"]
     for level, heading, body in sections(df, summary, published):
-        if brief and level > 2 and not heading.startswith("Accuracy (%)"):
+        if brief and (level > 2 and not heading.startswith("Accuracy (%)") or heading == "Models at chance"):
             continue
         parts += ["", "#" * level + " " + heading, ""]
         if isinstance(body, tuple):

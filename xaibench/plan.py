@@ -34,6 +34,8 @@ from .grid import SECTION_KIND, Cell, Choice, Grid, all_choices, digest, expand,
 from .records import CELL_LABELS
 
 TRAINING_KINDS = ("train", "finetune")
+# Bump when the data stage writes other arrays (2: each sample's group), so data folders are written again.
+DATA_FORMAT = 2
 # Bump when the faithfulness stage computes something else, so its artifacts are made again.
 FAITHFULNESS_VERSION = 1
 
@@ -335,7 +337,7 @@ class PlanBuilder:
         # parameters that only say where the data is (its fingerprint covers what it is) stay out of keys
         location = set(capability(self.registry.get("datasets", ds.name).factory, "location_params", "datasets"))
         content = {"name": ds.name, "params": {k: v for k, v in ds.params.items() if k not in location}}
-        return self.add("data", [content, self.version("datasets", ds), self.fingerprints[ds]], f"data {ds.name}",
+        return self.add("data", [content, self.version("datasets", ds), self.fingerprints[ds], DATA_FORMAT], f"data {ds.name}",
                         [], DataSpec(ds))
 
     def train(self, cell: Cell, data: str) -> str:

@@ -71,6 +71,60 @@ class Component:
             "version": self.version,
         }
 
+    def parameters(self) -> list[dict]:
+        """The factory's keyword parameters: name, type (with its bounds), default (None and
+        ``required: True`` where it has none)."""
+        try:
+            model = signature_model(self.factory, self.name)
+        except (TypeError, ValueError):
+            return []
+        out = []
+        for name, field in model.model_fields.items():
+            required = field.is_required()
+            out.append({"name": name, "type": type_text(field.annotation, field.metadata), "required": required,
+                        "default": None if required else field.get_default(call_default_factory=True)})
+        return out
+
+
+def type_text(annotation, metadata=()) -> str:
+    """A short readable form of a parameter's type: ``int ≥ 1``, ``float in [0, 1]``, ``"a" | "b"``."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *extra = typing.get_args(annotation)
+        return type_text(base, [*metadata, *extra])
+    if origin is typing.Literal:
+        text = " | ".join(repr(a).replace("'", '"') for a in typing.get_args(annotation))
+    elif origin is typing.Union or type(annotation).__name__ == "UnionType":
+        text = " | ".join(type_text(a) for a in typing.get_args(annotation))
+    elif origin is not None:
+        args = [type_text(a) for a in typing.get_args(annotation) if a is not Ellipsis]
+        name = getattr(origin, "__name__", str(origin))
+        text = f"{name} of {len(args)} {args[0]}" if name == "tuple" and len(args) > 1 and len(set(args)) == 1 \
+            else f"{name}[{', '.join(args)}]"
+    elif annotation is type(None):
+        text = "None"
+    elif annotation is Any:
+        text = "any"
+    else:
+        text = getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
+    bounds = []
+    for item in _flat_metadata(metadata):
+        for attribute, symbol in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            value = getattr(item, attribute, None)
+            if value is not None:
+                bounds.append(f"{symbol} {value}")
+        if getattr(item, "pattern", None):
+            bounds.append(f"matching {item.pattern}")
+    return text + (" " + ", ".join(bounds) if bounds else "")
+
+
+def _flat_metadata(metadata) -> list:
+    """Constraint objects, with those inside pydantic ``FieldInfo`` entries taken out."""
+    out = []
+    for item in metadata:
+        out += _flat_metadata(item.metadata) if isinstance(getattr(item, "metadata", None), list) else [item]
+    return out
+
 
 def signature_model(fn: Callable, title: str) -> type[pydantic.BaseModel]:
     """A pydantic model of ``fn``'s keyword parameters: annotations validate, defaults fill in.

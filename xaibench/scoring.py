@@ -67,10 +67,17 @@ def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_thr
     correct = np.argmax(logits["test"], axis=1) == labels
     val_labels = artifacts.data(cp.data, "val")["labels"]
     out = {"accuracy": metrics.accuracy(logits["test"], labels), "n_test": int(len(labels)),
+           # what always guessing the commonest test class scores
+           "majority_share": float(np.bincount(labels).max() / len(labels)) if len(labels) else float("nan"),
            # what α* is chosen on (``leaderboard.choose_alpha``); NaN where there is no val split
            "val_accuracy": metrics.accuracy(logits["val"], val_labels) if len(val_labels) else float("nan"),
            "n_val": int(len(val_labels))}
     per_image = {"ids": test["ids"], "correct": correct}
+    groups = test["groups"]
+    if len(groups) and (groups != "").any():
+        per_image["group"] = groups
+        accuracies = [correct[groups == g].mean() for g in np.unique(groups[groups != ""])]
+        out.update(worst_group_accuracy=float(min(accuracies)), n_groups=len(accuracies))
     if cp.explain:
         explained = memo("explain", cp.explain)
         if ("explanation scores", cp.explain) not in memo.loaded:  # shared by every cell of this explanation

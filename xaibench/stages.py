@@ -60,7 +60,7 @@ class StageRunner:
     def bar(self, stage: Stage, total: int, unit: str):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=stage.label, unit=unit, leave=False, disable=not self.progress,
+        return tqdm(total=total, desc=stage.label, unit=unit, leave=False, disable=(not self.progress) or None,
                     dynamic_ncols=True)
 
     def bar_range(self, stage: Stage, total: int, step: int, items=None):
@@ -158,7 +158,7 @@ class StageRunner:
         n = len(samples)
         writer = ArrayFolderWriter(folder)
         try:
-            labels, has_mask, has_reference, ids = [], [], [], []
+            labels, has_mask, has_reference, ids, groups = [], [], [], [], []
             columns = None
             for i, sample in enumerate(samples):
                 validate_sample(sample, len(classes))
@@ -178,6 +178,7 @@ class StageRunner:
                 has_mask.append(sample.mask is not None)
                 has_reference.append(reference is not None)
                 ids.append(str(sample.id))
+                groups.append(getattr(sample, "group", None) or "")
             if columns is None:  # an empty split
                 shape = size or (0, 0)
                 writer.column("images", (0, *shape, 3), np.uint8)
@@ -187,6 +188,7 @@ class StageRunner:
             writer.save("has_mask", np.asarray(has_mask, dtype=bool))
             writer.save("has_reference", np.asarray(has_reference, dtype=bool))
             writer.save("ids", np.asarray(ids, dtype=str))
+            writer.save("groups", np.asarray(groups, dtype=str) if groups else np.zeros(0, dtype="<U1"))
             writer.save("classes", classes)
             writer.close()
         except BaseException:

@@ -61,6 +61,45 @@ def bootstrap_ci(per_image: np.ndarray, *, level: float = 0.95, resamples: int =
     return float(low), float(high)
 
 
+def worst_group(per_image: np.ndarray, groups: np.ndarray) -> float:
+    """The mean over seeds of each seed's lowest group mean: ``per_image`` (S, N), ``groups`` (N,) names
+    ("" for no group, left out); NaN without a named group."""
+    scores = np.asarray(per_image, dtype=np.float64).reshape(-1, np.shape(per_image)[-1])
+    names = [g for g in np.unique(groups) if g != ""]
+    if not names:
+        return float("nan")
+    means = np.stack([seed_means(scores[:, np.asarray(groups) == g]) for g in names])  # (G, S)
+    return float(np.nanmean(np.nanmin(means, axis=0)))
+
+
+def bootstrap_worst_group_ci(per_image: np.ndarray, groups: np.ndarray, *, level: float = 0.95,
+                             resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``worst_group``: each resample draws images with replacement within each
+    group (so every group keeps its size) and applies the draw to every seed."""
+    scores = np.asarray(per_image, dtype=np.float64).reshape(-1, np.shape(per_image)[-1])
+    groups = np.asarray(groups)
+    names = [g for g in np.unique(groups) if g != ""]
+    if not names or not np.isfinite(scores).any():
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(groups == g) for g in names]
+    statistic = np.empty(resamples)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        block = max(1, (1 << 22) // max(scores.size, 1))
+        for start in range(0, resamples, block):
+            count = min(block, resamples - start)
+            per_group = []
+            for index in members:
+                draws = index[rng.integers(0, len(index), size=(count, len(index)))]  # (b, n_g)
+                values = scores[:, draws]  # (S, b, n_g)
+                per_group.append(np.nanmean(values, axis=2))  # (S, b)
+            statistic[start:start + count] = np.nanmean(np.nanmin(np.stack(per_group), axis=0), axis=0)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.nanpercentile(statistic, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
 def seed_spread(per_image: np.ndarray) -> float:
     """Sample standard deviation of per-seed means (NaN with fewer than two seeds)."""
     means = seed_means(per_image)
