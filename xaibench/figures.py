@@ -49,7 +49,7 @@ def _save(fig, path: Path, legend: bool = False) -> Path:
     tight_layout cannot place, so the layout is set by hand)."""
     plt = _pyplot()
     if legend:
-        fig.subplots_adjust(left=0.02, right=0.88, top=0.9, bottom=0.08, wspace=0.05, hspace=0.12)
+        fig.subplots_adjust(left=0.02, right=0.86, top=0.9, bottom=0.08, wspace=0.05, hspace=0.12)
     else:
         fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
