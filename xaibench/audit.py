@@ -27,7 +27,7 @@ import numpy as np
 
 from .contracts import capability
 from .errors import UserError
-from .registry import get_registry
+from .data import checked_dataset, file_facts
 from .text import text_table
 
 FILE_PROBES = ("original size", "aspect ratio", "file format", "colour mode", "JPEG quantisation")
@@ -63,18 +63,6 @@ def sample_features(image: np.ndarray) -> dict[str, np.ndarray]:
     energy = np.log1p(1e3 * (laplacian ** 2).mean(axis=(0, 1)))
     return {"mean colour": pixels.mean(axis=(0, 1)), "colour histogram": histogram,
             "high-frequency energy": energy}
-
-
-def file_facts(path) -> dict:
-    """Size, mode, format and JPEG quantisation of an image file (read with PIL, pixels not decoded)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        quantisation = getattr(image, "quantization", None) or {}
-        tables = [np.asarray(list(quantisation[k]), dtype=np.float64) for k in sorted(quantisation)]
-        return {"width": int(image.size[0]), "height": int(image.size[1]), "mode": str(image.mode),
-                "format": str(image.format or "unknown"),
-                "jpeg_quality": [float(t.mean()) for t in tables[:2]] if tables else None}
 
 
 # -- probes ------------------------------------------------------------------------------------------------
@@ -133,11 +121,7 @@ def _one_hot(values: list) -> np.ndarray:
 def audit(name: str, params: dict, registry=None, *, folds: int = 5) -> dict:
     """The audit of dataset ``name`` built with ``params``: per class, the facts of its samples and files;
     per probe, its cross-validated accuracy and whether it is flagged; and the verdict on resizing."""
-    registry = registry or get_registry()
-    dataset = registry.create("datasets", name, **params)
-    check = capability(dataset, "check", "datasets")
-    if check is not None:
-        check()
+    dataset = checked_dataset(name, params, registry)
     classes = list(dataset.classes)
     source_files = capability(dataset, "source_files", "datasets")
     labels, features, facts, per_class = [], defaultdict(list), [], defaultdict(lambda: defaultdict(Counter))

@@ -11,20 +11,46 @@ from collections import Counter
 
 import numpy as np
 
-from .audit import file_facts
 from .contracts import capability
 from .errors import UserError
 from .registry import get_registry, signature_model, type_text, validate_keywords
 
 
-def info(name: str, params: dict, registry=None) -> dict:
-    """Counts per split and class, how many samples have masks, and the image sizes: as the samples are
-    (after the dataset's resize) and, where the dataset names its files, as they are on disk."""
+def file_facts(path) -> dict:
+    """Size, mode, format and JPEG quantisation of an image file (read with PIL, pixels not decoded)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        quantisation = getattr(image, "quantization", None) or {}
+        tables = [np.asarray(list(quantisation[k]), dtype=np.float64) for k in sorted(quantisation)]
+        return {"width": int(image.size[0]), "height": int(image.size[1]), "mode": str(image.mode),
+                "format": str(image.format or "unknown"),
+                "jpeg_quality": [float(t.mean()) for t in tables[:2]] if tables else None}
+
+
+def checked_dataset(name: str, params: dict, registry=None):
+    """The dataset ``name`` built with ``params``, its optional ``check()`` passed (the data is there)."""
     registry = registry or get_registry()
     dataset = registry.create("datasets", name, **params)
     check = capability(dataset, "check", "datasets")
     if check is not None:
         check()
+    return dataset
+
+
+def _prepare_of(name: str, registry=None):
+    """The ``prepare`` of dataset ``name`` and the model of its options."""
+    registry = registry or get_registry()
+    prepare_fn = capability(registry.get("datasets", name).factory, "prepare", "datasets")
+    if prepare_fn is None:
+        raise UserError(f"dataset {name!r} needs no preparation (it defines no prepare())")
+    return prepare_fn, signature_model(prepare_fn, f"{name}.prepare")
+
+
+def info(name: str, params: dict, registry=None) -> dict:
+    """Counts per split and class, how many samples have masks, and the image sizes: as the samples are
+    (after the dataset's resize) and, where the dataset names its files, as they are on disk."""
+    dataset = checked_dataset(name, params, registry)
     classes = list(dataset.classes)
     out: dict = {"dataset": name, "params": params, "classes": classes, "splits": {}}
     sizes: Counter = Counter()
@@ -69,12 +95,7 @@ def prepare_help(name: str, registry=None) -> str:
     and its docstring."""
     import inspect
 
-    registry = registry or get_registry()
-    factory = registry.get("datasets", name).factory
-    prepare_fn = capability(factory, "prepare", "datasets")
-    if prepare_fn is None:
-        raise UserError(f"dataset {name!r} needs no preparation (it defines no prepare())")
-    model = signature_model(prepare_fn, f"{name}.prepare")
+    prepare_fn, model = _prepare_of(name, registry)
     lines = [f"usage: xaibench data prepare {name} --option value ...", "", "options:"]
     for field_name, field in model.model_fields.items():
         if field_name == "progress":
@@ -87,12 +108,7 @@ def prepare_help(name: str, registry=None) -> str:
 
 def prepare(name: str, options: dict, registry=None):
     """Call the dataset's ``prepare`` with ``options`` validated against its signature."""
-    registry = registry or get_registry()
-    factory = registry.get("datasets", name).factory
-    prepare_fn = capability(factory, "prepare", "datasets")
-    if prepare_fn is None:
-        raise UserError(f"dataset {name!r} needs no preparation (it defines no prepare())")
-    model = signature_model(prepare_fn, f"{name}.prepare")
+    prepare_fn, model = _prepare_of(name, registry)
     try:
         options = validate_keywords(model, options)
     except UserError as exc:
