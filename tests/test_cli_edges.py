@@ -112,3 +112,25 @@ def test_figures_have_keys_and_shell_safe_names(tmp_path, monkeypatch):
     assert [ax.get_ylabel() for ax in saved[-1].axes] == ["present", "absent"]
     names = figures.Names(tmp_path)
     assert names("fig2_synthetic_top-k(k=3)_sam(checkpoint=a b)").name == "fig2_synthetic_top-k_k_3_sam_checkpoint_a_b.png"
+
+
+def test_a_rerun_from_the_run_folders_copy_of_a_grid_finds_the_same_files(registry, tmp_path, monkeypatch):
+    from xaibench.engine import copy_grid
+
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    (grids / "paper.csv").write_text("dataset,mask,alpha,accuracy\nsynthetic,none,1.0,90\n")
+    write_folder_dataset(tmp_path / "data")
+    text = "datasets: [{name: folder, root: ../data, image_size: 32}]\nbackbones: [resnet18]\npublished: paper.csv\n"
+    (grids / "g.yaml").write_text(text)
+    out = tmp_path / "runs" / "g"
+    out.mkdir(parents=True)
+    copy_grid(grids / "g.yaml", out)
+    copy = (out / "grid.yaml").read_text()
+    assert copy.startswith(text) and f"base_dir: \"{grids.resolve()}\"" in copy
+    monkeypatch.chdir(out)
+    grid = parse_grid(copy, str(out / "grid.yaml"), registry=registry)
+    assert grid.published == str((grids / "paper.csv").resolve())
+    assert grid.datasets[0].params["root"] == str((tmp_path / "data").resolve())
+    copy_grid(out / "grid.yaml", out)  # rerun from the copy: left as it is
+    assert (out / "grid.yaml").read_text() == copy

@@ -8,8 +8,9 @@ result; it returns a ``RunCounts`` and the failure behind every stage that did n
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-import shutil
+import re
 import sys
 import tempfile
 import time
@@ -21,7 +22,7 @@ from .grid import ComponentSpec, Grid
 from .plan import TRAINING_KINDS, Stage
 from .records import Failure, RunCounts, StageResult, Status
 from .stages import StageRunner
-from .store import RunLock, Store, file_digest
+from .store import RunLock, Store, atomic_write_text, file_digest
 from .training import resolve_device
 
 
@@ -43,10 +44,17 @@ def checked_executor(grid: Grid, registry):
 
 
 def copy_grid(grid_path, out_dir: Path) -> None:
-    """Keep the grid beside its results (unless it is that copy, rerun from the results folder)."""
+    """Keep the grid beside its results (unless it is that copy, rerun from the results folder), with a
+    ``base_dir`` naming the original's folder where it has none, so the copy's relative paths still
+    lead to the same files."""
     target = Path(out_dir) / "grid.yaml"
-    if not (target.exists() and target.resolve() == Path(grid_path).resolve()):
-        shutil.copyfile(grid_path, target)
+    if target.exists() and target.resolve() == Path(grid_path).resolve():
+        return
+    text = Path(grid_path).read_text(encoding="utf-8")
+    if not re.search(r"^base_dir\s*:", text, flags=re.MULTILINE):
+        folder = json.dumps(str(Path(grid_path).resolve().parent))
+        text = text.rstrip("\n") + f"\n# added by xaibench: relative paths above are read from the original's folder\nbase_dir: {folder}\n"
+    atomic_write_text(target, text)
 
 
 def check_out_dir(out: Path, *, rebuild_store: bool = False) -> None:

@@ -195,6 +195,9 @@ class Grid(pydantic.BaseModel):
     executor: ComponentSpec = ComponentSpec(name="local")
     device: str = "auto"  # checked against the machine before a run
     published: Optional[str] = None  # CSV of published numbers (dataset, mask, alpha, accuracy), relative to the grid
+    # The folder relative paths are read from (default: the grid file's); a run folder's copy of a grid
+    # names the original's, so a rerun from the copy finds the same files.
+    base_dir: Optional[str] = None
     loop: LoopConfig = LoopConfig()
 
     @pydantic.field_validator("device")
@@ -428,7 +431,7 @@ def parse_grid(text: str, path: str = "<grid>", *, registry) -> Grid:
     checks.append(("executors", ("executor",), grid.executor))
     if "loop" in source.data:  # the default acceptor is checked by the loop itself
         checks += [("acceptors", ("loop", "acceptors", i), spec) for i, spec in enumerate(grid.loop.acceptors)]
-    folder = Path(path).parent
+    folder = Path(grid.base_dir).expanduser() if grid.base_dir else Path(path).parent
     for kind, base, spec in checks:
         _resolve_paths(spec, kind, registry, folder)
         try:
@@ -452,7 +455,7 @@ def parse_grid(text: str, path: str = "<grid>", *, registry) -> Grid:
                 problems.append(f"{source.where(base + ('name',))}: {_readable_loc(base)}: {exc}")
         problems += _sweep_repeats(spec, kind, base, source, registry)
     if grid.published is not None:
-        published = (Path(path).parent / grid.published).resolve()
+        published = (folder / grid.published).resolve()
         if not published.is_file():
             problems.append(f"{source.where(('published',))}: published: file {str(published)!r} does not exist")
         else:
