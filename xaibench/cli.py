@@ -157,8 +157,7 @@ def _cmd_run(args) -> int:
                   progress=not args.quiet, rebuild_store=args.rebuild_store, verbose=args.verbose)
     if args.dry_run:
         return 0
-    df, files, published = leaderboard.load_runs([out])
-    table = leaderboard.summarise(df, files)
+    df, table, published = summary.pop("_tables")
     print(leaderboard.markdown(df, table, f"xaibench: {summary['grid']}", published, brief=True))
     for line in leaderboard.at_chance(df, table):
         print(f"warning: {line}", file=sys.stderr)

@@ -144,7 +144,9 @@ def publish(folder: RunFolder, plan: Plan, cells: list[dict], files: dict, info:
         title, df, summary, published=published, figures=drawn, run_info=info, grid_text=grid_text(folder))))
     info["presentation_errors"] = outputs.problems
     atomic_write_text(out / "run.json", json.dumps(info, indent=2))
-    return info
+    # not in run.json: the frames the tables were drawn from, so the command prints them without scoring
+    # the run a second time
+    return {**info, "_tables": (df, summary, published)}
 
 
 def grid_text(folder: RunFolder) -> str:
