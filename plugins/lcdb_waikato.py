@@ -141,6 +141,14 @@ class LcdbWaikatoDataset:
                                  if assignment[row["tile_id"]] == name]
         return list(self._cache[name])
 
+    def georeference(self, name: str) -> dict[str, tuple[str, tuple[float, float, float, float]]]:
+        """Tile id → (CRS, (x_min, y_min, x_max, y_max)) of the tiles of split ``name``, from labels.csv,
+        for ``xaibench export``."""
+        rows, _ = self._table()
+        assignment = self._write_splits()
+        return {row["tile_id"]: (row["crs"], tuple(float(row[k]) for k in ("x_min", "y_min", "x_max", "y_max")))
+                for row in rows if assignment.get(row["tile_id"]) == name}
+
     def describe(self) -> dict:
         """Counts per super-class and per source raster, spatial blocks, and the preparation's settings."""
         self.check()

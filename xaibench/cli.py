@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import audit, data, latex, leaderboard, loop, report
+from . import audit, data, export, latex, leaderboard, loop, report
 from .errors import PluginError, UserError
 from .registry import KINDS, get_registry
 from .runner import run
@@ -91,6 +91,19 @@ def _parser() -> argparse.ArgumentParser:
     audit_parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     audit_parser.add_argument("--output", default=None, metavar="FILE",
                        help="where to write the JSON (default: audit-NAME.json in the current folder)")
+
+    export = sub.add_parser(
+        "export", help="segmentations, a loop round's annotations or saliency maps as GIS files",
+        description="Polygons (GeoPackage, GeoJSON) of the segmentations of a run's cells or of the annotations "
+                    "a loop accepted by a round, or saliency maps as GeoTIFFs, in the tiles' own coordinates "
+                    "where the dataset has a georeference (lcdb-waikato), else in pixel coordinates.")
+    export.add_argument("dir", metavar="DIR", help="a run folder (the --out of 'xaibench run' or 'loop')")
+    export.add_argument("--what", required=True, choices=["segmentations", "annotations", "saliency"])
+    export.add_argument("--format", required=True, choices=["gpkg", "geojson", "geotiff"], dest="fmt")
+    export.add_argument("--cell", help="only cells whose labels match, e.g. mask=white,seeder=top-k")
+    export.add_argument("--round", type=int, dest="round_", metavar="N",
+                        help="with --what annotations: the loop round (0: the first)")
+    export.add_argument("--output", required=True, help="the file to write (a folder for geotiff)")
 
     board = sub.add_parser("leaderboard", help="rebuild the leaderboard of one or more run directories")
     board.add_argument("dirs", nargs="+", metavar="DIR", help="run directories written by 'xaibench run' (merged)")
@@ -275,6 +288,15 @@ def _options(tokens: list[str]) -> dict:
     return {k: (True if not v else v[0] if len(v) == 1 else list(v)) for k, v in options.items()}
 
 
+def _cmd_export(args) -> int:
+    result = export.export(args.dir, what=args.what, fmt=args.fmt, output=args.output, cell=args.cell,
+                           round_=args.round_)
+    counts = ", ".join(f"{result[k]} {k}" for k in ("cells", "chains", "features", "tiles") if k in result)
+    print(f"exported {result['what']}: {counts}; coordinates: {result['coordinates']}"
+          + (f" ({result['crs']})" if result.get("crs") else "") + f"; written: {result['output']}")
+    return 0
+
+
 def _cmd_data(args) -> int:
     if args.data_command == "prepare":
         if any(token in ("--help", "-h") for token in args.options):
@@ -358,7 +380,7 @@ def main(argv=None) -> int:
     warnings.formatwarning = _warning_line
     args = _parser().parse_args(argv)
     handler = {"run": _cmd_run, "loop": _cmd_loop, "plugins": _cmd_plugins, "data": _cmd_data,
-               "leaderboard": _cmd_leaderboard}[args.command]
+               "export": _cmd_export, "leaderboard": _cmd_leaderboard}[args.command]
     try:
         return handler(args)
     except (UserError, PluginError) as exc:

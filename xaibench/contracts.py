@@ -225,7 +225,7 @@ PROTOCOLS = {"datasets": Dataset, "masks": Mask, "backbones": Backbone, "ensembl
 
 OPTIONAL: dict[str, dict[str, object]] = {
     "datasets": {"location_params": (), "path_params": (), "check": None, "fetch": None, "prepare": None,
-                 "describe": None, "source_files": None},
+                 "describe": None, "source_files": None, "georeference": None},
     "masks": {"check": None},
     "backbones": {"pretrained": True, "path_params": (), "check": None},
     "ensembles": {"reduces_to": None, "mixing_parameter": None, "check": None},
