@@ -51,16 +51,7 @@ def lower_bound(stages, workers: int) -> float:
 
 def known_priorities(stages) -> dict[str, float]:
     """Bottom levels from the recorded times (what a scheduler that knew every duration would use)."""
-    keys = {s.key for s in stages}
-    children = {s.key: [] for s in stages}
-    for stage in stages:
-        for dep in stage.deps:
-            if dep in keys:
-                children[dep].append(stage.key)
-    level: dict[str, float] = {}
-    for stage in reversed(stages):
-        level[stage.key] = stage.seconds + max((level[c] for c in children[stage.key]), default=0.0)
-    return level
+    return priorities(stages, cost=lambda stage: stage.seconds)
 
 
 def by_dependencies(stages, workers: int, level=None) -> float:
@@ -104,6 +95,9 @@ def by_waves(stages, workers: int) -> float:
 
 def compare(run_dir: Path, workers=(2, 4, 8, 16, 32, 64)) -> dict:
     stages = recorded_stages(Path(run_dir))
+    if not stages:
+        raise SystemExit(f"{run_dir}: no finished stage of its grid is recorded (a run by another xaibench version "
+                         f"has other stage keys): run the grid with this version first")
     out = {"stages": len(stages), "work_seconds": sum(s.seconds for s in stages)}
     known = known_priorities(stages)
     for p in workers:

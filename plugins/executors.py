@@ -33,6 +33,18 @@ class LocalExecutor:
         pass
 
 
+def _in_task_order(executor, fn, tasks):
+    """``map`` for an executor with ``submit``/``next_result``: every task submitted at once, the results
+    yielded in task order as they come in."""
+    tickets = [executor.submit(fn, task) for task in tasks]
+    results: dict = {}
+    for ticket in tickets:
+        while ticket not in results:
+            done, value = executor.next_result()
+            results[done] = value
+        yield results.pop(ticket)
+
+
 def _limit_threads(threads: int) -> None:
     import torch
 
@@ -185,13 +197,7 @@ class ProcessExecutor:
             worker.task = None
 
     def map(self, fn, tasks):
-        tickets = [self.submit(fn, task) for task in tasks]
-        results: dict[int, object] = {}
-        for ticket in tickets:
-            while ticket not in results:
-                done, value = self.next_result()
-                results[done] = value
-            yield results.pop(ticket)
+        return _in_task_order(self, fn, tasks)
 
     def close(self):
         pool, self._pool = self._pool, []
@@ -320,13 +326,7 @@ class RayExecutor:
                                    f"batch_size")
 
     def map(self, fn, tasks):
-        refs = [self.submit(fn, task) for task in tasks]
-        results = {}
-        for ref in refs:
-            while ref not in results:
-                done, value = self.next_result()
-                results[done] = value
-            yield results.pop(ref)
+        return _in_task_order(self, fn, tasks)
 
     def close(self):
         if self._started:

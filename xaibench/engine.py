@@ -53,7 +53,8 @@ def copy_grid(grid_path, out_dir: Path) -> None:
     text = Path(grid_path).read_text(encoding="utf-8")
     if not re.search(r"^base_dir\s*:", text, flags=re.MULTILINE):
         folder = json.dumps(str(Path(grid_path).resolve().parent))
-        text = text.rstrip("\n") + f"\n# added by xaibench: relative paths above are read from the original's folder\nbase_dir: {folder}\n"
+        text = (text.rstrip("\n") + "\n# added by xaibench: relative paths above are read from the original's "
+                f"folder\nbase_dir: {folder}\n")
     atomic_write_text(target, text)
 
 
@@ -266,13 +267,16 @@ def execute(stages: dict[str, Stage], folder: RunFolder, *, retry_failed: bool =
 # Rough relative cost of each stage kind: what the dependency-driven scheduler starts first when several
 # stages are ready (the longest chain of expected work below a stage goes first).
 EXPECTED_COST = {"train": 100.0, "finetune": 60.0, "segment": 10.0, "faithfulness": 8.0, "explain": 5.0, "data": 3.0,
-                 "logits": 2.0,
-                 "seeds": 1.0, "accept": 1.0}
+                 "logits": 2.0, "seeds": 1.0, "accept": 1.0}
 
 
-def priorities(stages: list[Stage]) -> dict[str, float]:
-    """Each stage's expected cost plus the largest of its dependants' priorities (the "bottom level" of
-    list scheduling), over the stages given, in dependency order."""
+def expected_cost(stage: Stage) -> float:
+    return EXPECTED_COST.get(stage.kind, 1.0)
+
+
+def priorities(stages: list, cost=expected_cost) -> dict[str, float]:
+    """Each stage's ``cost`` (default: its kind's expected cost) plus the largest of its dependants'
+    priorities (the "bottom level" of list scheduling), over the stages given, in dependency order."""
     keys = {s.key for s in stages}
     children: dict[str, list[str]] = {s.key: [] for s in stages}
     for stage in stages:
@@ -281,7 +285,7 @@ def priorities(stages: list[Stage]) -> dict[str, float]:
                 children[dep].append(stage.key)
     level: dict[str, float] = {}
     for stage in reversed(stages):
-        level[stage.key] = EXPECTED_COST.get(stage.kind, 1.0) + max((level[c] for c in children[stage.key]), default=0.0)
+        level[stage.key] = cost(stage) + max((level[c] for c in children[stage.key]), default=0.0)
     return level
 
 
@@ -308,7 +312,6 @@ def _by_dependencies(folder: RunFolder, pending: list[Stage], skipped, finished)
     level = priorities(pending)
     ready = [s for s in pending if not waiting[s.key]]
     running: dict[object, Stage] = {}
-    who = folder.registry.who("executors", folder.grid.executor.name, folder.grid.executor.name)
 
     def settle(stage: Stage) -> None:
         """``stage`` is finished or failed: its dependants may now be ready (or fail with it)."""
@@ -329,14 +332,7 @@ def _by_dependencies(folder: RunFolder, pending: list[Stage], skipped, finished)
             continue
         ticket, result = executor.next_result()
         stage = running.pop(ticket)
-        if isinstance(result, WorkerLost):
-            result = StageResult(stage.key, False, 0.0, error=str(result), component=who)
-        else:
-            try:
-                validate_result(result, stage.key)
-            except ContractViolation as exc:
-                result = StageResult(stage.key, False, 0.0, error=str(exc), component=who)
-        finished(stage, result)
+        finished(stage, _checked(folder, stage, result))
         settle(stage)
 
 
@@ -374,17 +370,22 @@ def _results(folder: RunFolder, ready: list[Stage]):
     if not ready:
         return
     results = iter(folder.executor.map(folder.runner, ready))
-    who = folder.registry.who("executors", folder.grid.executor.name, folder.grid.executor.name)
     for position, stage in enumerate(ready):
-        result = next(results, None)
-        if isinstance(result, WorkerLost):
-            yield stage, StageResult(stage.key, False, 0.0, error=str(result), component=who)
-            continue
-        try:
-            if result is None:
-                raise ContractViolation(f"map() gave {position} results for {len(ready)} tasks; give one result "
-                                        f"per task, in task order")
-            validate_result(result, stage.key)
-        except ContractViolation as exc:
-            result = StageResult(stage.key, False, 0.0, error=str(exc), component=who)
-        yield stage, result
+        missing = f"map() gave {position} results for {len(ready)} tasks; give one result per task, in task order"
+        yield stage, _checked(folder, stage, next(results, None), missing=missing)
+
+
+def _checked(folder: RunFolder, stage: Stage, result, missing: str = "no result") -> StageResult:
+    """An executor's result for ``stage`` checked against the executor contract: a ``WorkerLost``, a
+    missing result (``None``: ``missing`` says why) or a malformed one becomes a failed result naming the
+    executor."""
+    who = folder.registry.who("executors", folder.grid.executor.name, folder.grid.executor.name)
+    if isinstance(result, WorkerLost):
+        return StageResult(stage.key, False, 0.0, error=str(result), component=who)
+    try:
+        if result is None:
+            raise ContractViolation(missing)
+        validate_result(result, stage.key)
+    except ContractViolation as exc:
+        return StageResult(stage.key, False, 0.0, error=str(exc), component=who)
+    return result
