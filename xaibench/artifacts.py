@@ -30,6 +30,9 @@ FOLDER_ARRAYS = {
     "data": ("images", "labels", "masks", "references", "has_mask", "has_reference", "ids", "groups", "classes"),
     "explain": ("maps", "index"),
 }
+# Rows read at a time where a stage or scoring passes over a whole split's maps or masks (a few MB at any
+# image size in use), so the maps and masks of a whole split are never in memory together.
+CHUNK = 256
 # Arrays read whole when an array folder is opened (small: one value per sample); the rest are Rows.
 WHOLE = {"labels", "has_mask", "has_reference", "ids", "groups", "classes", "index"}
 
@@ -66,11 +69,15 @@ class Rows:
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
 
-    def _read(self, start: int, count: int) -> np.ndarray:
+    def _file(self) -> int:
+        """The file's descriptor, opened on the first read and kept."""
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd
+
+    def _read(self, start: int, count: int) -> np.ndarray:
         size = count * self.row_bytes
-        data = os.pread(self._fd, size, self.offset + start * self.row_bytes) if size else b""
+        data = os.pread(self._file(), size, self.offset + start * self.row_bytes) if size else b""
         if len(data) != size:
             raise OSError(f"{self.path}: {len(data)} of {size} bytes read (the file is truncated)")
         return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:])).copy()
@@ -97,11 +104,10 @@ class Rows:
         out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
         if not len(index):
             return out
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
+        fd = self._file()
         rows = out.reshape(len(index), -1).view(np.uint8)
         for i, row in enumerate(index.tolist()):  # straight into the result, one read per row
-            if os.preadv(self._fd, [memoryview(rows[i])], self.offset + row * self.row_bytes) != self.row_bytes:
+            if os.preadv(fd, [memoryview(rows[i])], self.offset + row * self.row_bytes) != self.row_bytes:
                 raise OSError(f"{self.path}: row {row} could not be read whole (the file is truncated)")
         return out
 
@@ -113,18 +119,15 @@ class Rows:
 def write_array_folder(folder: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write each array as ``<name>.npy`` into a temporary folder beside ``folder`` and rename it into
     place (replacing an older one), so a reader sees a whole folder or none."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    writer = ArrayFolderWriter(folder)
     try:
         for name, value in arrays.items():
-            value = np.asarray(value)
-            if value.dtype == object:
+            if np.asarray(value).dtype == object:
                 raise TypeError(f"array {name!r} has dtype object; store plain numeric or string arrays")
-            np.save(staging / f"{name}.npy", value, allow_pickle=False)
-        finish_array_folder(staging, folder)
+            writer.save(name, value)
+        writer.close()
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        writer.abandon()
         raise
 
 

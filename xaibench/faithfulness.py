@@ -79,17 +79,26 @@ def area(curves: np.ndarray) -> np.ndarray:
     return (curves.sum(axis=1) - (curves[:, 0] + curves[:, -1]) / 2) / steps
 
 
-def deletion_insertion(model, images, maps: np.ndarray, targets, *, steps: int, batch_size: int = 64):
+def references(model, images, targets, *, batch_size: int = 64) -> dict:
+    """What every map of the same images is measured from: the blurred images and the target's
+    probability on the images whole and blurred (``blurred``, ``whole``, ``none``)."""
+    blurred = blur(images)
+    return {"blurred": blurred, "whole": _probabilities(model, images, targets, batch_size),
+            "none": _probabilities(model, blurred, targets, batch_size)}
+
+
+def deletion_insertion(model, images, maps: np.ndarray, targets, *, steps: int, batch_size: int = 64,
+                       reference: dict | None = None):
     """``(deletion, insertion)``: float64 (B,) areas and the float64 (B, steps + 1) curves behind them
-    (``(deletion_auc, insertion_auc, deletion_curve, insertion_curve)``)."""
+    (``(deletion_auc, insertion_auc, deletion_curve, insertion_curve)``); ``reference``: ``references`` of
+    the same images, when several maps of them are measured."""
     import torch
 
     n_pixels = images.shape[-2] * images.shape[-1]
     ranks = torch.from_numpy(salient_ranks(maps)).to(images.device)[:, None]
-    blurred = blur(images)
+    reference = reference or references(model, images, targets, batch_size=batch_size)
+    blurred, whole, none = reference["blurred"], reference["whole"], reference["none"]
     counts = [round(k * n_pixels / steps) for k in range(steps + 1)]
-    whole = _probabilities(model, images, targets, batch_size)
-    none = _probabilities(model, blurred, targets, batch_size)
     deletion = np.empty((len(images), steps + 1))
     insertion = np.empty((len(images), steps + 1))
     deletion[:, 0], deletion[:, -1] = whole, none
@@ -161,17 +170,19 @@ def _removed(image, saliency: np.ndarray, percentile: float):
     return impute(image, saliency < np.percentile(saliency, percentile))
 
 
-def road(model, images, maps: np.ndarray, targets, *, steps: int, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+def road(model, images, maps: np.ndarray, targets, *, steps: int, seed: int = 0, batch_size: int = 64,
+         before: np.ndarray | None = None) -> np.ndarray:
     """float64 (B,) ROAD scores at ``road_percentiles(steps)``, as pytorch-grad-cam's ``ROADCombined`` with
     ``ClassifierOutputSoftmaxTarget`` computes them: the mean over percentiles of the change in the target's
     softmax probability when the least relevant pixels are imputed, minus the same when the most relevant
     are, halved. The imputation noise is drawn from ``seed``, in the library's order (least relevant first,
-    percentile by percentile, image by image)."""
+    percentile by percentile, image by image). ``before``: the target's probability on the images whole,
+    where it is known already."""
     import torch
 
     if steps < 2:
         return np.full(len(images), np.nan)
-    before = _probabilities(model, images, targets, batch_size)
+    before = before if before is not None else _probabilities(model, images, targets, batch_size)
     cpu = images.detach().float().cpu()
     saliency = np.asarray(maps, dtype=np.float32)
     drops = {}
@@ -186,8 +197,13 @@ def road(model, images, maps: np.ndarray, targets, *, steps: int, seed: int = 0,
     return (drops["least"] - drops["most"]) / 2
 
 
-def scores(model, images, maps: np.ndarray, targets, *, steps: int, seed: int = 0, batch_size: int = 64) -> dict:
-    """Every faithfulness score of a batch: ``{"deletion", "insertion", "road"}`` → float64 (B,)."""
-    deletion, insertion, _, _ = deletion_insertion(model, images, maps, targets, steps=steps, batch_size=batch_size)
+def scores(model, images, maps: np.ndarray, targets, *, steps: int, seed: int = 0, batch_size: int = 64,
+           reference: dict | None = None) -> dict:
+    """Every faithfulness score of a batch: ``{"deletion", "insertion", "road"}`` → float64 (B,);
+    ``reference``: ``references`` of the same images, shared by every map of them measured."""
+    reference = reference or references(model, images, targets, batch_size=batch_size)
+    deletion, insertion, _, _ = deletion_insertion(model, images, maps, targets, steps=steps, batch_size=batch_size,
+                                                   reference=reference)
     return {"deletion": deletion, "insertion": insertion,
-            "road": road(model, images, maps, targets, steps=steps, seed=seed, batch_size=batch_size)}
+            "road": road(model, images, maps, targets, steps=steps, seed=seed, batch_size=batch_size,
+                         before=reference["whole"])}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import faithfulness, metrics
-from .artifacts import Artifacts, Memo, unpack_masks
+from . import faithfulness, metrics, stats
+from .artifacts import CHUNK, Artifacts, Memo, PackedMasks, unpack_masks
 from .contracts import validate_ensemble
 from .errors import ComponentError, ContractViolation
 from .grid import Choice, digest
@@ -76,8 +76,8 @@ def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_thr
     groups = test["groups"]
     if len(groups) and (groups != "").any():
         per_image["group"] = groups
-        accuracies = [correct[groups == g].mean() for g in np.unique(groups[groups != ""])]
-        out.update(worst_group_accuracy=float(min(accuracies)), n_groups=len(accuracies))
+        out.update(worst_group_accuracy=stats.worst_group(correct[None], groups),
+                   n_groups=len(set(groups.tolist()) - {""}))
     if cp.explain:
         explained = memo("explain", cp.explain)
         if ("explanation scores", cp.explain) not in memo.loaded:  # shared by every cell of this explanation
@@ -111,20 +111,14 @@ def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_thr
     if cp.segment:
         index = memo("explain", cp.explain)["index"]
         segmented = memo("segment", cp.segment)
-        chunks = [metrics.segmentation_per_image(unpack_masks({"masks": segmented["masks"][cp.segment_index, start:start + CHUNK],
-                                                               "width": segmented["width"]}),
-                                                 test["references"][index[start:start + CHUNK]])
+        masks = PackedMasks(segmented["masks"][cp.segment_index], segmented["width"])  # this cell's seeder
+        chunks = [metrics.segmentation_per_image(masks[start:start + CHUNK], test["references"][index[start:start + CHUNK]])
                   for start in range(0, len(index), CHUNK)]
         scores = _concatenate(chunks, ("seg_iou", "seg_dice", "seg_boundary_f1"))
         out.update(metrics.summary(scores))
         out["seg_n"] = int(np.isfinite(scores["seg_iou"]).sum())
         per_image.update(scores)
     return out, per_image
-
-
-# Images scored at a time: per-image metrics are computed on chunks, so the maps and masks of a whole
-# test set are never in memory together.
-CHUNK = 256
 
 
 def _concatenate(chunks: list[dict], names) -> dict[str, np.ndarray]:
@@ -169,8 +163,6 @@ def chance_scores(data: str, index: np.ndarray, test: dict, memo: Memo, registry
     ``index``: ``{"random_<metric>", "centre_<metric>"}``, worked out once per data set and images."""
     key = ("chance", data, index.tobytes())
     if key not in memo.loaded:
-        import torch
-
         references = test["references"]
         found: dict[str, list] = {}
         for name in CHANCE:

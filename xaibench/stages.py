@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import faithfulness
-from .artifacts import SPLITS, ArrayFolderWriter, Artifacts, PackedMasks
+from .artifacts import CHUNK, SPLITS, ArrayFolderWriter, Artifacts, PackedMasks
 from .contracts import (Prompts, capability, validate_annotation, validate_classes, validate_ensemble,
                         validate_layers, validate_logits, validate_maps, validate_masked, validate_model,
                         validate_prompt_sets, validate_sample, validate_segmentation)
@@ -339,9 +339,10 @@ class StageRunner:
             targets = torch.from_numpy(test["labels"][index[rows]]).to(self.device)
             maps = np.asarray(explained["maps"][chosen[rows]], dtype=np.float32)
             with self.calling("backbones", spec.backbone, given=f"{len(images)} perturbed test images"):
+                reference = faithfulness.references(model, images, targets, batch_size=spec.batch_size)
                 for prefix, saliency in (("", maps), ("random_", chance.explain(None, images, targets, target_layers=[]))):
                     found = faithfulness.scores(model, images, saliency, targets, steps=spec.steps, seed=start,
-                                                batch_size=spec.batch_size)
+                                                batch_size=spec.batch_size, reference=reference)
                     for name, values in found.items():
                         out[f"{prefix}{name}"][rows] = values
         save_arrays(self.path("faithfulness", stage.key), index=index, position=chosen, **out)
@@ -470,10 +471,6 @@ def peak_memory() -> float | None:
     except OSError:
         return None
     return None
-
-
-# Maps read at a time where a stage passes over all of them (a few MB at any image size in use).
-CHUNK = 256
 
 
 def _disk_full(exc: BaseException) -> str | None:
