@@ -27,6 +27,14 @@ from .text import text_table
 from .version import __version__
 
 
+def _dataset_arguments(parser) -> None:
+    """A dataset named and built from the command line: ``NAME [--root DIR] [--param K=V ...]``."""
+    parser.add_argument("name")
+    parser.add_argument("--root", help="dataset folder (default: the dataset's documented location)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="another dataset parameter (repeatable), e.g. --param image_size=64")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xaibench",
@@ -63,11 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="inspect, download or prepare datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    info = data_sub.add_parser("info", help="print split and class counts of a dataset as JSON")
-    info.add_argument("name")
-    info.add_argument("--root", help="dataset folder (default: the dataset's documented location)")
-    info.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                      help="another dataset parameter (repeatable), e.g. --param image_size=64")
+    _dataset_arguments(data_sub.add_parser("info", help="print split and class counts of a dataset as JSON"))
     fetch = data_sub.add_parser("fetch", help="download a dataset (checksum-verified, resumable)")
     fetch.add_argument("name")
     fetch.add_argument("--root", help="where to put it (default: $XAIBENCH_DATA/NAME or the user cache)")
@@ -84,13 +88,10 @@ def _parser() -> argparse.ArgumentParser:
                     "feature (original size, aspect, format, mode, JPEG quantisation, and after the dataset's "
                     "resize mean colour, colour histogram, high-frequency energy) a cross-validated logistic "
                     "regression, flagged when its exact 95%% CI lies above the majority share.")
-    audit_parser.add_argument("name")
-    audit_parser.add_argument("--root", help="dataset folder (default: the dataset's documented location)")
-    audit_parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                       help="another dataset parameter (repeatable), e.g. --param image_size=224")
+    _dataset_arguments(audit_parser)
     audit_parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     audit_parser.add_argument("--output", default=None, metavar="FILE",
-                       help="where to write the JSON (default: audit-NAME.json in the current folder)")
+                              help="where to write the JSON (default: audit-NAME.json in the current folder)")
 
     export = sub.add_parser(
         "export", help="segmentations, a loop round's annotations or saliency maps as GIS files",
@@ -308,12 +309,12 @@ def _cmd_data(args) -> int:
     params = {}
     if args.root:
         params["root"] = args.root
-    if args.data_command == "info":
+    if args.data_command in ("info", "audit"):
         params.update(_key_values(args.param, "--param"))
+    if args.data_command == "info":
         print(json.dumps(data.info(args.name, params), indent=2))
         return 0
     if args.data_command == "audit":
-        params.update(_key_values(args.param, "--param"))
         if args.folds < 2:
             raise UserError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
         result = audit.audit(args.name, params, folds=args.folds)

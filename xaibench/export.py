@@ -18,7 +18,6 @@ y = row), which the summary says. Needs the geo extra (rasterio, shapely, geopan
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
@@ -32,7 +31,8 @@ from .errors import UserError
 from .plan import plan_loop, plan_run
 from .records import CELL_LABELS
 from .registry import get_registry
-from .store import load_arrays
+from .store import cell_file, load_arrays
+from .text import slug
 
 WHAT = {"segmentations": ("gpkg", "geojson"), "annotations": ("gpkg", "geojson"), "saliency": ("geotiff",)}
 DRIVERS = {"gpkg": "GPKG", "geojson": "GeoJSON"}
@@ -186,7 +186,7 @@ def export(run_dir, *, what: str, fmt: str, output, cell: str | None = None, rou
 
 
 def _cell_scores(run_dir: Path, cp, name: str, n: int) -> np.ndarray:
-    path = run_dir / "cells" / f"{cp.cell.cell_id}.npz"
+    path = cell_file(run_dir, cp.cell.cell_id)
     scores = load_arrays(path).get(name) if path.is_file() else None
     return np.asarray(scores, dtype=np.float64) if scores is not None and len(scores) == n else np.full(n, np.nan)
 
@@ -235,14 +235,14 @@ def _saliency(chosen, registry, artifacts, output: Path) -> dict:
         test = artifacts.data(cp.data, "test")
         maps = explained["maps"]
         tiles = Tiles(registry, cp.cell.dataset, "test", *maps.shape[1:])
-        folder = output / re.sub(r"[^A-Za-z0-9.-]+", "_", cp.cell.cell_id)
+        folder = output / slug(cp.cell.cell_id)
         folder.mkdir(parents=True, exist_ok=True)
         for position, row in enumerate(explained["index"]):
             tile = str(test["ids"][row])
             transform, crs = tiles(tile)
             georeferenced &= crs is not None
             saliency = np.asarray(maps[position], dtype=np.float32)
-            with rasterio.open(folder / f"{re.sub(r'[^A-Za-z0-9.-]+', '_', tile)}.tif", "w", driver="GTiff",
+            with rasterio.open(folder / f"{slug(tile)}.tif", "w", driver="GTiff",
                                width=saliency.shape[1], height=saliency.shape[0], count=1, dtype="float32",
                                crs=crs, transform=transform) as dst:
                 dst.write(saliency[None])

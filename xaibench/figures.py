@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from .records import AnnotationSeries, MaskExamples, Overlays
+from .text import slug
 
 
 def _pyplot():
@@ -29,11 +30,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _slug(text: str) -> str:
-    """A file-name stem a shell needs no quotes for: letters, digits, ``.``, ``-`` and ``_``."""
-    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")[:80]
 
 
 def short(label: str, width: int = 70) -> str:
@@ -66,10 +62,10 @@ class Names:
         self.used: set[str] = set()
 
     def __call__(self, stem: str) -> Path:
-        name, n = _slug(stem), 1
+        name, n = slug(stem, 80), 1
         while name in self.used:
             n += 1
-            name = f"{_slug(stem)}_{n}"
+            name = f"{slug(stem, 80)}_{n}"
         self.used.add(name)
         return self.folder / f"{name}.png"
 

@@ -33,9 +33,11 @@ FAITHFULNESS_METRICS = list(faithfulness.NAMES)
 # over ``random`` (in the metric's better direction), per image in the cell files.
 CHANCE_COLUMNS = ([f"{prefix}{m}" for m in EXPLANATION_METRICS for prefix in ("random_", "centre_", "lift_")]
                   + [f"{prefix}{m}" for m in FAITHFULNESS_METRICS for prefix in ("random_", "lift_")])
-METRIC_COLUMNS = (["accuracy", "n_test", "majority_share", "worst_group_accuracy", "n_groups", "val_accuracy", "n_val"] + EXPLANATION_METRICS
+METRIC_COLUMNS = (["accuracy", "n_test", "majority_share", "worst_group_accuracy", "n_groups", "val_accuracy", "n_val"]
+                  + EXPLANATION_METRICS
                   + ["sweep_mean", "sweep_best", "tau_star", "jaccard_val_tau", "jaccard_n", "jaccard_excluded"]
-                  + FAITHFULNESS_METRICS + ["faithfulness_n"] + CHANCE_COLUMNS + SEGMENTATION_METRICS + ["seg_n", "seg_iou_excluded"])
+                  + FAITHFULNESS_METRICS + ["faithfulness_n"] + CHANCE_COLUMNS
+                  + SEGMENTATION_METRICS + ["seg_n", "seg_iou_excluded"])
 # metric -> (per-image array in the cell file, display scale, digits, title)
 METRICS = {
     "accuracy": ("correct", 100.0, 2, "Accuracy (%)"),
@@ -134,6 +136,7 @@ def _matrix(per_image: _PerImage, cell_ids, key: str) -> np.ndarray | None:
 
 
 NO_VAL = "not possible: no val split"
+NOT_POSSIBLE = "not possible (no val split)"  # what a table shows in place of such a row's values
 
 
 def alpha_choices(df: pd.DataFrame) -> pd.DataFrame:
@@ -262,7 +265,7 @@ def group_table(summary: pd.DataFrame):
     row_label = _row_labels(summary)
     for _, r in summary.iterrows():
         if r.get("selection") == NO_VAL:
-            rows.append([r["mask"], row_label[r["ensemble"]], "not possible (no val split)"] + [""] * (len(names) + 1))
+            rows.append([r["mask"], row_label[r["ensemble"]], NOT_POSSIBLE] + [""] * (len(names) + 1))
             continue
         cells = []
         for column in ["accuracy"] + [f"accuracy[{n}]" for n in names] + ["worst_group_accuracy"]:
@@ -321,7 +324,7 @@ def at_or_below_chance(row, metric) -> bool:
 
 def _value(row, metric, scale, digits, paper=None) -> str:
     if row.get("selection") == NO_VAL:
-        return "not possible (no val split)"
+        return NOT_POSSIBLE
     if metric not in row or pd.isna(row.get(metric)):
         return "—"
     text = _fmt(row[metric], scale, digits)
@@ -384,7 +387,7 @@ def table_one_entries(summary: pd.DataFrame, metric: str, published: dict | None
         value = entry.row.get(metric) if entry is not None else None
         return round(float(value) * scale, digits) if value is not None and not pd.isna(value) else None
 
-    ranked = [(label, entries) for label, entries in rows if label not in (SELECTED,) and not label.endswith(SELECTED)]
+    ranked = [(label, entries) for label, entries in rows if not label.endswith(SELECTED)]  # not the α* rows
     for column in range(len(masks)):
         values = [rounded(entries[column]) for _, entries in ranked]
         finite = [v for v in values if v is not None]
@@ -437,7 +440,7 @@ def detail_table(summary: pd.DataFrame, metric: str):
     for _, r in summary.iterrows():
         label = row_label[r["ensemble"]]
         if r.get("selection") == NO_VAL:
-            rows.append([r["mask"], label, "not possible (no val split)"] + [""] * (len(header) - 3))
+            rows.append([r["mask"], label, NOT_POSSIBLE] + [""] * (len(header) - 3))
             continue
         if metric not in r or pd.isna(r.get(metric)):
             continue
@@ -462,7 +465,7 @@ def metrics_table(summary: pd.DataFrame, names: list[str]):
     row_label = _row_labels(summary)
     for _, r in summary.iterrows():
         if r.get("selection") == NO_VAL:
-            rows.append([r["mask"], row_label[r["ensemble"]], "not possible (no val split)"] + [""] * (len(names) - 1))
+            rows.append([r["mask"], row_label[r["ensemble"]], NOT_POSSIBLE] + [""] * (len(names) - 1))
             continue
         cells = []
         for metric in names:

@@ -337,8 +337,8 @@ class PlanBuilder:
         # parameters that only say where the data is (its fingerprint covers what it is) stay out of keys
         location = set(capability(self.registry.get("datasets", ds.name).factory, "location_params", "datasets"))
         content = {"name": ds.name, "params": {k: v for k, v in ds.params.items() if k not in location}}
-        return self.add("data", [content, self.version("datasets", ds), self.fingerprints[ds], DATA_FORMAT], f"data {ds.name}",
-                        [], DataSpec(ds))
+        return self.add("data", [content, self.version("datasets", ds), self.fingerprints[ds], DATA_FORMAT],
+                        f"data {ds.name}", [], DataSpec(ds))
 
     def train(self, cell: Cell, data: str) -> str:
         train = self.config["train"]

@@ -203,6 +203,11 @@ def _open_database(path: Path) -> sqlite3.Connection:
     return db
 
 
+def cell_file(run_dir: Path, cell_id: str) -> Path:
+    """Where a run folder keeps a cell's per-image scores (``Store.cell_path``)."""
+    return Path(run_dir) / "cells" / f"{cell_id}.npz"
+
+
 class Store:
     """Stage, artifact and cell records of one run directory."""
 
@@ -271,7 +276,7 @@ class Store:
     # -- cells ---------------------------------------------------------------------------------------
     def cell_path(self, cell_id: str) -> Path:
         """Per-image scores of a cell (``.npz``): ids, correct, jaccard, seg_iou, explained_index."""
-        return self.root / "cells" / f"{cell_id}.npz"
+        return cell_file(self.root, cell_id)
 
     def record_cells(self, rows: list[CellRow]) -> None:
         """Every row in one transaction (a row replaces an earlier one of the same cell)."""

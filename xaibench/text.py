@@ -1,6 +1,15 @@
-"""Plain-text tables for the terminal (``xaibench plugins``, ``xaibench data audit``)."""
+"""Plain text for the terminal and the file system: tables (``xaibench plugins``, ``xaibench data audit``)
+and file names a shell needs no quotes for (figures, exports)."""
 
 from __future__ import annotations
+
+import re
+
+
+def slug(text: str, limit: int | None = None) -> str:
+    """A file-name stem a shell needs no quotes for: letters, digits, ``.``, ``-`` and ``_`` (every other
+    run of characters becomes one ``_``), at most ``limit`` characters."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", str(text)).strip("_")[:limit]
 
 
 def text_table(header: list[str], rows: list[list]) -> list[str]:
