@@ -124,6 +124,8 @@ def test_export_mistakes_are_one_error_line(exported_run, tmp_path, capsys):
     for argv, message in (
         (["--what", "saliency", "--format", "gpkg"], "does not hold saliency"),
         (["--what", "annotations", "--format", "gpkg"], "needs --round"),
+        (["--what", "annotations", "--format", "gpkg", "--round", "-1"], "0 (the first round) or more"),
+        (["--what", "segmentations", "--format", "gpkg", "--round", "1"], "only with --what annotations"),
         (["--what", "segmentations", "--format", "gpkg", "--cell", "colour=red"], "KEY=VALUE"),
     ):
         assert main(["export", str(out), *argv, "--output", str(tmp_path / "x.gpkg")]) == 2
@@ -149,3 +151,24 @@ def test_without_a_georeference_tiles_are_in_pixel_coordinates_and_the_summary_s
     assert found["coordinates"].startswith("pixel") and found["crs"] is None
     geometry = gpd.read_file(tmp_path / "p.gpkg").geometry.iloc[0]
     assert geometry.bounds == (1.0, 2.0, 6.0, 4.0) and geometry.area == 10.0
+
+
+def test_a_damaged_file_of_the_run_is_one_error_line_and_nothing_is_written(exported_run, tmp_path, capsys):
+    import shutil
+
+    out, _, _ = exported_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    cell = sorted((copy / "cells").glob("*.npz"))[0]
+    cell.write_bytes(cell.read_bytes()[:100])  # a truncated per-image file
+    target = tmp_path / "out" / "seg.gpkg"
+    assert main(["export", str(copy), "--what", "segmentations", "--format", "gpkg", "--output", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the segmentation of cell ") and "cannot be read back" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    for maps in (copy / "cache" / "explain").glob("*/maps.npy"):
+        maps.write_bytes(maps.read_bytes()[:200])  # truncated saliency maps
+    folder = tmp_path / "out" / "saliency"
+    assert main(["export", str(copy), "--what", "saliency", "--format", "geotiff", "--output", str(folder)]) == 2
+    assert "(the file is truncated)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

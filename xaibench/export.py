@@ -18,7 +18,11 @@ y = row), which the summary says. Needs the geo extra (rasterio, shapely, geopan
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +66,17 @@ def parse_filter(text: str | None) -> dict[str, str]:
                             f"{', '.join(CELL_LABELS + ('acceptor',))}")
         out[key] = value
     return out
+
+
+@contextlib.contextmanager
+def _reading(run_dir: Path, what: str):
+    """A run-folder file that cannot be read back (truncated, overwritten) is a ``UserError`` saying how to
+    mend it: a rerun checks every artifact against its record and computes damaged ones again."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{what} in {run_dir} cannot be read back ({type(exc).__name__}: {exc}); run the same "
+                        f"'xaibench run' (or 'loop') on {run_dir} again: it recomputes damaged files") from None
 
 
 def _matches(labels: dict, wanted: dict[str, str]) -> bool:
@@ -130,10 +145,13 @@ def _write_vectors(features: list[dict], fmt: str, output: Path, layer: str) -> 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.stem}.partial{output.suffix}")  # the driver reads the extension
     tmp.unlink(missing_ok=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".crs. was not provided")  # pixel coordinates: said below
-        frame.to_file(tmp, driver=DRIVERS[fmt], engine="pyogrio", **({"layer": layer} if fmt == "gpkg" else {}))
-    tmp.replace(output)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".crs. was not provided")  # pixel coordinates: said below
+            frame.to_file(tmp, driver=DRIVERS[fmt], engine="pyogrio", **({"layer": layer} if fmt == "gpkg" else {}))
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
     return {"features": len(frame), "crs": str(frame.crs) if frame.crs is not None else None,
             "coordinates": "map" if target is not None else "pixel (x = column, y = row): the dataset has no "
                                                             "georeference"}
@@ -152,6 +170,8 @@ def export(run_dir, *, what: str, fmt: str, output, cell: str | None = None, rou
         raise UserError(f"{run_dir} is not a run folder (it holds no grid.yaml); give the --out of a run")
     if what == "annotations" and round_ is None:
         raise UserError("--what annotations needs --round N (0 is the first round's accepted annotations)")
+    if round_ is not None and (what != "annotations" or round_ < 0):
+        raise UserError(f"--round {round_}: give --round only with --what annotations, as 0 (the first round) or more")
     _geo()
     registry = registry or get_registry()
     wanted = parse_filter(cell)
@@ -166,10 +186,11 @@ def export(run_dir, *, what: str, fmt: str, output, cell: str | None = None, rou
     for cp in chosen:
         if cp.segment is None or not artifacts.exists("segment", cp.segment):
             continue
-        test = artifacts.data(cp.data, "test")
-        index = artifacts.load("explain", cp.explain)["index"]
-        masks = unpack_masks(artifacts.load("segment", cp.segment), cp.segment_index)
-        scores = _cell_scores(run_dir, cp, "seg_iou", len(index))
+        with _reading(run_dir, f"the segmentation of cell {cp.cell.cell_id}"):
+            test = artifacts.data(cp.data, "test")
+            index = artifacts.load("explain", cp.explain)["index"]
+            masks = unpack_masks(artifacts.load("segment", cp.segment), cp.segment_index)
+            scores = _cell_scores(run_dir, cp, "seg_iou", len(index))
         tiles = Tiles(registry, cp.cell.dataset, "test", *masks.shape[1:])
         attributes = {k: str(cp.labels[k]) for k in ("dataset", "mask", "ensemble", "explainer", "seeder",
                                                      "segmenter")}
@@ -205,9 +226,10 @@ def _annotations(grid_path, registry, artifacts, wanted, round_: int, fmt: str, 
         if not artifacts.exists("accept", rp.accept):
             raise UserError(f"round {round_} of the loop chain {chain.cell.cell_id} / {chain.acceptor.label} has not "
                             f"run: run 'xaibench loop' with at least {round_ + 1} round(s) first")
-        train = artifacts.data(rp.data, "train")
-        index = np.flatnonzero(train["has_mask"])
-        current = artifacts.annotations(rp.data, rp.accept)[index]
+        with _reading(artifacts.cache.parent, f"round {round_}'s annotations of chain {chain.cell.cell_id}"):
+            train = artifacts.data(rp.data, "train")
+            index = np.flatnonzero(train["has_mask"])
+            current = artifacts.annotations(rp.data, rp.accept)[index]
         scores = metrics.iou(current, train["references"][index])
         tiles = Tiles(registry, chain.cell.dataset, "train", *current.shape[1:])
         attributes = {**{k: str(labels[k]) for k in ("dataset", "mask", "ensemble", "explainer", "seeder",
@@ -226,14 +248,33 @@ def _annotations(grid_path, registry, artifacts, wanted, round_: int, fmt: str, 
 
 
 def _saliency(chosen, registry, artifacts, output: Path) -> dict:
+    """The GeoTIFFs are written to a temporary folder and moved under ``output`` once all are written, so
+    a failure leaves nothing behind."""
+    staging = Path(tempfile.mkdtemp(prefix="xaibench-export-"))
+    try:
+        found = _saliency_tiles(chosen, registry, artifacts, staging)
+        output.mkdir(parents=True, exist_ok=True)
+        for folder in sorted(staging.iterdir()):
+            target = output / folder.name
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(folder), str(target))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**found, "output": str(output)}
+
+
+def _saliency_tiles(chosen, registry, artifacts, output: Path) -> dict:
     _, rasterio, _ = _geo()
     written, georeferenced = 0, True
     for cp in chosen:
         if cp.explain is None or not artifacts.exists("explain", cp.explain):
             continue
-        explained = artifacts.load("explain", cp.explain)
-        test = artifacts.data(cp.data, "test")
-        maps = explained["maps"]
+        what = f"the explanation of cell {cp.cell.cell_id}"
+        with _reading(artifacts.cache.parent, what):
+            explained = artifacts.load("explain", cp.explain)
+            test = artifacts.data(cp.data, "test")
+            maps = explained["maps"]
         tiles = Tiles(registry, cp.cell.dataset, "test", *maps.shape[1:])
         folder = output / slug(cp.cell.cell_id)
         folder.mkdir(parents=True, exist_ok=True)
@@ -241,13 +282,17 @@ def _saliency(chosen, registry, artifacts, output: Path) -> dict:
             tile = str(test["ids"][row])
             transform, crs = tiles(tile)
             georeferenced &= crs is not None
-            saliency = np.asarray(maps[position], dtype=np.float32)
-            with rasterio.open(folder / f"{slug(tile)}.tif", "w", driver="GTiff",
-                               width=saliency.shape[1], height=saliency.shape[0], count=1, dtype="float32",
-                               crs=crs, transform=transform) as dst:
-                dst.write(saliency[None])
+            with _reading(artifacts.cache.parent, what):
+                saliency = np.asarray(maps[position], dtype=np.float32)
+            with warnings.catch_warnings():
+                # pixel coordinates (no georeference) are said in the summary, not by GDAL for every tile
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                with rasterio.open(folder / f"{slug(tile)}.tif", "w", driver="GTiff", width=saliency.shape[1],
+                                   height=saliency.shape[0], count=1, dtype="float32", crs=crs,
+                                   transform=transform) as dst:
+                    dst.write(saliency[None])
             written += 1
     if not written:
         raise UserError("no chosen cell has a finished explanation: run the grid first, or check --cell")
-    return {"what": "saliency", "tiles": written, "output": str(output),
+    return {"what": "saliency", "tiles": written,
             "coordinates": "map" if georeferenced else "pixel (x = column, y = row): the dataset has no georeference"}
