@@ -113,6 +113,8 @@ def test_tiny_run_writes_results_and_a_rerun_trains_nothing(run_grid, capsys):
     assert "| α* (val) | not possible (no val split) | not possible (no val split) |" in markdown
     assert "τ* (val): not possible: no val split" in markdown
     assert "| Chance: random |" in markdown and "| Chance: centre |" in markdown
+    metrics = markdown.split("#### Explanation metrics · gradcam")[1].split("####")[0]
+    assert "|  | Chance: random | " in metrics and "|  | Chance: centre | " in metrics  # the table of all metrics too
     assert "| mask | ensemble | all | cue agrees (n=" in markdown and "| worst group |" in markdown
     assert "Faithfulness · gradcam on 4 test images per seed" in markdown
     assert table["faithfulness_n"].dropna().eq(4).all() and table["lift_jaccard"].notna().all()

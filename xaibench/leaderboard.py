@@ -397,7 +397,7 @@ def table_one_entries(summary: pd.DataFrame, metric: str, published: dict | None
     base = summary[summary["ensemble"] == "baseline"]
     baseline = Entry(base.iloc[0], (published or {}).get(("none", 1.0))) if len(base) else None
     chance = []
-    reference = base.iloc[0] if len(base) else (summary.iloc[0] if len(summary) else None)
+    reference = _chance_reference(summary)
     for name in ("random", "centre"):
         column = f"{name}_{metric}"
         if reference is not None and column in reference and not pd.isna(reference.get(column)):
@@ -457,8 +457,16 @@ def detail_table(summary: pd.DataFrame, metric: str):
     return header, rows
 
 
+def _chance_reference(summary: pd.DataFrame):
+    """The summary row whose ``random_*`` and ``centre_*`` values a table shows as its chance rows (every
+    row of one dataset and backbone has the same test images): the baseline's, else the first."""
+    base = summary[summary["ensemble"] == "baseline"]
+    return base.iloc[0] if len(base) else (summary.iloc[0] if len(summary) else None)
+
+
 def metrics_table(summary: pd.DataFrame, names: list[str]):
-    """One row per model variant, one column per metric: mean [95% CI]."""
+    """One row per model variant, one column per metric: mean [95% CI]; then, for the metrics that have
+    one, a row per chance reference (the ``random`` and ``centre`` maps on the same images)."""
     names = [m for m in names if m in summary and summary[m].notna().any()]
     header = ["mask", "ensemble"] + names
     rows = []
@@ -478,6 +486,19 @@ def metrics_table(summary: pd.DataFrame, names: list[str]):
             cells.append(f"{_fmt(r[metric], scale, digits)} [{_fmt(low, scale, digits)}, {_fmt(high, scale, digits)}]"
                          + mark)
         rows.append([r["mask"], row_label[r["ensemble"]]] + cells)
+    reference = _chance_reference(summary)
+    for name in ("random", "centre"):
+        columns = [f"{name}_{metric}" for metric in names]
+        if reference is None or not any(c in reference and not pd.isna(reference.get(c)) for c in columns):
+            continue
+        cells = []
+        for metric, column in zip(names, columns):
+            _, scale, digits, _ = METRICS[metric]
+            value = reference.get(column)
+            cells.append("—" if value is None or pd.isna(value) else
+                         f"{_fmt(value, scale, digits)} [{_fmt(reference.get(column + '_ci_low'), scale, digits)}, "
+                         f"{_fmt(reference.get(column + '_ci_high'), scale, digits)}]")
+        rows.append(["", f"Chance: {name}"] + cells)
     return header, rows
 
 
