@@ -11,6 +11,8 @@ Classes are the ``classes`` parameter or, by default, the sorted folder names in
 reserved and hidden names are ignored). Every split must hold a folder for every class (it may be empty).
 A mask is a PNG of its image's size: non-zero pixels are the foreground, or with ``mask_white_background``
 every pixel that is not pure white; fully transparent pixels are background (``xaibench.images.read_mask``).
+Images and masks are read as every viewer shows them, their EXIF orientation applied (a mask drawn on a
+rotated phone photo lines up with it); sizes are the displayed ones.
 A mask without any foreground pixel means "no annotation" (``mask=None``). Images without a mask file have
 ``mask=None``. Other files in a class folder are ignored.
 
@@ -41,7 +43,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASKS = "masks"
 SHOWN = 5  # bad files named in a warning
 # Bump whenever the samples change for the same files and parameters: it is part of the fingerprint.
-LOADER_VERSION = 1
+LOADER_VERSION = 2  # 2: EXIF orientation applied to images and masks
 
 
 class FolderDataset:

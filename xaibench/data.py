@@ -13,17 +13,20 @@ import numpy as np
 
 from .contracts import capability
 from .errors import UserError
+from .images import displayed_size
 from .registry import get_registry, signature_model, type_text, validate_keywords
 
 
 def file_facts(path) -> dict:
-    """Size, mode, format and JPEG quantisation of an image file (read with PIL, pixels not decoded)."""
+    """Size, mode, format and JPEG quantisation of an image file (read with PIL, pixels not decoded). The
+    size is the displayed one (EXIF orientation applied), the size the dataset's samples are read at."""
     from PIL import Image
 
     with Image.open(path) as image:
         quantisation = getattr(image, "quantization", None) or {}
         tables = [np.asarray(list(quantisation[k]), dtype=np.float64) for k in sorted(quantisation)]
-        return {"width": int(image.size[0]), "height": int(image.size[1]), "mode": str(image.mode),
+        width, height = displayed_size(image)
+        return {"width": int(width), "height": int(height), "mode": str(image.mode),
                 "format": str(image.format or "unknown"),
                 "jpeg_quality": [float(t.mean()) for t in tables[:2]] if tables else None}
 

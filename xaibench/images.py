@@ -3,6 +3,10 @@
 Every failure to read a file (empty, truncated, corrupt, not an image, an unsupported pixel type) is a
 ``UserError`` naming the file. Truncated files are never half-read: PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES``
 is left False (the default), and a file read while another library has set it True still raises here.
+
+Pixels are returned as every viewer shows them: a file's EXIF orientation (a camera's or phone's rotation
+tag, in JPEG, PNG, TIFF or WebP) is applied to images and masks alike, so a mask drawn on the displayed
+image lines up with it, and sizes are the displayed sizes.
 """
 
 from __future__ import annotations
@@ -17,11 +21,32 @@ from .errors import UserError
 _WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
 
 
+# EXIF orientations (2..8) that swap width and height: a transpose or a quarter turn
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def orientation(image) -> int:
+    """The EXIF orientation of an opened ``PIL.Image`` (1, upright, when it has none or an invalid one)."""
+    try:
+        value = image.getexif().get(0x0112, 1)  # ExifTags.Base.Orientation
+    except Exception:  # a damaged EXIF block: the pixels are read as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def displayed_size(image) -> tuple[int, int]:
+    """(width, height) of an opened ``PIL.Image`` as viewers show it, its EXIF orientation applied, without
+    decoding the pixels."""
+    width, height = image.size
+    return (height, width) if orientation(image) in _QUARTER_TURNS else (width, height)
+
+
 def open_image(path):
-    """``PIL.Image`` of ``path`` with its pixels loaded, or ``UserError`` naming the file.
+    """``PIL.Image`` of ``path`` with its pixels loaded and its EXIF orientation applied (the pixels as
+    viewers show them), or ``UserError`` naming the file.
 
     Raises for an empty file, a file PIL cannot identify, and a truncated or corrupt one."""
-    from PIL import Image, ImageFile
+    from PIL import Image, ImageFile, ImageOps
 
     path = Path(path)
     try:
@@ -37,6 +62,8 @@ def open_image(path):
     try:
         image = Image.open(path)
         image.load()
+        if orientation(image) != 1:
+            ImageOps.exif_transpose(image, in_place=True)
     except Image.UnidentifiedImageError:
         raise UserError(f"{path}: not an image format that can be read (PNG, JPEG, TIFF, ...); replace it or "
                         f"remove it") from None
@@ -61,7 +88,7 @@ def _to_8bit(path, image) -> np.ndarray | None:
 
 
 def read_rgb(path) -> np.ndarray:
-    """uint8 (H, W, 3) RGB pixels of the image file ``path``.
+    """uint8 (H, W, 3) RGB pixels of the image file ``path``, as displayed (EXIF orientation applied).
 
     Grayscale (L, 1), palette (P), RGBA/LA (alpha dropped: transparent pixels keep their colour), CMYK and
     16-bit single-channel images (I;16, I: scaled by 255/65535, not clipped) are converted. Raises
@@ -84,12 +111,13 @@ def _alpha(image) -> np.ndarray | None:
 
 def read_mask(path, *, size: tuple[int, int] | None = None, white_background: bool = False,
               image_path=None) -> np.ndarray:
-    """bool (H, W) foreground of the mask file ``path``: True on the annotated pixels.
+    """bool (H, W) foreground of the mask file ``path``, as displayed (EXIF orientation applied): True on the
+    annotated pixels.
 
     Foreground is every pixel whose stored value is not zero (any channel; a palette PNG's index), or with
     ``white_background`` every pixel that is not pure white (255, 255, 255 after 16-bit scaling); in both
     cases fully transparent pixels (alpha 0) are background. ``size`` (W, H), when given, is the size of
-    the mask's image (``image_path``, named in the message): a mask of another size raises ``UserError``,
+    the mask's image as displayed (``image_path``, named in the message): a mask of another size raises ``UserError``,
     as does a file that cannot be read."""
     path = Path(path)
     with open_image(path) as image:
