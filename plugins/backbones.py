@@ -7,7 +7,7 @@ explainers and the runner never deal with normalisation constants.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from xaibench.errors import UserError
 from xaibench.hookspecs import hookimpl
@@ -15,6 +15,9 @@ from xaibench.models import resolve_module
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# A value of the timm backbone's model_args (a YAML list arrives as a list and is passed on as a tuple).
+TimmArg = Union[bool, int, float, str, list[Union[int, float]]]
+RESERVED_TIMM_ARGS = frozenset({"num_classes", "pretrained", "in_chans", "pretrained_cfg", "pretrained_cfg_overlay"})
 
 
 def _normalized(net, mean, std):
@@ -148,14 +151,28 @@ class ResNet18:
 class TimmBackbone:
     """Any timm model by ``name``; ``pretrained`` loads timm's weights (from its local cache offline).
 
-    ``target_layer``: dotted path in the timm model; by default the module of its last feature stage."""
+    ``target_layer``: dotted path in the timm model; by default the module of its last feature stage.
+    ``model_args``: more keyword arguments of ``timm.create_model`` that shape the architecture (e.g.
+    ``{depth: 4, img_size: 96}`` for a ViT, ``{depths: [1, 1, 1, 1], dims: [16, 32, 64, 128]}`` for a
+    ConvNeXt); numbers, strings, booleans or lists of numbers. ``num_classes``, ``pretrained`` and
+    ``in_chans`` are set by xaibench (3 channels in [0, 1]) and cannot be given."""
 
-    def __init__(self, *, name: str = "resnet18", pretrained: bool = False, target_layer: Optional[str] = None):
+    def __init__(self, *, name: str = "resnet18", pretrained: bool = False, target_layer: Optional[str] = None,
+                 model_args: Optional[dict[str, TimmArg]] = None):
         self.name = name
         self.pretrained = pretrained
         self.target_layer = target_layer
+        self.model_args = model_args
 
-    def build(self, num_classes: int, *, pretrained: bool = True):
+    def check(self) -> None:
+        """Fail before a run starts on a name timm does not know or ``model_args`` its model does not take
+        (the architecture is built on the meta device: no memory, no weights)."""
+        import torch
+
+        with torch.device("meta"):
+            self._create(2, pretrained=False)
+
+    def _create(self, num_classes: int, *, pretrained: bool):
         import timm
 
         if not timm.is_model(self.name):
@@ -163,8 +180,29 @@ class TimmBackbone:
 
             hint = closest(self.name, timm.list_models())
             raise UserError(f"timm has no model {self.name!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+        args = dict(self.model_args or {})
+        reserved = sorted(set(args) & RESERVED_TIMM_ARGS)
+        if reserved:
+            raise UserError(f"timm backbone {self.name!r}: model_args {reserved} are set by xaibench; leave them out")
+        args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
         try:
-            net = timm.create_model(self.name, pretrained=pretrained and self.pretrained, num_classes=num_classes)
+            return timm.create_model(self.name, pretrained=pretrained, num_classes=num_classes, **args)
+        except TypeError as exc:  # timm passes unknown keywords on to the model class, which refuses them
+            if not args:
+                raise
+            raise UserError(f"timm model {self.name!r} does not take model_args {sorted(args)} ({exc}); see the "
+                            f"keyword arguments of its model class in timm") from None
+        except (AssertionError, ValueError, RuntimeError) as exc:
+            if not args or pretrained:
+                raise
+            raise UserError(f"timm model {self.name!r} cannot be built with model_args {self.model_args} "
+                            f"({type(exc).__name__}: {exc})") from None
+
+    def build(self, num_classes: int, *, pretrained: bool = True):
+        try:
+            net = self._create(num_classes, pretrained=pretrained and self.pretrained)
+        except UserError:
+            raise
         except Exception as exc:
             if not (pretrained and self.pretrained):
                 raise

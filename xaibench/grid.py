@@ -60,7 +60,15 @@ class ComponentSpec(pydantic.BaseModel):
             out = {"name": value.pop("name", None), "sweep": value.pop("sweep", {})}
             if out["name"] is None:
                 raise ValueError("a component entry needs a 'name'")
-            out["params"] = value
+            # 'params:' holds parameters whose names are taken by the entry's own keys (the timm backbone's
+            # 'name' of a timm model); the others may sit beside 'name' or inside it, never both.
+            nested = value.pop("params", {})
+            if not isinstance(nested, dict):
+                raise ValueError("'params' of a component entry is a mapping of parameter names to values")
+            twice = sorted(set(nested) & set(value))
+            if twice:
+                raise ValueError(f"parameters given both inside 'params' and beside it: {twice}")
+            out["params"] = {**nested, **value}
             return out
         raise ValueError("a component entry is a name or a mapping with 'name' and its parameters")
 
