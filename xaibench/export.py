@@ -8,7 +8,10 @@ files a GIS opens, in the tiles' own coordinates.
 - ``annotations`` (``gpkg`` or ``geojson``): the training annotations after round ``--round`` of each loop
   chain, one feature per annotated training tile, with the acceptor, the round and ``score`` (IoU against
   the reference annotation).
-- ``saliency`` (``geotiff``): one float32 GeoTIFF per chosen cell and explained test tile, in a folder.
+- ``saliency`` (``geotiff``): one float32 GeoTIFF per chosen cell and explained test tile, in a folder: a
+  folder per cell, a file per tile named for its id made shell-safe (``tile_names``); ids that reduce to the
+  same name (``ü.png`` and ``é.png``, ``x y.png`` and ``x_y.png``, names differing only in case) get a short
+  hash of the id appended, and every file holds its tile's id in the GeoTIFF tag ``tile``.
 
 Where the dataset names each tile's CRS and bounds (an optional ``georeference(split)``; ``lcdb-waikato``
 has one), geometries are in that CRS (a GeoPackage holds one CRS: tiles in others are reprojected to the
@@ -19,6 +22,7 @@ y = row), which the summary says. Needs the geo extra (rasterio, shapely, geopan
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import tempfile
 import warnings
@@ -278,6 +282,7 @@ def _saliency_tiles(chosen, registry, artifacts, output: Path) -> dict:
         tiles = Tiles(registry, cp.cell.dataset, "test", *maps.shape[1:])
         folder = output / slug(cp.cell.cell_id)
         folder.mkdir(parents=True, exist_ok=True)
+        names = tile_names([str(test["ids"][row]) for row in explained["index"]])
         for position, row in enumerate(explained["index"]):
             tile = str(test["ids"][row])
             transform, crs = tiles(tile)
@@ -287,12 +292,32 @@ def _saliency_tiles(chosen, registry, artifacts, output: Path) -> dict:
             with warnings.catch_warnings():
                 # pixel coordinates (no georeference) are said in the summary, not by GDAL for every tile
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                with rasterio.open(folder / f"{slug(tile)}.tif", "w", driver="GTiff", width=saliency.shape[1],
+                with rasterio.open(folder / f"{names[tile]}.tif", "w", driver="GTiff", width=saliency.shape[1],
                                    height=saliency.shape[0], count=1, dtype="float32", crs=crs,
                                    transform=transform) as dst:
                     dst.write(saliency[None])
+                    dst.update_tags(tile=tile)
             written += 1
     if not written:
         raise UserError("no chosen cell has a finished explanation: run the grid first, or check --cell")
     return {"what": "saliency", "tiles": written,
             "coordinates": "map" if georeferenced else "pixel (x = column, y = row): the dataset has no georeference"}
+
+
+def tile_names(tiles: list[str]) -> dict[str, str]:
+    """Tile id → a file stem unique among ``tiles`` (also on a case-insensitive disk) that a shell needs no
+    quotes for: the id's ``slug``, with ``-`` and 8 hex digits of the id's sha1 appended where two ids share
+    a slug. Deterministic: a tile's name depends only on the ids exported beside it."""
+    stems = {tile: slug(tile) or "tile" for tile in dict.fromkeys(tiles)}
+    taken: dict[str, list[str]] = {}
+    for tile, stem in stems.items():
+        taken.setdefault(stem.casefold(), []).append(tile)
+    names = {tile: stem if len(taken[stem.casefold()]) == 1 else f"{stem}-{_short_hash(tile)}"
+             for tile, stem in stems.items()}
+    if len({name.casefold() for name in names.values()}) != len(names):  # a suffixed name met a plain one
+        names = {tile: f"{stem}-{_short_hash(tile)}" for tile, stem in stems.items()}
+    return names
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
