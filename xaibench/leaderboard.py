@@ -604,10 +604,13 @@ def _md_table(header, rows) -> str:
 
 
 def markdown(df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench leaderboard",
-             published: pd.DataFrame | None = None, *, brief: bool = False) -> str:
-    """The leaderboard in markdown; ``brief`` keeps only the accuracy tables and the failures."""
+             published: pd.DataFrame | None = None, *, brief: bool = False, machines: str | None = None) -> str:
+    """The leaderboard in markdown; ``brief`` keeps only the accuracy tables and the failures; ``machines``
+    (``xaibench.machine.sentence``) says which machine computed the numbers, below the note."""
     failed = int((df["status"] != Status.DONE).sum())
     parts = [f"# {title}", "", f"{len(df)} cells, {failed} failed. {NOTE}"]
+    if machines and not brief:
+        parts += ["", machines]
     for level, heading, body in sections(df, summary, published):
         if brief and (level > 2 and not heading.startswith("Accuracy (%)") or heading == "Models at chance"):
             continue
@@ -622,10 +625,10 @@ def markdown(df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench lea
 
 
 def write(out_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench leaderboard",
-          published: pd.DataFrame | None = None) -> list[Path]:
+          published: pd.DataFrame | None = None, *, machines: str | None = None) -> list[Path]:
     out_dir = Path(out_dir)
     paths = [out_dir / "leaderboard.md", out_dir / "leaderboard.csv", out_dir / "leaderboard_summary.csv"]
-    atomic_write_text(paths[0], markdown(df, summary, title, published))
+    atomic_write_text(paths[0], markdown(df, summary, title, published, machines=machines))
     atomic_write_text(paths[1], df.drop(columns=["cell_id"]).to_csv(index=False))
     atomic_write_text(paths[2], summary.to_csv(index=False))
     return paths

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import leaderboard
+from . import leaderboard, machine
 from .loop_tables import LABELS, METRICS, varying_labels
 
 STYLE = """
@@ -56,14 +56,18 @@ def _open(title: str) -> list[str]:
 
 
 def page(title: str, df: pd.DataFrame, summary: pd.DataFrame, *, published=None, figures=(), run_info=None,
-         grid_text: str | None = None) -> str:
+         grid_text: str | None = None, machines: str | None = None) -> str:
+    """The run's report; ``machines`` says which machine computed the numbers (default: ``run_info``'s)."""
     parts = _open(title)
+    machines = machines or (machine.sentence([run_info]) if run_info else None)
     if run_info:
         parts.append(f"<p>{run_info.get('cells_done', '?')} of {run_info.get('cells', '?')} cells done, "
                      f"{run_info.get('cells_failed', 0)} failed; {run_info.get('trainings_run', 0)} trainings run, "
                      f"{run_info.get('trainings_reused', 0)} reused; {run_info.get('wall_s', 0):.1f} s on "
                      f"{html.escape(str(run_info.get('device', '?')))}.</p>")
     parts.append(f"<p class='note'>{html.escape(leaderboard.NOTE)}</p>")
+    if machines:
+        parts.append(f"<p class='note'>{html.escape(machines)}</p>")
     parts += _problems(run_info)
     if not len(summary):
         parts.append("<p><strong>No cell finished</strong>, so there is no table to show; the failures are "
@@ -88,8 +92,9 @@ def page(title: str, df: pd.DataFrame, summary: pd.DataFrame, *, published=None,
         parts.append("<h2>Plugins</h2>" + _table(["kind", "name", "plugin", "distribution", "version"],
                                                  [[p[k] for k in ("kind", "name", "plugin", "distribution", "version")]
                                                   for p in plugins]))
-        machine = {k: run_info.get(k) for k in ("device", "python", "platform", "torch", "cpu_count")}
-        parts.append(f"<h2>Machine</h2><pre>{html.escape(json.dumps(machine, indent=2))}</pre>")
+        facts = {k: run_info.get(k) for k in ("device", "cpu", "cpu_isa", "isa_limits", "cpu_count", "python",
+                                              "platform", "torch")}
+        parts.append(f"<h2>Machine</h2><pre>{html.escape(json.dumps(facts, indent=2))}</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -140,6 +145,8 @@ def loop_page(title: str, summary: pd.DataFrame, seeds: pd.DataFrame, *, figures
                      f"min_changed, {run_info['chains_failed']} failed; "
                      f"{run_info['trainings_run']} trainings run, {run_info['trainings_reused']} reused; "
                      f"{run_info['wall_s']:.1f} s on {html.escape(str(run_info['device']))}.</p>")
+    if run_info and machine.sentence([run_info]):
+        parts.append(f"<p class='note'>{html.escape(machine.sentence([run_info]))}</p>")
     parts.append("<p class='note'>Round r trains the masked model on the round's annotations (round 0: the "
                  "dataset's own). Values are means over seeds with 95% t intervals over seeds in brackets; "
                  "changes are paired per seed against round 0. A chain that converged (its annotations stopped "
