@@ -328,5 +328,5 @@ def test_a_worker_killed_mid_run_fails_its_stage_and_the_run_reports_it(run, tmp
     assert killed and code == 1 and "Traceback" not in printed.err
     (failure,) = info["failures"]
     assert failure["stage"].startswith("train resnet18") and "worker died" in failure["message"]
-    assert failure["component"].startswith("executor 'process'")
+    assert failure["component"].startswith("backbone 'resnet18'")  # what the worker was running, not the executor
     assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "leaderboard.md").is_file()

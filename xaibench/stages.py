@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import errno
 import shutil
+import signal
 import time
 import traceback
 from pathlib import Path
@@ -16,11 +17,11 @@ import numpy as np
 from . import faithfulness
 from .artifacts import CHUNK, SPLITS, ArrayFolderWriter, Artifacts, PackedMasks
 from .contracts import (Prompts, capability, validate_annotation, validate_classes, validate_ensemble,
-                        validate_layers, validate_logits, validate_maps, validate_masked, validate_model,
-                        validate_prompt_sets, validate_sample, validate_segmentation)
+                        validate_layers, validate_layout, validate_logits, validate_maps, validate_masked,
+                        validate_model, validate_prompt_sets, validate_sample, validate_segmentation)
 from .errors import ComponentError, ContractViolation, StageError, UserError
 from .grid import Choice
-from .models import ensemble_model, load_weights, save_weights
+from .models import ensemble_model, layer_name, load_weights, save_weights
 from .plan import (AcceptSpec, DataSpec, ExplainSpec, FaithfulnessSpec, FinetuneSpec, LogitsSpec, MixedModel, SeedsSpec,
                    SegmentSpec, Stage, TrainSpec)
 from .records import StageResult
@@ -46,6 +47,9 @@ class StageRunner:
         self.registry = registry
         self.device = resolve_device(device)
         self.progress = progress
+        self._stage: str | None = None  # the key of the stage running, for its breadcrumb
+        self._crumbs: list[str] = []  # the components being called, innermost last
+        self._written = ""
 
     def __getstate__(self):
         """Sent to worker processes without the registry (rebuilt there from installed entry points)."""
@@ -76,17 +80,66 @@ class StageRunner:
     def calling(self, kind: str, choice: Choice, given: str = ""):
         """Any exception raised inside, a contract violation included, becomes a ``ComponentError`` naming
         the component (kind, name, plugin, distribution, version) and what it was ``given``, so a failed
-        cell says whose fault it was and where to look."""
+        cell says whose fault it was and where to look. So does a ``SystemExit`` (a plugin calling
+        ``sys.exit``) or any other ``BaseException`` but a real Ctrl-C (``passes_through``): a component
+        cannot end the run. The component is also noted in the stage's breadcrumb (``breadcrumb``), which
+        names it when the worker running the stage dies."""
+        try:
+            who = self.registry.who(kind, choice.name, choice.label)
+        except UserError:  # not registered here: the call itself fails and says so
+            who = f"{kind[:-1]} {choice.label!r}"
+        self._crumbs.append(who)
+        self._leave_breadcrumb()
         try:
             yield
-        except (ComponentError, StageError):  # already says whose it is, or is xaibench's own
+        except ComponentError:  # already says whose it is
             raise
-        except Exception as exc:
-            message = str(exc) if isinstance(exc, (UserError, ContractViolation)) else f"{type(exc).__name__}: {exc}"
+        except BaseException as exc:
+            if passes_through(exc):
+                raise
+            if isinstance(exc, StageError):  # xaibench's own check of what the component computed
+                message = str(exc)
+            elif isinstance(exc, SystemExit):
+                message = (f"called sys.exit({exc.code!r}); a component raises an exception to fail, it does not "
+                           f"end the process")
+            elif isinstance(exc, (UserError, ContractViolation)):
+                message = str(exc)
+            else:
+                message = f"{type(exc).__name__}: {exc}"
             if given:
                 message += f" (given {given})"
-            raise ComponentError(self.registry.who(kind, choice.name, choice.label), message,
-                                 user_error=isinstance(exc, UserError)) from exc
+            raise ComponentError(who, message, user_error=isinstance(exc, UserError)) from exc
+        finally:
+            self._crumbs.pop()
+            self._leave_breadcrumb()
+
+    def breadcrumb(self, key: str) -> Path:
+        """The file naming the component a running stage ``key`` is calling (``calling``), written when
+        that changes and removed when the stage ends: what the driver reads when the worker running the
+        stage died, so the failure names the component rather than the executor."""
+        return self.artifacts.cache / "running" / f"{key}.txt"
+
+    def _leave_breadcrumb(self) -> None:
+        text = self._crumbs[-1] if self._crumbs else ""
+        if self._stage is None or text == self._written:
+            return
+        try:
+            path = self.breadcrumb(self._stage)
+            if text:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+            else:
+                path.unlink(missing_ok=True)
+            self._written = text
+        except OSError:  # a note for a post-mortem only: never the reason a stage fails
+            pass
+
+    def calling_in(self, key: str) -> str:
+        """The component the stage ``key`` was last calling, from its breadcrumb ("" when none is left)."""
+        try:
+            return self.breadcrumb(key).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return ""
 
     def component(self, kind: str, choice: Choice):
         with self.calling(kind, choice):
@@ -107,6 +160,8 @@ class StageRunner:
     def __call__(self, stage: Stage) -> StageResult:
         start = time.perf_counter()
         reset_peak_memory()
+        self._stage, self._crumbs, self._written = stage.key, [], "?"
+        self._leave_breadcrumb()  # removes one an earlier, killed run left
         try:
             meta = getattr(self, f"_run_{stage.kind}")(stage)
             peak = peak_memory()
@@ -115,7 +170,9 @@ class StageRunner:
             root = self.artifacts.cache.parent
             files = {str(p.relative_to(root)): file_digest(p) for p in self.artifacts.files(stage.kind, stage.key)}
             return StageResult(stage.key, True, time.perf_counter() - start, meta=meta or {}, files=files)
-        except Exception as exc:  # recorded against the stage; the run goes on with other cells
+        except BaseException as exc:  # recorded against the stage; the run goes on with other cells
+            if passes_through(exc):
+                raise
             full = _disk_full(exc)
             if full is not None:
                 free = shutil.disk_usage(self.artifacts.cache.parent).free
@@ -129,6 +186,10 @@ class StageRunner:
             user_error = exc.user_error if isinstance(exc, ComponentError) else isinstance(exc, UserError)
             return StageResult(stage.key, False, time.perf_counter() - start, error=message,
                                traceback=traceback.format_exc(), component=component, user_error=user_error)
+        finally:
+            self._crumbs = []
+            self._leave_breadcrumb()
+            self._stage, self._written = None, ""
 
     def _run_data(self, stage: Stage):
         """Each split as an array folder written one sample at a time (``artifacts.ArrayFolderWriter``):
@@ -268,6 +329,26 @@ class StageRunner:
             validate_layers(layers, model)
         return list(layers)
 
+    def _layouts(self, choice: Choice, members: list):
+        """The ``layouts`` function explainers get: ``layouts(layer)`` is the backbone's declared
+        ``activation_layout`` of ``layer``, a module of one of ``members`` (the networks it built that the
+        explained model runs); an undeclared one fails, naming the backbone and the layer."""
+        backbone = self.component("backbones", choice)
+        declare = capability(backbone, "activation_layout", "backbones")
+
+        def layouts(layer):
+            found = [(member, name) for member in members if (name := layer_name(member, layer)) is not None]
+            if not found:
+                raise ContractViolation(f"{type(layer).__name__} is not a module of the explained model; explain "
+                                        f"the layers of the model given")
+            member, name = found[0]
+            with self.calling("backbones", choice, given=f"activation_layout(model, {name!r})"):
+                layout = declare(member, layer) if declare is not None else None
+                validate_layout(layout, name)
+            return layout
+
+        return layouts
+
     def _explained_model(self, spec: ExplainSpec | FaithfulnessSpec, num_classes):
         """The model an explanation is of (an ensemble's as one module) and its target layers."""
         ref = spec.model
@@ -297,6 +378,9 @@ class StageRunner:
         model, target_layers = self._explained_model(spec, len(test["classes"]))
         explainer = self.component("explainers", spec.explainer)
         uses_ground_truth = capability(explainer, "uses_ground_truth", "explainers")
+        members = [model.raw, model.masked] if isinstance(spec.model, MixedModel) else [model]
+        layouts = {"layouts": self._layouts(spec.backbone, members)} \
+            if capability(explainer, "layouts", "explainers") else {}
         height, width = test["images"].shape[1:3]
         writer = ArrayFolderWriter(self.path("explain", stage.key))
         try:
@@ -309,7 +393,7 @@ class StageRunner:
                 gt = test["references"][chunk] if uses_ground_truth else None
                 given = f"{len(chunk)} {spec.split} images from {str(test['ids'][chunk[0]])!r}"
                 with self.calling("explainers", spec.explainer, given=given):
-                    out = explainer.explain(model, images, targets, target_layers=target_layers, masks=gt)
+                    out = explainer.explain(model, images, targets, target_layers=target_layers, masks=gt, **layouts)
                     validate_maps(out, len(chunk), height, width)
                 maps[start : start + len(chunk)] = out
             writer.save("index", index)
@@ -443,6 +527,20 @@ class StageRunner:
         save_arrays(self.path("accept", stage.key), masks=updated, width=np.int64(width), index=index,
                     accepted=accepted, changed=changed)
         return {"n": int(len(index)), "accepted": int(accepted.sum()), "changed": int(changed.sum())}
+
+
+def passes_through(exc: BaseException) -> bool:
+    """Whether ``exc`` ends the run rather than the stage: a Ctrl-C (``KeyboardInterrupt`` where SIGINT
+    can arrive; a process worker ignores SIGINT, so one raised there is a component's) or a generator
+    being closed. Everything else a stage raises, ``SystemExit`` included, fails that stage only."""
+    if isinstance(exc, GeneratorExit):
+        return True
+    if isinstance(exc, KeyboardInterrupt):
+        try:
+            return signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        except (ValueError, OSError):
+            return True
+    return False
 
 
 def reset_peak_memory() -> None:

@@ -136,8 +136,10 @@ def fit(
                     logits = model(x.contiguous(memory_format=memory_format))
                 loss = torch.nn.functional.cross_entropy(logits.float(), y)
                 if not torch.isfinite(loss):
-                    raise StageError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                     "lower the learning rate")
+                    cause = ("the model gave non-finite logits (NaN or inf); if the model is sound, "
+                             if not torch.isfinite(logits).all() else "")
+                    raise StageError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
+                                     f"{cause}lower the learning rate")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
