@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
-from xaibench.errors import UserError
+from xaibench.errors import NotFetched, UserError
 from xaibench.hookspecs import hookimpl
 from xaibench.models import resolve_module
 
@@ -89,11 +89,19 @@ class ResNet18:
         self.weights = weights
         self.target_layer = target_layer
 
-    def check(self) -> None:
+    def check(self, *, fetch: bool = True) -> None:
         """Fail before a run starts when the weights cannot be had (no file, no cache and no network), or
-        the file is not a resnet18's."""
+        the file is not a resnet18's. ``fetch=False`` (a dry run): download nothing; ImageNet weights that
+        are not cached raise ``NotFetched`` saying where they would go and where from."""
         if self.weights == "imagenet":
-            self._imagenet_state()
+            if fetch:
+                self._imagenet_state()
+                return
+            cached, url = self._imagenet_file()
+            if not cached.is_file():
+                raise NotFetched(f"ImageNet weights for resnet18 are not cached at {cached}; a real run downloads "
+                                 f"them from {url} (45 MB) where the network allows; offline, copy that file there, "
+                                 f"pass its path as 'weights', or use 'weights: none'")
         elif self.weights != "none":
             self._fit(self._resnet(1000), load_state_file(Path(self.weights)), 1000)
 
@@ -122,12 +130,20 @@ class ResNet18:
             )
         net.load_state_dict(state, strict=False)
 
-    def _imagenet_state(self):
+    @staticmethod
+    def _imagenet_file() -> tuple[Path, str]:
+        """Where torch's hub cache keeps torchvision's ImageNet weights of resnet18, and their URL."""
         import torch
         from torchvision.models import ResNet18_Weights
 
+        url = ResNet18_Weights.IMAGENET1K_V1.url
+        return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name, url
+
+    def _imagenet_state(self):
+        from torchvision.models import ResNet18_Weights
+
         spec = ResNet18_Weights.IMAGENET1K_V1
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(spec.url).name
+        cached, _ = self._imagenet_file()
         try:
             return spec.get_state_dict(progress=True)
         except Exception as exc:

@@ -35,7 +35,7 @@ from xaibench.contracts import Sample
 from xaibench.download import (MANIFEST_NAME, default_data_root, read_manifest, safe_extract_zip, sha256_file,
                                write_manifest)
 from xaibench.download import download as download_file
-from xaibench.errors import ComponentParamsError, UserError
+from xaibench.errors import ComponentParamsError, NotFetched, UserError
 from xaibench.hookspecs import hookimpl
 from xaibench.images import open_image, read_mask, read_rgb
 from xaibench.splits import METHOD as SPLIT_METHOD
@@ -185,13 +185,17 @@ class KahikateaDataset:
         )
 
     # -- getting it --------------------------------------------------------------------------------------
-    def check(self) -> None:
-        """Raise ``UserError`` if the data is missing, or fetch it when ``download`` is True."""
+    def check(self, *, fetch: bool = True) -> None:
+        """Raise ``UserError`` if the data is missing, or fetch it when ``download`` is True (with ``fetch=False``,
+        a dry run, raise ``NotFetched`` instead)."""
         if self._ready():
             self._check_recorded_hash(read_manifest(self.root_path))
             return
         if not self.download:
             raise self._missing_error()
+        if not fetch:
+            raise NotFetched(f"the kahikatea dataset is not at {self.root_path}; a real run downloads it from "
+                             f"{self.url} (download: true)")
         self.fetch()
 
     def fetch(self) -> Path:

@@ -136,7 +136,7 @@ def _cmd_loop(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.grid).stem
     if args.dry_run:
         registry = get_registry()
-        planner = loop.load_loop_grid(args.grid, registry)
+        planner = loop.load_loop_grid(args.grid, registry, fetch=False)
         loop.apply_executor_override(planner.grid, _executor_override(args), registry)
         print(loop.describe(planner, verbose=args.verbose))
         return 0
@@ -377,7 +377,17 @@ def _warning_line(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
 
+def _tolerant_output() -> None:
+    """A stdout or stderr that cannot encode α, †, — or → (``PYTHONIOENCODING=ascii``, a Latin-1 terminal)
+    shows them as escapes (``\\u03b1``) instead of failing with a traceback once the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv=None) -> int:
+    _tolerant_output()
     warnings.formatwarning = _warning_line
     args = _parser().parse_args(argv)
     handler = {"run": _cmd_run, "loop": _cmd_loop, "plugins": _cmd_plugins, "data": _cmd_data,

@@ -35,7 +35,13 @@ def default_data_root(name: str) -> Path:
     Linux)."""
     base = os.environ.get("XAIBENCH_DATA")
     if base:
-        return Path(base).expanduser() / name
+        folder = Path(base).expanduser()
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            where = "is a file" if existing == folder else f"is inside {str(existing)!r}, a file"
+            raise UserError(f"XAIBENCH_DATA={base!r} {where}, not a folder; point it at a folder (each dataset "
+                            f"goes in XAIBENCH_DATA/NAME), or unset it to use the user cache")
+        return folder / name
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("xaibench")) / "datasets" / name

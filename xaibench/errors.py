@@ -14,6 +14,11 @@ class GridError(UserError):
     """A grid file that cannot be read or does not validate."""
 
 
+class NotFetched(UserError):
+    """Raised by a component's ``check(fetch=False)`` (a dry run, which downloads nothing) for something a
+    real run would download first: the message says what is missing, where it would go and where from."""
+
+
 class UnknownComponentError(UserError):
     """A component name that no plugin registered."""
 

@@ -29,6 +29,8 @@ from pydantic import Field
 from .contracts import OPTIONAL, capability
 from .errors import ComponentParamsError, GridError, UserError
 
+MAX_SEED = 2**32 - 1
+
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
@@ -189,7 +191,8 @@ class Grid(pydantic.BaseModel):
     model_config = STRICT
 
     name: str = "grid"
-    seeds: Annotated[list[Annotated[int, NotBoolean, Field(ge=0)]], Field(min_length=1)] = [0]
+    # at most MAX_SEED, the largest seed every seeded library takes (numpy's legacy seeding; torch's is 2**64 - 1)
+    seeds: Annotated[list[Annotated[int, NotBoolean, Field(ge=0, le=MAX_SEED)]], Field(min_length=1)] = [0]
     datasets: Annotated[list[ComponentSpec], Field(min_length=1)]
     backbones: Annotated[list[ComponentSpec], Field(min_length=1)]
     masks: list[ComponentSpec] = []
@@ -462,6 +465,7 @@ def parse_grid(text: str, path: str = "<grid>", *, registry) -> Grid:
             except UserError as exc:
                 problems.append(f"{source.where(base + ('name',))}: {_readable_loc(base)}: {exc}")
         problems += _sweep_repeats(spec, kind, base, source, registry)
+    problems += _entry_repeats(checks, source, registry)
     if grid.published is not None:
         published = (folder / grid.published).resolve()
         if not published.is_file():
@@ -502,6 +506,45 @@ def _resolved(value, folder: Path):
     if "/" in value or "\\" in value or candidate.exists():
         return str(candidate.resolve())
     return value
+
+
+def _entry_repeats(checks: list[tuple], source: _Source, registry) -> list[str]:
+    """Two entries of one list that give the same configuration once read (``blur`` with ``sigma: 2`` and
+    with ``sigma: 2.0``, the same parameters in another order, a default written out) would run it twice
+    under two labels, as a repeated sweep value would: one problem per entry that repeats an earlier one.
+    Repeats inside one entry's sweep are ``_sweep_repeats``'s."""
+    problems = []
+    seen: dict[tuple, tuple] = {}  # (list, configuration read) → (its first entry's location, label)
+    for kind, base, spec in checks:
+        try:
+            choices = spec.choices()
+        except ValueError:
+            continue  # reported with the choices
+        for choice in choices:
+            read = _read_params(kind, choice, registry)
+            if read is None:
+                continue
+            key = (kind, base[:-1], choice.name, canonical_json(read))
+            first = seen.setdefault(key, (base, choice.label))
+            if first[0] != base:
+                problems.append(f"{source.where(base)}: {_readable_loc(base)}: {choice.label} is the same "
+                                f"configuration as {_readable_loc(first[0])} ({first[1]}) once read; list each "
+                                f"configuration once")
+                break
+    return problems
+
+
+def _read_params(kind: str, choice: Choice, registry) -> dict | None:
+    """A choice's parameters as its component reads them, defaults included; None where they do not
+    validate (reported elsewhere)."""
+    try:
+        defaults = {p["name"]: p["default"] for p in registry.get(kind, choice.name).parameters() if not p["required"]}
+        try:
+            return registry.validate(kind, choice.name, {**defaults, **choice.params})
+        except UserError:  # a default the parameter model does not take back: compare what was given
+            return {**defaults, **registry.validate(kind, choice.name, choice.params)}
+    except UserError:
+        return None
 
 
 def _sweep_repeats(spec: ComponentSpec, kind: str, base: tuple, source: _Source, registry) -> list[str]:

@@ -39,17 +39,17 @@ from . import exhibits, figures, report
 from .engine import RunFolder, apply_executor_override, execute
 from .loop_tables import METRICS, summarise, varying_labels
 from .outputs import Outputs
-from .plan import Chain, LoopPlanner, plan_loop
+from .plan import Chain, LoopPlanner, not_fetched_lines, plan_loop
 from .records import Failure, RunCounts, Status, failure_table
 from .registry import get_registry
 from .scoring import round_row
 from .store import atomic_write_text
 
 
-def load_loop_grid(grid_path, registry) -> LoopPlanner:
+def load_loop_grid(grid_path, registry, *, fetch: bool = True) -> LoopPlanner:
     """Validate a grid for the loop; raises ``UserError`` and writes nothing (the device is checked when
-    the loop starts)."""
-    return plan_loop(grid_path, registry)
+    the loop starts; ``fetch=False``, a dry run: downloads nothing either)."""
+    return plan_loop(grid_path, registry, fetch=fetch)
 
 
 def describe(planner: LoopPlanner, *, verbose: bool = False) -> str:
@@ -62,6 +62,7 @@ def describe(planner: LoopPlanner, *, verbose: bool = False) -> str:
             lines.append("  " + " | ".join(f"{k}={v}" for k, v in planner.labels(chain).items() if v != ""))
     else:
         lines.append("  (--verbose lists every chain)")
+    lines += not_fetched_lines(planner.not_fetched)
     return "\n".join(lines)
 
 

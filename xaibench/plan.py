@@ -29,7 +29,7 @@ import math
 from typing import Union
 
 from .contracts import capability
-from .errors import GridError, UserError
+from .errors import GridError, NotFetched, UserError
 from .grid import SECTION_KIND, Cell, Choice, Grid, all_choices, digest, expand, iter_cells, label_of, load_grid
 from .records import CELL_LABELS
 
@@ -214,6 +214,7 @@ class Plan:
     # (explain, segmenter, data) → the seeds stages one segment stage prompts with (see build_plan)
     segment_groups: dict[tuple, set] = dataclasses.field(default_factory=dict)
     n_cells: int = 0  # also when the cells themselves were not kept
+    not_fetched: tuple[str, ...] = ()  # a dry run's: what a real run would download first
 
     def count(self, *kinds) -> int:
         return sum(1 for s in self.stages.values() if s.kind in kinds)
@@ -271,11 +272,15 @@ def cell_labels(cell: Cell, registry, alpha: float | None = None) -> dict:
     return {column: labels[column] for column in CELL_LABELS}
 
 
-def check_components(grid: Grid, registry, extra: tuple = ()) -> dict[Choice, str]:
+def check_components(grid: Grid, registry, extra: tuple = (), *,
+                     fetch: bool = True) -> tuple[dict[Choice, str], list[str]]:
     """Call the optional ``check()`` of every component of the grid (missing data, weights, checkpoints)
     and fingerprint every dataset; report all problems at once. ``extra``: more ``(kind, choice)`` pairs
-    to check. Returns dataset choice → fingerprint."""
+    to check. ``fetch=False`` (a dry run) downloads nothing: a check that takes ``fetch`` is told so and
+    raises ``NotFetched`` for what a real run would download. Returns dataset choice → fingerprint (a
+    placeholder for data not fetched) and one line per thing not fetched."""
     problems: list[str] = []
+    not_fetched: list[str] = []
     fingerprints: dict[Choice, str] = {}
     pairs = [(kind, choice) for section, kind in SECTION_KIND.items() for choice in all_choices(getattr(grid, section))]
     for kind, choice in dict.fromkeys([*pairs, *extra]):
@@ -283,14 +288,32 @@ def check_components(grid: Grid, registry, extra: tuple = ()) -> dict[Choice, st
             component = registry.create(kind, choice.name, **choice.params)
             check = capability(component, "check", kind)
             if check is not None:
-                check()
+                _call_check(check, fetch)
             if kind == "datasets":
                 fingerprints[choice] = component.fingerprint()
+        except NotFetched as exc:
+            not_fetched.append(f"{kind[:-1]} {choice.label}: {exc}")
+            if kind == "datasets":
+                fingerprints[choice] = f"not fetched: {choice.label}"
         except UserError as exc:
             problems.append(f"{kind[:-1]} {choice.label}: {exc}")
     if problems:
-        raise UserError("cannot start the run:\n  " + "\n  ".join(problems))
-    return fingerprints
+        fetched = [f"not fetched by a dry run: {line}" for line in not_fetched]
+        raise UserError("cannot start the run:\n  " + "\n  ".join(problems + fetched))
+    return fingerprints, not_fetched
+
+
+def not_fetched_lines(not_fetched) -> list[str]:
+    """A dry run's lines for what it left undownloaded, which a real run fetches first (or fails on, offline)."""
+    return [f"not fetched (a dry run downloads nothing; a real run needs it): {line}" for line in not_fetched]
+
+
+def _call_check(check, fetch: bool) -> None:
+    """``check()``, or ``check(fetch=False)`` for a dry run where the check declares that keyword."""
+    if not fetch and "fetch" in inspect.signature(check).parameters:
+        check(fetch=False)
+    else:
+        check()
 
 
 class PlanBuilder:
@@ -443,13 +466,15 @@ class PlanBuilder:
         return self.add("accept", ident, label, deps, AcceptSpec(data, annotations, explain, segment, acceptor))
 
 
-def build_plan(grid: Grid, cells, registry, *, keep_cells: bool = True) -> Plan:
+def build_plan(grid: Grid, cells, registry, *, keep_cells: bool = True, fetch: bool = True) -> Plan:
     """Work out every stage the cells need, deduplicated by key. Builds datasets (cheaply) to fingerprint
     them and calls components' optional ``check()`` so missing files fail before anything runs.
 
     ``cells``: any iterable of cells. Without ``keep_cells`` (a dry run) the cells are counted, not kept,
-    so planning a million cells needs memory for its stages only."""
-    builder = PlanBuilder(grid, registry, check_components(grid, registry))
+    so planning a million cells needs memory for its stages only. ``fetch=False`` (a dry run): download
+    nothing, list it in ``not_fetched``."""
+    fingerprints, not_fetched = check_components(grid, registry, fetch=fetch)
+    builder = PlanBuilder(grid, registry, fingerprints)
     plans: list[CellPlan] = []
     segments: dict[tuple, set] = {}
     count = 0
@@ -474,7 +499,7 @@ def build_plan(grid: Grid, cells, registry, *, keep_cells: bool = True) -> Plan:
         if keep_cells:
             plans.append(CellPlan(cell, builder.labels(cell), data, raw, masked, raw_logits, masked_logits,
                                   explain, seeds, None, explain_val=explain_val, faithfulness=faithfulness))
-    plan = Plan(builder.stages, plans, builder, segments, n_cells=count)
+    plan = Plan(builder.stages, plans, builder, segments, n_cells=count, not_fetched=tuple(not_fetched))
     plan.group_segments()
     return plan
 
@@ -531,6 +556,7 @@ class LoopPlanner:
     grid: Grid
     chains: list[Chain]
     builder: PlanBuilder
+    not_fetched: tuple[str, ...] = ()  # a dry run's: what a real run would download first
 
     def round(self, chain: Chain, round_: int, annotations: str | None) -> RoundPlan:
         builder, cell = self.builder, chain.cell
@@ -552,8 +578,9 @@ class LoopPlanner:
         return {**self.builder.labels(chain.cell), "acceptor": chain.acceptor.label}
 
 
-def plan_loop(grid_path, registry) -> LoopPlanner:
-    """Validate a grid for the loop; raises ``UserError`` and writes nothing."""
+def plan_loop(grid_path, registry, *, fetch: bool = True) -> LoopPlanner:
+    """Validate a grid for the loop; raises ``UserError`` and writes nothing (``fetch=False``: downloads
+    nothing either, see ``check_components``)."""
     grid = load_grid(grid_path, registry)
     missing = [s for s in ("masks", "ensembles", "explainers", "seeders", "segmenters") if not getattr(grid, s)]
     if missing:
@@ -561,11 +588,12 @@ def plan_loop(grid_path, registry) -> LoopPlanner:
                         "model, explains it, seeds prompts and segments training images (see grids/loop.yaml)")
     found = chains(grid)
     acceptors = {("acceptors", chain.acceptor) for chain in found}
-    fingerprints = check_components(grid, registry, extra=tuple(acceptors))
-    return LoopPlanner(grid, found, PlanBuilder(grid, registry, fingerprints))
+    fingerprints, not_fetched = check_components(grid, registry, extra=tuple(acceptors), fetch=fetch)
+    return LoopPlanner(grid, found, PlanBuilder(grid, registry, fingerprints), tuple(not_fetched))
 
 
-def plan_run(grid_path, registry, *, keep_cells: bool = True) -> tuple[Grid, Plan]:
-    """Load and validate a grid and plan its stages; raises ``UserError`` and writes nothing."""
+def plan_run(grid_path, registry, *, keep_cells: bool = True, fetch: bool = True) -> tuple[Grid, Plan]:
+    """Load and validate a grid and plan its stages; raises ``UserError`` and writes nothing (``fetch=False``:
+    downloads nothing either, see ``check_components``)."""
     grid = load_grid(grid_path, registry)
-    return grid, build_plan(grid, iter_cells(grid), registry, keep_cells=keep_cells)
+    return grid, build_plan(grid, iter_cells(grid), registry, keep_cells=keep_cells, fetch=fetch)

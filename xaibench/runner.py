@@ -21,7 +21,7 @@ from . import exhibits, figures, leaderboard, report
 from .engine import RunFolder, apply_executor_override, echo_warning, execute
 from .outputs import Outputs
 from .grid import all_choices
-from .plan import TRAINING_KINDS, Plan, plan_run
+from .plan import TRAINING_KINDS, Plan, not_fetched_lines, plan_run
 from .records import CellRow, Failure, Status, failure_table
 from .registry import get_registry
 from .scoring import score_cells, scores_key
@@ -29,11 +29,12 @@ from .stages import peak_memory, reset_peak_memory
 from .store import atomic_write_text
 
 
-def plan_grid(grid_path, registry=None, *, keep_cells: bool = True):
-    """Load and validate a grid and plan its stages; raises ``UserError`` and writes nothing. Imports no
-    torch: the device is checked against the machine when the run starts."""
+def plan_grid(grid_path, registry=None, *, keep_cells: bool = True, fetch: bool = True):
+    """Load and validate a grid and plan its stages; raises ``UserError`` and writes nothing (``fetch=False``:
+    downloads nothing either). Imports no torch: the device is checked against the machine when the run
+    starts."""
     registry = registry or get_registry()
-    grid, plan = plan_run(grid_path, registry, keep_cells=keep_cells)
+    grid, plan = plan_run(grid_path, registry, keep_cells=keep_cells, fetch=fetch)
     registry.validate("executors", grid.executor.name, grid.executor.params)
     return grid, plan
 
@@ -57,6 +58,7 @@ def describe_plan(grid, plan: Plan, *, verbose: bool = False) -> str:
             lines.append("  " + " | ".join(f"{k}={v}" for k, v in cp.labels.items() if v != ""))
     else:
         lines.append("  (--verbose lists every cell)")
+    lines += not_fetched_lines(plan.not_fetched)
     return "\n".join(lines)
 
 
@@ -76,7 +78,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
     ``dry_run`` plans and prints a summary (every cell with ``verbose``) and writes nothing."""
     started = time.perf_counter()
     registry = registry or get_registry()
-    grid, plan = plan_grid(grid_path, registry, keep_cells=not dry_run or verbose)
+    grid, plan = plan_grid(grid_path, registry, keep_cells=not dry_run or verbose, fetch=not dry_run)
     apply_executor_override(grid, executor_override, registry)
     if dry_run:
         echo(describe_plan(grid, plan, verbose=verbose))
