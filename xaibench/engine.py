@@ -77,6 +77,10 @@ def check_out_dir(out: Path, *, rebuild_store: bool = False) -> None:
             raise UserError(f"{what} holds a run's stage results (cache/) but no store.sqlite, its record of them "
                             f"(deleted or moved?); run the same command again with --rebuild-store to record "
                             f"again every stage whose results are on disk")
+        if not is_run and (out / "cache").is_dir():
+            raise UserError(f"{what} holds a run's stage results (cache/) but no store.sqlite, its record of them "
+                            f"(deleted or moved?); run the same command again with --rebuild-store to record "
+                            f"again every stage whose results are on disk")
         if not is_run and {p.name for p in out.iterdir()} - {".lock"}:  # a lock a killed command left is ours
             raise UserError(f"{what} holds files but no xaibench run (no store.sqlite); give a new or empty "
                             f"folder, or the --out folder of an earlier run")
@@ -96,6 +100,15 @@ def _check_writable(folder: Path, what: str) -> None:
     except OSError as exc:
         raise UserError(f"{what} cannot be written ({exc.strerror or exc}); choose a folder you can write to") from None
     handle.close()
+
+
+class RunFolderVanished(UserError):
+    """The run folder was deleted or moved away while a command was running in it."""
+
+    def __init__(self, out: Path):
+        super().__init__(f"the run folder {str(out)!r} vanished during the run (deleted or moved while the run was "
+                         f"writing to it); nothing more can be recorded there. Run the same command again to start "
+                         f"over, and keep other programs away from --out while it runs")
 
 
 class RunFolder:
@@ -147,8 +160,20 @@ class RunFolder:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, exc, tb) -> None:
         self.close()
+        if exc is not None and not isinstance(exc, (UserError, KeyboardInterrupt)) and self.vanished():
+            raise RunFolderVanished(self.out) from exc
+
+    def vanished(self) -> bool:
+        """Whether the run folder (its store) was deleted or moved away while the command held it."""
+        return not (self.out / "store.sqlite").is_file()
+
+    def check_present(self) -> None:
+        """Raise ``RunFolderVanished`` if the run folder is gone: nothing can be recorded in it, and a
+        stage that failed for that reason failed through no component's fault."""
+        if self.vanished():
+            raise RunFolderVanished(self.out)
 
     def close(self) -> None:
         if self.executor is not None:
@@ -245,6 +270,7 @@ def execute(stages: dict[str, Stage], folder: RunFolder, *, retry_failed: bool =
             return bool(broken)
 
         def finished(stage: Stage, result: StageResult) -> None:
+            folder.check_present()  # a stage that lost its folder failed through no component's fault
             bar.update(1)
             if result.ok:
                 store.record_stage(stage.key, stage.kind, stage.label, Status.DONE, meta=result.meta,
@@ -380,12 +406,17 @@ def _results(folder: RunFolder, ready: list[Stage]):
 
 
 def _checked(folder: RunFolder, stage: Stage, result, missing: str = "no result") -> StageResult:
-    """An executor's result for ``stage`` checked against the executor contract: a ``WorkerLost``, a
-    missing result (``None``: ``missing`` says why) or a malformed one becomes a failed result naming the
-    executor."""
+    """An executor's result for ``stage`` checked against the executor contract: a missing result
+    (``None``: ``missing`` says why) or a malformed one becomes a failed result naming the executor. A
+    ``WorkerLost`` (the worker died running the stage) becomes one naming the component the stage was
+    calling when it died (its breadcrumb, ``StageRunner.breadcrumb``), or the stage's own work where it
+    was calling none."""
     who = folder.registry.who("executors", folder.grid.executor.name, folder.grid.executor.name)
     if isinstance(result, WorkerLost):
-        return StageResult(stage.key, False, 0.0, error=str(result), component=who)
+        culprit = folder.runner.calling_in(stage.key)
+        folder.runner.breadcrumb(stage.key).unlink(missing_ok=True)
+        where = "" if culprit else " (in xaibench's own work between component calls)"
+        return StageResult(stage.key, False, 0.0, error=f"{result}{where}", component=culprit)
     try:
         if result is None:
             raise ContractViolation(missing)
