@@ -77,10 +77,6 @@ def check_out_dir(out: Path, *, rebuild_store: bool = False) -> None:
             raise UserError(f"{what} holds a run's stage results (cache/) but no store.sqlite, its record of them "
                             f"(deleted or moved?); run the same command again with --rebuild-store to record "
                             f"again every stage whose results are on disk")
-        if not is_run and (out / "cache").is_dir():
-            raise UserError(f"{what} holds a run's stage results (cache/) but no store.sqlite, its record of them "
-                            f"(deleted or moved?); run the same command again with --rebuild-store to record "
-                            f"again every stage whose results are on disk")
         if not is_run and {p.name for p in out.iterdir()} - {".lock"}:  # a lock a killed command left is ours
             raise UserError(f"{what} holds files but no xaibench run (no store.sqlite); give a new or empty "
                             f"folder, or the --out folder of an earlier run")
