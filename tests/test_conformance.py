@@ -50,11 +50,26 @@ def tiny_sam_segmenter(factory):
     return TinySam(device="cpu")
 
 
+def tiny_vit():
+    """A randomly initialised timm ViT at toy size, taking the conformance checks' 32 x 40 images."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=2,
+                                 dynamic_img_size=True).eval()
+
+
 @pytest.mark.parametrize("kind, name", [(k, n) for k in KINDS for n in testing.registered(k, registry=INSTALLED)])
 def test_every_registered_component_keeps_its_contract(kind, name):
     params = SMALL.get((kind, name), {})
     if (kind, name) == ("segmenters", "sam"):
         testing.check_segmenter(tiny_sam_segmenter(INSTALLED.get(kind, name).factory), name="segmenter 'sam' (tiny)")
+        return
+    if (kind, name) == ("explainers", "attention-rollout"):  # token models only: a tiny timm ViT
+        net = tiny_vit()
+        testing.check_explainer(INSTALLED.create(kind, name), name="explainer 'attention-rollout' (tiny ViT)",
+                                model=net, target_layers=[net.blocks[-1]])
         return
     if kind == "datasets":
         try:

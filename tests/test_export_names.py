@@ -18,7 +18,9 @@ GRID = """\
 seeds: [0]
 datasets: [{{name: folder, root: {root}, image_size: 16}}]
 backbones: [{{name: resnet18, weights: none}}]
-explainers: [gradcam]
+explainers: [oracle]
+seeders: [{{name: top-k, k: 2, min_distance: 2}}]
+segmenters: [watershed]
 train: {{epochs: 1, batch_size: 4}}
 protocol: {{faithfulness_steps: 0}}
 """
@@ -29,7 +31,8 @@ PLAIN = ("plain.png",)
 
 @functools.cache
 def tiny_run(base) -> tuple:
-    """A folder dataset with colliding test names, run through a baseline with Grad-CAM (one cell):
+    """A folder dataset with colliding test names, run through a baseline with the oracle map (the mask)
+    and a watershed segmentation (one cell):
     (run folder, the annotated test tiles' ids). Built once per test session under ``base``."""
     root = base / "names"
     rng = np.random.default_rng(0)

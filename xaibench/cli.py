@@ -20,6 +20,7 @@ import yaml
 
 from . import audit, data, export, latex, leaderboard, loop, report
 from .errors import PluginError, UserError
+from .outputs import output_file
 from .registry import KINDS, get_registry
 from .runner import run
 from .store import atomic_write_text
@@ -317,10 +318,10 @@ def _cmd_data(args) -> int:
     if args.data_command == "audit":
         if args.folds < 2:
             raise UserError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
+        output = output_file(args.output or f"audit-{args.name}.json")  # before the audit's minutes of work
         result = audit.audit(args.name, params, folds=args.folds)
-        output = Path(args.output or f"audit-{args.name}.json")
-        atomic_write_text(output, json.dumps(result, indent=2, default=str) + "\n")
-        print(audit.table(result))
+        print(audit.table(result))  # shown even if the file cannot be written after all
+        _write_output(output, json.dumps(result, indent=2, default=str) + "\n")
         print(f"written: {output}")
         return 0
     for key in ("url", "sha256"):
@@ -358,13 +359,25 @@ def render(dirs, fmt: str) -> str:
 
 
 def _cmd_leaderboard(args) -> int:
+    output = output_file(args.output) if args.output else None
     text = render(args.dirs, args.format)
-    if args.output:
-        Path(args.output).write_text(text)
-        print(f"written: {args.output}")
+    if output is not None:
+        _write_output(output, text)
+        print(f"written: {output}")
     else:
         print(text)
     return 0
+
+
+def _write_output(path: Path, text: str) -> None:
+    """Write a command's output file whole or not at all (its path was checked before the work); a failure
+    at this last step is one error line."""
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        if _out_of_space(exc):
+            raise
+        raise UserError(f"--output {path}: cannot write it ({exc.strerror or exc}); choose another --output") from None
 
 
 def _out_of_space(exc: BaseException) -> bool:

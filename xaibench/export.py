@@ -36,6 +36,7 @@ from . import metrics
 from .artifacts import Artifacts, unpack_masks
 from .contracts import capability
 from .errors import UserError
+from .outputs import output_file, output_folder
 from .plan import plan_loop, plan_run
 from .records import CELL_LABELS
 from .registry import get_registry
@@ -176,6 +177,11 @@ def export(run_dir, *, what: str, fmt: str, output, cell: str | None = None, rou
         raise UserError("--what annotations needs --round N (0 is the first round's accepted annotations)")
     if round_ is not None and (what != "annotations" or round_ < 0):
         raise UserError(f"--round {round_}: give --round only with --what annotations, as 0 (the first round) or more")
+    # before any work: a folder where the file goes, or a file where the folder goes, is refused now
+    if what == "saliency":
+        output_folder(output)
+    else:
+        output_file(output, create_folders=True)
     _geo()
     registry = registry or get_registry()
     wanted = parse_filter(cell)
