@@ -12,6 +12,7 @@ from typing import Optional, Union
 from xaibench.errors import NotFetched, UserError
 from xaibench.hookspecs import hookimpl
 from xaibench.models import resolve_module
+from xaibench_plugins.torchgeo_weights import cached_file, check_model, is_torchgeo, resolve
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,7 +81,10 @@ class ResNet18:
 
     ``weights``: ``none`` (random initialisation), ``imagenet`` (torchvision's IMAGENET1K_V1, from the
     torch hub cache; downloaded there if the network allows) or a path to a ``.safetensors`` / ``.pth``
-    state dict of a ResNet18 (its ``fc`` head is kept only if its shape fits).
+    state dict of a ResNet18 (its ``fc`` head is kept only if its shape fits), or TorchGeo's weights of a
+    resnet18 by name, ``torchgeo:ResNet18_Weights.SENTINEL2_RGB_MOCO`` (3-band ones; from torch hub's
+    cache, downloaded there if the network allows), normalised as those weights were trained (not as
+    ImageNet).
     ``target_layer``: dotted path inside torchvision's ResNet hooked by CAM explainers."""
 
     path_params = ("weights",)  # a relative path in a grid is read from the grid file's folder
@@ -102,8 +106,15 @@ class ResNet18:
                 raise NotFetched(f"ImageNet weights for resnet18 are not cached at {cached}; a real run downloads "
                                  f"them from {url} (45 MB) where the network allows; offline, copy that file there, "
                                  f"pass its path as 'weights', or use 'weights: none'")
+        elif is_torchgeo(self.weights):  # fetch=False: a dry run downloads nothing (NotFetched)
+            self._fit(self._resnet(1000), load_state_file(cached_file(self._torchgeo(), fetch=fetch)), 1000)
         elif self.weights != "none":
             self._fit(self._resnet(1000), load_state_file(Path(self.weights)), 1000)
+
+    def _torchgeo(self):
+        weights = resolve(self.weights)
+        check_model(weights, "resnet18", "resnet18")
+        return weights
 
     @staticmethod
     def _resnet(num_classes: int):
@@ -155,6 +166,11 @@ class ResNet18:
 
     def build(self, num_classes: int, *, pretrained: bool = True):
         net = self._resnet(num_classes)
+        if is_torchgeo(self.weights):  # their normalisation, also for an architecture whose weights a stage gives
+            torchgeo = self._torchgeo()
+            if pretrained:
+                self._fit(net, load_state_file(cached_file(torchgeo)), num_classes)
+            return _normalized(net, torchgeo.mean, torchgeo.std)
         if pretrained and self.weights != "none":
             state = self._imagenet_state() if self.weights == "imagenet" else load_state_file(Path(self.weights))
             self._fit(net, state, num_classes)
@@ -171,22 +187,63 @@ class TimmBackbone:
     ``model_args``: more keyword arguments of ``timm.create_model`` that shape the architecture (e.g.
     ``{depth: 4, img_size: 96}`` for a ViT, ``{depths: [1, 1, 1, 1], dims: [16, 32, 64, 128]}`` for a
     ConvNeXt); numbers, strings, booleans or lists of numbers. ``num_classes``, ``pretrained`` and
-    ``in_chans`` are set by xaibench (3 channels in [0, 1]) and cannot be given."""
+    ``in_chans`` are set by xaibench (3 channels in [0, 1]) and cannot be given.
+    ``weights``: ``none``, or TorchGeo's weights for this timm model by name
+    (``torchgeo:ResNet50_Weights.SENTINEL2_RGB_MOCO`` with ``name: resnet50``), normalised as they were
+    trained; not with ``pretrained: true``."""
 
     def __init__(self, *, name: str = "resnet18", pretrained: bool = False, target_layer: Optional[str] = None,
-                 model_args: Optional[dict[str, TimmArg]] = None):
+                 model_args: Optional[dict[str, TimmArg]] = None, weights: str = "none"):
         self.name = name
         self.pretrained = pretrained
         self.target_layer = target_layer
         self.model_args = model_args
+        self.weights = weights
 
-    def check(self) -> None:
-        """Fail before a run starts on a name timm does not know or ``model_args`` its model does not take
-        (the architecture is built on the meta device: no memory, no weights)."""
+    def check(self, *, fetch: bool = True) -> None:
+        """Fail before a run starts on a name timm does not know, ``model_args`` its model does not take
+        (the architecture is built on the meta device: no memory, no weights), or TorchGeo weights that
+        cannot be had or do not fit it (``fetch=False``, a dry run: downloads nothing, ``NotFetched``)."""
         import torch
 
         with torch.device("meta"):
-            self._create(2, pretrained=False)
+            net = self._create(2, pretrained=False)
+        if is_torchgeo(self.weights):
+            self._fit(net, load_state_file(cached_file(self._torchgeo(), fetch=fetch)), load=False)
+
+    def _torchgeo(self):
+        if self.pretrained:
+            raise UserError(f"timm backbone {self.name!r}: give either 'pretrained: true' (timm's weights) or "
+                            f"'weights: {self.weights}', not both")
+        weights = resolve(self.weights)
+        if not timm_has(weights.model):
+            raise UserError(f"TorchGeo weights {weights.name} are for {weights.model!r}, which is no timm model, so "
+                            f"the timm backbone ({self.name!r}) cannot build it; choose weights for a timm model")
+        check_model(weights, f"timm (name {self.name!r})", self.name)
+        return weights
+
+    def _fit(self, net, state: dict, *, load: bool = True) -> None:
+        """Load ``state`` into the timm model ``net``: its classifier only where its shape fits; any other
+        missing, unexpected or misshapen key is a ``UserError``. ``load=False`` only checks."""
+        head = (getattr(net, "pretrained_cfg", None) or {}).get("classifier") or "\0"
+        own = net.state_dict()
+
+        def in_head(key):
+            return key == head or key.startswith(head + ".")
+
+        state = {k: v for k, v in state.items()
+                 if not (in_head(k) and (k not in own or tuple(own[k].shape) != tuple(v.shape)))}
+        missing = [k for k in own if k not in state and not in_head(k)]
+        unexpected = [k for k in state if k not in own]
+        misshapen = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or misshapen:
+            raise UserError(
+                f"weights {self.weights!r} do not fit timm's {self.name} (model_args {self.model_args or {}}): "
+                f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. "
+                f"{unexpected[:3]}), {len(misshapen)} of another shape (e.g. {misshapen[:3]})"
+            )
+        if load:
+            net.load_state_dict(state, strict=False)
 
     def _create(self, num_classes: int, *, pretrained: bool):
         import timm
@@ -226,6 +283,11 @@ class TimmBackbone:
                 f"timm could not load pretrained weights for {self.name!r} ({type(exc).__name__}: {exc}); "
                 "put them in the Hugging Face cache on this machine, or use 'pretrained: false'"
             ) from None
+        if is_torchgeo(self.weights):  # their normalisation, also for an architecture whose weights a stage gives
+            torchgeo = self._torchgeo()
+            if pretrained:
+                self._fit(net, load_state_file(cached_file(torchgeo)))
+            return _normalized(net, torchgeo.mean, torchgeo.std)
         cfg = getattr(net, "pretrained_cfg", {}) or {}
         return _normalized(net, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
 
@@ -237,6 +299,12 @@ class TimmBackbone:
             raise UserError(f"timm model {self.name!r} has no feature_info; set 'target_layer' explicitly")
         last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
         return [resolve_module(model.net, last["module"], what=f"timm feature module of {self.name}")]
+
+
+def timm_has(model: str) -> bool:
+    import timm
+
+    return timm.is_model(model)
 
 
 @hookimpl
