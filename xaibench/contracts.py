@@ -86,7 +86,8 @@ class Dataset(Protocol):
 
     Optional: ``location_params`` (class attribute): names of parameters that only say where the data
     lives (a root folder, a download URL); they are left out of cache keys. ``check()``: raise a
-    ``UserError`` when the data is missing, before a run starts. ``fetch()``: download the data.
+    ``UserError`` when the data is missing, before a run starts (a check that would download it takes
+    ``fetch``: a dry run passes ``fetch=False`` and gets ``NotFetched`` instead). ``fetch()``: download the data.
     ``prepare(**options)`` (static method): build a dataset folder from raw sources. ``describe()``: a
     dict of dataset-specific facts for ``xaibench data info``."""
 
@@ -121,7 +122,7 @@ class Backbone(Protocol):
     explainers hook by default (for ResNets the last block).
 
     Optional: ``pretrained`` (the keyword of ``build``), ``check()``: raise a ``UserError`` when weights
-    cannot be had."""
+    cannot be had (one that would download them takes ``fetch``, False in a dry run: raise ``NotFetched``)."""
 
     def build(self, num_classes: int, *, pretrained: bool = True): ...
 
