@@ -18,12 +18,13 @@ from pathlib import Path
 
 from .contracts import capability, validate_result
 from .errors import ContractViolation, UserError, WorkerLost
-from .grid import ComponentSpec, Grid
+from .grid import SECTION_KIND, ComponentSpec, Grid, all_choices
 from .plan import TRAINING_KINDS, Stage
 from .records import Failure, RunCounts, StageResult, Status
 from .stages import StageRunner
 from .store import RunLock, Store, atomic_write_text, file_digest
 from .training import resolve_device
+from .version import __version__
 
 
 def apply_executor_override(grid: Grid, override: dict | None, registry) -> None:
@@ -199,6 +200,19 @@ class RunFolder:
     @property
     def artifacts(self):
         return self.runner.artifacts
+
+    def settings(self) -> dict:
+        """What changes a cell's numbers besides its labels: the training and fine-tuning settings, the
+        scoring protocol, and the version of xaibench and of each component's distribution (``versions``,
+        keyed ``kind:name``). Recorded with the grid's cells (``Store.record_cells``), so a merged
+        leaderboard can refuse to pool cells computed differently."""
+        versions = {"xaibench": __version__}
+        for section, kind in SECTION_KIND.items():
+            for choice in all_choices(getattr(self.grid, section)):
+                component = self.registry.get(kind, choice.name)
+                versions[f"{kind}:{choice.name}"] = f"{component.distribution} {component.version}"
+        return {"train": self.grid.train.keyed(), "finetune": self.grid.finetune.keyed(),
+                "protocol": self.grid.protocol.model_dump(exclude={"eval_batch_size"}), "versions": versions}
 
 
 def echo_warning(line: str) -> None:

@@ -62,15 +62,27 @@ def frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def load_runs(dirs) -> tuple[pd.DataFrame, dict[str, Path], pd.DataFrame | None]:
-    """Cell rows of several run directories merged (the first directory wins a repeated cell), the
-    per-image file of each cell, and the published table of the first directory that has one."""
+    """Cell rows of several run directories merged, the per-image file of each cell, and the published
+    table of the first directory that has one.
+
+    Each folder gives the cells of the grid last run in it (cells of earlier grids kept in its store are
+    left out, said once per folder). Merging refuses (``UserError`` naming both folders) a cell that two
+    folders both hold, and a configuration whose cells two folders computed differently (other training,
+    protocol or plugin versions; ``Store.current_grid``): pooled, their seeds would be one configuration's."""
     rows, files, published = [], {}, None
+    merged = _Merge()
     for directory in dirs:
         store = Store.open_existing(Path(directory))
         try:
-            for row in store.cells():
-                if row["cell_id"] in files:
-                    continue
+            current, settings = store.current_grid()
+            cells = store.cells()
+            kept = [row for row in cells if current is None or row["cell_id"] in current]
+            if len(kept) < len(cells):
+                left = len(cells) - len(kept)
+                warnings.warn(f"{directory}: {left} cell{'s' * (left != 1)} of earlier grids in this folder left "
+                              f"out (not in the grid last run there)")
+            merged.add(directory, kept, settings)
+            for row in kept:
                 path = store.cell_path(row["cell_id"])
                 problem = _unreadable(store, path) if row["status"] == Status.DONE else None
                 if problem is not None:
@@ -84,7 +96,78 @@ def load_runs(dirs) -> tuple[pd.DataFrame, dict[str, Path], pd.DataFrame | None]
         candidate = Path(directory) / "published.csv"
         if published is None and candidate.is_file():
             published = read_published(candidate)
+    if len(merged.folders) > 1 and merged.unknown:
+        warnings.warn(f"{', '.join(merged.unknown)}: no record of how the cells were computed (a run folder from "
+                      f"before xaibench recorded it), so training and versions are not compared with the other "
+                      f"folders'; 'xaibench run' on it again records them")
     return frame(rows), files, published
+
+
+# The label columns naming a component, and its kind.
+COMPONENT_KINDS = {"dataset": "datasets", "backbone": "backbones", "mask": "masks", "ensemble": "ensembles",
+                   "explainer": "explainers", "seeder": "seeders", "segmenter": "segmenters"}
+
+
+class _Merge:
+    """The checks of merging run folders: every cell from one folder only, and every configuration's cells
+    computed the same way (the settings that bear on its cells: training; fine-tuning where it has a mask;
+    protocol; the versions of xaibench and of its components)."""
+
+    def __init__(self):
+        self.cells: dict[str, str] = {}  # cell id → the folder it came from
+        self.configs: dict[tuple, tuple[str, dict]] = {}  # configuration → (folder, its settings)
+        self.folders: set[Path] = set()
+        self.unknown: list[str] = []
+
+    def add(self, directory, rows: list[dict], settings: dict | None) -> None:
+        resolved = Path(directory).resolve()
+        if resolved in self.folders:
+            raise UserError(f"{directory} is given twice; give each run folder once")
+        self.folders.add(resolved)
+        if settings is None:
+            self.unknown.append(str(directory))
+        for row in rows:
+            where = self.cells.get(row["cell_id"])
+            config = tuple(row.get(c) for c in CONFIG_LABELS)
+            first = self.configs.get(config)
+            if first is not None and first[0] != str(directory) and settings is not None and first[1] is not None:
+                differ = _differences(_bearing(row, first[1]), _bearing(row, settings))
+                if differ:
+                    raise UserError(
+                        f"{first[0]} and {directory} both hold {_config_text(row)}, computed differently "
+                        f"({'; '.join(f'{k}: {a} in {first[0]}, {b} in {directory}' for k, a, b in differ)}); "
+                        f"their seeds cannot be pooled as one configuration: merge runs of one protocol, or "
+                        f"rerun one folder with the other's settings")
+            if where is not None:
+                raise UserError(f"{where} and {directory} both hold the cell {_config_text(row)} seed={row['seed']}; "
+                                f"a merged table takes each cell from one folder: leave one of them out, or give "
+                                f"folders of other seeds or configurations")
+            self.cells[row["cell_id"]] = str(directory)
+            self.configs.setdefault(config, (str(directory), settings))
+
+
+def _bearing(row: dict, settings: dict) -> dict:
+    """The settings that bear on ``row``'s numbers, flat (``train.epochs``, ``versions masks:blur``)."""
+    out = {}
+    for section in ("train", "finetune", "protocol"):
+        if section == "finetune" and row.get("mask") in (None, "", "none"):
+            continue  # a baseline is not fine-tuned
+        out.update({f"{section}.{key}": value for key, value in settings.get(section, {}).items()})
+    versions = settings.get("versions", {})
+    out["xaibench"] = versions.get("xaibench")
+    for column, kind in COMPONENT_KINDS.items():
+        label = row.get(column)
+        if label not in (None, "", "none", "baseline"):
+            out[f"{kind[:-1]} {name_of(label)}"] = versions.get(f"{kind}:{name_of(label)}")
+    return out
+
+
+def _differences(a: dict, b: dict) -> list[tuple[str, object, object]]:
+    return [(key, a.get(key), b.get(key)) for key in dict.fromkeys([*a, *b]) if a.get(key) != b.get(key)]
+
+
+def _config_text(row: dict) -> str:
+    return " ".join(f"{c}={row[c]}" for c in CONFIG_LABELS if row.get(c) not in (None, ""))
 
 
 def _unreadable(store: Store, path: Path) -> str | None:

@@ -95,7 +95,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
         reset_peak_memory()
         rows = score_cells(plan, folder.store, folder.artifacts, registry, execution.failed,
                            grid.protocol.cam_threshold, warn=echo_warning)
-        folder.store.record_cells(rows)
+        folder.store.record_cells(rows, settings=folder.settings())
         current = {cp.cell.cell_id for cp in plan.cells}
         cells = [c for c in folder.store.cells() if c["cell_id"] in current]
         files = {c["cell_id"]: folder.store.cell_path(c["cell_id"]) for c in cells}

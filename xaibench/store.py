@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS cells (
     error TEXT,
     updated_at REAL
 );
+CREATE TABLE IF NOT EXISTS grid_cells (
+    cell_id TEXT PRIMARY KEY       -- the cells of the grid last scored here (cells keeps earlier grids' too)
+);
+CREATE TABLE IF NOT EXISTS grid_settings (
+    key TEXT PRIMARY KEY,          -- train, finetune, protocol, plugins
+    value TEXT NOT NULL            -- JSON: how the grid last scored here trained and scored its cells
+);
 """
 
 
@@ -278,14 +285,32 @@ class Store:
         """Per-image scores of a cell (``.npz``): ids, correct, jaccard, seg_iou, explained_index."""
         return cell_file(self.root, cell_id)
 
-    def record_cells(self, rows: list[CellRow]) -> None:
-        """Every row in one transaction (a row replaces an earlier one of the same cell)."""
+    def record_cells(self, rows: list[CellRow], *, settings: dict | None = None) -> None:
+        """Every row in one transaction (a row replaces an earlier one of the same cell). With ``settings``
+        (what changes a cell's numbers besides its labels: training, protocol, plugin versions, each a
+        JSON value), ``rows`` are every cell of the grid just run: they become the folder's current grid
+        (``current_grid``), and cells of earlier grids stay recorded but out of it."""
         now = time.time()
         with self.db:
             self.db.executemany(
                 "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?)",
                 [(r.cell_id, json.dumps(r.labels), str(r.status), json.dumps(r.metrics), r.error, now) for r in rows],
             )
+            if settings is not None:
+                self.db.execute("DELETE FROM grid_cells")
+                self.db.executemany("INSERT OR IGNORE INTO grid_cells VALUES (?)", [(r.cell_id,) for r in rows])
+                self.db.execute("DELETE FROM grid_settings")
+                self.db.executemany("INSERT INTO grid_settings VALUES (?, ?)",
+                                    [(key, json.dumps(value, sort_keys=True)) for key, value in settings.items()])
+
+    def current_grid(self) -> tuple[set[str] | None, dict | None]:
+        """The cell ids and settings of the grid last scored here (``record_cells``); ``(None, None)`` for
+        a folder whose runs recorded none (written before xaibench recorded its grid)."""
+        ids = {cid for (cid,) in self.db.execute("SELECT cell_id FROM grid_cells")}
+        if not ids:
+            return None, None
+        settings = {key: json.loads(value) for key, value in self.db.execute("SELECT key, value FROM grid_settings")}
+        return ids, settings
 
     def scored_cells(self) -> dict[str, dict]:
         """cell id → metrics of every cell recorded as done."""
