@@ -10,12 +10,26 @@ For every sample of every split: its class, its mask coverage, and features of t
   the high-frequency energy (what a blur removes: resampling from different original sizes, or different
   cameras, leave different amounts).
 
-Each feature set is a **probe**: a logistic regression (standardised features) scored by stratified
-k-fold cross-validation. Its accuracy gets an exact (Clopper–Pearson) 95% interval over the n samples and
-a one-sided exact binomial p-value against the majority share (what always guessing the largest class
-gets). A probe whose interval lies wholly above the majority share is **flagged**: that feature alone
-predicts the class. Where a file probe is flagged, the report says whether any post-resize probe is too,
-i.e. whether the leak survives the dataset's resizing as far as these probes can see.
+Each feature set is a **probe**, judged by two criteria:
+
+- **accuracy**: a logistic regression (standardised features) scored by stratified k-fold
+  cross-validation. Its accuracy gets an exact (Clopper–Pearson) 95% interval over the n samples and a
+  one-sided exact binomial p-value against the majority share (what always guessing the largest class
+  gets); flagged when the interval lies wholly above the majority share: the feature alone predicts the
+  class. It cannot see a leak confined to part of one class: where only some negatives have a size no
+  positive has and the rest share the positives' size, no rule on the size beats the majority share.
+- **one-class values**: every value of a categorical feature (size, aspect ratio, format, mode, JPEG
+  tables) and the two tails of every continuous one (width, height, aspect ratio, JPEG quantisation,
+  mean colour and high-frequency energy per channel: the values up to / from a threshold) whose n
+  samples all belong to one class. Its p is exact: the chance that n samples drawn without replacement
+  from the audited ones are all of one class (hypergeometric, summed over the classes), Bonferroni-corrected
+  for every value and tail tested in the audit; flagged when the corrected p is below 0.05. It sees a
+  partial leak, but not a feature that only shifts in distribution between the classes (the accuracy
+  probe's job), nor a combination of features.
+
+A probe is **flagged** when either criterion flags it (``flagged_by`` says which). Where a file probe is
+flagged, the report says whether any post-resize probe is too, i.e. whether the leak survives the
+dataset's resizing as far as these probes can see.
 """
 
 from __future__ import annotations
@@ -47,6 +61,10 @@ MEANING = {
                              "original sizes, or different cameras or processing, survive the resize",
 }
 HISTOGRAM_BINS = 8
+ONE_CLASS_MEANING = ("every sample with this value is of one class: a leak confined to part of that class, "
+                     "which a model can read off those samples even where no accuracy probe beats the majority")
+ALPHA = 0.05  # family-wise level of the one-class criterion
+CHANNELS = ("red", "green", "blue")
 
 
 # -- features ----------------------------------------------------------------------------------------------
@@ -108,6 +126,94 @@ def probe(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, seed: int
     p_value = float(binom.sf(correct - 1, n, majority))
     return {**out, "accuracy": correct / n, "ci_low": low, "ci_high": high, "p_value": p_value,
             "flagged": bool(low > majority), "folds": k}
+
+
+# -- one-class values ----------------------------------------------------------------------------------------
+
+
+def one_class_p(n: int, class_counts: list[int]) -> float:
+    """The exact chance that ``n`` samples drawn without replacement from samples with these class counts
+    all belong to one class (hypergeometric, summed over the classes)."""
+    total = sum(class_counts)
+    return float(sum(math.comb(count, n) for count in class_counts) / math.comb(total, n)) if 0 < n <= total \
+        else 1.0
+
+
+def _pure(labels) -> str | None:
+    found = set(labels)
+    return next(iter(found)) if len(found) == 1 else None
+
+
+def one_class_values(values: list, labels: np.ndarray) -> tuple[list[dict], int]:
+    """Values of a categorical feature whose samples (two or more, not all) are all of one class, with
+    their count and uncorrected p; and how many values were tested (the rest cannot be one-class or
+    significant: a value of one sample, or of every sample)."""
+    counts = Counter(labels.tolist())
+    groups = defaultdict(list)
+    for value, label in zip(values, labels.tolist()):
+        groups[value].append(label)
+    found, tested = [], 0
+    for value, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        if not 2 <= len(members) < len(labels):
+            continue
+        tested += 1
+        label = _pure(members)
+        if label is not None:
+            found.append({"value": str(value), "class": label, "count": len(members),
+                          "p": one_class_p(len(members), list(counts.values()))})
+    return found, tested
+
+
+def one_class_ranges(x: np.ndarray, labels: np.ndarray, name: str) -> tuple[list[dict], int]:
+    """The tails of a continuous feature (``x`` (N,)) holding one class only: from the smallest value up
+    (and from the largest down), the widest run of whole groups of equal values all of one class, when it
+    holds two or more samples but not all; with their count and uncorrected p, and how many tails were
+    tested (none for a constant feature)."""
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) < 3 or not np.isfinite(x).all() or np.ptp(x) == 0:
+        return [], 0
+    counts = list(Counter(labels.tolist()).values())
+    found = []
+    distinct = np.unique(x)
+    for side, ordered in (("≤", distinct), ("≥", distinct[::-1])):
+        label, n, edge = None, 0, None
+        for value in ordered:
+            group = labels[x == value]
+            pure = _pure(group.tolist())
+            if pure is None or (label is not None and pure != label):
+                break
+            label, n, edge = pure, n + len(group), value
+        if label is not None and 2 <= n < len(x):
+            found.append({"value": f"{name} {side} {edge:.4g}", "class": label, "count": n,
+                          "p": one_class_p(n, counts)})
+    return found, 2
+
+
+def _one_class_tests(facts: list | None, features: dict, y: np.ndarray) -> dict[str, tuple[list[dict], int]]:
+    """Per probe, its one-class values and ranges and the number of tests behind them."""
+    tests: dict[str, list] = defaultdict(list)
+    if facts is not None:
+        width = np.array([f["width"] for f in facts], dtype=np.float64)
+        height = np.array([f["height"] for f in facts], dtype=np.float64)
+        tests["original size"] += [one_class_values([f"{f['width']}x{f['height']}" for f in facts], y),
+                                   one_class_ranges(width, y, "width"), one_class_ranges(height, y, "height")]
+        tests["aspect ratio"] += [one_class_values([f"{a:.2f}" for a in width / height], y),
+                                  one_class_ranges(width / height, y, "aspect ratio")]
+        tests["file format"].append(one_class_values([f["format"] for f in facts], y))
+        tests["colour mode"].append(one_class_values([f["mode"] for f in facts], y))
+        if any(f["jpeg_quality"] for f in facts):
+            quality = np.array([((f["jpeg_quality"] or []) + [0.0, 0.0])[:2] for f in facts])
+            tests["JPEG quantisation"] += [
+                one_class_values([" / ".join(f"{q:.1f}" for q in f["jpeg_quality"] or []) or "no JPEG"
+                                  for f in facts], y),
+                one_class_ranges(quality[:, 0], y, "luminance table mean"),
+                one_class_ranges(quality[:, 1], y, "chrominance table mean")]
+    for probe_name in ("mean colour", "high-frequency energy"):  # the histogram's 24 bins would dilute the rest
+        values = np.stack(features[probe_name])
+        tests[probe_name] += [one_class_ranges(values[:, c], y, f"{probe_name} ({channel})")
+                              for c, channel in enumerate(CHANNELS)]
+    return {name: ([hit for hits, _ in found for hit in hits], sum(n for _, n in found))
+            for name, found in tests.items()}
 
 
 # -- the audit ---------------------------------------------------------------------------------------------
@@ -176,8 +282,19 @@ def audit(name: str, params: dict, registry=None, *, folds: int = 5) -> dict:
     for probe_name in SAMPLE_PROBES:
         probes[probe_name] = {"available": True, "kind": "sample",
                               **probe(np.stack(features[probe_name]), y, folds=folds)}
+    one_class = _one_class_tests(facts if have_files else None, features, y)
+    tests = sum(n for _, n in one_class.values())
     for probe_name, result in probes.items():
-        if result.get("flagged"):
+        if not result.get("available"):
+            continue
+        hits, _ = one_class.get(probe_name, ([], 0))
+        for hit in hits:
+            hit["p_corrected"] = min(1.0, hit["p"] * tests)
+        result["one_class"] = sorted((h for h in hits if h["p_corrected"] < ALPHA), key=lambda h: (h["p"], h["value"]))
+        result["flagged_by"] = (["accuracy"] if result["flagged"] else []) + (["one-class value"] if result["one_class"]
+                                                                             else [])
+        result["flagged"] = bool(result["flagged_by"])
+        if result["flagged"]:
             result["meaning"] = MEANING[probe_name]
     file_flagged = [p for p in FILE_PROBES if probes[p].get("flagged")]
     sample_flagged = [p for p in SAMPLE_PROBES if probes[p].get("flagged")]
@@ -193,6 +310,7 @@ def audit(name: str, params: dict, registry=None, *, folds: int = 5) -> dict:
             "; no probe of the samples is flagged")
     return {
         "dataset": name, "params": params, "classes": classes, "n": len(labels), "folds": folds,
+        "one_class_tests": tests,
         "per_class": {label: {**{k: dict(v) for k, v in per_class[label].items()},
                               "samples": int((y == label).sum()),
                               "annotated_share": float(np.mean([c is not None for c in coverage[label]])),
@@ -246,10 +364,18 @@ def table(result: dict) -> str:
         interval = "" if math.isnan(found["ci_low"]) else f" [{found['ci_low']:.3f}, {found['ci_high']:.3f}]"
         rows.append([probe_name, found["kind"], f"{accuracy:.3f}{interval}", f"{found['majority_share']:.3f}",
                      "" if math.isnan(found["p_value"]) else f"{found['p_value']:.2g}",
-                     "FLAGGED" if found["flagged"] else found.get("note", "no")])
+                     f"FLAGGED ({', '.join(found['flagged_by'])})" if found["flagged"] else found.get("note", "no")])
     lines += text_table(header, rows) + [""]
     for probe_name, found in result["probes"].items():
         if found.get("flagged"):
             lines.append(f"- {probe_name}: {found['meaning']}")
+    hits = [(probe_name, hit) for probe_name, found in result["probes"].items() for hit in found.get("one_class", [])]
+    if hits:
+        lines += ["", f"one-class values ({ONE_CLASS_MEANING}; p exact, Bonferroni-corrected for the "
+                      f"{result['one_class_tests']} values and ranges tested):"]
+        lines += text_table(["probe", "value", "samples", "all of class", "p", "p corrected"],
+                            [[probe_name, hit["value"], str(hit["count"]), hit["class"], f"{hit['p']:.2g}",
+                              f"{hit['p_corrected']:.2g}"] for probe_name, hit in hits])
+        lines.append("")
     lines.append(f"verdict: {result['verdict']}")
     return "\n".join(lines)

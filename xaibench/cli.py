@@ -88,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Per class: original sizes, aspect ratios, modes, formats, mask coverage; per trivial "
                     "feature (original size, aspect, format, mode, JPEG quantisation, and after the dataset's "
                     "resize mean colour, colour histogram, high-frequency energy) a cross-validated logistic "
-                    "regression, flagged when its exact 95%% CI lies above the majority share.")
+                    "regression, flagged when its exact 95%% CI lies above the majority share, and every value "
+                    "or range of it found in one class only (exact p, Bonferroni-corrected: a leak in part of "
+                    "one class, which accuracy cannot see), flagged as a one-class value.")
     _dataset_arguments(audit_parser)
     audit_parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     audit_parser.add_argument("--output", default=None, metavar="FILE",
