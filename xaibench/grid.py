@@ -514,14 +514,20 @@ def _entry_repeats(checks: list[tuple], source: _Source, registry) -> list[str]:
     under two labels, as a repeated sweep value would: one problem per entry that repeats an earlier one.
     Repeats inside one entry's sweep are ``_sweep_repeats``'s."""
     problems = []
-    seen: dict[tuple, tuple] = {}  # (list, configuration read) → (its first entry's location, label)
+    entries: dict[tuple, int] = {}  # (list, component name) → how many entries name it
     for kind, base, spec in checks:
+        entries[base[:-1], spec.name] = entries.get((base[:-1], spec.name), 0) + 1
+    seen: dict[tuple, tuple] = {}  # (list, configuration read) → (its first entry's location, label)
+    defaults: dict[tuple, dict] = {}
+    for kind, base, spec in checks:
+        if entries[base[:-1], spec.name] < 2:
+            continue  # the only entry of its component in its list: its sweep is _sweep_repeats's
         try:
             choices = spec.choices()
         except ValueError:
             continue  # reported with the choices
         for choice in choices:
-            read = _read_params(kind, choice, registry)
+            read = _read_params(kind, choice, registry, defaults)
             if read is None:
                 continue
             key = (kind, base[:-1], choice.name, canonical_json(read))
@@ -534,15 +540,18 @@ def _entry_repeats(checks: list[tuple], source: _Source, registry) -> list[str]:
     return problems
 
 
-def _read_params(kind: str, choice: Choice, registry) -> dict | None:
+def _read_params(kind: str, choice: Choice, registry, defaults: dict) -> dict | None:
     """A choice's parameters as its component reads them, defaults included; None where they do not
-    validate (reported elsewhere)."""
+    validate (reported elsewhere). ``defaults``: (kind, name) → its defaults, filled as they are read."""
     try:
-        defaults = {p["name"]: p["default"] for p in registry.get(kind, choice.name).parameters() if not p["required"]}
+        if (kind, choice.name) not in defaults:
+            defaults[kind, choice.name] = {p["name"]: p["default"] for p in registry.get(kind, choice.name).parameters()
+                                           if not p["required"]}
+        given = defaults[kind, choice.name]
         try:
-            return registry.validate(kind, choice.name, {**defaults, **choice.params})
+            return registry.validate(kind, choice.name, {**given, **choice.params})
         except UserError:  # a default the parameter model does not take back: compare what was given
-            return {**defaults, **registry.validate(kind, choice.name, choice.params)}
+            return {**given, **registry.validate(kind, choice.name, choice.params)}
     except UserError:
         return None
 
