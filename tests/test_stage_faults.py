@@ -170,6 +170,11 @@ FAULTS_MODULE = """
             os._exit(7)  # the worker process ends at once, as a crash in native code would end it
 
 
+    class Interrupt:
+        def __call__(self, images, foreground):
+            raise KeyboardInterrupt("raised by a plugin")  # a worker ignores Ctrl-C: this one is no Ctrl-C
+
+
     @hookimpl
     def register_backbones(register):
         register("tiny", TinyNet)
@@ -179,6 +184,7 @@ FAULTS_MODULE = """
     def register_masks(register):
         register("quit", Quit)
         register("die", Die)
+        register("interrupt", Interrupt)
     """
 
 
@@ -203,7 +209,7 @@ def test_under_process_a_plugins_exit_fails_its_cell_and_a_dead_worker_is_blamed
         installed_faults, write_grid, tmp_path, capsys):
     grid = write_grid(GRID.replace("{name: blobs, n: 8}", "{name: synthetic, n_train: 8, n_val: 0, n_test: 8, "
                                                           "image_size: 32}")
-                      .replace("masks: [white, faulty]", "masks: [quit, die]")
+                      .replace("masks: [white, faulty]", "masks: [quit, die, interrupt]")
                       + "executor: {name: process, workers: 1, threads: 1}\n")
     out = tmp_path / "run"
     code = main(["run", "--grid", str(grid), "--out", str(out), "--quiet"])
@@ -211,8 +217,9 @@ def test_under_process_a_plugins_exit_fails_its_cell_and_a_dead_worker_is_blamed
     assert code == 1 and "Traceback" not in printed.err
     info = json.loads((out / "run.json").read_text())
     failures = {f["stage"].split(" ")[2]: f for f in info["failures"]}
-    assert set(failures) == {"quit-masked", "die-masked"} and info["cells_done"] == 1
-    for name, said in (("quit", "called sys.exit(3)"), ("die", "worker died (exit code 7")):
+    assert set(failures) == {"quit-masked", "die-masked", "interrupt-masked"} and info["cells_done"] == 1
+    for name, said in (("quit", "called sys.exit(3)"), ("die", "worker died (exit code 7"),
+                       ("interrupt", "KeyboardInterrupt: raised by a plugin")):
         failure = failures[f"{name}-masked"]
         assert failure["component"] == f"mask '{name}' (plugin 'xaibench_faults', distribution xaibench-faults 1.2.3)"
         assert said in failure["message"]
