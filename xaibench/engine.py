@@ -64,8 +64,12 @@ def check_out_dir(out: Path, *, rebuild_store: bool = False) -> None:
     filesystem's root or the home folder, a folder holding other files (not a run folder), or one that
     cannot be written (permissions, a read-only or immutable filesystem)."""
     out = Path(out).expanduser()
-    resolved = out.resolve()
     what = f"--out {str(out)!r}"
+    try:
+        resolved = out.resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise UserError(f"{what} cannot be resolved ({exc}); a symbolic link on the way loops, fix or remove "
+                        f"it, or give another folder") from None
     if resolved == Path(resolved.anchor):
         raise UserError(f"{what} is the root of the filesystem; give a folder of its own, e.g. runs/my-grid")
     if resolved == Path.home().resolve():
@@ -306,8 +310,8 @@ def execute(stages: dict[str, Stage], folder: RunFolder, *, retry_failed: bool =
 
 # Rough relative cost of each stage kind: what the dependency-driven scheduler starts first when several
 # stages are ready (the longest chain of expected work below a stage goes first).
-EXPECTED_COST = {"train": 100.0, "finetune": 60.0, "segment": 10.0, "faithfulness": 8.0, "explain": 5.0, "data": 3.0,
-                 "logits": 2.0, "seeds": 1.0, "accept": 1.0}
+EXPECTED_COST = {"train": 100.0, "finetune": 60.0, "segment": 10.0, "faithfulness": 8.0, "explain": 5.0, "sanity": 5.0,
+                 "data": 3.0, "logits": 2.0, "seeds": 1.0, "accept": 1.0}
 
 
 def expected_cost(stage: Stage) -> float:

@@ -151,7 +151,11 @@ class Protocol(pydantic.BaseModel):
     ROAD's percentiles (``xaibench.faithfulness``); 0 measures no faithfulness. ``faithfulness_images``:
     measure faithfulness on at most this many of the explained test images, evenly spaced among them
     (0: all); each costs about 4 × steps forward passes and 4 × (steps − 1) ROAD imputations (its own
-    map's and the random map's), about 120 times its Grad-CAM at 10 steps on a CPU."""
+    map's and the random map's), about 120 times its Grad-CAM at 10 steps on a CPU. ``sanity``: the
+    model-parameter randomisation test (``xaibench.sanity``): each explainer's maps again with the
+    network re-initialised from the target layer on, compared with its maps of the trained model (Spearman,
+    SSIM), on at most ``sanity_images`` of the explained test images (0: all), evenly spaced; it costs one
+    more explanation of those images."""
 
     model_config = STRICT
 
@@ -160,6 +164,8 @@ class Protocol(pydantic.BaseModel):
     eval_batch_size: Annotated[int, NotBoolean, Field(ge=1)] = 64
     faithfulness_steps: Annotated[int, NotBoolean, Field(ge=0, le=100)] = 10
     faithfulness_images: Annotated[int, NotBoolean, Field(ge=0)] = 100
+    sanity: bool = False
+    sanity_images: Annotated[int, NotBoolean, Field(ge=0)] = 100
 
     @pydantic.field_validator("faithfulness_steps")
     @classmethod

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import faithfulness, metrics, stats
+from . import faithfulness, metrics, sanity, stats
 from .errors import UserError
 from .records import CELL_LABELS, CONFIG_LABELS, Status, variant_label
 from .store import Store, atomic_write_text, load_arrays
@@ -29,6 +29,7 @@ CONFIG_COLUMNS = list(CONFIG_LABELS)
 EXPLANATION_METRICS = list(metrics.EXPLANATION_METRICS)
 SEGMENTATION_METRICS = ["seg_iou", "seg_dice", "seg_boundary_f1"]
 FAITHFULNESS_METRICS = list(faithfulness.NAMES)
+SANITY_METRICS = list(sanity.NAMES)
 # Chance levels (the ``random`` and ``centre`` explainers on the same test images) and each metric's lift
 # over ``random`` (in the metric's better direction), per image in the cell files.
 CHANCE_COLUMNS = ([f"{prefix}{m}" for m in EXPLANATION_METRICS for prefix in ("random_", "centre_", "lift_")]
@@ -36,12 +37,12 @@ CHANCE_COLUMNS = ([f"{prefix}{m}" for m in EXPLANATION_METRICS for prefix in ("r
 METRIC_COLUMNS = (["accuracy", "n_test", "majority_share", "worst_group_accuracy", "n_groups", "val_accuracy", "n_val"]
                   + EXPLANATION_METRICS
                   + ["sweep_mean", "sweep_best", "tau_star", "jaccard_val_tau", "jaccard_n", "jaccard_excluded"]
-                  + FAITHFULNESS_METRICS + ["faithfulness_n"] + CHANCE_COLUMNS
+                  + FAITHFULNESS_METRICS + ["faithfulness_n"] + SANITY_METRICS + ["sanity_n"] + CHANCE_COLUMNS
                   + SEGMENTATION_METRICS + ["seg_n", "seg_iou_excluded"])
 # metric -> (per-image array in the cell file, display scale, digits, title)
 METRICS = {
     "accuracy": ("correct", 100.0, 2, "Accuracy (%)"),
-    **{m: (m, 1.0, 3, m) for m in EXPLANATION_METRICS + SEGMENTATION_METRICS + FAITHFULNESS_METRICS
+    **{m: (m, 1.0, 3, m) for m in EXPLANATION_METRICS + SEGMENTATION_METRICS + FAITHFULNESS_METRICS + SANITY_METRICS
        + CHANCE_COLUMNS + ["jaccard_val_tau"]},
 }
 METRICS["jaccard"] = ("jaccard", 1.0, 3, "Explanation Jaccard vs ground-truth masks")
@@ -396,6 +397,15 @@ def published_lookup(published: pd.DataFrame | None, dataset: str):
 
 
 BELOW_CHANCE = "≤ chance"
+UNCHANGED = "≈ unchanged"
+
+
+def unchanged_by_randomisation(row, metric) -> bool:
+    """Whether a summary row's maps barely change when the model's top layers are re-initialised: its
+    mean ``sanity_spearman`` is above ``sanity.UNCHANGED_SPEARMAN`` (the sanity check fails)."""
+    value = row.get("sanity_spearman")
+    return metric == "sanity_spearman" and value is not None and not pd.isna(value) \
+        and float(value) > sanity.UNCHANGED_SPEARMAN
 
 
 def at_or_below_chance(row, metric) -> bool:
@@ -420,6 +430,8 @@ def _value(row, metric, scale, digits, paper=None) -> str:
         text += f" / {paper:.{digits}f} ({row[metric] * scale - paper:+.{digits}f})"
     if at_or_below_chance(row, metric):
         text += f" {BELOW_CHANCE}"
+    if unchanged_by_randomisation(row, metric):
+        text += f" {UNCHANGED}"
     return text
 
 
@@ -566,6 +578,7 @@ def metrics_table(summary: pd.DataFrame, names: list[str]):
                 continue
             low, high = r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high")
             mark = f" {BELOW_CHANCE}" if at_or_below_chance(r, metric) else ""
+            mark += f" {UNCHANGED}" if unchanged_by_randomisation(r, metric) else ""
             cells.append(f"{_fmt(r[metric], scale, digits)} [{_fmt(low, scale, digits)}, {_fmt(high, scale, digits)}]"
                          + mark)
         rows.append([r["mask"], row_label[r["ensemble"]]] + cells)
@@ -633,7 +646,8 @@ def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | 
             else:
                 items.append((4, f"{METRICS['jaccard_val_tau'][3]} · {explainer}",
                               f"τ* (val): {NO_VAL}; the Jaccard above is at the fixed threshold only."))
-            items.append((4, f"Explanation metrics · {explainer}", metrics_table(explained, EXPLANATION_METRICS)))
+            items.append((4, f"Explanation metrics · {explainer}",
+                          metrics_table(explained, EXPLANATION_METRICS + SANITY_METRICS)))
             items.append((4, f"Lift over the random map · {explainer}",
                           metrics_table(explained, [f"lift_{m}" for m in EXPLANATION_METRICS])))
             faithful = [c for m in FAITHFULNESS_METRICS for c in (m, f"random_{m}", f"lift_{m}")]
@@ -670,7 +684,11 @@ NOTE = ("Values are means over seeds with a 95% bootstrap CI over test images in
         f"α* (val) is the mixing weight chosen per seed on validation accuracy (ties to the larger α), τ* the "
         f"CAM threshold chosen on validation Jaccard; test is never read to choose. Chance rows are the "
         f"random and centre maps on the same test images; {BELOW_CHANCE} marks a value no better than the "
-        f"random map's (its lift, metric − random's in the metric's better direction, is at most 0).")
+        f"random map's (its lift, metric − random's in the metric's better direction, is at most 0). "
+        f"sanity_spearman and sanity_ssim (protocol.sanity) compare each map with the same explainer's map of "
+        f"the model re-initialised from its target layer on (Adebayo et al. 2018; lower is better); "
+        f"{UNCHANGED} marks a mean Spearman above {sanity.UNCHANGED_SPEARMAN}: maps that do not depend on the "
+        f"model's learned top layers.")
 PUBLISHED_NOTE = ("The published values are the paper's, whose α and best mask were read off the test set; they "
                   "are compared with the reproduced fixed-α cells. The α* (val) row is chosen on validation and "
                   "has no published counterpart.")

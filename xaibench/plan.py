@@ -38,6 +38,8 @@ TRAINING_KINDS = ("train", "finetune")
 DATA_FORMAT = 2
 # Bump when the faithfulness stage computes something else, so its artifacts are made again.
 FAITHFULNESS_VERSION = 1
+# Bump when the sanity stage re-initialises or compares otherwise (``xaibench.sanity``).
+SANITY_VERSION = 1
 
 
 # -- stage specs -------------------------------------------------------------------------------------------
@@ -135,6 +137,20 @@ class FaithfulnessSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class SanitySpec:
+    """The model-parameter randomisation test of an explanation: its explainer again on the model with its
+    layers from the target layer on re-initialised, compared with its maps (``xaibench.sanity``)."""
+
+    backbone: Choice
+    data: str
+    model: ModelRef
+    explain: str
+    explainer: Choice
+    images: int  # how many of the explained images (0: all)
+    batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
 class SeedsSpec:
     explain: str
     seeder: Choice
@@ -160,10 +176,10 @@ class AcceptSpec:
     acceptor: Choice
 
 
-StageSpec = Union[DataSpec, TrainSpec, FinetuneSpec, LogitsSpec, ExplainSpec, FaithfulnessSpec, SeedsSpec, SegmentSpec,
-                  AcceptSpec]
+StageSpec = Union[DataSpec, TrainSpec, FinetuneSpec, LogitsSpec, ExplainSpec, FaithfulnessSpec, SanitySpec, SeedsSpec,
+                  SegmentSpec, AcceptSpec]
 SPEC_KIND = {DataSpec: "data", TrainSpec: "train", FinetuneSpec: "finetune", LogitsSpec: "logits",
-             ExplainSpec: "explain", FaithfulnessSpec: "faithfulness", SeedsSpec: "seeds", SegmentSpec: "segment",
+             ExplainSpec: "explain", FaithfulnessSpec: "faithfulness", SanitySpec: "sanity", SeedsSpec: "seeds", SegmentSpec: "segment",
              AcceptSpec: "accept"}
 
 
@@ -199,11 +215,13 @@ class CellPlan:
     segment_index: int = 0  # this cell's seeder among those the segment stage prompts with
     explain_val: str | None = None  # the same explanation of the val split (τ* is chosen on it)
     faithfulness: str | None = None
+    sanity: str | None = None
 
     @property
     def keys(self) -> list[str]:
         return [k for k in (self.data, self.raw_model, self.masked_model, self.raw_logits, self.masked_logits,
-                            self.explain, self.seeds, self.segment, self.explain_val, self.faithfulness) if k]
+                            self.explain, self.seeds, self.segment, self.explain_val, self.faithfulness,
+                            self.sanity) if k]
 
 
 @dataclasses.dataclass
@@ -443,6 +461,15 @@ class PlanBuilder:
             FaithfulnessSpec(spec.backbone, spec.data, spec.model, explain, steps, images,
                              self.grid.protocol.eval_batch_size)))
 
+    def sanity(self, explain: str) -> str:
+        spec: ExplainSpec = self.stages[explain].spec
+        images = self.grid.protocol.sanity_images
+        return self._once(("sanity", explain, images), lambda: self.add(
+            "sanity", [explain, spec.model.ident, images, SANITY_VERSION],
+            f"sanity check of {self.stages[explain].label}", [explain, *spec.model.keys, spec.data],
+            SanitySpec(spec.backbone, spec.data, spec.model, explain, spec.explainer, images,
+                       self.grid.protocol.eval_batch_size)))
+
     def seeds(self, seeder: Choice, explain: str) -> str:
         spec = self.stages[explain].spec
         return self._once(("seeds", seeder, explain), lambda: self.add(
@@ -487,18 +514,21 @@ def build_plan(grid: Grid, cells, registry, *, keep_cells: bool = True, fetch: b
         if cell.mask is not None:
             masked = builder.finetune(cell, raw, data)
             masked_logits = builder.logits(cell, masked, data, f"{cell.mask.name} model")
-        explain_val = faithfulness = None
+        explain_val = faithfulness = sanity = None
         if cell.explainer is not None:
             explain = builder.explain(cell, raw, masked, data)
             explain_val = builder.explain(cell, raw, masked, data, split="val")
             if grid.protocol.faithfulness_steps:
                 faithfulness = builder.faithfulness(cell, explain)
+            if grid.protocol.sanity:
+                sanity = builder.sanity(explain)
         if cell.seeder is not None:
             seeds = builder.seeds(cell.seeder, explain)
             segments.setdefault((explain, cell.segmenter, data), set()).add(seeds)
         if keep_cells:
             plans.append(CellPlan(cell, builder.labels(cell), data, raw, masked, raw_logits, masked_logits,
-                                  explain, seeds, None, explain_val=explain_val, faithfulness=faithfulness))
+                                  explain, seeds, None, explain_val=explain_val, faithfulness=faithfulness,
+                                  sanity=sanity))
     plan = Plan(builder.stages, plans, builder, segments, n_cells=count, not_fetched=tuple(not_fetched))
     plan.group_segments()
     return plan

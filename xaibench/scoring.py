@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import faithfulness, metrics, stats
+from . import faithfulness, metrics, sanity, stats
 from .artifacts import CHUNK, Artifacts, Memo, PackedMasks, unpack_masks
 from .contracts import validate_ensemble
 from .errors import ComponentError, ContractViolation
@@ -108,6 +108,12 @@ def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_thr
             per_image.update({name: found[name], f"random_{name}": found[f"random_{name}"], f"lift_{name}": lift})
             for prefix in ("", "random_", "lift_"):
                 out[f"{prefix}{name}"] = metrics.mean_excluding_nan(per_image[f"{prefix}{name}"])[0]
+    if cp.sanity:
+        found = memo("sanity", cp.sanity)
+        out["sanity_n"] = int(np.isfinite(found["sanity_spearman"]).sum())
+        for name in sanity.NAMES:
+            per_image[name] = found[name]
+            out[name] = metrics.mean_excluding_nan(found[name])[0]
     if cp.segment:
         index = memo("explain", cp.explain)["index"]
         segmented = memo("segment", cp.segment)

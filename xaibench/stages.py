@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import faithfulness
+from . import faithfulness, sanity
 from .artifacts import CHUNK, SPLITS, ArrayFolderWriter, Artifacts, PackedMasks
 from .contracts import (Prompts, capability, validate_annotation, validate_classes, validate_ensemble,
                         validate_layers, validate_logits, validate_maps, validate_masked, validate_model,
@@ -22,8 +22,8 @@ from .contracts import (Prompts, capability, validate_annotation, validate_class
 from .errors import ComponentError, ContractViolation, StageError, UserError
 from .grid import Choice
 from .models import ensemble_model, load_weights, save_weights
-from .plan import (AcceptSpec, DataSpec, ExplainSpec, FaithfulnessSpec, FinetuneSpec, LogitsSpec, MixedModel, SeedsSpec,
-                   SegmentSpec, Stage, TrainSpec)
+from .plan import (AcceptSpec, DataSpec, ExplainSpec, FaithfulnessSpec, FinetuneSpec, LogitsSpec, MixedModel,
+                   SanitySpec, SeedsSpec, SegmentSpec, Stage, TrainSpec)
 from .records import StageResult
 from .registry import get_registry
 from .store import file_digest, save_arrays
@@ -329,7 +329,7 @@ class StageRunner:
             validate_layers(layers, model)
         return list(layers)
 
-    def _explained_model(self, spec: ExplainSpec | FaithfulnessSpec, num_classes):
+    def _explained_model(self, spec: ExplainSpec | FaithfulnessSpec | SanitySpec, num_classes):
         """The model an explanation is of (an ensemble's as one module) and its target layers."""
         ref = spec.model
         if not isinstance(ref, MixedModel):
@@ -407,6 +407,41 @@ class StageRunner:
                     for name, values in found.items():
                         out[f"{prefix}{name}"][rows] = values
         save_arrays(self.path("faithfulness", stage.key), index=index, position=chosen, **out)
+        return {"n": int(len(index))}
+
+    def _run_sanity(self, stage: Stage):
+        """The model-parameter randomisation test (``xaibench.sanity``): the explainer's maps of the model
+        with each member's network re-initialised from its target layer on, against the explanation's."""
+        import torch
+
+        spec: SanitySpec = stage.spec
+        explained = self.artifacts.load("explain", spec.explain)
+        test = self.artifacts.data(spec.data, "test")
+        chosen = faithfulness.subset(len(explained["index"]), spec.images)  # positions among the explained
+        index = explained["index"][chosen]
+        model, target_layers = self._explained_model(spec, len(test["classes"]))
+        members = [model.raw, model.masked] if isinstance(spec.model, MixedModel) else [model]
+        for member in members:
+            with self.calling("backbones", spec.backbone, given="re-initialising from the target layer on"):
+                sanity.randomise_top_layers(member, [layer for layer in target_layers
+                                                     if any(layer is m for m in member.modules())])
+        explainer = self.component("explainers", spec.explainer)
+        uses_ground_truth = capability(explainer, "uses_ground_truth", "explainers")
+        height, width = test["images"].shape[1:3]
+        out = {name: np.full(len(index), np.nan) for name in sanity.NAMES}
+        for start in self.bar_range(stage, len(index), spec.batch_size):
+            rows = slice(start, start + spec.batch_size)
+            chunk = index[rows]
+            images = to_tensor(test["images"][chunk]).to(self.device)
+            targets = torch.from_numpy(test["labels"][chunk]).to(self.device)
+            gt = test["references"][chunk] if uses_ground_truth else None
+            with self.calling("explainers", spec.explainer, given=f"{len(chunk)} test images, top layers re-initialised"):
+                maps = explainer.explain(model, images, targets, target_layers=target_layers, masks=gt)
+                validate_maps(maps, len(chunk), height, width)
+            found = sanity.similarity(np.asarray(explained["maps"][chosen[rows]], dtype=np.float32), maps)
+            for name, values in found.items():
+                out[name][rows] = values
+        save_arrays(self.path("sanity", stage.key), index=index, position=chosen, **out)
         return {"n": int(len(index))}
 
     def _run_seeds(self, stage: Stage):
