@@ -129,7 +129,7 @@ class _Merge:
             self.unknown.append(str(directory))
         for row in rows:
             where = self.cells.get(row["cell_id"])
-            config = tuple(row.get(c) for c in CONFIG_LABELS)
+            config = tuple(None if isinstance(v, float) and math.isnan(v) else v for v in map(row.get, CONFIG_LABELS))
             first = self.configs.get(config)
             if first is not None and first[0] != str(directory) and settings is not None and first[1] is not None:
                 differ = _differences(_bearing(row, first[1]), _bearing(row, settings))
@@ -148,7 +148,7 @@ class _Merge:
 
 
 def _bearing(row: dict, settings: dict) -> dict:
-    """The settings that bear on ``row``'s numbers, flat (``train.epochs``, ``versions masks:blur``)."""
+    """The settings that bear on ``row``'s numbers, flat (``train.epochs``, ``mask blur``: its version)."""
     out = {}
     for section in ("train", "finetune", "protocol"):
         if section == "finetune" and row.get("mask") in (None, "", "none"):
