@@ -108,8 +108,8 @@ class RunFolderVanished(UserError):
 
     def __init__(self, out: Path):
         super().__init__(f"the run folder {str(out)!r} vanished during the run (deleted or moved while the run was "
-                         f"writing to it); nothing more can be recorded there. Run the same command again to start "
-                         f"over, and keep other programs away from --out while it runs")
+                         f"writing to it); nothing more can be recorded there. Remove what is left of it, if anything, "
+                         f"and run the same command again; keep other programs away from --out while it runs")
 
 
 class RunFolder:
