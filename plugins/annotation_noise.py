@@ -53,7 +53,7 @@ class AnnotationNoise(BaseModel):
     ``dilate``: radius in pixels. ``coarse``: Douglas-Peucker tolerance in pixels. ``shift``: largest offset
     in pixels. ``fraction``: share in [0, 1] of a split's annotations degraded at all; the rest stay exact."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # as every grid number
 
     missing: Share = 0.0
     erode: Pixels = 0.0

@@ -88,6 +88,11 @@ def download(url: str, dest: Path, *, sha256: str | None, progress: bool = True)
 
     from tqdm import tqdm
 
+    try:
+        urllib.request.Request(url)
+    except ValueError as exc:  # no scheme, a malformed host: refused before anything is created
+        raise UserError(f"cannot download {url!r}: it is not a URL ({exc}); give a full one, e.g. "
+                        f"https://example.org/data.zip") from None
     dest = Path(dest)
     part = dest.with_suffix(dest.suffix + ".part")
     created = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]
@@ -298,6 +303,8 @@ def read_manifest(root: Path) -> dict | None:
         text = path.read_text()
     except FileNotFoundError:
         return None
+    except NotADirectoryError:
+        raise UserError(f"the dataset root {root} is a file, not a folder; point root (--root) at a folder") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -1,0 +1,80 @@
+"""Inputs a new user tries that nobody on the project made: each is one ``error:`` line with exit code 2 and
+nothing written, never a traceback or a value the grid cannot mean."""
+
+import pytest
+
+from xaibench.cli import main
+
+TINY_GRID = """\
+name: hostile
+seeds: [0]
+datasets:
+  - name: synthetic
+    n_train: 4
+    n_val: 0
+    n_test: 2
+    image_size: 32{noise}
+backbones: [{{name: resnet18, weights: none}}]
+masks: [white]
+ensembles: [{{name: logit-mix, alpha: 0.5}}]
+explainers: [gradcam]
+seeders: [{{name: top-k, k: 1}}]
+segmenters: [cam-threshold]
+train: {{epochs: 1, batch_size: 4}}
+device: cpu
+"""
+
+
+def grid_file(tmp_path, noise=""):
+    path = tmp_path / "g.yaml"
+    path.write_text(TINY_GRID.format(noise=noise))
+    return path
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("link", ["loop", "loop/sub"])
+def test_an_out_folder_behind_a_symlink_loop_is_refused(registry, tmp_path, capsys, link):
+    (tmp_path / "loop").symlink_to(tmp_path / "other")
+    (tmp_path / "other").symlink_to(tmp_path / "loop")
+    assert main(["run", "--grid", str(grid_file(tmp_path)), "--out", str(tmp_path / link), "--quiet"]) == 2
+    assert "symbolic link on the way loops" in one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml", "loop", "other"]
+
+
+# YAML 1.1 reads 1e999 (no dot) as a string, which pydantic then reads as infinity: the grid's own check of
+# non-finite floats never sees it, so the nested annotation_noise settings must refuse it themselves.
+@pytest.mark.parametrize("value", ["1e999", "'inf'", "'Infinity'"])
+def test_annotation_noise_takes_finite_numbers_only(registry, tmp_path, capsys, value):
+    noise = f"\n    annotation_noise: {{dilate: {value}}}"
+    assert main(["run", "--grid", str(grid_file(tmp_path, noise)), "--out", str(tmp_path / "r"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "annotation_noise.dilate: synthetic: Input should be a finite number" in err
+    assert main(["data", "info", "synthetic", "--param", f"annotation_noise={{dilate: {value}}}",
+                 "--param", "n_train=2", "--param", "n_val=0", "--param", "n_test=2", "--param", "image_size=32"]) == 2
+    assert "annotation_noise.dilate" in one_error_line(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "example.org/kahikatea.zip", "htp//typo"])
+def test_fetch_from_something_that_is_not_a_url_is_one_error_line(registry, tmp_path, capsys, url):
+    root = tmp_path / "data" / "kahikatea"
+    assert main(["data", "fetch", "kahikatea", "--root", str(root), "--url", url]) == 2
+    assert "is not a URL" in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []  # no folder made for a download that could never start
+
+
+@pytest.mark.parametrize("command", ["fetch", "info"])
+def test_a_dataset_root_that_is_a_file_is_one_error_line(registry, tmp_path, capsys, command):
+    root = tmp_path / "kahikatea.zip"
+    root.write_bytes(b"PK\x05\x06" + bytes(18))  # the archive itself given as the root
+    argv = ["data", command, "kahikatea", "--root", str(root)]
+    assert main(argv + (["--url", "http://127.0.0.1:9/x.zip"] if command == "fetch" else [])) == 2
+    assert "is a file, not a folder" in one_error_line(capsys)
+    assert root.read_bytes() == b"PK\x05\x06" + bytes(18)
