@@ -206,7 +206,10 @@ class TimmBackbone:
         cannot be had or do not fit it (``fetch=False``, a dry run: downloads nothing, ``NotFetched``)."""
         import torch
 
-        with torch.device("meta"):
+        try:
+            with torch.device("meta"):
+                net = self._create(2, pretrained=False)
+        except Exception:  # a mistake, or a model whose construction needs real tensors: say which for real
             net = self._create(2, pretrained=False)
         if is_torchgeo(self.weights):
             self._fit(net, load_state_file(cached_file(self._torchgeo(), fetch=fetch)), load=False)

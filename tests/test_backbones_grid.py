@@ -81,3 +81,23 @@ def test_params_mapping_gives_parameters_named_like_entry_keys(registry, tmp_pat
     code = main(["run", "--grid", str(grid), "--out", str(tmp_path / "out"), "--dry-run"])
     assert code == 2
     assert "both inside 'params' and beside it: ['target_layer']" in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_be_built_on_the_meta_device_still_plans(registry, tmp_path, monkeypatch, capsys):
+    import timm
+
+    real = timm.create_model
+
+    def needs_real_tensors(*args, **kwargs):
+        if torch.empty(0).device.type == "meta":
+            raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", needs_real_tensors)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "datasets: [{name: synthetic, n_train: 8, n_val: 4, n_test: 4, image_size: 32}]\n"
+        "backbones:\n  - {name: timm, params: {name: resnet10t}, model_args: {stem_width: 16}}\n"
+    )
+    assert main(["run", "--grid", str(grid), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "1 trainings" in capsys.readouterr().out
