@@ -221,6 +221,13 @@ def _answer_probe(path: str, token: str, node: str) -> str:
 
 
 def _call_with_threads(fn, task, threads):
+    """A Ray task: ``fn(task)`` with ``threads`` torch threads and, as in a process worker, Ctrl-C left to
+    the driver (which ends the workers), so a ``KeyboardInterrupt`` in the task is a component's and
+    fails its stage rather than cancelling the task."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the worker's main thread: nothing to change there
+        pass
     if threads is not None:
         _limit_threads(threads)
     return fn(task)

@@ -224,3 +224,21 @@ def test_under_process_a_plugins_exit_fails_its_cell_and_a_dead_worker_is_blamed
         assert failure["component"] == f"mask '{name}' (plugin 'xaibench_faults', distribution xaibench-faults 1.2.3)"
         assert said in failure["message"]
     assert (out / "leaderboard.md").is_file() and not list((out / "cache").glob("running/*"))
+
+
+def test_in_a_ray_task_a_keyboard_interrupt_is_a_components_not_a_ctrl_c():
+    """A Ray task, like a process worker, leaves Ctrl-C to the driver, so the stage runner fails the stage
+    of a component raising ``KeyboardInterrupt`` instead of Ray cancelling the task (and the run with it).
+    Checked here without starting Ray: a whole run under Ray takes a minute on two cores."""
+    import signal
+
+    from xaibench.stages import passes_through
+    from xaibench_plugins.executors import _call_with_threads
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert passes_through(KeyboardInterrupt())  # here, in the main process, it is a Ctrl-C
+        assert _call_with_threads(lambda _: passes_through(KeyboardInterrupt()), None, None) is False
+        assert _call_with_threads(lambda _: passes_through(SystemExit(0)), None, None) is False
+    finally:
+        signal.signal(signal.SIGINT, before)
