@@ -6,6 +6,7 @@ explainers and the runner never deal with normalisation constants.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional, Union
 
@@ -39,6 +40,16 @@ def _normalized(net, mean, std):
     return NormalizedClassifier()
 
 
+def _reason(exc: Exception) -> str:
+    """What torch.load's error says went wrong, in one line: not its advice to load with
+    ``weights_only=False`` or to allowlist classes (xaibench never unpickles code), nor its terminal colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return first.split(". ")[0].rstrip(".")
+
+
 def load_state_file(path: Path) -> dict:
     """A state dict (name → tensor) from ``.safetensors`` or a tensors-only torch file (``weights_only=True``).
 
@@ -64,8 +75,8 @@ def load_state_file(path: Path) -> dict:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UserError(
-            f"weights file {str(path)!r} cannot be loaded as tensors only ({type(exc).__name__}: {exc}); it is "
-            "truncated, damaged, or pickles code (xaibench never unpickles code): save a state_dict, or convert "
+            f"weights file {str(path)!r} cannot be loaded as tensors only ({type(exc).__name__}: {_reason(exc)}); "
+            "it is truncated, damaged, or pickles code (xaibench never unpickles code): save a state_dict, or convert "
             "it to .safetensors"
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

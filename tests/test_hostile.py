@@ -78,3 +78,22 @@ def test_a_dataset_root_that_is_a_file_is_one_error_line(registry, tmp_path, cap
     assert main(argv + (["--url", "http://127.0.0.1:9/x.zip"] if command == "fetch" else [])) == 2
     assert "is a file, not a folder" in one_error_line(capsys)
     assert root.read_bytes() == b"PK\x05\x06" + bytes(18)
+
+
+@pytest.mark.parametrize("saved", ["a whole model", "a YAML file"])
+def test_weights_torch_cannot_load_are_one_line_without_torchs_advice(registry, tmp_path, capsys, saved):
+    import torch
+
+    weights = tmp_path / "model.pt"
+    if saved == "a whole model":  # torch.save(model): the commonest wrong file, a pickle of code
+        torch.save(torch.nn.Linear(2, 2), weights)
+    else:
+        weights.write_text("name: not weights\n")
+    grid = grid_file(tmp_path)
+    grid.write_text(grid.read_text().replace("weights: none", f"weights: {weights}"))
+    assert main(["run", "--grid", str(grid), "--out", str(tmp_path / "r"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "cannot be loaded as tensors only" in line)
+    assert line.endswith("save a state_dict, or convert it to .safetensors")  # torch's text ends within it
+    assert "\x1b" not in err and "weights_only" not in err and "file an issue" not in err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
