@@ -53,6 +53,8 @@ def test_run_json_report_and_leaderboards_name_the_cpu_and_its_instruction_set(r
     printed = capsys.readouterr().out
     assert expected in printed and "Another CPU (AVX512)" in printed
     assert "These numbers are for that machine" in printed
+    assert main(["leaderboard", str(out), "--format", "latex"]) == 0
+    assert "Computed on " + info["cpu"] in capsys.readouterr().out
 
 
 def test_a_folder_of_an_older_version_says_nothing_about_its_machine():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import audit, data, export, latex, leaderboard, loop, report
+from . import audit, data, export, latex, leaderboard, loop, machine, report
 from .errors import PluginError, UserError
 from .outputs import output_file
 from .registry import KINDS, get_registry
@@ -343,21 +343,23 @@ def render(dirs, fmt: str) -> str:
         raise UserError(f"{', '.join(map(str, dirs))}: no cell has been recorded yet (the run was interrupted "
                         "before any stage finished, or this is not a run folder); run 'xaibench run' into it first")
     summary = leaderboard.summarise(df, files)
-    names = []
+    names, infos = [], []
     for directory in dirs:
         info = Path(directory) / "run.json"
         try:
-            names.append(json.loads(info.read_text()).get("grid", Path(directory).name))
+            infos.append(json.loads(info.read_text()))
+            names.append(infos[-1].get("grid", Path(directory).name))
         except (OSError, ValueError, AttributeError):
             continue
     title = "xaibench leaderboard" + (f": {' + '.join(dict.fromkeys(names))}" if names else "")
+    machines = machine.sentence(infos)
     if fmt == "md":
-        return leaderboard.markdown(df, summary, title, published=published)
+        return leaderboard.markdown(df, summary, title, published=published, machines=machines)
     if fmt == "csv":
         return summary.to_csv(index=False)
     if fmt == "latex":
-        return latex.document(df, summary, title, published=published)
-    return report.page(title, df, summary, published=published)
+        return latex.document(df, summary, title, published=published, machines=machines)
+    return report.page(title, df, summary, published=published, machines=machines)
 
 
 def _cmd_leaderboard(args) -> int:

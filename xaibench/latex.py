@@ -109,9 +109,10 @@ def table(summary: pd.DataFrame, metric: str, caption: str, published: dict | No
 
 
 def document(df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench leaderboard",
-             published: pd.DataFrame | None = None) -> str:
+             published: pd.DataFrame | None = None, *, machines: str | None = None) -> str:
     """A standalone LaTeX document (``article``, ``booktabs``) with every Table I layout of the summary,
-    and the failed cells' count. Compiles with pdflatex."""
+    the failed cells' count and, given ``machines`` (``xaibench.machine.sentence``), the machine the numbers
+    are from. Compiles with pdflatex."""
     parts = [r"\documentclass{article}", r"\usepackage[T1]{fontenc}", r"\usepackage{booktabs}",
              r"\usepackage[margin=2cm]{geometry}", r"\begin{document}", rf"\section*{{{escape(title)}}}"]
     failed = int((df["status"] != "done").sum())
@@ -119,6 +120,8 @@ def document(df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench lea
                         f"over test images; bold: the best value of its column; † a configuration missing seeds; ° a value no "
                         f"better than the random map's on the same images; α* (val): α chosen on validation accuracy")
                  + (escape("; in parentheses: the published value.") if published is not None else "."))
+    if machines:
+        parts.append("\n" + escape(machines))
     if not len(summary):
         parts.append("\n" + escape("No cell finished, so there is no table to show."))
     for (dataset, backbone), group in summary.groupby(["dataset", "backbone"], sort=False):

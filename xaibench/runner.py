@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import exhibits, figures, leaderboard, report
+from . import exhibits, figures, leaderboard, machine, report
 from .engine import RunFolder, apply_executor_override, echo_warning, execute
 from .outputs import Outputs
 from .grid import all_choices
@@ -128,14 +128,12 @@ def publish(folder: RunFolder, plan: Plan, cells: list[dict], files: dict, info:
         published = outputs.attempt("published.csv", lambda: leaderboard.read_published(out / "published.csv"))
     drawn = draw_figures(folder, plan, outputs, key=scores_key(plan, grid.protocol.cam_threshold))
     title = f"xaibench leaderboard: {grid.name}"
-    tables = outputs.attempt("leaderboard.md", lambda: leaderboard.write(out, df, summary, title=title,
-                                                                       published=published), default=[])
+    info.update({"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+                 "cpu_count": os.cpu_count(), **machine.describe()})
+    tables = outputs.attempt("leaderboard.md", lambda: leaderboard.write(
+        out, df, summary, title=title, published=published, machines=machine.sentence([info])), default=[])
     info.update({
         "wall_s": round(time.perf_counter() - started, 3),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
         "plugins": folder.registry.describe(),
         "leaderboard": [p.name for p in tables],
         "figures": [str(p.relative_to(out)) for p in drawn],
