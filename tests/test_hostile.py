@@ -97,3 +97,26 @@ def test_weights_torch_cannot_load_are_one_line_without_torchs_advice(registry, 
     assert line.endswith("save a state_dict, or convert it to .safetensors")  # torch's text ends within it
     assert "\x1b" not in err and "weights_only" not in err and "file an issue" not in err
     assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("cell", ["mask=white,mask=none", "seed=0, seed=1"])
+def test_export_refuses_a_key_given_twice_in_cell(registry, tmp_path, capsys, cell):
+    # The last value silently won, exporting the other cell than the one named first.
+    assert main(["export", str(tmp_path), "--what", "segmentations", "--format", "gpkg", "--cell", cell,
+                 "--output", str(tmp_path / "x.gpkg")]) == 2
+    assert "is given twice; give each key once" in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["data", "info", "synthetic", "--param", "n_train=4", "--param", "n_train=400"],
+    ["data", "audit", "synthetic", "--param", "image_size=32", "--param", "image_size=64"],
+    ["run", "--grid", "GRID", "--dry-run", "--executor", "process", "--executor-option", "workers=1",
+     "--executor-option", "workers=2"],
+])
+def test_a_command_line_key_given_twice_is_refused(registry, tmp_path, capsys, argv):
+    # The last one silently won; a grid refuses a repeated key, so the command line does too.
+    argv = [str(grid_file(tmp_path)) if a == "GRID" else a for a in argv]
+    assert main(argv + (["--out", str(tmp_path / "r")] if argv[0] == "run" else [])) == 2
+    assert "is given twice; give each key once" in one_error_line(capsys)
+    assert not (tmp_path / "r").exists()

@@ -271,6 +271,8 @@ def _key_values(items: list[str], flag: str) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"{flag} {item!r} is not KEY=VALUE")
+        if key in out:  # the last one would silently win, as a grid's repeated key does not
+            raise UserError(f"{flag} {key} is given twice; give each key once")
         out[key] = _parse_value(value)
     return out
 

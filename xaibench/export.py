@@ -69,6 +69,8 @@ def parse_filter(text: str | None) -> dict[str, str]:
         if not sep or key not in CELL_LABELS + ("acceptor",):
             raise UserError(f"--cell {text!r}: write KEY=VALUE[,KEY=VALUE...] with keys among "
                             f"{', '.join(CELL_LABELS + ('acceptor',))}")
+        if key in out:  # the last one would silently win
+            raise UserError(f"--cell {text!r}: {key} is given twice; give each key once")
         out[key] = value
     return out
 
@@ -170,6 +172,7 @@ def export(run_dir, *, what: str, fmt: str, output, cell: str | None = None, rou
         raise UserError(f"--what {what!r}: choose {', '.join(WHAT)}")
     if fmt not in WHAT[what]:
         raise UserError(f"--format {fmt!r} does not hold {what}; use {' or '.join(WHAT[what])}")
+    wanted = parse_filter(cell)
     grid_path = run_dir / "grid.yaml"
     if not grid_path.is_file():
         raise UserError(f"{run_dir} is not a run folder (it holds no grid.yaml); give the --out of a run")
@@ -184,7 +187,6 @@ def export(run_dir, *, what: str, fmt: str, output, cell: str | None = None, rou
         output_file(output, create_folders=True)
     _geo()
     registry = registry or get_registry()
-    wanted = parse_filter(cell)
     artifacts = Artifacts(run_dir / "cache")
     if what == "annotations":
         return _annotations(grid_path, registry, artifacts, wanted, round_, fmt, output)
