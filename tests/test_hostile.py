@@ -120,3 +120,20 @@ def test_a_command_line_key_given_twice_is_refused(registry, tmp_path, capsys, a
     assert main(argv + (["--out", str(tmp_path / "r")] if argv[0] == "run" else [])) == 2
     assert "is given twice; give each key once" in one_error_line(capsys)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("where", ["--out", "--root", "grid root"])
+def test_a_path_of_an_unknown_users_home_is_one_error_line(registry, tmp_path, capsys, where):
+    path = "~no-such-user-xaibench/data"  # pathlib cannot expand it: a RuntimeError, wherever it is expanded
+    grid = grid_file(tmp_path)
+    if where == "--out":
+        argv = ["run", "--grid", str(grid), "--out", path, "--quiet"]
+    elif where == "--root":
+        argv = ["data", "info", "folder", "--root", path]
+    else:
+        grid.write_text(grid.read_text().replace("name: synthetic", f"name: folder\n    root: {path}")
+                        .replace("    n_train: 4\n    n_val: 0\n    n_test: 2\n", ""))
+        argv = ["run", "--grid", str(grid), "--out", str(tmp_path / "r"), "--dry-run"]
+    assert main(argv) == 2
+    assert "for a user this machine does not know" in one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml"]

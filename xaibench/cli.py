@@ -405,6 +405,10 @@ def _tolerant_output() -> None:
             reconfigure(errors="backslashreplace")
 
 
+# What pathlib's expanduser raises for ~NAME when NAME is no user here, wherever a path is expanded.
+NO_HOME = "Could not determine home directory."
+
+
 def main(argv=None) -> int:
     _tolerant_output()
     warnings.formatwarning = _warning_line
@@ -420,6 +424,12 @@ def main(argv=None) -> int:
         print("interrupted; run the same command again to resume (finished stages and the last epoch of an "
               "interrupted training are kept)", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        if str(exc) != NO_HOME:
+            raise
+        print("error: a path starts with ~NAME/ for a user this machine does not know, so it has no home folder "
+              "to stand for; write the path out in full, or ~/ for your own home folder", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into a reader that stopped early (| head): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
