@@ -137,3 +137,15 @@ def test_a_path_of_an_unknown_users_home_is_one_error_line(registry, tmp_path, c
     assert main(argv) == 2
     assert "for a user this machine does not know" in one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml"]
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00d", b'dataset,mask,alpha,accuracy\n"unclosed,none,,90\n',
+                                     b"dataset,mask,alpha,accuracy\nsynthetic,none,,ninety\n"])
+def test_a_published_table_that_is_no_csv_of_numbers_is_one_error_line(registry, tmp_path, capsys, content):
+    from xaibench.store import Store
+
+    run = tmp_path / "run"
+    Store(run).close()
+    (run / "published.csv").write_bytes(content)  # where a run copies its grid's published: file
+    assert main(["leaderboard", str(run)]) == 2
+    assert one_error_line(capsys).startswith(f"error: published table {str(run / 'published.csv')!r}")

@@ -189,11 +189,22 @@ def name_of(label) -> str:
 
 
 def read_published(path) -> pd.DataFrame:
-    """Published numbers: columns dataset, mask (``none`` for the baseline), alpha, accuracy (%)."""
-    table = pd.read_csv(path)
+    """Published numbers: columns dataset, mask (``none`` for the baseline), alpha, accuracy (%). A file that
+    is no such CSV (empty, not UTF-8, unbalanced quotes, a value that is no number) is a ``UserError``."""
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"published table {str(path)!r} is not a readable UTF-8 CSV ({type(exc).__name__}: "
+                        f"{str(exc).strip()}); fix it or leave published out of the grid") from None
     missing = {"dataset", "mask", "alpha", "accuracy"} - set(table.columns)
     if missing:
         raise UserError(f"published table {str(path)!r} lacks the columns {sorted(missing)}")
+    for column in ("alpha", "accuracy"):  # alpha may be empty (the baseline's row)
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        wrong = table[column][numbers.isna() & table[column].notna()]
+        if len(wrong):
+            raise UserError(f"published table {str(path)!r}: {column} {wrong.iloc[0]!r} (row {wrong.index[0] + 2}) "
+                            f"is not a number")
     return table
 
 
