@@ -10,9 +10,10 @@ import re
 from pathlib import Path
 from typing import Optional, Union
 
+from xaibench.contracts import ActivationLayout
 from xaibench.errors import NotFetched, UserError
 from xaibench.hookspecs import hookimpl
-from xaibench.models import resolve_module
+from xaibench.models import layer_name, resolve_module
 from xaibench_plugins.torchgeo_weights import cached_file, check_model, is_torchgeo, resolve
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -190,11 +191,18 @@ class ResNet18:
     def target_layers(self, model):
         return [resolve_module(model.net, self.target_layer, what="backbone parameter target_layer")]
 
+    def activation_layout(self, model, layer):
+        """Channels-first, for every module of the ResNet but its ``fc`` head (whose output is no map)."""
+        return None if layer_name(model.net, layer) in (None, "fc") else ActivationLayout.channels_first()
+
 
 class TimmBackbone:
     """Any timm model by ``name``; ``pretrained`` loads timm's weights (from its local cache offline).
 
-    ``target_layer``: dotted path in the timm model; by default the module of its last feature stage.
+    ``target_layer``: dotted path in the timm model; by default the module of its last feature stage, and
+    for a vision transformer the last block's ``norm1`` (as pytorch-grad-cam's docs use): the last block's
+    own output reaches a class-token head only through the class token, so its patch tokens get no gradient.
+    Activation layouts (``activation_layout``) are read from what timm records about the model.
     ``model_args``: more keyword arguments of ``timm.create_model`` that shape the architecture (e.g.
     ``{depth: 4, img_size: 96}`` for a ViT, ``{depths: [1, 1, 1, 1], dims: [16, 32, 64, 128]}`` for a
     ConvNeXt); numbers, strings, booleans or lists of numbers. ``num_classes``, ``pretrained`` and
@@ -308,11 +316,49 @@ class TimmBackbone:
     def target_layers(self, model):
         if self.target_layer:
             return [resolve_module(model.net, self.target_layer, what="backbone parameter target_layer")]
-        info = getattr(model.net, "feature_info", None)
-        if not info:
+        net = model.net
+        if _token_grid(net) is not None and len(getattr(net, "blocks", ())) and hasattr(net.blocks[-1], "norm1"):
+            return [net.blocks[-1].norm1]
+        modules = _feature_modules(net)
+        if not modules:
             raise UserError(f"timm model {self.name!r} has no feature_info; set 'target_layer' explicitly")
-        last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
-        return [resolve_module(model.net, last["module"], what=f"timm feature module of {self.name}")]
+        return [resolve_module(net, modules[-1], what=f"timm feature module of {self.name}")]
+
+    def activation_layout(self, model, layer):
+        """The layout timm records for ``layer``: in a vision transformer (``num_prefix_tokens`` and a
+        ``patch_embed.grid_size``) the blocks, every module inside them and the final ``norm`` give tokens,
+        ``num_prefix_tokens`` (class, distillation and register tokens) then the patch grid; the feature
+        stages of ``feature_info`` give channels-last where the model's ``output_fmt`` is ``NHWC`` (Swin)
+        and channels-first otherwise. Any other module: None, as timm does not say (inside a ConvNeXt block,
+        for one, activations are channels-last between channels-first stages)."""
+        net = model.net
+        name = layer_name(net, layer)
+        grid = _token_grid(net)
+        if name is None:
+            return None
+        if grid is not None:
+            if name in ("blocks", "norm_pre", "norm") or name.startswith("blocks."):
+                return ActivationLayout.tokens(int(net.num_prefix_tokens), grid)
+            return None
+        if name in _feature_modules(net):
+            nhwc = str(getattr(net, "output_fmt", "NCHW")) == "NHWC"
+            return ActivationLayout.channels_last() if nhwc else ActivationLayout.channels_first()
+        return None
+
+
+def _token_grid(net) -> tuple[int, int] | None:
+    """The patch grid (h, w) of a timm vision transformer (one with ``num_prefix_tokens`` and a patch
+    embedding of fixed ``grid_size``, giving tokens (B, prefix + h * w, C)); None for any other model."""
+    grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
+    if not hasattr(net, "num_prefix_tokens") or grid is None or str(getattr(net, "output_fmt", "")) == "NHWC":
+        return None
+    return tuple(int(n) for n in grid)
+
+
+def _feature_modules(net) -> list[str]:
+    """The dotted paths of a timm model's feature stages (``feature_info``), first to last."""
+    info = getattr(net, "feature_info", None) or []
+    return [entry["module"] for entry in (info if isinstance(info, list) else info.get_dicts())]
 
 
 def timm_has(model: str) -> bool:

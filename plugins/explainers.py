@@ -12,11 +12,18 @@ so a member contributes in proportion to its share of the mixed logit (pytorch-g
 normalise each layer's map on its own and average them, giving both members equal say whatever alpha).
 Score-CAM and Eigen-CAM keep pytorch-grad-cam's per-layer normalise-and-average: their maps are not
 gradients of the mixed logit, so there is no share to preserve.
+
+Every CAM reads a hooked activation (and its gradient) through the layout its backbone declares
+(``xaibench.contracts.ActivationLayout``): channels-first as it is, channels-last (timm's Swin) permuted,
+tokens (ViT, DeiT, registers) with the prefix tokens dropped and the patches put back on their grid, as
+pytorch-grad-cam's documented ``reshape_transform`` does. A layer whose layout is undeclared, or whose
+output does not fit its declaration, is an error naming the layer, never a map.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import zlib
 from typing import Annotated
@@ -24,8 +31,9 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
+from xaibench.contracts import ActivationLayout
 from xaibench.hookspecs import hookimpl
-from xaibench.models import resolve_module
+from xaibench.models import layer_name, resolve_module
 
 
 # -- target layers -----------------------------------------------------------------------------------
@@ -47,6 +55,17 @@ def explained_layers(model, target_layer: str | None, default: list) -> list:
             for member in members]
 
 
+def layer_layouts(model, layers, layouts) -> list[tuple[str, ActivationLayout]]:
+    """Each layer's name in ``model`` and its declared ``ActivationLayout``: ``layouts(layer)`` (the
+    backbone's declaration, which raises where there is none); with ``layouts`` None (a direct call outside
+    a run) every layer is taken as channels-first, and ``to_channels_first`` refuses any that is not 4-D."""
+    found = []
+    for layer in layers:
+        name = layer_name(model, layer) or type(layer).__name__
+        found.append((name, ActivationLayout.channels_first() if layouts is None else layouts(layer)))
+    return found
+
+
 # -- Grad-CAM ------------------------------------------------------------------------------------------
 
 
@@ -54,7 +73,8 @@ class GradCam:
     """Grad-CAM (Selvaraju et al. 2017) of the target class at the target layers.
 
     ``explain(model, images, targets, *, target_layers) -> np.ndarray`` float32 (B, H, W) in [0, 1].
-    Per layer activation A (B, C, h, w) with gradient G of the summed target logits:
+    Per layer activation A (B, C, h, w) (read through the layer's declared layout, ``layouts``) with
+    gradient G of the summed target logits:
     ``cam = ReLU(sum over layers of sum_c mean_hw(G)_c * A_c)``, upsampled bilinearly
     (``align_corners=False``) to the image size on the model's device, then min-max scaled per image
     (a constant map becomes all zeros). Layers of different spatial sizes are each upsampled to the
@@ -71,37 +91,43 @@ class GradCam:
     def __init__(self, *, target_layer: str | None = None):
         self.target_layer = target_layer
 
-    def explain(self, model, images, targets, *, target_layers, masks=None):
+    def explain(self, model, images, targets, *, target_layers, masks=None, layouts=None):
         import torch
         import torch.nn.functional as F
 
         layers = explained_layers(model, self.target_layer, target_layers)
-        activations = []
+        unique = list({id(layer): layer for layer in layers}.values())
+        declared = dict(zip(map(id, unique), layer_layouts(model, unique, layouts)))
+        activations = []  # (activation as the layer gave it, its name, its layout)
 
         def capture(module, inputs, output):
-            if not isinstance(output, torch.Tensor) or output.ndim != 4:
-                raise ValueError(f"gradcam needs a target layer with (B, C, h, w) output; {type(module).__name__} "
-                                 f"gave {getattr(output, 'shape', type(output).__name__)}")
+            name, layout = declared[id(module)]
+            if not isinstance(output, torch.Tensor):
+                raise ValueError(f"gradcam needs a target layer whose output is a tensor; {name!r} gave "
+                                 f"{type(output).__name__}")
+            layout.to_channels_first(output, name)  # refuses an output that does not fit the declaration
             # The rest of the network gets the activations as a new graph leaf: the graph recorded before
             # the layer is freed at once, and a frozen model (no parameter requiring grad) still works.
             output = output.detach().requires_grad_()
-            activations.append(output)
+            activations.append((output, name, layout))
             return output
 
-        unique = list({id(layer): layer for layer in layers}.values())
         handles = [layer.register_forward_hook(capture) for layer in unique]
         try:
             with torch.enable_grad():
                 logits = model(images)
                 score = logits.gather(1, targets.to(logits.device).long().view(-1, 1)).sum()
-                grads = torch.autograd.grad(score, activations, allow_unused=True)
+                grads = torch.autograd.grad(score, [act for act, _, _ in activations], allow_unused=True)
         finally:
             for handle in handles:
                 handle.remove()
 
         size = tuple(images.shape[-2:])
-        cams = [(grad.mean(dim=(2, 3), keepdim=True) * act.detach()).sum(dim=1, keepdim=True)
-                for act, grad in zip(activations, grads) if grad is not None]
+        cams = []
+        for (act, name, layout), grad in zip(activations, grads):
+            if grad is not None:
+                act, grad = layout.to_channels_first(act.detach(), name), layout.to_channels_first(grad, name)
+                cams.append((grad.mean(dim=(2, 3), keepdim=True) * act).sum(dim=1, keepdim=True))
         if not cams:  # the score does not depend on the target layers at all
             return np.zeros((images.shape[0], *size), dtype=np.float32)
         if len({cam.shape[-2:] for cam in cams}) > 1:
@@ -125,8 +151,10 @@ def _unit_range(maps):
 # -- pytorch-grad-cam's methods ---------------------------------------------------------------------------
 
 
-def _library_cam(method: str, model, layers, *, sum_layers: bool):
-    """A pytorch-grad-cam CAM object of class ``method`` on ``layers``.
+def _library_cam(method: str, model, layers, layouts, *, sum_layers: bool):
+    """A pytorch-grad-cam CAM object of class ``method`` on ``layers``, each layer's activations and
+    gradients reshaped to (B, C, h, w) by its own ``layouts`` entry (name, ``ActivationLayout``): the
+    library's ``reshape_transform``, one per layer, so an ensemble of a transformer and a CNN works.
 
     With ``sum_layers`` (an ensemble's two members) the per-layer maps are summed before the ReLU, and the
     sum then goes through the library's own single-layer path (ReLU, min-max scaling, cv2 resize, scaling
@@ -135,11 +163,35 @@ def _library_cam(method: str, model, layers, *, sum_layers: bool):
     (per-layer ReLU and scaling, then the mean) is kept."""
     import cv2
     import pytorch_grad_cam
+    from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
     from pytorch_grad_cam.utils.image import scale_cam_image
 
     base = getattr(pytorch_grad_cam, method)
+    transforms = {id(layer): functools.partial(_reshaped, layout=layout, name=name)
+                  for layer, (name, layout) in zip(layers, layouts)}
+
+    class LayerwiseHooks(ActivationsAndGradients):
+        """The library's hooks with the ``reshape_transform`` of the layer that gave each tensor."""
+
+        def save_activation(self, module, input, output):
+            self.activations.append(transforms[id(module)](output).cpu().detach())
+
+        def save_gradient(self, module, input, output):
+            if not getattr(output, "requires_grad", False):
+                return
+            transform = transforms[id(module)]
+
+            def store(grad):  # gradients arrive in reverse order
+                self.gradients = [transform(grad).cpu().detach()] + self.gradients
+
+            output.register_hook(store)
 
     class Quiet(base):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.activations_and_grads.release()
+            self.activations_and_grads = LayerwiseHooks(self.model, self.target_layers, None, self.detach)
+
         def get_cam_weights(self, *args, **kwargs):
             # Score-CAM draws a tqdm bar per image; the runner shows its own progress.
             with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
@@ -167,6 +219,11 @@ def _library_cam(method: str, model, layers, *, sum_layers: bool):
     return (SummedLayers if sum_layers else Quiet)(model=model, target_layers=layers)
 
 
+def _reshaped(tensor, *, layout: ActivationLayout, name: str):
+    """A pytorch-grad-cam ``reshape_transform``: ``tensor`` in ``layout`` as (B, C, h, w)."""
+    return layout.to_channels_first(tensor, name)
+
+
 class _LibraryCam:
     """A pytorch-grad-cam method of the target class at the target layers.
 
@@ -174,7 +231,9 @@ class _LibraryCam:
     the image size: for a single model exactly the library's map (per layer: ReLU, min-max scaling, cv2
     bilinear resize; then the layers' mean, scaled again); for an ensemble of two members the
     gradient-based methods sum the members' unscaled maps before one ReLU and scaling.
-    ``target_layer``: dotted path inside the backbone network hooked instead of the backbone's default."""
+    ``target_layer``: dotted path inside the backbone network hooked instead of the backbone's default.
+    ``layouts``: each layer's declared ``ActivationLayout``, given to the library as its
+    ``reshape_transform`` (see the module docstring)."""
 
     uses_ground_truth = False
     method = ""
@@ -183,13 +242,14 @@ class _LibraryCam:
     def __init__(self, *, target_layer: str | None = None):
         self.target_layer = target_layer
 
-    def explain(self, model, images, targets, *, target_layers, masks=None):
+    def explain(self, model, images, targets, *, target_layers, masks=None, layouts=None):
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         layers = explained_layers(model, self.target_layer, target_layers)
+        declared = layer_layouts(model, layers, layouts)
         # A single model is explained exactly as pytorch-grad-cam does; only an ensemble's member maps are
         # summed before the ReLU (the module docstring says why).
-        cam = _library_cam(self.method, model, layers, sum_layers=self.sum_layers and is_ensemble(model))
+        cam = _library_cam(self.method, model, layers, declared, sum_layers=self.sum_layers and is_ensemble(model))
         self._configure(cam)
         try:
             maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])

@@ -141,6 +141,9 @@ class NoPretrained:
     def target_layers(self, model):
         return [model.net.layer4]
 
+    def activation_layout(self, model, layer):
+        return contracts.ActivationLayout.channels_first()
+
 
 class Broken:
     @hookimpl

@@ -70,6 +70,74 @@ class Prompts:
         return self.points[self.labels == 0]
 
 
+@dataclasses.dataclass(frozen=True)
+class ActivationLayout:
+    """How a target layer's activation maps to feature maps (B, C, h, w), as its backbone declares it.
+
+    ``kind``: ``"channels_first"`` (B, C, h, w), as convolutional networks give; ``"channels_last"``
+    (B, h, w, C), as timm's Swin stages give; ``"tokens"`` (B, prefix_tokens + h * w, C), as vision
+    transformers give: ``prefix_tokens`` leading tokens that are not patches (class, distillation,
+    register tokens), then the patches row by row on the ``grid`` (h, w). Build one with
+    ``channels_first()``, ``channels_last()`` or ``tokens(prefix_tokens, grid)``. A tensor's layout cannot
+    be read off its shape (a (B, 7, 7, 768) activation looks like 7 channels on a 7 × 768 grid), so a
+    backbone says it and ``to_channels_first`` holds the activation to what was said."""
+
+    kind: str
+    prefix_tokens: int = 0
+    grid: tuple[int, int] | None = None
+
+    KINDS = ("channels_first", "channels_last", "tokens")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"activation layout kind {self.kind!r}; use one of {list(self.KINDS)}")
+        if self.kind == "tokens":
+            grid = self.grid
+            if not (isinstance(grid, tuple) and len(grid) == 2 and all(isinstance(n, int) and n > 0 for n in grid)):
+                raise ValueError(f"a tokens layout needs grid=(h, w), two positive ints, not {grid!r}")
+            if not isinstance(self.prefix_tokens, int) or self.prefix_tokens < 0:
+                raise ValueError(f"prefix_tokens is {self.prefix_tokens!r}; give the number of leading non-patch "
+                                 f"tokens, an int >= 0")
+        elif self.prefix_tokens or self.grid is not None:
+            raise ValueError(f"a {self.kind} layout takes no prefix_tokens or grid (only tokens layouts do)")
+
+    @classmethod
+    def channels_first(cls) -> "ActivationLayout":
+        return cls("channels_first")
+
+    @classmethod
+    def channels_last(cls) -> "ActivationLayout":
+        return cls("channels_last")
+
+    @classmethod
+    def tokens(cls, prefix_tokens: int, grid: tuple[int, int]) -> "ActivationLayout":
+        return cls("tokens", prefix_tokens, tuple(grid))
+
+    def __str__(self) -> str:
+        if self.kind == "tokens":
+            h, w = self.grid
+            return f"tokens ({self.prefix_tokens} prefix + {h}×{w} patches, (B, {self.prefix_tokens + h * w}, C))"
+        return f"{self.kind} ({'(B, C, h, w)' if self.kind == 'channels_first' else '(B, h, w, C)'})"
+
+    def to_channels_first(self, activation, layer: str = "the target layer"):
+        """``activation`` (a torch tensor in this layout, or its gradient) as (B, C, h, w): prefix tokens
+        dropped, patches reshaped to the grid, channels moved first (a view where torch allows). Raises
+        ``ContractViolation`` naming ``layer`` where the tensor's shape does not fit the layout."""
+        shape = tuple(getattr(activation, "shape", ()))
+        if self.kind == "tokens":
+            h, w = self.grid
+            if len(shape) == 3 and shape[1] == self.prefix_tokens + h * w:
+                patches = activation[:, self.prefix_tokens:, :]
+                return patches.reshape(shape[0], h, w, shape[2]).permute(0, 3, 1, 2)
+        elif len(shape) == 4:
+            return activation if self.kind == "channels_first" else activation.permute(0, 3, 1, 2)
+        given = f"{shape}" if shape else type(activation).__name__
+        hint = (" (the grid is the model's image size over its patch size: build the model for the images' size)"
+                if self.kind == "tokens" and len(shape) == 3 else "")
+        raise ContractViolation(f"layer {layer!r} gave an activation of shape {given}, which is not its declared "
+                                f"layout {self}{hint}; declare the layout it has, or target another layer")
+
+
 # -- the kinds -------------------------------------------------------------------------------------------
 # Each Protocol lists the members a component of its kind must have; OPTIONAL lists, per kind, the
 # capabilities it may declare and the default assumed where it does not.
@@ -122,7 +190,12 @@ class Backbone(Protocol):
     explainers hook by default (for ResNets the last block).
 
     Optional: ``pretrained`` (the keyword of ``build``), ``check()``: raise a ``UserError`` when weights
-    cannot be had (one that would download them takes ``fetch``, False in a dry run: raise ``NotFetched``)."""
+    cannot be had (one that would download them takes ``fetch``, False in a dry run: raise ``NotFetched``).
+    ``activation_layout(model, layer) -> ActivationLayout | None``: how the output of
+    ``layer``, a module of ``model``, maps to (B, C, h, w) (channels-first, channels-last, or tokens with
+    their prefix and patch grid), for the default target layers and any other a grid may name; None where
+    the backbone does not know. Class-activation explainers read every activation through it: a layer
+    whose layout is not declared fails its cell, naming the layer, rather than giving a map."""
 
     def build(self, num_classes: int, *, pretrained: bool = True): ...
 
@@ -152,7 +225,10 @@ class Explainer(Protocol):
     default layers; ``masks`` bool (B, H, W) ground truth, given only to explainers that declare
     ``uses_ground_truth = True`` (calibration baselines).
 
-    Optional: ``uses_ground_truth`` (default False), ``check()``."""
+    Optional: ``uses_ground_truth`` (default False), ``check()``. ``layouts`` (whether ``explain`` takes
+    that keyword): explainers that hook layers take ``layouts``, a function ``layouts(layer) ->
+    ActivationLayout`` for any module of ``model`` (an ensemble's members included), the backbone's
+    declaration; it raises, naming the layer and what to declare, where the backbone declares none."""
 
     def explain(self, model, images, targets, *, target_layers, masks=None): ...
 
@@ -228,9 +304,9 @@ OPTIONAL: dict[str, dict[str, object]] = {
     "datasets": {"location_params": (), "path_params": (), "check": None, "fetch": None, "prepare": None,
                  "describe": None, "source_files": None, "georeference": None},
     "masks": {"check": None},
-    "backbones": {"pretrained": True, "path_params": (), "check": None},
+    "backbones": {"pretrained": True, "path_params": (), "check": None, "activation_layout": None},
     "ensembles": {"reduces_to": None, "mixing_parameter": None, "check": None},
-    "explainers": {"uses_ground_truth": False, "check": None},
+    "explainers": {"uses_ground_truth": False, "layouts": False, "check": None},
     "seeders": {"check": None},
     "segmenters": {"uses_saliency": False, "segment_with_scores": None, "path_params": (), "check": None},
     "acceptors": {"check": None},
@@ -249,14 +325,16 @@ def required(kind: str) -> list[str]:
 
 def capability(component, name: str, kind: str):
     """The optional capability ``name`` of ``component`` of ``kind``, or its default where it is not
-    declared. ``pretrained`` (backbones) is whether ``build`` takes that keyword."""
+    declared. ``pretrained`` (backbones) is whether ``build`` takes that keyword, ``layouts`` (explainers)
+    whether ``explain`` does."""
     if name not in OPTIONAL[kind]:
         raise KeyError(f"{kind} have no optional capability {name!r}; they have {sorted(OPTIONAL[kind])}")
-    if kind == "backbones" and name == "pretrained":
+    keyword = {("backbones", "pretrained"): "build", ("explainers", "layouts"): "explain"}.get((kind, name))
+    if keyword is not None:
         try:
-            return "pretrained" in inspect.signature(component.build).parameters
-        except (TypeError, ValueError):
-            return True
+            return name in inspect.signature(getattr(component, keyword)).parameters
+        except (TypeError, ValueError, AttributeError):
+            return OPTIONAL[kind][name]
     return getattr(component, name, OPTIONAL[kind][name])
 
 
@@ -367,6 +445,18 @@ def validate_layers(layers, model) -> None:
     modules = {id(m) for m in model.modules()}
     if not isinstance(layers, (list, tuple)) or not layers or not all(id(layer) in modules for layer in layers):
         raise ContractViolation("target_layers(model) is not a non-empty list of the model's own modules")
+
+
+def validate_layout(layout, layer: str) -> None:
+    """``Backbone.activation_layout(model, layer)``: an ``ActivationLayout``; None (or no such method) means
+    the backbone does not say, and a layer a CAM hooks must be said."""
+    if not isinstance(layout, ActivationLayout):
+        found = "declares no activation layout" if layout is None else f"gave {type(layout).__name__} as the layout"
+        raise ContractViolation(
+            f"{found} for layer {layer!r}; class-activation explainers need to know how its output maps to (B, C, "
+            f"h, w): give the backbone an activation_layout(model, layer) method returning "
+            f"xaibench.contracts.ActivationLayout.channels_first(), .channels_last() or .tokens(prefix_tokens, "
+            f"grid) for it")
 
 
 def validate_ensemble(out, raw) -> None:

@@ -40,6 +40,15 @@ def resolve_module(module, dotted: str, *, what: str = "target layer"):
     return found
 
 
+def layer_name(model, layer) -> str | None:
+    """The dotted path of the module ``layer`` inside ``model`` (``"net.layer4"``; ``""`` for ``model``
+    itself), or None where it is not one of ``model``'s modules."""
+    for name, module in model.named_modules(remove_duplicate=False):
+        if module is layer:
+            return name
+    return None
+
+
 def save_weights(model, path: Path) -> None:
     """Write the model's state dict as safetensors, atomically (temp file, then rename)."""
     from safetensors.torch import save_file

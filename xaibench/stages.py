@@ -17,11 +17,11 @@ import numpy as np
 from . import faithfulness, sanity
 from .artifacts import CHUNK, SPLITS, ArrayFolderWriter, Artifacts, PackedMasks
 from .contracts import (Prompts, capability, validate_annotation, validate_classes, validate_ensemble,
-                        validate_layers, validate_logits, validate_maps, validate_masked, validate_model,
-                        validate_prompt_sets, validate_sample, validate_segmentation)
+                        validate_layers, validate_layout, validate_logits, validate_maps, validate_masked,
+                        validate_model, validate_prompt_sets, validate_sample, validate_segmentation)
 from .errors import ComponentError, ContractViolation, StageError, UserError
 from .grid import Choice
-from .models import ensemble_model, load_weights, save_weights
+from .models import ensemble_model, layer_name, load_weights, save_weights
 from .plan import (AcceptSpec, DataSpec, ExplainSpec, FaithfulnessSpec, FinetuneSpec, LogitsSpec, MixedModel,
                    SanitySpec, SeedsSpec, SegmentSpec, Stage, TrainSpec)
 from .records import StageResult
@@ -329,6 +329,26 @@ class StageRunner:
             validate_layers(layers, model)
         return list(layers)
 
+    def _layouts(self, choice: Choice, members: list):
+        """The ``layouts`` function explainers get: ``layouts(layer)`` is the backbone's declared
+        ``activation_layout`` of ``layer``, a module of one of ``members`` (the networks it built that the
+        explained model runs); an undeclared one fails, naming the backbone and the layer."""
+        backbone = self.component("backbones", choice)
+        declare = capability(backbone, "activation_layout", "backbones")
+
+        def layouts(layer):
+            found = [(member, name) for member in members if (name := layer_name(member, layer)) is not None]
+            if not found:
+                raise ContractViolation(f"{type(layer).__name__} is not a module of the explained model; explain "
+                                        f"the layers of the model given")
+            member, name = found[0]
+            with self.calling("backbones", choice, given=f"activation_layout(model, {name!r})"):
+                layout = declare(member, layer) if declare is not None else None
+                validate_layout(layout, name)
+            return layout
+
+        return layouts
+
     def _explained_model(self, spec: ExplainSpec | FaithfulnessSpec | SanitySpec, num_classes):
         """The model an explanation is of (an ensemble's as one module) and its target layers."""
         ref = spec.model
@@ -358,6 +378,9 @@ class StageRunner:
         model, target_layers = self._explained_model(spec, len(test["classes"]))
         explainer = self.component("explainers", spec.explainer)
         uses_ground_truth = capability(explainer, "uses_ground_truth", "explainers")
+        members = [model.raw, model.masked] if isinstance(spec.model, MixedModel) else [model]
+        layouts = {"layouts": self._layouts(spec.backbone, members)} \
+            if capability(explainer, "layouts", "explainers") else {}
         height, width = test["images"].shape[1:3]
         writer = ArrayFolderWriter(self.path("explain", stage.key))
         try:
@@ -370,7 +393,7 @@ class StageRunner:
                 gt = test["references"][chunk] if uses_ground_truth else None
                 given = f"{len(chunk)} {spec.split} images from {str(test['ids'][chunk[0]])!r}"
                 with self.calling("explainers", spec.explainer, given=given):
-                    out = explainer.explain(model, images, targets, target_layers=target_layers, masks=gt)
+                    out = explainer.explain(model, images, targets, target_layers=target_layers, masks=gt, **layouts)
                     validate_maps(out, len(chunk), height, width)
                 maps[start : start + len(chunk)] = out
             writer.save("index", index)

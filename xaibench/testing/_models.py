@@ -7,7 +7,7 @@ import copy
 import numpy as np
 
 from .. import contracts
-from ..models import ensemble_model
+from ..models import ensemble_model, layer_name
 from ._core import _call, _devices, _expect, _label, _valid
 from ._inputs import HEIGHT, WIDTH, _image_batch, tiny_classifier
 
@@ -46,8 +46,9 @@ def check_backbone(backbone, *, name: str | None = None, num_classes: int = 3, i
                    devices=None) -> None:
     """``build(num_classes, *, pretrained=True)``: a module mapping (B, 3, S, S) in [0, 1] to finite logits
     (B, num_classes), the same weights for the same torch seed, whose state dict loads into
-    ``build(..., pretrained=False)``; ``target_layers(model)``: the model's own modules, giving (B, C, h, w)
-    activations the logits depend on; optional ``check()``."""
+    ``build(..., pretrained=False)``; ``target_layers(model)``: the model's own modules, each with a
+    declared ``activation_layout(model, layer)`` its output fits (as (B, C, h, w) once read through it), on
+    which the logits depend; optional ``check()``."""
     import torch
 
     label = _label("backbones", backbone, name)
@@ -87,6 +88,13 @@ def _check_backbone(backbone, label, num_classes, image_size, devices):
         def capture(module, inputs, output):
             activations.append(output)
 
+        declare = contracts.capability(backbone, "activation_layout", "backbones")
+        layouts = []
+        for layer in layers:
+            name = layer_name(net, layer)
+            found = _call(label, f"activation_layout(model, {name!r})", declare, net, layer) if declare else None
+            _valid(label, f"activation_layout(model, {name!r})", contracts.validate_layout, found, name)
+            layouts.append((name, found))
         handles = [layer.register_forward_hook(capture) for layer in layers]
         try:
             with torch.enable_grad():
@@ -98,10 +106,13 @@ def _check_backbone(backbone, label, num_classes, image_size, devices):
         _valid(label, f"model(images) on {device}", contracts.validate_logits, logits, 2, num_classes)
         _expect(logits.device == images.device, label, f"model(images) on {device} gave logits on {logits.device}",
                 "return the logits on the images' device")
-        _expect(len(activations) >= len(layers) and all(isinstance(a, torch.Tensor) and a.ndim == 4
-                                                        and a.shape[0] == 2 for a in activations), label,
-                "the target layers did not run, or gave no (B, C, h, w) output",
+        _expect(len(activations) >= len(layers) and all(isinstance(a, torch.Tensor) and a.shape[:1] == (2,)
+                                                        for a in activations), label,
+                "the target layers did not run, or gave no tensor with the images in its first dimension",
                 "pick target layers that the forward pass runs and that output feature maps")
+        for (name, layout), activation in zip(layouts, activations):
+            _valid(label, f"the output of target layer {name!r} on {device}", layout.to_channels_first, activation,
+                   name)
         grads = torch.autograd.grad(logits[:, 0].sum(), activations, allow_unused=True)
         _expect(all(g is not None for g in grads), label, "the logits do not depend on the target layers' output",
                 "choose target layers on the path to the logits (e.g. the last convolutional block)")
@@ -143,11 +154,14 @@ def check_ensemble(ensemble, *, name: str | None = None, devices=None) -> None:
 # -- explainers --------------------------------------------------------------------------------------------
 
 
-def check_explainer(explainer, *, name: str | None = None, model=None, target_layers=None, devices=None) -> None:
+def check_explainer(explainer, *, name: str | None = None, model=None, target_layers=None, layout=None,
+                    devices=None) -> None:
     """``explain(model, images, targets, *, target_layers, masks)``: float32 numpy maps (B, H, W) in [0, 1] for
     a model and for a two-member ensemble model; deterministic; images, targets, masks, weights, gradients,
     hooks, ``requires_grad`` and train/eval mode left as they were. ``model``/``target_layers`` default to
-    ``tiny_classifier()`` and its ``features``; give both to check on your own architecture."""
+    ``tiny_classifier()`` and its ``features``; give both to check on your own architecture, and
+    ``layout`` (an ``ActivationLayout``, channels-first by default) where their outputs are not
+    channels-first. An explainer whose ``explain`` takes ``layouts`` is given ``layouts(layer) -> layout``."""
     if (model is None) != (target_layers is None):
         raise ValueError("check_explainer: give both model and target_layers (modules of that model), or neither")
     label = _label("explainers", explainer, name)
@@ -155,6 +169,8 @@ def check_explainer(explainer, *, name: str | None = None, model=None, target_la
     _expect(isinstance(uses_ground_truth, bool), label, f"uses_ground_truth is {uses_ground_truth!r}",
             "set the class attribute uses_ground_truth = True or False")
     second = tiny_classifier(seed=1) if model is None else model
+    layout = contracts.ActivationLayout.channels_first() if layout is None else layout
+    extra = {"layouts": lambda layer: layout} if contracts.capability(explainer, "layouts", "explainers") else {}
     model = tiny_classifier() if model is None else model
     for device in _devices(devices):
         single = copy.deepcopy(model).to(device)
@@ -168,10 +184,10 @@ def check_explainer(explainer, *, name: str | None = None, model=None, target_la
 
         for what, net, layers in (("a model", single, layers_of(single)),
                                   ("an ensemble model", ensemble, layers_of(raw) + layers_of(masked))):
-            _check_explanation(explainer, label, f"{what} on {device}", net, layers, uses_ground_truth)
+            _check_explanation(explainer, label, f"{what} on {device}", net, layers, uses_ground_truth, extra)
 
 
-def _check_explanation(explainer, label, where, model, layers, uses_ground_truth):
+def _check_explanation(explainer, label, where, model, layers, uses_ground_truth, extra):
     import torch
 
     images = _image_batch()[0].to(next(model.parameters()).device)
@@ -181,9 +197,10 @@ def _check_explanation(explainer, label, where, model, layers, uses_ground_truth
               {k: v.clone() for k, v in model.state_dict().items()},
               [p.requires_grad for p in model.parameters()], model.training, _hook_count(model))
     call = f"explain({where}, images (2, 3, {HEIGHT}, {WIDTH}), targets, target_layers=..., masks=...)"
-    maps = _call(label, call, explainer.explain, model, images, targets, target_layers=layers, masks=masks)
+    maps = _call(label, call, explainer.explain, model, images, targets, target_layers=layers, masks=masks, **extra)
     _valid(label, call, contracts.validate_maps, maps, 2, HEIGHT, WIDTH)
-    again = _call(label, call, explainer.explain, model, images, targets, target_layers=layers, masks=masks)
+    again = _call(label, call, explainer.explain, model, images, targets, target_layers=layers, masks=masks,
+                  **extra)
     _expect(np.array_equal(again, maps), label, f"{call} differs between two calls",
             "make explanations deterministic (seed any randomness from the parameters and the image)")
     state = model.state_dict()
