@@ -149,3 +149,19 @@ def test_a_published_table_that_is_no_csv_of_numbers_is_one_error_line(registry,
     (run / "published.csv").write_bytes(content)  # where a run copies its grid's published: file
     assert main(["leaderboard", str(run)]) == 2
     assert one_error_line(capsys).startswith(f"error: published table {str(run / 'published.csv')!r}")
+
+
+def test_an_image_too_large_to_read_whole_is_not_called_corrupt(registry, tmp_path, capsys, monkeypatch):
+    # A whole orthophoto dropped among the tiles: PIL refuses it as a possible decompression bomb, which
+    # is no damage; the limit is lowered here so that a 40x40 image stands for a 30,000-pixel-wide one.
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / name / "tile.png")
+    Image.new("RGB", (40, 40)).save(tmp_path / "train" / "a" / "orthophoto.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    assert main(["data", "info", "folder", "--root", str(tmp_path), "--param", "image_size=8"]) == 2
+    line = one_error_line(capsys)
+    assert "orthophoto.png: too large to read whole" in line and "corrupt" not in line

@@ -67,6 +67,10 @@ def open_image(path):
     except Image.UnidentifiedImageError:
         raise UserError(f"{path}: not an image format that can be read (PNG, JPEG, TIFF, ...); replace it or "
                         f"remove it") from None
+    except Image.DecompressionBombError as exc:  # a large orthophoto is not a damaged file
+        raise UserError(f"{path}: too large to read whole ({exc}); if it is a real image (a whole orthophoto, "
+                        f"say), cut it into tiles of the size you train on (e.g. gdal_retile.py) and point the "
+                        f"dataset at the tiles") from None
     except Exception as exc:  # PIL's decoders raise OSError, SyntaxError, zlib.error, struct.error, ...
         raise UserError(f"{path}: cannot read this image, it is truncated or corrupt ({type(exc).__name__}: "
                         f"{exc}); replace it or remove it") from None
