@@ -26,7 +26,9 @@ def _architecture(net) -> str:
 def _attention_modules(net, what: str) -> list:
     """The attention modules of a timm token model, in the order of its blocks; a ``UserError`` naming
     ``what`` when ``net`` is not one (no prefix-token count, no patch embedding, no attention module)."""
-    blocks = [m for m in net.modules() if hasattr(m, "fused_attn") and hasattr(m, "attn_drop")]
+    # the transformer blocks' own attention only (not an attention-pooling head's, which has no N x N matrix)
+    body = getattr(net, "blocks", net)
+    blocks = [m for m in body.modules() if hasattr(m, "fused_attn") and hasattr(m, "attn_drop")]
     if not hasattr(net, "num_prefix_tokens") or not hasattr(net, "patch_embed") or not blocks:
         found = "attention modules but no class/patch token layout (windowed attention?)" if blocks else "no attention blocks"
         raise UserError(f"{what} ({_architecture(net)}) has {found}: {NEEDS}; use a CAM explainer for it")
