@@ -450,6 +450,8 @@ class StageRunner:
                                                      if any(layer is m for m in member.modules())])
         explainer = self.component("explainers", spec.explainer)
         uses_ground_truth = capability(explainer, "uses_ground_truth", "explainers")
+        layouts = {"layouts": self._layouts(spec.backbone, members)} \
+            if capability(explainer, "layouts", "explainers") else {}
         height, width = test["images"].shape[1:3]
         out = {name: np.full(len(index), np.nan) for name in sanity.NAMES}
         for start in self.bar_range(stage, len(index), spec.batch_size):
