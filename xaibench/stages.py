@@ -461,7 +461,7 @@ class StageRunner:
             targets = torch.from_numpy(test["labels"][chunk]).to(self.device)
             gt = test["references"][chunk] if uses_ground_truth else None
             with self.calling("explainers", spec.explainer, given=f"{len(chunk)} test images, top layers re-initialised"):
-                maps = explainer.explain(model, images, targets, target_layers=target_layers, masks=gt)
+                maps = explainer.explain(model, images, targets, target_layers=target_layers, masks=gt, **layouts)
                 validate_maps(maps, len(chunk), height, width)
             found = sanity.similarity(np.asarray(explained["maps"][chosen[rows]], dtype=np.float32), maps)
             for name, values in found.items():
