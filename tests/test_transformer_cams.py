@@ -160,12 +160,12 @@ def test_an_activation_that_does_not_fit_its_declared_layout_is_refused_naming_t
     for name in ("gradcam", "hirescam"):
         explainer = registry.create("explainers", name)
         with pytest.raises(ContractViolation, match=r"layer 'net.blocks.1.norm1' gave an activation of shape "
-                                                    r"\(2, 17, 32\), which is not its declared layout tokens "
+                                                    r"\(2, 17, 32\), which is not its layout tokens "
                                                     r"\(1 prefix \+ 5×5 patches"):
             explainer.explain(model, images, targets, target_layers=layers,
                               layouts=lambda layer: ActivationLayout.tokens(1, (5, 5)))
         # called without layouts (outside a run) a layer is taken as channels-first: tokens are refused
-        with pytest.raises(ContractViolation, match=r"\(2, 17, 32\), which is not its declared layout channels_first"):
+        with pytest.raises(ContractViolation, match=r"\(2, 17, 32\), which is not its layout channels_first"):
             explainer.explain(model, images, targets, target_layers=layers)
 
 
@@ -267,8 +267,8 @@ def test_the_backbone_check_reads_timm_transformers_through_their_layouts(peer):
 
 @pytest.mark.parametrize("backbone, message", [
     (TinyCnn(), "declares no activation layout for layer '1'"),
-    (MisdeclaredTokens(), "layer 'tokens.mix' gave an activation of shape (2, 17, 8), which is not its declared "
-                          "layout channels_first"),
+    (MisdeclaredTokens(), "layer 'tokens.mix' gave an activation of shape (2, 17, 8), which is not its layout "
+                          "channels_first"),
 ])
 def test_the_backbone_check_refuses_an_undeclared_or_misdeclared_layout(backbone, message):
     from xaibench import testing
@@ -303,7 +303,8 @@ def test_a_backbone_that_declares_no_layout_fails_its_cam_cells_naming_the_layer
     for explainer in ("gradcam", "hirescam"):
         state, error = status[("misdeclared-tokens", explainer)]
         assert state == "failed" and "layer 'tokens.mix' gave an activation of shape (4, 17, 8), which is not its " \
-                                     "declared layout channels_first" in error  # 4 of the 8 test images have masks
+                                     "layout channels_first ((B, C, h, w)) as declared by backbone " \
+                                     "'misdeclared-tokens' (plugin 'layout-plugin'" in error  # 4 of 8 images have masks
         assert status[("declared-tokens", explainer)][0] == "done"
     assert all(status[(b, "random")][0] == "done" for b in ("tiny-tokens", "tiny-cnn", "misdeclared-tokens"))
 

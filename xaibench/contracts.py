@@ -80,11 +80,14 @@ class ActivationLayout:
     register tokens), then the patches row by row on the ``grid`` (h, w). Build one with
     ``channels_first()``, ``channels_last()`` or ``tokens(prefix_tokens, grid)``. A tensor's layout cannot
     be read off its shape (a (B, 7, 7, 768) activation looks like 7 channels on a 7 × 768 grid), so a
-    backbone says it and ``to_channels_first`` holds the activation to what was said."""
+    backbone says it and ``to_channels_first`` holds the activation to what was said. ``declared_by``: who
+    said it (the runner fills in the backbone), named where an activation does not fit; not part of the
+    layout's identity."""
 
     kind: str
     prefix_tokens: int = 0
     grid: tuple[int, int] | None = None
+    declared_by: str = dataclasses.field(default="", compare=False)
 
     KINDS = ("channels_first", "channels_last", "tokens")
 
@@ -134,8 +137,9 @@ class ActivationLayout:
         given = f"{shape}" if shape else type(activation).__name__
         hint = (" (the grid is the model's image size over its patch size: build the model for the images' size)"
                 if self.kind == "tokens" and len(shape) == 3 else "")
-        raise ContractViolation(f"layer {layer!r} gave an activation of shape {given}, which is not its declared "
-                                f"layout {self}{hint}; declare the layout it has, or target another layer")
+        by = f" by {self.declared_by}" if self.declared_by else ""
+        raise ContractViolation(f"layer {layer!r} gave an activation of shape {given}, which is not its layout "
+                                f"{self} as declared{by}{hint}; declare the layout it has, or target another layer")
 
 
 # -- the kinds -------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import shutil
 import signal
@@ -345,7 +346,7 @@ class StageRunner:
             with self.calling("backbones", choice, given=f"activation_layout(model, {name!r})"):
                 layout = declare(member, layer) if declare is not None else None
                 validate_layout(layout, name)
-            return layout
+            return dataclasses.replace(layout, declared_by=self.registry.who("backbones", choice.name, choice.label))
 
         return layouts
 
