@@ -114,8 +114,9 @@ def test_export_refuses_a_key_given_twice_in_cell(registry, tmp_path, capsys, ce
     ["run", "--grid", "GRID", "--dry-run", "--executor", "process", "--executor-option", "workers=1",
      "--executor-option", "workers=2"],
 ])
-def test_a_command_line_key_given_twice_is_refused(registry, tmp_path, capsys, argv):
+def test_a_command_line_key_given_twice_is_refused(registry, tmp_path, capsys, monkeypatch, argv):
     # The last one silently won; a grid refuses a repeated key, so the command line does too.
+    monkeypatch.chdir(tmp_path)  # where a data audit that went ahead would write its file
     argv = [str(grid_file(tmp_path)) if a == "GRID" else a for a in argv]
     assert main(argv + (["--out", str(tmp_path / "r")] if argv[0] == "run" else [])) == 2
     assert "is given twice; give each key once" in one_error_line(capsys)
@@ -165,3 +166,29 @@ def test_an_image_too_large_to_read_whole_is_not_called_corrupt(registry, tmp_pa
     assert main(["data", "info", "folder", "--root", str(tmp_path), "--param", "image_size=8"]) == 2
     line = one_error_line(capsys)
     assert "orthophoto.png: too large to read whole" in line and "corrupt" not in line
+
+
+def test_output_onto_a_pipe_or_device_writes_through_it_and_leaves_it_one(registry, tmp_path, capsys):
+    # `--output /dev/null` run as root renamed a plain file over /dev/null, breaking it for the whole machine;
+    # a FIFO stands for the device here (no privileges needed), read without blocking.
+    import json
+    import os
+    import stat
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert main(["data", "audit", "synthetic", "--param", "n_train=8", "--param", "n_val=0", "--param",
+                     "n_test=4", "--param", "image_size=32", "--folds", "2", "--output", str(fifo)]) == 0
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        assert json.loads(os.read(reader, 1 << 16))["dataset"] == "synthetic"
+    finally:
+        os.close(reader)
+    capsys.readouterr()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "grid.yaml").write_text("name: x\n")
+    assert main(["export", str(run), "--what", "segmentations", "--format", "geojson", "--output", str(fifo)]) == 2
+    assert "is a device or a pipe, not a file" in one_error_line(capsys)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)

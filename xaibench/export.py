@@ -185,6 +185,9 @@ def export(run_dir, *, what: str, fmt: str, output, cell: str | None = None, rou
         output_folder(output)
     else:
         output_file(output, create_folders=True)
+        if output.exists() and not output.is_file():  # GDAL would delete a device (/dev/null) to write a file
+            raise UserError(f"--output {output} is a device or a pipe, not a file; export writes a {fmt} file: "
+                            f"give a file name")
     _geo()
     registry = registry or get_registry()
     artifacts = Artifacts(run_dir / "cache")

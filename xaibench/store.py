@@ -64,6 +64,12 @@ def atomic_write_text(path: Path, text: str, *, newline: str | None = None) -> P
     import tempfile
 
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # A device or a pipe (--output /dev/null, /dev/stdout) is written through: renamed over, it would be
+        # replaced by a plain file (for root, /dev/null itself, for every program on the machine).
+        with open(path, "w", encoding="utf-8", newline=newline) as f:
+            f.write(text)
+        return path
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)
