@@ -192,3 +192,13 @@ def test_output_onto_a_pipe_or_device_writes_through_it_and_leaves_it_one(regist
     assert main(["export", str(run), "--what", "segmentations", "--format", "geojson", "--output", str(fifo)]) == 2
     assert "is a device or a pipe, not a file" in one_error_line(capsys)
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+@pytest.mark.parametrize("command", ["run", "loop"])
+def test_a_grid_that_is_a_folder_is_not_said_to_be_missing(registry, tmp_path, capsys, command):
+    # A run folder given as the grid: it exists, and the message points at the copy of the grid inside it.
+    (tmp_path / "runs" / "quickstart").mkdir(parents=True)
+    grid = tmp_path / "runs" / "quickstart"
+    assert main([command, "--grid", str(grid), "--out", str(tmp_path / "r"), "--dry-run"]) == 2
+    line = one_error_line(capsys)
+    assert "is a folder" in line and str(grid / "grid.yaml") in line and "does not exist" not in line

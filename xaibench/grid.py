@@ -411,6 +411,9 @@ def load_grid(path: str | Path, registry) -> Grid:
 
     Raises ``GridError`` naming the file, line and column of every problem found."""
     path = Path(path)
+    if path.is_dir():
+        raise GridError(f"grid file {str(path)!r} is a folder; pass a YAML file to --grid (a run folder's copy "
+                        f"is {str(path / 'grid.yaml')!r})")
     if not path.is_file():
         raise GridError(f"grid file {str(path)!r} does not exist; pass an existing YAML file to --grid")
     raw = path.read_bytes()
