@@ -123,8 +123,8 @@ class FolderDataset:
     def _check_root(self) -> None:
         root = self.root_path
         if not root.is_dir():
-            raise UserError(f"the folder dataset root {root} does not exist; point root at a folder holding "
-                            f"train/<class>/ and test/<class>/ image folders")
+            raise UserError(f"the folder dataset root {root} {'is a file' if root.exists() else 'does not exist'}; "
+                            f"point root at a folder holding train/<class>/ and test/<class>/ image folders")
         for split in REQUIRED_SPLITS:
             if not (root / split).is_dir():
                 raise UserError(f"{root} has no {split}/ folder; the folder dataset needs train/<class>/ and "

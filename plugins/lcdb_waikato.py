@@ -104,7 +104,8 @@ class LcdbWaikatoDataset:
         """Raise ``UserError`` unless ``root`` holds a finished preparation with at least one tile."""
         root = Path(self.root).expanduser()
         if not root.is_dir():
-            raise UserError(f"lcdb-waikato root {root} does not exist; {PREPARE_HINT}")
+            raise UserError(f"lcdb-waikato root {root} {'is a file' if root.exists() else 'does not exist'}; "
+                            f"{PREPARE_HINT}")
         if not (root / "labels.csv").is_file():
             raise UserError(f"lcdb-waikato root {root} has no labels.csv (not prepared, or preparation was "
                             f"interrupted); {PREPARE_HINT}")

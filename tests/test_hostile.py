@@ -70,13 +70,15 @@ def test_fetch_from_something_that_is_not_a_url_is_one_error_line(registry, tmp_
     assert list(tmp_path.iterdir()) == []  # no folder made for a download that could never start
 
 
-@pytest.mark.parametrize("command", ["fetch", "info"])
-def test_a_dataset_root_that_is_a_file_is_one_error_line(registry, tmp_path, capsys, command):
+@pytest.mark.parametrize("command,dataset", [("fetch", "kahikatea"), ("info", "kahikatea"), ("info", "folder"),
+                                             ("info", "lcdb-waikato")])
+def test_a_dataset_root_that_is_a_file_is_one_error_line(registry, tmp_path, capsys, command, dataset):
     root = tmp_path / "kahikatea.zip"
     root.write_bytes(b"PK\x05\x06" + bytes(18))  # the archive itself given as the root
-    argv = ["data", command, "kahikatea", "--root", str(root)]
+    argv = ["data", command, dataset, "--root", str(root)]
     assert main(argv + (["--url", "http://127.0.0.1:9/x.zip"] if command == "fetch" else [])) == 2
-    assert "is a file, not a folder" in one_error_line(capsys)
+    line = one_error_line(capsys)
+    assert f"root {root} is a file" in line and "does not exist" not in line
     assert root.read_bytes() == b"PK\x05\x06" + bytes(18)
 
 
