@@ -37,6 +37,7 @@ def test_run_json_report_and_leaderboards_name_the_cpu_and_its_instruction_set(r
     assert info["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
     expected = f"Computed on {info['cpu']} ({isa}, limited by ONEDNN_MAX_CPU_ISA=AVX2), {info['cpu_count']} cores"
     assert expected in (out / "leaderboard.md").read_text()
+    assert "sanity_spearman" not in (out / "leaderboard.md").read_text()  # not measured, not explained
     report = html.unescape((out / "report.html").read_text())
     assert expected in report and f'"cpu_isa": "{isa}"' in report
     capsys.readouterr()

@@ -130,6 +130,7 @@ def test_a_run_with_sanity_reports_it_beside_the_localisation_metrics_and_marks_
     gradcam_section = text.split("Explanation metrics · gradcam")[1].split("###")[0]
     assert "sanity_spearman" in random_section and "≈ unchanged" in random_section
     assert "sanity_spearman" in gradcam_section and "≈ unchanged" not in gradcam_section
+    assert "(Adebayo et al. 2018; lower is better)" in text.split("##")[0]  # the note says how to read it
 
     # one sanity stage per explanation; off (the default), none is planned
     for setting, expected in (("true", "sanity 2"), ("false", None)):

@@ -695,11 +695,18 @@ NOTE = ("Values are means over seeds with a 95% bootstrap CI over test images in
         f"α* (val) is the mixing weight chosen per seed on validation accuracy (ties to the larger α), τ* the "
         f"CAM threshold chosen on validation Jaccard; test is never read to choose. Chance rows are the "
         f"random and centre maps on the same test images; {BELOW_CHANCE} marks a value no better than the "
-        f"random map's (its lift, metric − random's in the metric's better direction, is at most 0). "
-        f"sanity_spearman and sanity_ssim (protocol.sanity) compare each map with the same explainer's map of "
-        f"the model re-initialised from its target layer on (Adebayo et al. 2018; lower is better); "
-        f"{UNCHANGED} marks a mean Spearman above {sanity.UNCHANGED_SPEARMAN}: maps that do not depend on the "
-        f"model's learned top layers.")
+        f"random map's (its lift, metric − random's in the metric's better direction, is at most 0).")
+SANITY_NOTE = (f"sanity_spearman and sanity_ssim (protocol.sanity) compare each map with the same explainer's map "
+               f"of the model re-initialised from its target layer on (Adebayo et al. 2018; lower is better); "
+               f"{UNCHANGED} marks a mean Spearman above {sanity.UNCHANGED_SPEARMAN}: maps that do not depend on "
+               f"the model's learned top layers.")
+
+
+def note(summary: pd.DataFrame) -> str:
+    """The note under a leaderboard's title: how to read its values, and the sanity check's marks where
+    the run measured it."""
+    measured = "sanity_spearman" in summary and summary["sanity_spearman"].notna().any()
+    return NOTE + (" " + SANITY_NOTE if measured else "")
 PUBLISHED_NOTE = ("The published values are the paper's, whose α and best mask were read off the test set; they "
                   "are compared with the reproduced fixed-α cells. The α* (val) row is chosen on validation and "
                   "has no published counterpart.")
@@ -720,7 +727,7 @@ def markdown(df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench lea
     """The leaderboard in markdown; ``brief`` keeps only the accuracy tables and the failures; ``machines``
     (``xaibench.machine.sentence``) says which machine computed the numbers, below the note."""
     failed = int((df["status"] != Status.DONE).sum())
-    parts = [f"# {title}", "", f"{len(df)} cells, {failed} failed. {NOTE}"]
+    parts = [f"# {title}", "", f"{len(df)} cells, {failed} failed. {note(summary)}"]
     if machines and not brief:
         parts += ["", machines]
     for level, heading, body in sections(df, summary, published):

@@ -65,7 +65,7 @@ def page(title: str, df: pd.DataFrame, summary: pd.DataFrame, *, published=None,
                      f"{run_info.get('cells_failed', 0)} failed; {run_info.get('trainings_run', 0)} trainings run, "
                      f"{run_info.get('trainings_reused', 0)} reused; {run_info.get('wall_s', 0):.1f} s on "
                      f"{html.escape(str(run_info.get('device', '?')))}.</p>")
-    parts.append(f"<p class='note'>{html.escape(leaderboard.NOTE)}</p>")
+    parts.append(f"<p class='note'>{html.escape(leaderboard.note(summary))}</p>")
     if machines:
         parts.append(f"<p class='note'>{html.escape(machines)}</p>")
     parts += _problems(run_info)
