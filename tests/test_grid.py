@@ -189,3 +189,10 @@ def test_a_grid_that_is_not_utf8_names_the_byte_and_its_place(registry, blobs, t
 def test_numbers_written_without_a_dot_are_still_numbers(registry, blobs):
     grid = parse_grid(GRID + "train: {lr: 1e-3}\n", registry=registry)  # YAML 1.1 reads 1e-3 as a string
     assert grid.train.lr == 0.001
+
+
+def test_a_partial_finetune_mapping_keeps_fine_tunings_own_defaults(registry, blobs):
+    grid = parse_grid(GRID + "finetune: {epochs: 1}\n", registry=registry)
+    assert (grid.finetune.epochs, grid.finetune.lr) == (1, 1e-4)  # not the first training's 1e-3
+    assert (grid.train.lr, parse_grid(GRID, registry=registry).finetune.lr) == (1e-3, 1e-4)
+    assert parse_grid(GRID + "finetune: {lr: 0.01}\n", registry=registry).finetune.epochs == 3

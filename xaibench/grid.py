@@ -138,6 +138,10 @@ class TrainConfig(pydantic.BaseModel):
         return self.model_dump(exclude=set(self.RESULT_NEUTRAL))
 
 
+# What fine-tuning the masked copies uses where a grid's `finetune` mapping leaves a setting out.
+FINETUNE_DEFAULTS = {"epochs": 3, "lr": 1e-4}
+
+
 class Protocol(pydantic.BaseModel):
     """How models are trained and scored (the paper's protocol, with its open choices made explicit).
 
@@ -207,7 +211,7 @@ class Grid(pydantic.BaseModel):
     seeders: list[ComponentSpec] = []
     segmenters: list[ComponentSpec] = []
     train: TrainConfig = TrainConfig()
-    finetune: TrainConfig = TrainConfig(epochs=3, lr=1e-4)
+    finetune: TrainConfig = TrainConfig(**FINETUNE_DEFAULTS)
     protocol: Protocol = Protocol()
     executor: ComponentSpec = ComponentSpec(name="local")
     device: str = "auto"  # checked against the machine before a run
@@ -216,6 +220,15 @@ class Grid(pydantic.BaseModel):
     # names the original's, so a rerun from the copy finds the same files.
     base_dir: Optional[str] = None
     loop: LoopConfig = LoopConfig()
+
+    @pydantic.field_validator("finetune", mode="before")
+    @classmethod
+    def _finetune_defaults(cls, finetune):
+        # A partial mapping keeps fine-tuning's own defaults (3 epochs at lr 1e-4), not a first training's
+        # (5 at 1e-3): `finetune: {epochs: 1}` must not silently fine-tune at ten times the rate.
+        if isinstance(finetune, dict):
+            return {**FINETUNE_DEFAULTS, **finetune}
+        return finetune
 
     @pydantic.field_validator("device")
     @classmethod
