@@ -88,6 +88,11 @@ def load_state_file(path: Path) -> dict:
     return state
 
 
+# Every module path of torchvision's ResNet18 (downsample only in the first block of layers 2-4).
+RESNET18_MODULE = re.compile(r"conv1|bn1|relu|maxpool|avgpool|fc|layer[1-4](\.[01](\.(conv[12]|bn[12]|relu))?)?"
+                             r"|layer[2-4]\.0\.downsample(\.[01])?")
+
+
 class ResNet18:
     """torchvision ResNet18 with a new ``num_classes`` head.
 
@@ -107,8 +112,12 @@ class ResNet18:
 
     def check(self, *, fetch: bool = True) -> None:
         """Fail before a run starts when the weights cannot be had (no file, no cache and no network), or
-        the file is not a resnet18's. ``fetch=False`` (a dry run): download nothing; ImageNet weights that
-        are not cached raise ``NotFetched`` saying where they would go and where from."""
+        the file is not a resnet18's, or ``target_layer`` names no module of it (checked against the
+        architecture's module names, without torch). ``fetch=False`` (a dry run): download nothing; ImageNet
+        weights that are not cached raise ``NotFetched`` saying where they would go and where from."""
+        if not RESNET18_MODULE.fullmatch(self.target_layer):
+            raise UserError(f"resnet18 has no module {self.target_layer!r} (backbone parameter target_layer); give "
+                            f"a dotted path inside torchvision's ResNet18, e.g. 'layer3', 'layer4' or 'layer4.1.conv2'")
         if self.weights == "imagenet":
             if fetch:
                 self._imagenet_state()
@@ -230,6 +239,8 @@ class TimmBackbone:
                 net = self._create(2, pretrained=False)
         except Exception:  # a mistake, or a model whose construction needs real tensors: say which for real
             net = self._create(2, pretrained=False)
+        if self.target_layer:
+            resolve_module(net, self.target_layer, what=f"backbone parameter target_layer (timm {self.name!r})")
         if is_torchgeo(self.weights):
             self._fit(net, load_state_file(cached_file(self._torchgeo(), fetch=fetch)), load=False)
 

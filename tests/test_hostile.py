@@ -204,3 +204,18 @@ def test_a_grid_that_is_a_folder_is_not_said_to_be_missing(registry, tmp_path, c
     assert main([command, "--grid", str(grid), "--out", str(tmp_path / "r"), "--dry-run"]) == 2
     line = one_error_line(capsys)
     assert "is a folder" in line and str(grid / "grid.yaml") in line and "does not exist" not in line
+
+
+# A misspelt target layer used to pass the dry run and fail every CAM cell after the trainings.
+@pytest.mark.parametrize("backbone, expected", [
+    ("{name: resnet18, weights: none, target_layer: layer9}", "resnet18 has no module 'layer9'"),
+    ("{name: timm, params: {name: vit_tiny_patch16_224}, model_args: {depth: 1, embed_dim: 16, num_heads: 1, "
+     "img_size: 32, patch_size: 8}, target_layer: blocks.3}", "='blocks.3': no '3' in Sequential"),
+])
+def test_a_target_layer_the_backbone_lacks_fails_the_dry_run(registry, tmp_path, capsys, backbone, expected):
+    path = tmp_path / "g.yaml"
+    path.write_text(TINY_GRID.format(noise="").replace("{name: resnet18, weights: none}", backbone))
+    assert main(["run", "--grid", str(path), "--out", str(tmp_path / "r"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: cannot start the run:") and expected in err
+    assert not (tmp_path / "r").exists()
