@@ -219,3 +219,15 @@ def test_a_target_layer_the_backbone_lacks_fails_the_dry_run(registry, tmp_path,
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("error: cannot start the run:") and expected in err
     assert not (tmp_path / "r").exists()
+
+
+# An unset shell variable ($OUT, $URL) makes an empty argument: it used to mean "the default" silently.
+@pytest.mark.parametrize("argv", [["run", "--out", ""], ["loop", "--out", " "], ["data", "fetch", "kahikatea", "--url", ""],
+                                  ["data", "fetch", "kahikatea", "--sha256", ""]])
+def test_an_empty_out_url_or_checksum_is_refused(registry, tmp_path, capsys, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    if argv[0] in ("run", "loop"):
+        argv = [argv[0], "--grid", str(grid_file(tmp_path)), *argv[1:]]
+    assert main(argv) == 2
+    assert "is empty" in one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["g.yaml"] if argv[0] in ("run", "loop") else [])

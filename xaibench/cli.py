@@ -127,6 +127,16 @@ def _common_run_options(command) -> None:
                               "whose artifacts are on disk")
 
 
+def _out_folder(args) -> Path:
+    """``--out``, or ``runs/<grid's stem>`` when it is not given; an empty ``--out ""`` (an unset shell
+    variable, say) is a mistake, not a request for the default."""
+    if args.out is None:
+        return Path("runs") / Path(args.grid).stem
+    if not args.out.strip():
+        raise UserError("--out is empty; give the run folder, or leave --out out for runs/<grid name>")
+    return Path(args.out)
+
+
 def _executor_override(args) -> dict | None:
     if not (args.executor or args.executor_option):
         return None
@@ -136,7 +146,7 @@ def _executor_override(args) -> dict | None:
 
 
 def _cmd_loop(args) -> int:
-    out = Path(args.out) if args.out else Path("runs") / Path(args.grid).stem
+    out = _out_folder(args)
     if args.dry_run:
         registry = get_registry()
         planner = loop.load_loop_grid(args.grid, registry, fetch=False)
@@ -168,7 +178,7 @@ def _read_csv(path: Path):
 
 
 def _cmd_run(args) -> int:
-    out = Path(args.out) if args.out else Path("runs") / Path(args.grid).stem
+    out = _out_folder(args)
     executor = _executor_override(args)
     summary = run(args.grid, out, dry_run=args.dry_run, retry_failed=args.retry_failed, executor_override=executor,
                   progress=not args.quiet, rebuild_store=args.rebuild_store, verbose=args.verbose)
@@ -329,8 +339,11 @@ def _cmd_data(args) -> int:
         print(f"written: {output}")
         return 0
     for key in ("url", "sha256"):
-        if getattr(args, key):
-            params[key] = getattr(args, key)
+        value = getattr(args, key)
+        if value is not None and not value.strip():
+            raise UserError(f"--{key} is empty; give one, or leave --{key} out for the dataset's own")
+        if value:
+            params[key] = value
     print(f"fetched: {data.fetch(args.name, params)}")
     return 0
 
