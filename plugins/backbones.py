@@ -88,6 +88,19 @@ def load_state_file(path: Path) -> dict:
     return state
 
 
+def state_mismatch(own: dict, state: dict, in_head) -> str | None:
+    """What keeps ``state`` from loading into a network whose state dict is ``own``: keys it lacks (other
+    than the head's, ``in_head(key)``, which a new task initialises afresh), keys the network lacks, and
+    tensors of another shape, counted with examples; None when it fits."""
+    missing = [k for k in own if k not in state and not in_head(k)]
+    unexpected = [k for k in state if k not in own]
+    misshapen = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or misshapen):
+        return None
+    return (f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. "
+            f"{unexpected[:3]}), {len(misshapen)} of another shape (e.g. {misshapen[:3]})")
+
+
 # Every module path of torchvision's ResNet18 (downsample only in the first block of layers 2-4).
 RESNET18_MODULE = re.compile(r"conv1|bn1|relu|maxpool|avgpool|fc|layer[1-4](\.[01](\.(conv[12]|bn[12]|relu))?)?"
                              r"|layer[2-4]\.0\.downsample(\.[01])?")
@@ -150,16 +163,10 @@ class ResNet18:
         head = state.get("fc.weight")
         if head is None or head.shape[0] != num_classes:  # a new task gets a freshly initialised head
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        own = net.state_dict()
-        missing = [k for k in own if k not in state and not k.startswith("fc.")]
-        unexpected = [k for k in state if k not in own]
-        misshapen = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or misshapen:
-            raise UserError(
-                f"weights {self.weights!r} do not fit resnet18: {len(missing)} missing keys (e.g. {missing[:3]}), "
-                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(misshapen)} of another shape "
-                f"(e.g. {misshapen[:3]}); give the state dict of a torchvision resnet18"
-            )
+        problem = state_mismatch(net.state_dict(), state, lambda key: key.startswith("fc."))
+        if problem:
+            raise UserError(f"weights {self.weights!r} do not fit resnet18: {problem}; give the state dict of a "
+                            f"torchvision resnet18")
         net.load_state_dict(state, strict=False)
 
     @staticmethod
@@ -266,15 +273,10 @@ class TimmBackbone:
 
         state = {k: v for k, v in state.items()
                  if not (in_head(k) and (k not in own or tuple(own[k].shape) != tuple(v.shape)))}
-        missing = [k for k in own if k not in state and not in_head(k)]
-        unexpected = [k for k in state if k not in own]
-        misshapen = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or misshapen:
-            raise UserError(
-                f"weights {self.weights!r} do not fit timm's {self.name} (model_args {self.model_args or {}}): "
-                f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. "
-                f"{unexpected[:3]}), {len(misshapen)} of another shape (e.g. {misshapen[:3]})"
-            )
+        problem = state_mismatch(own, state, in_head)
+        if problem:
+            raise UserError(f"weights {self.weights!r} do not fit timm's {self.name} (model_args "
+                            f"{self.model_args or {}}): {problem}")
         if load:
             net.load_state_dict(state, strict=False)
 
