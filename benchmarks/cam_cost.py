@@ -18,24 +18,14 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gradcam_speed import best_times  # noqa: E402  (one timing rule for every CAM benchmark)
+
 EXPLAINERS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam", "scorecam")
-
-
-def best_times(fns: dict, repeats: int) -> dict:
-    """Best wall time of each function over ``repeats`` rounds, after one warm-up call each."""
-    for fn in fns.values():
-        fn()
-    best = {name: float("inf") for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def main(argv=None) -> dict:
