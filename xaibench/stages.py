@@ -350,6 +350,14 @@ class StageRunner:
 
         return layouts
 
+    def _explainer(self, spec: ExplainSpec | SanitySpec, members: list):
+        """The explainer of ``spec``, whether it takes the ground-truth masks, and the keyword arguments it
+        takes beyond the contract's: ``layouts`` (``_layouts``) where it declares that capability."""
+        explainer = self.component("explainers", spec.explainer)
+        layouts = {"layouts": self._layouts(spec.backbone, members)} \
+            if capability(explainer, "layouts", "explainers") else {}
+        return explainer, capability(explainer, "uses_ground_truth", "explainers"), layouts
+
     def _explained_model(self, spec: ExplainSpec | FaithfulnessSpec | SanitySpec, num_classes):
         """The model an explanation is of (an ensemble's as one module) and its target layers."""
         ref = spec.model
@@ -377,11 +385,7 @@ class StageRunner:
         test = self.artifacts.data(spec.data, spec.split)
         index = np.flatnonzero(test["has_mask"])
         model, target_layers = self._explained_model(spec, len(test["classes"]))
-        explainer = self.component("explainers", spec.explainer)
-        uses_ground_truth = capability(explainer, "uses_ground_truth", "explainers")
-        members = [model.raw, model.masked] if isinstance(spec.model, MixedModel) else [model]
-        layouts = {"layouts": self._layouts(spec.backbone, members)} \
-            if capability(explainer, "layouts", "explainers") else {}
+        explainer, uses_ground_truth, layouts = self._explainer(spec, members_of(spec, model))
         height, width = test["images"].shape[1:3]
         writer = ArrayFolderWriter(self.path("explain", stage.key))
         try:
@@ -444,15 +448,12 @@ class StageRunner:
         chosen = faithfulness.subset(len(explained["index"]), spec.images)  # positions among the explained
         index = explained["index"][chosen]
         model, target_layers = self._explained_model(spec, len(test["classes"]))
-        members = [model.raw, model.masked] if isinstance(spec.model, MixedModel) else [model]
+        members = members_of(spec, model)
         for member in members:
             with self.calling("backbones", spec.backbone, given="re-initialising from the target layer on"):
                 sanity.randomise_top_layers(member, [layer for layer in target_layers
                                                      if any(layer is m for m in member.modules())])
-        explainer = self.component("explainers", spec.explainer)
-        uses_ground_truth = capability(explainer, "uses_ground_truth", "explainers")
-        layouts = {"layouts": self._layouts(spec.backbone, members)} \
-            if capability(explainer, "layouts", "explainers") else {}
+        explainer, uses_ground_truth, layouts = self._explainer(spec, members)
         height, width = test["images"].shape[1:3]
         out = {name: np.full(len(index), np.nan) for name in sanity.NAMES}
         for start in self.bar_range(stage, len(index), spec.batch_size):
@@ -565,6 +566,11 @@ class StageRunner:
         save_arrays(self.path("accept", stage.key), masks=updated, width=np.int64(width), index=index,
                     accepted=accepted, changed=changed)
         return {"n": int(len(index)), "accepted": int(accepted.sum()), "changed": int(changed.sum())}
+
+
+def members_of(spec, model) -> list:
+    """The networks ``model`` runs: an ensemble's raw and masked members, or the model itself."""
+    return [model.raw, model.masked] if isinstance(spec.model, MixedModel) else [model]
 
 
 def passes_through(exc: BaseException) -> bool:
