@@ -244,6 +244,11 @@ def test_run_and_loop_share_a_folder_and_round_zero(loop_grid, write_grid):
     assert main(["loop", "--grid", str(grid), "--out", str(loop_grid.out), "--quiet"]) == 0
     info = json.loads((loop_grid.out / "loop.json").read_text())
     assert info["trainings_reused"] == 2 and info["trainings_run"] == 1  # baseline and round 0 from the run
+    # the loop's numbers name their machine as the run's do (xaibench.machine)
+    run_info = json.loads((loop_grid.out / "run.json").read_text())
+    assert {k: info[k] for k in ("cpu", "cpu_isa", "cpu_count", "torch")} == \
+        {k: run_info[k] for k in ("cpu", "cpu_isa", "cpu_count", "torch")}
+    assert "Computed on " + info["cpu"] in (loop_grid.out / "loop_report.html").read_text()
     board = pd.read_csv(loop_grid.out / "leaderboard.csv")
     run_accuracy = board.loc[board["mask"] == "white", "accuracy"].item()
     loop_rows = pd.read_csv(loop_grid.out / "loop_seeds.csv")

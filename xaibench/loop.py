@@ -30,8 +30,6 @@ The planning of rounds is ``plan.LoopPlanner``, their scoring ``scoring.round_ro
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -148,9 +146,7 @@ def publish(folder: RunFolder, plans: dict, summary: pd.DataFrame, seeds_table: 
     for name, draw in figures.loop_figures(out, summary, varying, METRICS, series):
         drawn += outputs.attempt(f"figures/{name}", draw, default=[])
     figures.stale(out / "figures", "loop_*.png", drawn)
-    info.update({"wall_s": round(time.perf_counter() - started, 3), "python": platform.python_version(),
-                 "platform": platform.platform(), "cpu_count": os.cpu_count(),
-                 **machine.describe(),
+    info.update({"wall_s": round(time.perf_counter() - started, 3), **machine.describe(),
                  "figures": [str(p.relative_to(out)) for p in drawn], "report": "loop_report.html",
                  "presentation_errors": outputs.summary()})
     outputs.attempt("loop_report.html", lambda: atomic_write_text(out / "loop_report.html", report.loop_page(

@@ -28,12 +28,14 @@ def cpu_model() -> str:
 
 
 def describe() -> dict:
-    """``torch`` (its version), ``cpu`` (model name), ``cpu_isa`` (the instruction set PyTorch's CPU kernels run with, e.g.
-    ``AVX2``) and ``isa_limits`` (the variables of ``ISA_LIMITS`` set in this process) for ``run.json``."""
+    """``python``, ``torch`` (their versions), ``platform``, ``cpu_count``, ``cpu`` (model name), ``cpu_isa``
+    (the instruction set PyTorch's CPU kernels run with, e.g. ``AVX2``) and ``isa_limits`` (the variables of
+    ``ISA_LIMITS`` set in this process), for ``run.json`` and ``loop.json``."""
     import torch
 
     capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "unknown")()
-    return {"torch": torch.__version__, "cpu": cpu_model(), "cpu_isa": str(capability),
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "cpu": cpu_model(), "cpu_isa": str(capability),
             "isa_limits": {name: os.environ[name] for name in ISA_LIMITS if name in os.environ}}
 
 

@@ -9,8 +9,6 @@ never costs the computed results.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -115,8 +113,6 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
 def publish(folder: RunFolder, plan: Plan, cells: list[dict], files: dict, info: dict, *, started: float) -> dict:
     """Tables, figures, report and ``run.json`` of a finished execution: engine → scoring → tables →
     figures → report, each product on its own, so one that fails is recorded and the rest are written."""
-    import torch
-
     out, grid = folder.out, folder.grid
     outputs = Outputs()
     df = leaderboard.frame(cells)
@@ -128,8 +124,7 @@ def publish(folder: RunFolder, plan: Plan, cells: list[dict], files: dict, info:
         published = outputs.attempt("published.csv", lambda: leaderboard.read_published(out / "published.csv"))
     drawn = draw_figures(folder, plan, outputs, key=scores_key(plan, grid.protocol.cam_threshold))
     title = f"xaibench leaderboard: {grid.name}"
-    info.update({"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-                 "cpu_count": os.cpu_count(), **machine.describe()})
+    info.update(machine.describe())
     tables = outputs.attempt("leaderboard.md", lambda: leaderboard.write(
         out, df, summary, title=title, published=published, machines=machine.sentence([info])), default=[])
     info.update({
