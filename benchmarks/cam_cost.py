@@ -43,9 +43,9 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from xaibench.contracts import capability
-    from xaibench.grid import all_choices, load_grid
-    from xaibench.registry import Registry
+    from xaibench.kit.contracts import capability
+    from xaibench.kit.registry import Registry
+    from xaibench.pipeline.grid import all_choices, load_grid
 
     torch.set_num_threads(args.threads)
     registry = Registry()

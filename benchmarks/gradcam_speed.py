@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from xaibench import registry
+    from xaibench.kit import registry
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

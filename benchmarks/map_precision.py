@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xaibench import metrics
-from xaibench.artifacts import Artifacts
+from xaibench.pipeline import metrics
+from xaibench.pipeline.artifacts import Artifacts
 
 
 def compare(run_dir: Path, threshold: float = 0.5) -> dict:

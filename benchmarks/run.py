@@ -5,7 +5,7 @@
 Each measurement has a key (``--list`` names them; ``--only`` runs the chosen ones, each under about two
 minutes on a 2-core CPU). Prints a JSON object with:
 
-- ``train_throughput_ratio``: images/s of xaibench's training loop (``xaibench.training.fit``) over a plain
+- ``train_throughput_ratio``: images/s of xaibench's training loop (``xaibench.pipeline.training.fit``) over a plain
   hand-written PyTorch loop on identical data, model and epochs (goal >= 0.95).
 - ``gradcam_forward_ratio``: Grad-CAM over N images / a no-grad forward over them (goal <= 1.2); see
   ``gradcam_speed.py``.
@@ -65,7 +65,7 @@ finetune: {epochs: 1, batch_size: 32}
 
 
 def _run(grid_text: str, out: Path, registry=None) -> tuple[float, dict]:
-    from xaibench.runner import run
+    from xaibench.commands.run import run
 
     grid = out.parent / f"{out.name}.yaml"
     grid.write_text(grid_text)
@@ -77,10 +77,9 @@ def _run(grid_text: str, out: Path, registry=None) -> tuple[float, dict]:
 def train_throughput_ratio(epochs: int = 2, n: int = 512, size: int = 64) -> dict:
     import torch
 
-    from xaibench import registry
-    from xaibench.training import fit, to_tensor
-
-    from xaibench.artifacts import Rows
+    from xaibench.kit import registry
+    from xaibench.pipeline.artifacts import Rows
+    from xaibench.pipeline.training import fit, to_tensor
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
@@ -128,7 +127,7 @@ def sam_seeders_ratio(tmp: Path) -> dict:
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     from xaibench import hookimpl
-    from xaibench.registry import Registry
+    from xaibench.kit.registry import Registry
     from xaibench_plugins.segmenters import SamSegmenter
 
     class TinySam(SamSegmenter):
@@ -185,8 +184,8 @@ def _stage_seconds(out: Path, kind: str) -> float:
 
 def quickstart(tmp: Path) -> dict:
     """The quickstart from scratch, then a rerun, timing the rerun's checks of every reused artifact."""
-    from xaibench import store
-    from xaibench.runner import run
+    from xaibench.commands.run import run
+    from xaibench.pipeline import store
 
     grid = ROOT / "grids" / "quickstart.yaml"
     start = time.perf_counter()
@@ -232,7 +231,7 @@ def validation_share(tmp: Path) -> dict:
     """Times every contract validator the stage runner calls, per stage kind, against the stage's time."""
     import sqlite3
 
-    from xaibench import stages
+    from xaibench.pipeline import stages
 
     spent: dict[str, float] = {}
     kinds = {"validate_classes": "data", "validate_sample": "data", "validate_model": "train",
@@ -291,7 +290,8 @@ def planning_seconds(tmp: Path) -> dict:
                                                        for b in range(1, segmenters + 1)) + "]"))
         path = tmp / f"planning-{name}.yaml"
         path.write_text(grid)
-        code = ("import sys; from xaibench.cli import main; main(['run', '--grid', sys.argv[1], '--dry-run']); "
+        code = ("import sys; from xaibench.commands.cli import main; "
+                "main(['run', '--grid', sys.argv[1], '--dry-run']); "
                 "print('peak', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
@@ -354,7 +354,7 @@ def fixed_cost(tmp: Path, repeats: int = 3) -> dict:
     grid.write_text(FIXED_COST_GRID)
     times: dict[str, list[float]] = {"xaibench": [], "handwritten": []}
     for i in range(repeats):
-        for name, command in (("xaibench", [sys.executable, "-m", "xaibench.cli", "run", "--grid", str(grid),
+        for name, command in (("xaibench", [sys.executable, "-m", "xaibench.commands.cli", "run", "--grid", str(grid),
                                             "--out", str(tmp / f"run{i}"), "--quiet"]),
                               ("handwritten", [sys.executable, str(Path(__file__).with_name("handwritten.py"))])):
             start = time.perf_counter()
@@ -406,7 +406,7 @@ class TinyCnn:
 def _memory_run(folder: str, n: int) -> None:
     """One run of MEMORY_GRID with ``n`` training tiles (in a fresh process, see ``memory_scaling``)."""
     from xaibench import hookimpl
-    from xaibench.registry import Registry
+    from xaibench.kit.registry import Registry
 
     class Plugin:
         @hookimpl
@@ -473,8 +473,8 @@ def faithfulness_cost(n: int = 16, size: int = 96) -> dict:
     import torchvision
     from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
-    from xaibench import faithfulness
-    from xaibench.registry import get_registry
+    from xaibench.kit.registry import get_registry
+    from xaibench.pipeline import faithfulness
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=2).eval()

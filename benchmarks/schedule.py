@@ -5,7 +5,7 @@
 Reads the grid copied into a finished run folder (``RUN_DIR/grid.yaml``), plans it, and takes each stage's
 seconds from ``RUN_DIR/store.sqlite``. Then it simulates, for each worker count P:
 
-- ``dependencies``: what ``xaibench.engine`` does with an executor that has ``submit``/``next_result``: a
+- ``dependencies``: what ``xaibench.pipeline.engine`` does with an executor that has ``submit``/``next_result``: a
   stage starts as soon as its inputs are done and a worker is free, the ready stage with the largest
   expected chain below it (``engine.priorities``, from rough costs per kind, not from the recorded times)
   first;
@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from xaibench.engine import priorities
-from xaibench.plan import plan_run
-from xaibench.registry import get_registry
+from xaibench.kit.registry import get_registry
+from xaibench.pipeline.engine import priorities
+from xaibench.pipeline.plan import plan_run
 
 
 def recorded_stages(run_dir: Path) -> list[SimpleNamespace]:

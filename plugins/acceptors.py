@@ -13,7 +13,8 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from xaibench.hookspecs import hookimpl
+from xaibench.kit.hookspecs import hookimpl
+from xaibench.pipeline.metrics import normalise
 
 
 def _checked(annotation, proposal) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +42,7 @@ class Agreement:
     - the segmenter's confidence is at least ``min_score`` (a NaN confidence, from segmenters that give
       none, passes);
     - the explanation agrees with it: the mean of the saliency map, min-max scaled per image as
-      ``xaibench.metrics.normalise``, over the proposal's pixels is at least ``min_saliency``;
+      ``xaibench.pipeline.metrics.normalise``, over the proposal's pixels is at least ``min_saliency``;
     - it overlaps the current annotation: IoU at least ``min_overlap`` (an empty annotation counts as
       overlapping any proposal, so images the annotator missed can be filled in);
     - its area is within a factor ``max_growth`` of the annotation's, both ways (unchecked for an empty
@@ -64,8 +65,6 @@ class Agreement:
         self.min_pixels = min_pixels
 
     def __call__(self, annotation, proposal, *, saliency, score):
-        from xaibench.metrics import normalise
-
         annotation, proposal = _checked(annotation, proposal)
         area, annotated = int(proposal.sum()), int(annotation.sum())
         if area < self.min_pixels or (np.isfinite(score) and score < self.min_score):

@@ -37,6 +37,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from xaibench.kit.registry import closest
+
 # Modes in the order they are applied.
 MODES = ("missing", "erode", "dilate", "coarse", "shift")
 
@@ -68,8 +70,6 @@ class AnnotationNoise(BaseModel):
         # pydantic's own message for an unknown key would be reported against the dataset's parameters.
         unknown = sorted(set(data) - set(cls.model_fields)) if isinstance(data, dict) else []
         if unknown:
-            from xaibench.registry import closest
-
             hint = closest(str(unknown[0]), cls.model_fields)
             raise PydanticCustomError(
                 "unknown_setting", f"unknown setting {', '.join(map(repr, unknown))}"

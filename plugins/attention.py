@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
-
 from xaibench.errors import UserError
-from xaibench.hookspecs import hookimpl
+from xaibench.kit.hookspecs import hookimpl
 from xaibench_plugins.explainers import _unit_range, is_ensemble
 
 NEEDS = "attention rollout needs a transformer with global attention blocks over patch tokens (timm's ViT, DeiT)"

@@ -10,10 +10,11 @@ import re
 from pathlib import Path
 from typing import Optional, Union
 
-from xaibench.contracts import ActivationLayout
 from xaibench.errors import NotFetched, UserError
-from xaibench.hookspecs import hookimpl
-from xaibench.models import layer_name, resolve_module
+from xaibench.kit.contracts import ActivationLayout
+from xaibench.kit.hookspecs import hookimpl
+from xaibench.kit.models import layer_name, resolve_module
+from xaibench.kit.registry import closest
 from xaibench_plugins.torchgeo_weights import cached_file, check_model, is_torchgeo, resolve
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -284,8 +285,6 @@ class TimmBackbone:
         import timm
 
         if not timm.is_model(self.name):
-            from xaibench.registry import closest
-
             hint = closest(self.name, timm.list_models())
             raise UserError(f"timm has no model {self.name!r}" + (f"; did you mean {hint!r}?" if hint else ""))
         args = dict(self.model_args or {})

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from xaibench.hookspecs import hookimpl
+from xaibench.kit.hookspecs import hookimpl
 
 
 class LogitMix:

@@ -15,8 +15,8 @@ from typing import Annotated, Optional
 
 from pydantic import Field
 
-from xaibench.errors import WorkerLost
-from xaibench.hookspecs import hookimpl
+from xaibench.errors import UserError, WorkerLost
+from xaibench.kit.hookspecs import hookimpl
 
 
 class LocalExecutor:
@@ -257,8 +257,6 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            from xaibench.errors import UserError
-
             raise UserError('the ray executor needs Ray: pip install "xaibench[ray]"') from None
         if not ray.is_initialized():
             ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
@@ -277,8 +275,6 @@ class RayExecutor:
         from pathlib import Path
 
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        from xaibench.errors import UserError
 
         ray = self._ray()
         folder = Path(folder).resolve()

@@ -6,7 +6,7 @@ pytorch-grad-cam's. ``random``, ``centre`` and ``oracle`` are baselines: uniform
 prior and the ground-truth mask itself, so a metric's chance level, centre bias and ceiling are measured
 with the same code as the real explainers.
 
-An ensemble (see ``xaibench.models.EnsembleModel``) is explained through its mixed logit: gradients flow
+An ensemble (see ``xaibench.kit.models.EnsembleModel``) is explained through its mixed logit: gradients flow
 into both members, and the gradient-based CAMs sum each member's weighted activation map before the ReLU,
 so a member contributes in proportion to its share of the mixed logit (pytorch-grad-cam's default would
 normalise each layer's map on its own and average them, giving both members equal say whatever alpha).
@@ -14,7 +14,7 @@ Score-CAM and Eigen-CAM keep pytorch-grad-cam's per-layer normalise-and-average:
 gradients of the mixed logit, so there is no share to preserve.
 
 Every CAM reads a hooked activation (and its gradient) through the layout its backbone declares
-(``xaibench.contracts.ActivationLayout``): channels-first as it is, channels-last (timm's Swin) permuted,
+(``xaibench.kit.contracts.ActivationLayout``): channels-first as it is, channels-last (timm's Swin) permuted,
 tokens (ViT, DeiT, registers) with the prefix tokens dropped and the patches put back on their grid, as
 pytorch-grad-cam's documented ``reshape_transform`` does. A layer whose layout is undeclared, or whose
 output does not fit its declaration, is an error naming the layer, never a map.
@@ -31,16 +31,15 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from xaibench.contracts import ActivationLayout
-from xaibench.hookspecs import hookimpl
-from xaibench.models import layer_name, resolve_module
-
+from xaibench.kit.contracts import ActivationLayout
+from xaibench.kit.hookspecs import hookimpl
+from xaibench.kit.models import layer_name, resolve_module
 
 # -- target layers -----------------------------------------------------------------------------------
 
 
 def is_ensemble(model) -> bool:
-    """Whether ``model`` is an ensemble of a raw and a masked member (``xaibench.models.ensemble_model``)."""
+    """Whether ``model`` is an ensemble of a raw and a masked member (``xaibench.kit.models.ensemble_model``)."""
     return hasattr(model, "raw") and hasattr(model, "masked")
 
 

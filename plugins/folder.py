@@ -10,7 +10,7 @@ Layout (``train/`` and ``test/`` are required, ``val/`` is optional; no split is
 Classes are the ``classes`` parameter or, by default, the sorted folder names in ``train/`` (``masks`` is
 reserved and hidden names are ignored). Every split must hold a folder for every class (it may be empty).
 A mask is a PNG of its image's size: non-zero pixels are the foreground, or with ``mask_white_background``
-every pixel that is not pure white; fully transparent pixels are background (``xaibench.images.read_mask``).
+every pixel that is not pure white; fully transparent pixels are background (``xaibench.kit.images.read_mask``).
 Images and masks are read as every viewer shows them, their EXIF orientation applied (a mask drawn on a
 rotated phone photo lines up with it); sizes are the displayed ones.
 A mask without any foreground pixel means "no annotation" (``mask=None``). Images without a mask file have
@@ -32,10 +32,10 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from xaibench.contracts import Sample
 from xaibench.errors import ComponentParamsError, UserError
-from xaibench.hookspecs import hookimpl
-from xaibench.images import read_mask, read_rgb
+from xaibench.kit.contracts import Sample
+from xaibench.kit.hookspecs import hookimpl
+from xaibench.kit.images import read_mask, read_rgb
 
 SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "test")

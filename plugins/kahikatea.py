@@ -31,16 +31,16 @@ from typing import Annotated, NamedTuple
 import numpy as np
 from pydantic import Field
 
-from xaibench.contracts import Sample
-from xaibench.download import (MANIFEST_NAME, default_data_root, read_manifest, safe_extract_zip, sha256_file,
-                               write_manifest)
-from xaibench.download import download as download_file
 from xaibench.errors import ComponentParamsError, NotFetched, UserError
-from xaibench.hookspecs import hookimpl
-from xaibench.images import open_image, read_mask, read_rgb
-from xaibench.splits import METHOD as SPLIT_METHOD
-from xaibench.splits import grouped_stratified_split
-from xaibench.store import atomic_write_text
+from xaibench.kit.contracts import Sample
+from xaibench.kit.download import MANIFEST_NAME, default_data_root
+from xaibench.kit.download import download as download_file
+from xaibench.kit.download import read_manifest, safe_extract_zip, sha256_file, write_manifest
+from xaibench.kit.files import atomic_write_text
+from xaibench.kit.hookspecs import hookimpl
+from xaibench.kit.images import open_image, read_mask, read_rgb
+from xaibench.kit.splits import METHOD as SPLIT_METHOD
+from xaibench.kit.splits import grouped_stratified_split
 
 ZENODO_URL = "https://zenodo.org/record/5059769/files/kahikatea.zip?download=1"
 ARCHIVE_NAME = "kahikatea.zip"
@@ -72,18 +72,18 @@ class KahikateaDataset:
 
     Splits are stratified by label and grouped by photo: every tile of one photo lands in the same split,
     and each split holds about ``val_fraction`` / ``test_fraction`` (the rest: train) of each class's
-    tiles (``xaibench.splits.grouped_stratified_split`` over per-photo label counts; every split with a
+    tiles (``xaibench.kit.splits.grouped_stratified_split`` over per-photo label counts; every split with a
     non-zero fraction gets a photo when there are enough photos). The assignment is generated from the
     data on first load, deterministically from the tiles and ``split_seed``, and written to
     ``<root>/splits.csv`` (columns file, photo, label, split, method;
     ``splits-val<v>-test<t>-seed<s>.csv`` for non-default split parameters). Once written, the file is
     read instead of regenerated, so copying it to another machine pins the split there too, and editing
     its split column moves tiles. A file whose method column is missing or names another split method
-    than ``xaibench.splits.METHOD`` holds a split made by another rule: it is generated again and
+    than ``xaibench.kit.splits.METHOD`` holds a split made by another rule: it is generated again and
     replaced, with a warning, rather than reused.
 
     Parameters: ``root``, the dataset folder (default ``$XAIBENCH_DATA/kahikatea`` or the user cache, see
-    ``xaibench.download.default_data_root``); ``image_size`` in pixels; ``download``: fetch the data in
+    ``xaibench.kit.download.default_data_root``); ``image_size`` in pixels; ``download``: fetch the data in
     ``check()`` when it is missing (never done silently otherwise); ``url`` and ``sha256`` of the archive
     (the sha256 of the first download is recorded and later downloads are held to it); the split fractions
     and ``split_seed``."""

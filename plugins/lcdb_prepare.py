@@ -40,7 +40,7 @@ import numpy as np
 from pydantic import Field
 
 from xaibench.errors import UserError
-from xaibench.store import atomic_write_text
+from xaibench.kit.files import atomic_write_text
 
 # LCDB v5 mainland classes grouped into seven super-classes. Codes 80 and 81 (Chatham Islands only) and 0
 # ("Not land") are in none, so their polygons are dropped. Pass ``groups`` to use another grouping.
@@ -284,8 +284,8 @@ def prepare(
     name to LCDB codes (default ``DEFAULT_GROUPS``). Raises ``UserError`` for missing files or libraries, a
     wrong field or unreadable rasters, before writing anything."""
     rasterio, pyogrio = _import_geo()
-    from rasterio.windows import bounds as window_bounds
     from PIL import Image
+    from rasterio.windows import bounds as window_bounds
     from tqdm.auto import tqdm
 
     if int(tile_size) < 8:

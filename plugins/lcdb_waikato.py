@@ -8,7 +8,7 @@ Splits are stratified by label and grouped spatially: tiles are binned into squa
 ``block_tiles`` x ``block_tiles`` tile widths on a grid in map coordinates (by each tile's centre), and a
 block goes to one split whole, so neighbouring tiles, also those cut from adjacent rasters, share a split;
 only tiles on either side of a block edge can sit in different splits. Blocks are assigned by
-``xaibench.splits.grouped_stratified_split`` (largest first, ties in a ``split_seed`` order, each to the
+``xaibench.kit.splits.grouped_stratified_split`` (largest first, ties in a ``split_seed`` order, each to the
 split whose per-class shortfall it reduces most; a split with a non-zero fraction gets a block whenever
 there are enough blocks), stratified by the prepared labels. The assignment depends on the prepared labels
 and the split parameters, not on ``groups``, so a tile stays in its split whatever the class mapping.
@@ -27,15 +27,13 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from xaibench.contracts import Sample
 from xaibench.errors import UserError
-from xaibench.hookspecs import hookimpl
-from xaibench.splits import METHOD as SPLIT_METHOD
-from xaibench.splits import grouped_stratified_split
-from xaibench.store import atomic_write_text
-from xaibench_plugins.lcdb_prepare import (
-    FORMAT_VERSION, LABEL_COLUMNS, class_lookup, class_mapping, csv_text, prepare,
-)
+from xaibench.kit.contracts import Sample
+from xaibench.kit.files import atomic_write_text
+from xaibench.kit.hookspecs import hookimpl
+from xaibench.kit.splits import METHOD as SPLIT_METHOD
+from xaibench.kit.splits import grouped_stratified_split
+from xaibench_plugins.lcdb_prepare import FORMAT_VERSION, LABEL_COLUMNS, class_lookup, class_mapping, csv_text, prepare
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ["tile_id", "block", "split", "split_key"]

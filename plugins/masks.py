@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from xaibench.hookspecs import hookimpl
+from xaibench.kit.hookspecs import hookimpl
 
 # torchvision's ImageNet normalisation constants: the colour a pretrained network sees as zero input.
 IMAGENET_COLOUR = (0.485, 0.456, 0.406)

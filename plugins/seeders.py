@@ -13,8 +13,8 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from xaibench.contracts import Prompts
-from xaibench.hookspecs import hookimpl
+from xaibench.kit.contracts import Prompts
+from xaibench.kit.hookspecs import hookimpl
 
 # Saliency values are compared at this resolution, so that a plateau stays one plateau although
 # bilinear upsampling of equal neighbours is not bit-exact in float32.

@@ -19,9 +19,11 @@ from typing import Annotated, Literal, Sequence
 import numpy as np
 from pydantic import Field
 
-from xaibench.contracts import Prompts
 from xaibench.errors import UserError
-from xaibench.hookspecs import hookimpl
+from xaibench.kit.contracts import Prompts
+from xaibench.kit.hookspecs import hookimpl
+from xaibench.pipeline.metrics import binarise
+from xaibench.pipeline.training import resolve_device
 
 UNLABELLED, FOREGROUND, BACKGROUND = 0, 1, 2
 
@@ -239,7 +241,7 @@ class CamThreshold:
     Declares ``uses_saliency = True``, an optional addition to the segmenter contract: the runner then
     calls ``segment(image, prompts, *, saliency)`` with ``saliency`` a list of float32 (H, W) maps in
     [0, 1], one per prompt set (the map its prompts were seeded from). Returns one bool (H, W) mask per
-    prompt set: the map min-max scaled (as ``xaibench.metrics.normalise``; a constant map gives no
+    prompt set: the map min-max scaled (as ``xaibench.pipeline.metrics.normalise``; a constant map gives no
     pixel) ``>= threshold``, so it equals the explanation's own fixed-threshold binarisation."""
 
     uses_saliency = True
@@ -248,8 +250,6 @@ class CamThreshold:
         self.threshold = threshold
 
     def segment(self, image: np.ndarray, prompts: Sequence[Prompts], *, saliency=None) -> list[np.ndarray]:
-        from xaibench.metrics import binarise
-
         image = _check_image(image)
         prompts = list(prompts)
         if saliency is None:
@@ -357,8 +357,6 @@ class SamSegmenter:
         return self._model
 
     def _resolve_device(self) -> str:
-        from xaibench.training import resolve_device
-
         return resolve_device(self.device, what="sam parameter device")
 
     def check(self) -> Path:

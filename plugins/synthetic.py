@@ -42,8 +42,8 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from xaibench.contracts import Sample
-from xaibench.hookspecs import hookimpl
+from xaibench.kit.contracts import Sample
+from xaibench.kit.hookspecs import hookimpl
 from xaibench_plugins.annotation_noise import AnnotationNoise, choose_degraded, degrade
 from xaibench_plugins.synthetic_tiles import LAND_COVER_CLASSES, binary_tile, land_cover_tile
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from xaibench.errors import NotFetched, UserError
+from xaibench.kit.registry import closest
 
 PREFIX = "torchgeo:"
 
@@ -54,8 +55,6 @@ def resolve(spec: str) -> TorchGeoWeights:
         raise UserError(f"weights {spec!r} need TorchGeo, which is not installed: pip install 'xaibench[torchgeo]'"
                         ) from None
     from torchvision.models._api import WeightsEnum
-
-    from xaibench.registry import closest
 
     known = {str(member): member for obj in vars(tgm).values()
              if isinstance(obj, type) and issubclass(obj, WeightsEnum) and obj is not WeightsEnum for member in obj}

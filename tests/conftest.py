@@ -3,10 +3,10 @@ import textwrap
 import numpy as np
 import pytest
 
-import xaibench.registry as registry_module
+import xaibench.kit.registry as registry_module
 from xaibench import hookimpl
-from xaibench.contracts import Sample
-from xaibench.registry import Registry
+from xaibench.kit.contracts import Sample
+from xaibench.kit.registry import Registry
 
 
 @pytest.fixture(autouse=True)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from xaibench.artifacts import ArrayFolderWriter, PackedMasks, Rows, read_array_folder, write_array_folder
-from xaibench.training import fit
+from xaibench.pipeline.artifacts import ArrayFolderWriter, PackedMasks, Rows, read_array_folder, write_array_folder
+from xaibench.pipeline.training import fit
 
 
 @pytest.fixture

@@ -12,11 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xaibench import hookimpl, testing
-from xaibench.cli import main
+from xaibench import hookimpl
+from xaibench.commands.cli import main
 from xaibench.errors import UserError
-from xaibench.models import ensemble_model
-from xaibench.registry import Registry
+from xaibench.kit import testing
+from xaibench.kit.models import ensemble_model
+from xaibench.kit.registry import Registry
 
 
 def tiny_vit(seed=0, reg_tokens=0, dynamic=False, class_token=True):

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-
 from test_kahikatea import png, write_layout
-from xaibench import audit
-from xaibench.cli import main
+
+from xaibench.commands import audit
+from xaibench.commands.cli import main
 
 LEAK, COMMON = (552, 369), (368, 246)
 

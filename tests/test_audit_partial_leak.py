@@ -8,11 +8,11 @@ import json
 
 import numpy as np
 import pytest
-
 from test_audit import COMMON, LEAK, noise_tile
 from test_kahikatea import png, write_layout
-from xaibench import audit
-from xaibench.cli import main
+
+from xaibench.commands import audit
+from xaibench.commands.cli import main
 
 OTHERS = ((368, 246), (400, 267), (336, 224))  # sizes both classes have
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from xaibench.cli import main
-from xaibench.grid import expand, load_grid
+from xaibench.commands.cli import main
+from xaibench.pipeline.grid import expand, load_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "grids" / "backbones.yaml"

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from xaibench import figures, leaderboard
-from xaibench.cli import main
-from xaibench.grid import parse_grid
-from xaibench.records import MaskExamples, OverlayPanel, Overlays
+from xaibench.commands.cli import main
+from xaibench.pipeline.grid import parse_grid
+from xaibench.pipeline.records import MaskExamples, OverlayPanel, Overlays
+from xaibench.presentation import figures, leaderboard
 
 
 def write_folder_dataset(root, size=96, n=3):
@@ -70,7 +70,7 @@ def test_a_fetch_that_gets_no_byte_writes_nothing(tmp_path, capsys):
 
 
 def _chance_frames(tmp_path, correct):
-    from xaibench.store import save_arrays
+    from xaibench.pipeline.store import save_arrays
 
     save_arrays(tmp_path / "c.npz", correct=np.array(correct, bool), ids=np.arange(len(correct)).astype(str))
     df = leaderboard.frame([{"cell_id": "c", "dataset": "d", "backbone": "b", "seed": 0, "mask": "none",
@@ -115,7 +115,7 @@ def test_figures_have_keys_and_shell_safe_names(tmp_path, monkeypatch):
 
 
 def test_a_rerun_from_the_run_folders_copy_of_a_grid_finds_the_same_files(registry, tmp_path, monkeypatch):
-    from xaibench.engine import copy_grid
+    from xaibench.pipeline.engine import copy_grid
 
     grids = tmp_path / "grids"
     grids.mkdir()

@@ -1,4 +1,4 @@
-"""Every registered component of every kind against ``xaibench.testing``'s conformance checks, and those
+"""Every registered component of every kind against ``xaibench.kit.testing``'s conformance checks, and those
 checks against components that break the contract (each must be caught, with a message saying what to fix).
 
 Built-ins run with small parameters (tiny inputs, 32-pixel images). ``sam`` runs with a tiny randomly
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from xaibench import hookimpl, testing
-from xaibench.contracts import Prompts, Sample
-from xaibench.errors import PluginError
-from xaibench.errors import ComponentParamsError, UserError
-from xaibench.registry import KINDS, Registry
+from xaibench import hookimpl
+from xaibench.errors import ComponentParamsError, PluginError, UserError
+from xaibench.kit import testing
+from xaibench.kit.contracts import Prompts, Sample
+from xaibench.kit.registry import KINDS, Registry
 
 INSTALLED = Registry()
 SMALL = {

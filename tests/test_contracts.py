@@ -1,6 +1,6 @@
 """A component that breaks its contract fails its own cells with a message naming it, its plugin and
 distribution, its input and what was wrong; the healthy cells of the same grid complete. Also: the
-Protocols, the optional capabilities and the validators that both runs and xaibench.testing use."""
+Protocols, the optional capabilities and the validators that both runs and xaibench.kit.testing use."""
 
 import json
 
@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from tests.conftest import BlobDataset
-from xaibench import contracts, hookimpl, testing
-from xaibench.cli import main
-from xaibench.contracts import Prompts, Sample
+from xaibench import hookimpl
+from xaibench.commands.cli import main
 from xaibench.errors import ContractViolation
+from xaibench.kit import contracts, testing
+from xaibench.kit.contracts import Prompts, Sample
 
 GRID = """\
 name: contracts
@@ -256,7 +257,7 @@ def test_a_backbone_without_the_pretrained_keyword_runs_every_stage(run):
 
 
 def test_every_kind_has_a_protocol_optional_capabilities_and_a_validator():
-    from xaibench.registry import KINDS
+    from xaibench.kit.registry import KINDS
 
     assert set(contracts.PROTOCOLS) == set(contracts.OPTIONAL) == set(contracts.VALIDATORS) == set(KINDS)
     assert contracts.required("datasets") == ["classes", "split", "fingerprint"]
@@ -307,7 +308,7 @@ def test_a_transposed_point_is_caught_only_where_the_map_can_tell():
 
 
 def test_the_conformance_checks_use_the_run_validators(monkeypatch):
-    """xaibench.testing and a run hold a seeder to one contract: the check fails through the very validator
+    """xaibench.kit.testing and a run hold a seeder to one contract: the check fails through the very validator
     the stage runner calls."""
     calls = []
     original = contracts.validate_prompt_sets  # what the seeds stage calls

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from xaibench.cli import _options, main
+from xaibench.commands.cli import _options, main
 from xaibench.errors import UserError
 
 

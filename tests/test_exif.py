@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from xaibench import create
-from xaibench.cli import main
-from xaibench.data import file_facts
+from xaibench.commands.cli import main
+from xaibench.commands.data import file_facts
 
 # what a viewer does to the stored pixels for each orientation, and so what the camera stored
 SHOWN_FROM_STORED = {6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90}

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from xaibench import metrics
 from xaibench.errors import UserError
-from xaibench.models import ensemble_model
-from xaibench.registry import Registry
+from xaibench.kit.models import ensemble_model
+from xaibench.kit.registry import Registry
+from xaibench.pipeline import metrics
 
 # attention-rollout explains token models only (it refuses a ResNet): tests/test_attention_rollout.py
 EXPLAINERS = [name for name in Registry().names("explainers") if name != "attention-rollout"]
@@ -202,7 +202,7 @@ LIBRARY_CAMS = {"gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "layerca
 def resnets(registry):
     """An untrained and a (briefly) trained resnet18, both built under a fixed seed."""
     from tests.conftest import BlobDataset
-    from xaibench.training import fit
+    from xaibench.pipeline.training import fit
 
     backbone = registry.create("backbones", "resnet18")
     samples = BlobDataset(size=32, n=16).split("train")

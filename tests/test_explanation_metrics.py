@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xaibench import metrics
+from xaibench.pipeline import metrics
 
 
 def grid(*rows):
@@ -184,7 +184,7 @@ def test_segmentation_scores():
 def test_rank_based_auc_and_ap_equal_sklearn_with_ties():
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from xaibench.metrics import average_precision, normalise, roc_auc
+    from xaibench.pipeline.metrics import average_precision, normalise, roc_auc
 
     rng = np.random.default_rng(0)
     maps = np.round(rng.random((4, 12, 10)), 1)  # coarse values: many ties
@@ -201,7 +201,7 @@ def test_auc_and_ap_equal_sklearn_on_float_maps_with_a_large_offset():
     distinct value distinct, so the ranking metrics are sklearn's on the raw map."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from xaibench.metrics import average_precision, normalise, roc_auc
+    from xaibench.pipeline.metrics import average_precision, normalise, roc_auc
 
     rng = np.random.default_rng(1)
     masks = rng.random((5, 24, 20)) < 0.3

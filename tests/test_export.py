@@ -4,13 +4,12 @@ GeoJSON and GeoTIFF, read back with geopandas and rasterio."""
 import csv
 import json
 
-import pandas as pd
-
 import numpy as np
+import pandas as pd
 import pytest
-
 from test_lcdb_waikato import write_sources
-from xaibench.cli import main
+
+from xaibench.commands.cli import main
 
 gpd = pytest.importorskip("geopandas")
 rasterio = pytest.importorskip("rasterio")
@@ -137,8 +136,8 @@ def test_export_mistakes_are_one_error_line(exported_run, tmp_path, capsys):
 
 
 def test_without_a_georeference_tiles_are_in_pixel_coordinates_and_the_summary_says_so(registry, tmp_path):
-    from xaibench import export
-    from xaibench.grid import Choice
+    from xaibench.commands import export
+    from xaibench.pipeline.grid import Choice
 
     tiles = export.Tiles(registry, Choice("synthetic", {"n_train": 2, "n_val": 0, "n_test": 2, "image_size": 32}),
                          "test", 8, 8)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xaibench.cli import main
+from xaibench.commands.cli import main
 
 rasterio = pytest.importorskip("rasterio")
 

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from xaibench import create
-from xaibench.cli import main
+from xaibench.commands.cli import main
 from xaibench.errors import ComponentParamsError, UserError
-from xaibench.testing import check_component
+from xaibench.kit.testing import check_component
 
 SIZE = 32
 CLASSES = ["field", "forest"]

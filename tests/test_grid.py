@@ -1,8 +1,8 @@
 import pytest
 
-from xaibench.cli import main
+from xaibench.commands.cli import main
 from xaibench.errors import GridError
-from xaibench.grid import expand, load_grid, parse_grid
+from xaibench.pipeline.grid import expand, load_grid, parse_grid
 
 GRID = """\
 name: t
@@ -34,7 +34,7 @@ def test_expansion_is_the_cross_product_with_a_baseline_per_seed(registry, blobs
 
 
 def test_plan_shares_trainings_across_alphas_explainers_and_segmenters(registry, blobs):
-    from xaibench.plan import build_plan
+    from xaibench.pipeline.plan import build_plan
 
     grid = parse_grid(GRID, registry=registry)
     plan = build_plan(grid, expand(grid), registry)
@@ -109,7 +109,8 @@ def test_a_dry_run_imports_no_torch(registry, tmp_path):
 
     grid = tmp_path / "g.yaml"
     grid.write_text(GRID.replace("name: blobs\n    size: 32", "name: synthetic"))
-    code = ("import sys; from xaibench.cli import main; code = main(['run', '--grid', sys.argv[1], '--dry-run']); "
+    code = ("import sys; from xaibench.commands.cli import main; "
+            "code = main(['run', '--grid', sys.argv[1], '--dry-run']); "
             "print('torch' in sys.modules); sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", code, str(grid)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -119,7 +120,8 @@ def test_a_dry_run_imports_no_torch(registry, tmp_path):
 def test_location_parameters_stay_out_of_cache_keys(registry, blobs, monkeypatch):
     """Moving a dataset's folder (same fingerprint) must not retrain anything."""
     from conftest import BlobDataset
-    from xaibench.plan import build_plan
+
+    from xaibench.pipeline.plan import build_plan
 
     monkeypatch.setattr(BlobDataset, "location_params", ("seed",), raising=False)
     keys = []

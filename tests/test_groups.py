@@ -5,10 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xaibench import leaderboard, stats
-from xaibench.contracts import Sample, validate_sample
 from xaibench.errors import ContractViolation
-from xaibench.store import save_arrays
+from xaibench.kit.contracts import Sample, validate_sample
+from xaibench.pipeline import stats
+from xaibench.pipeline.store import save_arrays
+from xaibench.presentation import leaderboard
 from xaibench_plugins.synthetic import ALIGNED, CONFLICTING, SyntheticDataset
 
 

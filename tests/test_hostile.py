@@ -3,7 +3,7 @@ nothing written, never a traceback or a value the grid cannot mean."""
 
 import pytest
 
-from xaibench.cli import main
+from xaibench.commands.cli import main
 
 TINY_GRID = """\
 name: hostile
@@ -145,7 +145,7 @@ def test_a_path_of_an_unknown_users_home_is_one_error_line(registry, tmp_path, c
 @pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00d", b'dataset,mask,alpha,accuracy\n"unclosed,none,,90\n',
                                      b"dataset,mask,alpha,accuracy\nsynthetic,none,,ninety\n"])
 def test_a_published_table_that_is_no_csv_of_numbers_is_one_error_line(registry, tmp_path, capsys, content):
-    from xaibench.store import Store
+    from xaibench.pipeline.store import Store
 
     run = tmp_path / "run"
     Store(run).close()

@@ -1,4 +1,4 @@
-"""``xaibench.images``: every pixel type users' folders hold becomes uint8 RGB or a bool mask, and every file
+"""``xaibench.kit.images``: every pixel type users' folders hold becomes uint8 RGB or a bool mask, and every file
 that cannot be read is a ``UserError`` naming it. Fixtures are written by PIL in the real formats."""
 
 import re
@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from xaibench.errors import UserError
-from xaibench.images import read_mask, read_rgb
+from xaibench.kit.images import read_mask, read_rgb
 
 RGB = np.random.default_rng(0).integers(0, 256, (6, 10, 3), dtype=np.uint8)
 

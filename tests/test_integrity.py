@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from xaibench.cli import main
+from xaibench.commands.cli import main
 
 GRID = """\
 name: integrity

@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from test_run import GRID
 
 
@@ -24,7 +23,7 @@ def _done_stages(out):
 
 
 def _command(grid, out):
-    return [sys.executable, "-m", "xaibench.cli", "run", "--grid", str(grid), "--out", str(out), "--quiet"]
+    return [sys.executable, "-m", "xaibench.commands.cli", "run", "--grid", str(grid), "--out", str(out), "--quiet"]
 
 
 def _kill_after(grid, out, stages, limit=120):
@@ -97,7 +96,7 @@ def test_a_training_killed_mid_way_resumes_from_its_last_epoch_and_ends_identica
 def test_ctrl_c_stops_removes_the_lock_keeps_the_epoch_and_says_how_to_resume(write_grid, tmp_path):
     grid = write_grid(TRAINING_GRID.replace("epochs: 5", "epochs: 50"))
     out = tmp_path / "run"
-    command = [sys.executable, "-c", "from xaibench.cli import entry; entry()", *_command(grid, out)[3:]]
+    command = [sys.executable, "-c", "from xaibench.commands.cli import entry; entry()", *_command(grid, out)[3:]]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while process.poll() is None and not list((out / "cache" / "checkpoints").glob("*.pt")) \
@@ -113,8 +112,8 @@ def test_ctrl_c_stops_removes_the_lock_keeps_the_epoch_and_says_how_to_resume(wr
 
 
 def test_a_refused_second_run_leaves_the_owners_lock_alone(registry, blobs, write_grid, tmp_path, capsys):
-    from xaibench.cli import main
-    from xaibench.store import RunLock
+    from xaibench.commands.cli import main
+    from xaibench.pipeline.store import RunLock
 
     out = tmp_path / "run"
     out.mkdir()

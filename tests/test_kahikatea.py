@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 
 from xaibench import create
-from xaibench.download import MANIFEST_NAME, default_data_root, download, read_manifest, safe_extract_zip
 from xaibench.errors import ComponentParamsError, UserError
-from xaibench.splits import METHOD
+from xaibench.kit.download import MANIFEST_NAME, default_data_root, download, read_manifest, safe_extract_zip
+from xaibench.kit.splits import METHOD
 from xaibench_plugins.kahikatea import KahikateaDataset
 
 SIZE = 48
@@ -370,7 +370,7 @@ def test_unsafe_zip_entries_are_refused_before_anything_is_extracted(server, lay
 
 
 def test_an_interrupted_extraction_leaves_no_dataset(server, monkeypatch, tmp_path):
-    from xaibench import download
+    from xaibench.kit import download
 
     copy = download._copy
     copies = []
@@ -675,7 +675,7 @@ def test_manifest_marking_an_unfinished_extraction_makes_the_data_invalid(ready_
 
 
 def test_kahikatea_keeps_the_dataset_contract(ready_root):
-    from xaibench.testing import check_component
+    from xaibench.kit.testing import check_component
 
     check_component("datasets", "kahikatea", root=str(ready_root), image_size=32)
 
@@ -701,7 +701,7 @@ def bomb():
 
 
 def test_a_zip_bomb_is_refused_through_the_cli_and_leaves_nothing(server, bomb, tmp_path, capsys):
-    from xaibench.cli import main
+    from xaibench.commands.cli import main
 
     assert len(bomb) < 2 << 20  # about 1 MB that expands to 1 GiB
     server.files["/bomb.zip"] = bomb
@@ -718,7 +718,7 @@ def test_a_zip_bomb_is_refused_through_the_cli_and_leaves_nothing(server, bomb, 
     ({"max_bytes": 5}, "it expands to 6 bytes, more than the 5 allowed"),
 ])
 def test_archive_limits_on_entries_and_total_size(tmp_path, limits, problem):
-    from xaibench.download import ArchiveLimits
+    from xaibench.kit.download import ArchiveLimits
 
     zip_path = tmp_path / "a.zip"
     zip_path.write_bytes(make_zip({"a.txt": b"a", "b.txt": b"bb", "c.txt": b"ccc"}))
@@ -729,8 +729,8 @@ def test_archive_limits_on_entries_and_total_size(tmp_path, limits, problem):
 
 def test_headers_that_understate_sizes_are_stopped_at_the_limit(tmp_path, monkeypatch):
     """The byte count of what is written, not the headers, bounds the extraction."""
-    from xaibench import download
-    from xaibench.download import ArchiveLimits
+    from xaibench.kit import download
+    from xaibench.kit.download import ArchiveLimits
 
     zip_path = tmp_path / "a.zip"
     zip_path.write_bytes(make_zip({"a.txt": b"x" * 5000}))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xaibench import cli
+from xaibench.commands import cli
 from xaibench.errors import ComponentParamsError, UserError
 from xaibench_plugins import lcdb_waikato
 from xaibench_plugins.lcdb_prepare import DEFAULT_GROUPS, LABEL_COLUMNS, class_mapping, prepare
@@ -451,6 +451,6 @@ def test_the_default_mapping_covers_the_33_mainland_classes():
 
 
 def test_lcdb_waikato_keeps_the_dataset_contract(fresh):
-    from xaibench.testing import check_component
+    from xaibench.kit.testing import check_component
 
     check_component("datasets", "lcdb-waikato", root=str(fresh), image_size=32, block_tiles=2)

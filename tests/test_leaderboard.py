@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xaibench import leaderboard
-from xaibench.store import save_arrays
+from xaibench.pipeline.store import save_arrays
+from xaibench.presentation import leaderboard
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_report_renders_in_a_headless_browser(cells, tmp_path):
 
     from PIL import Image
 
-    from xaibench import report
+    from xaibench.presentation import report
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if chromium is None:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from xaibench import hookimpl
-from xaibench.cli import main
+from xaibench.commands.cli import main
 
 GRID = """\
 name: tiny-loop
@@ -135,8 +135,8 @@ def test_accepted_annotations_train_the_next_round(loop_grid):
 def test_a_round_trains_on_its_annotations(loop_grid, registry):
     """The round-1 model is fine-tuned on the accepted masks: its stage depends on the accept stage and
     its weights differ from round 0's, while round 0 shares its key with ``xaibench run``."""
-    from xaibench.grid import expand, load_grid
-    from xaibench.plan import build_plan, plan_loop
+    from xaibench.pipeline.grid import expand, load_grid
+    from xaibench.pipeline.plan import build_plan, plan_loop
 
     loop_grid(rounds=1, acceptors="square")
     path = loop_grid.out / "grid.yaml"
@@ -217,7 +217,7 @@ def test_the_report_shows_every_round_and_embeds_its_figures(loop_grid):
 
 
 def test_summary_intervals_over_seeds_and_carry_forward():
-    from xaibench.loop_tables import LABELS, summarise
+    from xaibench.presentation.loop_tables import LABELS, summarise
 
     base = {k: "x" for k in LABELS}
     rows = []

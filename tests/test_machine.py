@@ -7,7 +7,7 @@ import json
 import torch
 
 from xaibench import machine
-from xaibench.cli import main
+from xaibench.commands.cli import main
 
 GRID = """\
 name: machine

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from xaibench.registry import Registry
+from xaibench.kit.registry import Registry
 
 MASKS = sorted(Registry().names("masks"))
 

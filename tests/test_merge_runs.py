@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from xaibench import hookimpl
-from xaibench.cli import main
+from xaibench.commands.cli import main
 
 GRID = """\
 name: merge

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from xaibench import metrics
+from xaibench.pipeline import metrics
 
 
 def test_iou_on_hand_computed_masks():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from xaibench.errors import UserError
-from xaibench.models import ensemble_model
+from xaibench.kit.models import ensemble_model
 
 
 def test_logit_mix_is_the_papers_formula(registry):

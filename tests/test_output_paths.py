@@ -3,10 +3,10 @@ under a file) is one ``error:`` line and exit 2, found before any work, with not
 ``export``, ``leaderboard`` and ``data audit``."""
 
 import pytest
-
 from test_export_names import tiny_run
-from xaibench import audit
-from xaibench.cli import main
+
+from xaibench.commands import audit
+from xaibench.commands.cli import main
 
 
 @pytest.fixture(scope="session")

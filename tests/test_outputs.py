@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from xaibench import hookimpl
-from xaibench.cli import main
+from xaibench.commands.cli import main
 
 GRID = """\
 name: tiny-outputs
@@ -126,7 +126,7 @@ def test_a_run_whose_cells_all_fail_writes_every_result_file(run, add_plugin, ca
 
 
 def test_a_figure_that_fails_to_draw_is_recorded_and_the_rest_is_written(run, monkeypatch, capsys):
-    from xaibench import figures
+    from xaibench.presentation import figures
 
     def broken(*args, **kwargs):
         raise ValueError("cannot draw this")
@@ -188,7 +188,7 @@ def test_leaderboard_of_an_empty_folder_is_one_error_line(registry, tmp_path, ca
     assert main(["leaderboard", str(empty)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "no store.sqlite" in err
-    from xaibench.store import Store
+    from xaibench.pipeline.store import Store
 
     Store(empty).close()  # a run interrupted before any cell was recorded
     for fmt in ("md", "csv", "latex", "html"):

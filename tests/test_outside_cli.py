@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from xaibench.cli import main
+from xaibench.commands.cli import main
 
 TINY = """\
 datasets: [{name: synthetic, n_train: 8, n_val: 4, n_test: 4, image_size: 32}]
@@ -177,7 +177,7 @@ def test_xaibench_data_naming_a_file_is_one_error_line(inside, registry, tmp_pat
 
 def _ascii_xaibench(*args, cwd):
     env = {**os.environ, "PYTHONIOENCODING": "ascii"}
-    return subprocess.run([sys.executable, "-m", "xaibench.cli", *args], capture_output=True, env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "xaibench.commands.cli", *args], capture_output=True, env=env, cwd=cwd,
                           timeout=300)
 
 

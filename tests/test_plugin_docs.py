@@ -1,7 +1,7 @@
-"""docs/plugins.md documents every hook and its examples keep the contract; xaibench.testing checks every kind.
+"""docs/plugins.md documents every hook and its examples keep the contract; xaibench.kit.testing checks every kind.
 
 Each ``## register_<kind>`` section's complete examples (the Python blocks importing ``hookimpl``) are run as
-a plugin and every component they register goes through ``xaibench.testing.check_component``."""
+a plugin and every component they register goes through ``xaibench.kit.testing.check_component``."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from xaibench import hookspecs, testing
-from xaibench.registry import KINDS, Registry
+from xaibench.kit import hookspecs, testing
+from xaibench.kit.registry import KINDS, Registry
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
 
 def hook_names() -> list[str]:
-    """Every hook spec ``xaibench.hookspecs`` defines (found by pluggy's marker, not by naming)."""
+    """Every hook spec ``xaibench.kit.hookspecs`` defines (found by pluggy's marker, not by naming)."""
     return sorted(name for name, obj in vars(hookspecs).items() if hasattr(obj, "xaibench_spec"))
 
 
@@ -52,7 +52,7 @@ def test_a_hook_without_a_section_is_reported():
 def test_every_hook_has_a_conformance_check(hook):
     kind = hook.removeprefix("register_")
     check = getattr(testing, f"check_{kind[:-1]}", None)
-    assert callable(check), f"xaibench.testing has no check_{kind[:-1]} for {hook}"
+    assert callable(check), f"xaibench.kit.testing has no check_{kind[:-1]} for {hook}"
     assert testing.CHECKS[kind] is check
     assert f"check_{kind[:-1]}(" in sections(DOCS.read_text())[hook], f"the {hook} section does not show its check"
 
@@ -92,7 +92,7 @@ def _reference_rows(text: str) -> dict[str, tuple[list[str], list[str]]]:
 
 
 def test_the_reference_table_is_the_contract_of_contracts_py():
-    from xaibench import contracts
+    from xaibench.kit import contracts
 
     rows = _reference_rows(DOCS.read_text())
     assert set(rows) == set(KINDS)
@@ -102,7 +102,7 @@ def test_the_reference_table_is_the_contract_of_contracts_py():
 
 
 def test_a_drifted_reference_table_is_caught():
-    from xaibench import contracts
+    from xaibench.kit import contracts
 
     text = DOCS.read_text().replace("| `uses_saliency` (`False`), `segment_with_scores`, `path_params` (`()`), `check` |",
                                    "| `check` |")
@@ -112,7 +112,7 @@ def test_a_drifted_reference_table_is_caught():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_optional_capability_is_described_in_its_kinds_section(kind):
-    from xaibench import contracts
+    from xaibench.kit import contracts
 
     body = sections(DOCS.read_text())[f"register_{kind}"]
     missing = [name for name in contracts.OPTIONAL[kind] if f"`{name}" not in body and name != "check"]

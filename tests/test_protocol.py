@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from xaibench import faithfulness, leaderboard, metrics, scoring
-from xaibench.artifacts import Memo
-from xaibench.store import save_arrays
+from xaibench.pipeline import faithfulness, metrics, scoring
+from xaibench.pipeline.artifacts import Memo
+from xaibench.pipeline.store import save_arrays
+from xaibench.presentation import leaderboard
 
 # -- α* on validation -------------------------------------------------------------------------------------
 
@@ -228,7 +229,7 @@ def test_road_is_pytorch_grad_cams_road_combined():
 
 
 def test_one_faithfulness_step_is_refused(write_grid, capsys):
-    from xaibench.cli import main
+    from xaibench.commands.cli import main
 
     grid = write_grid("datasets: [synthetic]\nbackbones: [resnet18]\nprotocol: {faithfulness_steps: 1}\n")
     assert main(["run", "--grid", str(grid), "--dry-run"]) == 2

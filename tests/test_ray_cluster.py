@@ -69,7 +69,7 @@ def test_a_cluster_without_shared_storage_stops_at_once_naming_the_node(cluster,
     grid = tmp_path / "grid.yaml"
     grid.write_text(GRID)
     out = hidden / "run"
-    done = subprocess.run([sys.executable, "-m", "xaibench.cli", "run", "--grid", str(grid), "--out", str(out),
+    done = subprocess.run([sys.executable, "-m", "xaibench.commands.cli", "run", "--grid", str(grid), "--out", str(out),
                            "--quiet", "--executor", "ray", "--executor-option", f"address={address}"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]

@@ -5,9 +5,9 @@ import textwrap
 import pytest
 
 from xaibench import hookimpl
-from xaibench.cli import main
+from xaibench.commands.cli import main
 from xaibench.errors import PluginError, UnknownComponentError
-from xaibench.registry import KINDS, PluginLoadWarning, Registry
+from xaibench.kit.registry import KINDS, PluginLoadWarning, Registry
 
 BUILTINS = {
     "datasets": {"synthetic", "kahikatea", "lcdb-waikato", "folder"},
@@ -78,7 +78,7 @@ def test_plugins_command_filters_by_kind(registry, capsys):
 def test_output_piped_into_a_reader_that_stops_early_is_not_an_error():
     import subprocess
 
-    code = "import sys; from xaibench.cli import main; sys.exit(main(['plugins']))"
+    code = "import sys; from xaibench.commands.cli import main; sys.exit(main(['plugins']))"
     reader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     reader.stdout.close()  # like `| head -c 0`: gone before the command writes
     err = reader.stderr.read().decode()
@@ -118,7 +118,7 @@ def test_hook_matching_no_spec_is_an_error(registry, add_plugin):
 
 
 def test_each_kind_has_one_hook_taking_register():
-    from xaibench import hookspecs
+    from xaibench.kit import hookspecs
 
     for kind in KINDS:
         spec = getattr(hookspecs, f"register_{kind}")
@@ -163,7 +163,7 @@ def test_broken_third_party_plugin_warns_and_the_rest_still_works(tmp_path, monk
     with pytest.warns(PluginLoadWarning, match="xaibench_broken.*xaibench-broken.*needs a missing library"):
         reg = Registry()
     assert "white" in reg.names("masks")
-    monkeypatch.setattr("xaibench.registry._default", reg)
+    monkeypatch.setattr("xaibench.kit.registry._default", reg)
     assert main(["plugins", "--kind", "masks"]) == 0
 
 
@@ -249,7 +249,7 @@ def test_xaibench_load_plugins_warns_about_a_name_no_plugin_has(fake_distributio
 def test_plugins_command_lists_only_builtins_when_told_to(fake_distributions, monkeypatch, capsys):
     fake_distributions("xaibench-grey", GREY, "xaibench_grey")
     monkeypatch.setenv("XAIBENCH_LOAD_PLUGINS", "")
-    monkeypatch.setattr("xaibench.registry._default", None)
+    monkeypatch.setattr("xaibench.kit.registry._default", None)
     assert main(["plugins", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["distribution"] for r in rows} == {"xaibench"}
@@ -323,7 +323,7 @@ def test_a_name_clash_with_a_builtin_names_both_distributions_and_what_to_rename
 
 def test_a_clash_stops_the_plugins_command_with_one_error_line(fake_distributions, monkeypatch, capsys):
     fake_distributions("xaibench-clash", GREY.replace('"grey"', '"white"'), "xaibench_clash")
-    monkeypatch.setattr("xaibench.registry._default", None)
+    monkeypatch.setattr("xaibench.kit.registry._default", None)
     assert main(["plugins"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: mask 'white' is registered twice") and err.count("\n") == 1
@@ -350,13 +350,13 @@ def test_listing_plugins_imports_no_heavy_library():
 
     code = textwrap.dedent("""
         import contextlib, io, json, sys
-        import xaibench.cli
-        from xaibench.registry import Registry
+        import xaibench.commands.cli
+        from xaibench.kit.registry import Registry
 
         Registry().describe()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
-            assert xaibench.cli.main(["plugins"]) == 0
-            xaibench.cli.main(["--help"])
+            assert xaibench.commands.cli.main(["plugins"]) == 0
+            xaibench.commands.cli.main(["--help"])
         print(json.dumps(sorted(sys.modules)))
         """)
     env = {k: v for k, v in os.environ.items() if k != "XAIBENCH_LOAD_PLUGINS"}  # every installed plugin

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from xaibench import sanity
-from xaibench.cli import main
-from xaibench.registry import Registry
-from xaibench.testing import tiny_classifier
+from xaibench.commands.cli import main
+from xaibench.kit.registry import Registry
+from xaibench.kit.testing import tiny_classifier
+from xaibench.pipeline import sanity
 
 
 def copy_of(model):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from xaibench.contracts import Prompts
 from xaibench.errors import ComponentParamsError, UserError
-from xaibench.registry import Registry
+from xaibench.kit.contracts import Prompts
+from xaibench.kit.registry import Registry
 from xaibench_plugins import seeders, segmenters
 from xaibench_plugins.segmenters import BACKGROUND, FOREGROUND, UNLABELLED, SamSegmenter, seed_markers
 
@@ -430,7 +430,7 @@ def test_grabcut_is_deterministic_and_respects_definite_background(registry, dis
 
 
 def test_cam_threshold_is_the_binarised_saliency(registry, disc_image):
-    from xaibench.metrics import binarise
+    from xaibench.pipeline.metrics import binarise
 
     image = disc_image[0]
     saliency = bumps(image.shape[:2], [(40, 80, 0.8), (10, 10, 0.5)], sigma=10.0)

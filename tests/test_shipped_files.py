@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xaibench.cli import _parser, main
+from xaibench.commands.cli import _parser, main
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -1,4 +1,4 @@
-"""``xaibench.splits.grouped_stratified_split``: whole groups to splits, each split about its fraction of
+"""``xaibench.kit.splits.grouped_stratified_split``: whole groups to splits, each split about its fraction of
 every class, the same answer for the same groups whatever order they come in."""
 
 from collections import Counter
@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from xaibench.splits import grouped_stratified_split
+from xaibench.kit.splits import grouped_stratified_split
 
 FRACTIONS = {"train": 0.65, "val": 0.15, "test": 0.2}
 

@@ -9,10 +9,10 @@ import textwrap
 
 import pytest
 
-import xaibench.registry as registry_module
+import xaibench.kit.registry as registry_module
 from xaibench import hookimpl
-from xaibench.cli import main
-from xaibench.registry import Registry
+from xaibench.commands.cli import main
+from xaibench.kit.registry import Registry
 
 GRID = """\
 name: faults
@@ -232,7 +232,7 @@ def test_in_a_ray_task_a_keyboard_interrupt_is_a_components_not_a_ctrl_c():
     Checked here without starting Ray: a whole run under Ray takes a minute on two cores."""
     import signal
 
-    from xaibench.stages import passes_through
+    from xaibench.pipeline.stages import passes_through
     from xaibench_plugins.executors import _call_with_threads
 
     before = signal.getsignal(signal.SIGINT)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from xaibench import stats
+from xaibench.pipeline import stats
 
 
 def test_bootstrap_ci_of_a_constant_has_no_width():
@@ -49,7 +49,7 @@ def test_mcnemar_on_hand_computed_counts():
 def test_atomic_write_text_replaces_whole_files_readable_by_others(tmp_path):
     import stat
 
-    from xaibench.store import atomic_write_text
+    from xaibench.kit.files import atomic_write_text
 
     path = tmp_path / "table.csv"
     path.write_text("old\n")
@@ -64,7 +64,7 @@ def test_atomic_write_text_replaces_whole_files_readable_by_others(tmp_path):
 def test_the_exact_binomial_p_value_equals_scipys(k, n):
     from scipy.stats import binomtest
 
-    from xaibench.stats import exact_binomial_two_sided
+    from xaibench.pipeline.stats import exact_binomial_two_sided
 
     expected = 1.0 if n == 0 else binomtest(k, n, 0.5).pvalue
     assert exact_binomial_two_sided(k, n) == pytest.approx(expected, rel=1e-12, abs=1e-300)
@@ -73,7 +73,7 @@ def test_the_exact_binomial_p_value_equals_scipys(k, n):
 @pytest.mark.parametrize("n", [7, 61, 3000])
 def test_the_bootstrap_drawn_in_blocks_equals_drawing_every_resample_at_once(n):
     """Blocks keep memory flat for large test sets; the interval is the one of all draws at once."""
-    from xaibench.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_ci
+    from xaibench.pipeline.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_ci
 
     scores = np.random.default_rng(n).random((3, n))
     scores[0, ::5] = np.nan

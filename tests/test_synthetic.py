@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from xaibench.contracts import Sample
 from xaibench.errors import ComponentParamsError
-from xaibench import testing
-from xaibench.registry import Registry, get_registry
+from xaibench.kit import testing
+from xaibench.kit.contracts import Sample
+from xaibench.kit.registry import Registry, get_registry
 from xaibench_plugins import synthetic
 from xaibench_plugins.annotation_noise import AnnotationNoise
 from xaibench_plugins.synthetic import SyntheticDataset

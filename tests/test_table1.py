@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from xaibench.cli import main
-from xaibench.grid import expand, load_grid
+from xaibench.commands.cli import main
+from xaibench.pipeline.grid import expand, load_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from xaibench.cli import main
+from xaibench.commands.cli import main
 
 MOCO = "ResNet18_Weights.SENTINEL2_RGB_MOCO"
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from xaibench.errors import StageError, UserError
-from xaibench.stages import masks_for_finetuning
-from xaibench.training import _dihedral, fit
+from xaibench.pipeline.stages import masks_for_finetuning
+from xaibench.pipeline.training import _dihedral, fit
 
 
 def _masks():

@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from xaibench import hookimpl
-from xaibench.cli import main
-from xaibench.contracts import ActivationLayout
+from xaibench.commands.cli import main
 from xaibench.errors import ContractViolation
-from xaibench.models import ensemble_model
-from xaibench.registry import Registry
+from xaibench.kit.contracts import ActivationLayout
+from xaibench.kit.models import ensemble_model
+from xaibench.kit.registry import Registry
 
 CAMS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "layercam": "LayerCAM",
         "eigencam": "EigenCAM", "scorecam": "ScoreCAM"}
@@ -259,7 +259,7 @@ protocol: {{faithfulness_steps: 0}}
 
 @pytest.mark.parametrize("peer", ["vit-registers", "swin"])
 def test_the_backbone_check_reads_timm_transformers_through_their_layouts(peer):
-    from xaibench import testing
+    from xaibench.kit import testing
 
     kind, params, size, _, _ = PEERS[peer]
     testing.check_backbone(Registry().create("backbones", kind, **params), num_classes=3, image_size=size)
@@ -271,7 +271,7 @@ def test_the_backbone_check_reads_timm_transformers_through_their_layouts(peer):
                           "channels_first"),
 ])
 def test_the_backbone_check_refuses_an_undeclared_or_misdeclared_layout(backbone, message):
-    from xaibench import testing
+    from xaibench.kit import testing
 
     with pytest.raises(AssertionError, match=re.escape(message)):
         testing.check_backbone(backbone, image_size=32)
@@ -316,8 +316,8 @@ def test_a_tiny_vit_runs_end_to_end_with_gradcam_and_its_maps_are_pytorch_grad_c
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from xaibench.models import load_weights
-    from xaibench.training import to_tensor
+    from xaibench.kit.models import load_weights
+    from xaibench.pipeline.training import to_tensor
 
     dataset = {"n_train": 16, "n_val": 0, "n_test": 8, "image_size": 32}
     code, out, table = _run(

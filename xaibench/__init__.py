@@ -1,8 +1,8 @@
 """xaibench: explanation-guided classification and segmentation benchmarks for aerial imagery."""
 
-from .hookspecs import hookimpl
-from .registry import create, get_registry
-from .version import __version__
+from xaibench.kit.hookspecs import hookimpl
+from xaibench.kit.registry import create, get_registry
+from xaibench.version import __version__
 
 
 def load_dataset(name: str, /, **params):

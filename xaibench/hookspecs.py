@@ -1,55 +1,7 @@
-"""Hook specifications: one ``register_<kind>`` hook per component kind.
+"""``xaibench.hookspecs`` is :mod:`xaibench.kit.hookspecs`, the same module under its older path."""
 
-A hook implementation only calls ``register(name, factory)`` for each component it provides; the factory
-is a class (or callable) built from keyword parameters. Behaviour lives in the components, never here.
-"""
+import sys
 
-import pluggy
+from xaibench.kit import hookspecs
 
-hookspec = pluggy.HookspecMarker("xaibench")
-hookimpl = pluggy.HookimplMarker("xaibench")
-
-
-@hookspec
-def register_datasets(register):
-    """Register dataset factories (see ``xaibench.contracts.Dataset``)."""
-
-
-@hookspec
-def register_masks(register):
-    """Register background-mask factories (see ``xaibench.contracts.Mask``)."""
-
-
-@hookspec
-def register_backbones(register):
-    """Register classifier backbone factories (see ``xaibench.contracts.Backbone``)."""
-
-
-@hookspec
-def register_ensembles(register):
-    """Register logit-ensemble factories (see ``xaibench.contracts.Ensemble``)."""
-
-
-@hookspec
-def register_explainers(register):
-    """Register saliency explainer factories (see ``xaibench.contracts.Explainer``)."""
-
-
-@hookspec
-def register_seeders(register):
-    """Register saliency-to-point-prompt seeder factories (see ``xaibench.contracts.Seeder``)."""
-
-
-@hookspec
-def register_segmenters(register):
-    """Register point-prompted segmenter factories (see ``xaibench.contracts.Segmenter``)."""
-
-
-@hookspec
-def register_acceptors(register):
-    """Register annotation-loop acceptance rule factories (see ``xaibench.contracts.Acceptor``)."""
-
-
-@hookspec
-def register_executors(register):
-    """Register stage executor factories (see ``xaibench.contracts.Executor``)."""
+sys.modules[__name__] = hookspecs

@@ -9,7 +9,7 @@ import torch
 
 import xaibench
 from xaibench.errors import ComponentParamsError
-from xaibench.testing import check_component, check_light_import, registered
+from xaibench.kit.testing import check_component, check_light_import, registered
 
 DISTRIBUTION = "xaibench-example-plugin"
 

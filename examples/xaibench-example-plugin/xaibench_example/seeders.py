@@ -7,7 +7,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from xaibench.contracts import Prompts
+from xaibench.kit.contracts import Prompts
 
 
 class CentroidSeeder:

@@ -1,0 +1,120 @@
+"""Dataset-level operations behind ``xaibench data``: ``info``, ``fetch`` and ``prepare``.
+
+They work on any registered dataset through optional methods of the dataset contract:
+``fetch()`` downloads the data to the dataset's root; a ``prepare(**options)`` static method builds a
+dataset folder from raw sources; ``describe()`` adds dataset-specific facts to ``info``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from xaibench.errors import UserError
+from xaibench.kit.contracts import capability
+from xaibench.kit.images import displayed_size
+from xaibench.kit.registry import get_registry, signature_model, type_text, validate_keywords
+
+
+def file_facts(path) -> dict:
+    """Size, mode, format and JPEG quantisation of an image file (read with PIL, pixels not decoded). The
+    size is the displayed one (EXIF orientation applied), the size the dataset's samples are read at."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        quantisation = getattr(image, "quantization", None) or {}
+        tables = [np.asarray(list(quantisation[k]), dtype=np.float64) for k in sorted(quantisation)]
+        width, height = displayed_size(image)
+        return {"width": int(width), "height": int(height), "mode": str(image.mode),
+                "format": str(image.format or "unknown"),
+                "jpeg_quality": [float(t.mean()) for t in tables[:2]] if tables else None}
+
+
+def checked_dataset(name: str, params: dict, registry=None):
+    """The dataset ``name`` built with ``params``, its optional ``check()`` passed (the data is there)."""
+    registry = registry or get_registry()
+    dataset = registry.create("datasets", name, **params)
+    check = capability(dataset, "check", "datasets")
+    if check is not None:
+        check()
+    return dataset
+
+
+def _prepare_of(name: str, registry=None):
+    """The ``prepare`` of dataset ``name`` and the model of its options."""
+    registry = registry or get_registry()
+    prepare_fn = capability(registry.get("datasets", name).factory, "prepare", "datasets")
+    if prepare_fn is None:
+        raise UserError(f"dataset {name!r} needs no preparation (it defines no prepare())")
+    return prepare_fn, signature_model(prepare_fn, f"{name}.prepare")
+
+
+def info(name: str, params: dict, registry=None) -> dict:
+    """Counts per split and class, how many samples have masks, and the image sizes: as the samples are
+    (after the dataset's resize) and, where the dataset names its files, as they are on disk."""
+    dataset = checked_dataset(name, params, registry)
+    classes = list(dataset.classes)
+    out: dict = {"dataset": name, "params": params, "classes": classes, "splits": {}}
+    sizes: Counter = Counter()
+    on_disk: Counter = Counter()
+    source_files = capability(dataset, "source_files", "datasets")
+    for split in ("train", "val", "test"):
+        samples = list(dataset.split(split))
+        if source_files is not None:
+            for path in source_files(split).values():
+                facts = file_facts(path)
+                on_disk[f"{facts['width']}x{facts['height']}"] += 1
+        per_class = Counter(classes[int(s.label)] for s in samples)
+        sizes.update(f"{s.image.shape[1]}x{s.image.shape[0]}" for s in samples)
+        out["splits"][split] = {
+            "samples": len(samples),
+            "per_class": {c: per_class.get(c, 0) for c in classes},
+            "with_mask": sum(s.mask is not None for s in samples),
+            "mask_foreground_fraction": float(np.mean([s.mask.mean() for s in samples if s.mask is not None]))
+            if any(s.mask is not None for s in samples) else None,
+        }
+    out["image_sizes"] = dict(sizes)  # as the samples are, after the dataset's resize
+    # as the files are, where the dataset names them (``source_files``)
+    out["image_sizes_on_disk"] = dict(on_disk) if source_files is not None else None
+    out["fingerprint"] = dataset.fingerprint()
+    describe = capability(dataset, "describe", "datasets")
+    if describe is not None:
+        out["details"] = describe()
+    return out
+
+
+def fetch(name: str, params: dict, registry=None):
+    registry = registry or get_registry()
+    dataset = registry.create("datasets", name, **params)
+    fetch_data = capability(dataset, "fetch", "datasets")
+    if fetch_data is None:
+        raise UserError(f"dataset {name!r} has nothing to download (it defines no fetch())")
+    return fetch_data()
+
+
+def prepare_help(name: str, registry=None) -> str:
+    """``xaibench data prepare NAME --help``: the dataset's ``prepare`` options, their types and defaults,
+    and its docstring."""
+    import inspect
+
+    prepare_fn, model = _prepare_of(name, registry)
+    lines = [f"usage: xaibench data prepare {name} --option value ...", "", "options:"]
+    for field_name, field in model.model_fields.items():
+        if field_name == "progress":
+            continue
+        default = " (required)" if field.is_required() else f" (default {field.get_default(call_default_factory=True)!r})"
+        lines.append(f"  --{field_name.replace('_', '-')}: {type_text(field.annotation, field.metadata)}{default}")
+    doc = inspect.getdoc(prepare_fn)
+    return "\n".join(lines + (["", doc] if doc else []))
+
+
+def prepare(name: str, options: dict, registry=None):
+    """Call the dataset's ``prepare`` with ``options`` validated against its signature."""
+    prepare_fn, model = _prepare_of(name, registry)
+    try:
+        options = validate_keywords(model, options)
+    except UserError as exc:
+        flags = ", ".join("--" + f.replace("_", "-") for f in model.model_fields if f != "progress")
+        raise UserError(f"data prepare {name}: {exc} (options: {flags})") from None
+    return prepare_fn(**options)

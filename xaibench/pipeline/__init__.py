@@ -1,0 +1,8 @@
+"""The pipeline: from a grid file to scored cells.
+
+``grid`` (the validated grid file) → ``plan`` (typed stage specs keyed by content) → ``engine`` (a run
+folder: store, lock, executor) running ``stages`` (each stage kind's work, writing ``artifacts``, with
+``training``) → ``scoring`` (cells and loop rounds, with ``metrics``, ``faithfulness``, ``sanity`` and
+``stats``; column definitions in ``schema``) and ``exhibits`` (what figures show). ``records`` holds the
+typed rows passed between them and to the presentation.
+"""

@@ -1,0 +1,283 @@
+"""Where each stage's artifact lives in a run folder's cache, and how it is read back.
+
+``DIR/cache/<folder>/<key><suffix>``: model weights as safetensors under ``models/``; the data splits and
+the explanations as *array folders* (``<key>.<split>/`` and ``<key>/``, one ``.npy`` file per array), so
+that they are read a batch at a time and never whole; the small artifacts (logits, seeds, segmentations,
+accepted annotations) as ``.npz``. Readers here never run a component; the stage runner writes these
+files, scoring and figures read them.
+
+An array folder's big arrays come back as ``Rows``: an array-like over the file that reads the rows it is
+indexed with (``rows[batch]``) with plain file reads. Nothing is memory-mapped, so a pass over a split
+larger than memory costs memory for one batch, not for the split.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from xaibench.pipeline.store import load_arrays
+
+SPLITS = ("train", "val", "test")
+SUFFIX = {"train": ".safetensors", "finetune": ".safetensors", "data": "", "explain": ""}
+FOLDER = {"train": "models", "finetune": "models"}
+# The arrays of each array-folder kind (what a complete folder holds).
+FOLDER_ARRAYS = {
+    "data": ("images", "labels", "masks", "references", "has_mask", "has_reference", "ids", "groups", "classes"),
+    "explain": ("maps", "index"),
+}
+# Rows read at a time where a stage or scoring passes over a whole split's maps or masks (a few MB at any
+# image size in use), so the maps and masks of a whole split are never in memory together.
+CHUNK = 256
+# Arrays read whole when an array folder is opened (small: one value per sample); the rest are Rows.
+WHOLE = {"labels", "has_mask", "has_reference", "ids", "groups", "classes", "index"}
+
+
+class Rows:
+    """A C-ordered ``.npy`` file read row by row: ``rows[i]``, ``rows[a:b]``, ``rows[index_array]``,
+    ``rows[bool_mask]`` return numpy arrays of those rows only, read with ``os.pread``; ``len``,
+    ``shape``, ``dtype`` and ``ndim`` are those of the array. ``np.asarray(rows)`` reads it all."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            self.offset = f.tell()
+        if fortran:
+            raise ValueError(f"{self.path}: Fortran-ordered arrays are not read row by row")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+    def _file(self) -> int:
+        """The file's descriptor, opened on the first read and kept."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        size = count * self.row_bytes
+        data = os.pread(self._file(), size, self.offset + start * self.row_bytes) if size else b""
+        if len(data) != size:
+            raise OSError(f"{self.path}: {len(data)} of {size} bytes read (the file is truncated)")
+        return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:])).copy()
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            return self[key[0]][(slice(None), *key[1:])] if not np.isscalar(key[0]) else self[key[0]][key[1:]]
+        if isinstance(key, (int, np.integer)):
+            index = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= index < len(self):
+                raise IndexError(f"row {key} of {len(self)}")
+            return self._read(index, 1)[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1:
+                return self._read(start, max(0, stop - start))
+            key = np.arange(start, stop, step)
+        index = np.asarray(key)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        index = np.where(index < 0, index + len(self), index).astype(np.int64)
+        if len(index) and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"rows {index.min()}..{index.max()} of {len(self)}")
+        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        if not len(index):
+            return out
+        fd = self._file()
+        rows = out.reshape(len(index), -1).view(np.uint8)
+        for i, row in enumerate(index.tolist()):  # straight into the result, one read per row
+            if os.preadv(fd, [memoryview(rows[i])], self.offset + row * self.row_bytes) != self.row_bytes:
+                raise OSError(f"{self.path}: row {row} could not be read whole (the file is truncated)")
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        data = self._read(0, len(self))
+        return data if dtype is None else data.astype(dtype)
+
+
+def write_array_folder(folder: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write each array as ``<name>.npy`` into a temporary folder beside ``folder`` and rename it into
+    place (replacing an older one), so a reader sees a whole folder or none."""
+    writer = ArrayFolderWriter(folder)
+    try:
+        for name, value in arrays.items():
+            if np.asarray(value).dtype == object:
+                raise TypeError(f"array {name!r} has dtype object; store plain numeric or string arrays")
+            writer.save(name, value)
+        writer.close()
+    except BaseException:
+        writer.abandon()
+        raise
+
+
+class ArrayFolderWriter:
+    """Builds an array folder row by row: ``column(name, shape, dtype)`` opens a ``.npy`` of that shape in
+    a staging folder, rows are assigned into it (``writer[name][i] = row``), and ``close()`` renames the
+    folder into place. Nothing of the array but the row being written is held in memory."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=".tmp", dir=self.folder.parent))
+        self.columns: dict[str, np.memmap] = {}
+
+    def column(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        array = np.lib.format.open_memmap(self.staging / f"{name}.npy", mode="w+", dtype=dtype, shape=tuple(shape))
+        self.columns[name] = array
+        return array
+
+    def __getitem__(self, name: str):
+        return self.columns[name]
+
+    def save(self, name: str, value: np.ndarray) -> None:
+        np.save(self.staging / f"{name}.npy", np.asarray(value), allow_pickle=False)
+
+    def close(self) -> None:
+        for array in self.columns.values():
+            array.flush()
+        self.columns.clear()
+        finish_array_folder(self.staging, self.folder)
+
+    def abandon(self) -> None:
+        self.columns.clear()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def finish_array_folder(staging: Path, folder: Path) -> None:
+    """Rename a complete ``staging`` folder to ``folder``; an older ``folder`` is moved aside first."""
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+        os.replace(folder, old / folder.name)
+        os.replace(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, folder)
+
+
+def read_array_folder(folder: Path, whole=WHOLE) -> dict:
+    """The arrays of an array folder: those named in ``whole`` loaded, the others as ``Rows``."""
+    folder = Path(folder)
+    out = {}
+    for path in sorted(folder.glob("*.npy")):
+        name = path.stem
+        out[name] = np.load(path, allow_pickle=False) if name in whole else Rows(path)
+    return out
+
+
+def unpack_masks(arrays: dict, index: int | None = None) -> np.ndarray:
+    """The bool masks of a ``segment`` or ``accept`` artifact (``masks`` bit-packed along the last axis,
+    ``width``); ``index`` picks one entry of the first axis (a segment stage's seeder)."""
+    packed = arrays["masks"] if index is None else arrays["masks"][index]
+    return np.unpackbits(packed, axis=-1, count=int(arrays["width"])).astype(bool)
+
+
+class PackedMasks:
+    """Bit-packed masks (N, H, W/8) unpacked only for the rows asked for: ``masks[index]`` → bool."""
+
+    def __init__(self, packed: np.ndarray, width: int):
+        self.packed, self.width = packed, int(width)
+        self.shape = (packed.shape[0], packed.shape[1], self.width)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        return np.unpackbits(self.packed[key], axis=-1, count=self.width).astype(bool)
+
+
+class Artifacts:
+    """The artifacts of one cache folder. Data splits are opened once and kept open (every stage reads
+    them), as ``read_array_folder`` gives them: per-sample values loaded, images and masks as ``Rows``."""
+
+    def __init__(self, cache: Path):
+        self.cache = Path(cache)
+        self._data: dict[str, dict] = {}
+
+    def path(self, kind: str, key: str, split: str | None = None) -> Path:
+        suffix = SUFFIX.get(kind, ".npz")
+        name = f"{key}.{split}{suffix}" if split else f"{key}{suffix}"
+        return self.cache / FOLDER.get(kind, kind) / name
+
+    def files(self, kind: str, key: str) -> list[Path]:
+        """Every file the stage ``kind``/``key`` writes."""
+        if kind == "data":
+            return [self.path("data", key, s) / f"{name}.npy" for s in SPLITS for name in FOLDER_ARRAYS["data"]]
+        if kind in FOLDER_ARRAYS:
+            return [self.path(kind, key) / f"{name}.npy" for name in FOLDER_ARRAYS[kind]]
+        return [self.path(kind, key)]
+
+    def exists(self, kind: str, key: str) -> bool:
+        return all(p.is_file() for p in self.files(kind, key))
+
+    def unreadable(self, kind: str, key: str) -> str | None:
+        """Why a stage's files cannot be read back in full (weights: every tensor; arrays: every array), or
+        None when they can."""
+        for path in self.files(kind, key):
+            try:
+                if path.suffix == ".safetensors":
+                    from safetensors.numpy import load_file
+
+                    load_file(str(path))
+                elif path.suffix == ".npy":
+                    rows = Rows(path)
+                    if path.stat().st_size != rows.offset + rows.row_bytes * len(rows):
+                        raise OSError("the file is truncated")
+                else:
+                    load_arrays(path)
+            except Exception as exc:  # any reader error means the file is not a finished artifact
+                return f"{path}: {type(exc).__name__}: {exc}"
+        return None
+
+    def load(self, kind: str, key: str) -> dict:
+        """A stage's arrays: an ``.npz`` loaded, an array folder opened (``read_array_folder``)."""
+        if kind in FOLDER_ARRAYS:
+            return read_array_folder(self.path(kind, key))
+        return load_arrays(self.path(kind, key))
+
+    def data(self, key: str, split: str) -> dict:
+        cache_key = f"{key}/{split}"
+        if cache_key not in self._data:
+            self._data[cache_key] = read_array_folder(self.path("data", key, split))
+        return self._data[cache_key]
+
+    def annotations(self, data_key: str, key: str | None):
+        """Training annotations, (N, H, W) bool rows: the dataset's own (``key`` None) or an ``accept``
+        stage's, read or unpacked only for the rows asked for."""
+        if key is None:
+            return self.data(data_key, "train")["masks"]
+        arrays = self.load("accept", key)
+        return PackedMasks(arrays["masks"], arrays["width"])
+
+
+class Memo:
+    """Loads each artifact once, for readers that visit the same files many times (scoring, figures)."""
+
+    def __init__(self, artifacts: Artifacts):
+        self.artifacts = artifacts
+        self.loaded: dict[tuple, dict] = {}
+
+    def __call__(self, kind: str, key: str) -> dict:
+        if (kind, key) not in self.loaded:
+            self.loaded[(kind, key)] = self.artifacts.load(kind, key)
+        return self.loaded[(kind, key)]

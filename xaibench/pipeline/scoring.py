@@ -1,0 +1,279 @@
+"""Scoring: the metrics of every cell and of every loop round, from cached artifacts (no model is run).
+
+``score_cells`` gives each cell's ``CellRow`` (mean scores) and writes its per-image scores to
+``DIR/cells/<cell id>.npz`` (test ids, correctness, per-image Jaccard and segmentation IoU), which
+confidence intervals and paired tests need. ``round_row`` does the same for one round of a loop chain.
+A scoring error fails its cell (or chain), never the command.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xaibench.errors import ComponentError, ContractViolation
+from xaibench.kit.contracts import validate_ensemble
+from xaibench.pipeline import faithfulness, metrics, sanity, stats
+from xaibench.pipeline.artifacts import CHUNK, Artifacts, Memo, PackedMasks, unpack_masks
+from xaibench.pipeline.grid import Choice, digest
+from xaibench.pipeline.plan import CellPlan, Plan, RoundPlan
+from xaibench.pipeline.records import CellRow, Failure, Status
+from xaibench.pipeline.store import Store, file_digest, save_arrays
+from xaibench.pipeline.training import to_tensor
+
+# Bump when scoring changes, so cells scored by an older xaibench are scored again.
+SCORING_VERSION = 2
+
+# The reference explainers every explanation is read against (no model: cheap), and the metrics that get a
+# chance level and a lift over ``random``.
+CHANCE = ("random", "centre")
+CHANCE_METRICS = metrics.EXPLANATION_METRICS
+
+
+def mixed_logits(ensemble: Choice | None, registry, raw: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
+    """The logits (N, C) a cell is scored on: the raw model's, or the ``ensemble`` choice's mix of both."""
+    if ensemble is None:
+        return raw
+    import torch
+
+    rule = registry.create("ensembles", ensemble.name, **ensemble.params)
+    raw_logits = torch.from_numpy(raw)
+    out = rule(raw_logits, torch.from_numpy(masked))
+    try:
+        validate_ensemble(out, raw_logits)
+    except ContractViolation as exc:
+        raise ComponentError(registry.who("ensembles", ensemble.name, ensemble.label), str(exc)) from None
+    return out.detach().numpy()
+
+
+def score_key(cp: CellPlan, cam_threshold: float) -> str:
+    """What a cell's scores depend on: its stages, its seeder's slot, its ensemble rule, the threshold."""
+    ensemble = cp.cell.ensemble.ident if cp.cell.ensemble else None
+    return digest([SCORING_VERSION, cp.keys, cp.segment_index, ensemble, cam_threshold])
+
+
+def scores_key(plan: Plan, cam_threshold: float) -> str:
+    """One key for every cell's scores: unchanged, nothing drawn from them needs drawing again."""
+    return digest(sorted(score_key(cp, cam_threshold) for cp in plan.cells))
+
+
+def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_threshold: float) -> tuple[dict, dict]:
+    """The metrics of one cell. Returns ``(means, per_image)``: the mean scores, and the per-image arrays
+    they come from (test ids, correctness, per-image Jaccard and segmentation IoU)."""
+    test = artifacts.data(cp.data, "test")
+    labels = test["labels"]
+    logits = {split: mixed_logits(cp.cell.ensemble, registry, memo("logits", cp.raw_logits)[split],
+                                  memo("logits", cp.masked_logits)[split] if cp.cell.ensemble is not None else None)
+              for split in ("test", "val")}
+    correct = np.argmax(logits["test"], axis=1) == labels
+    val_labels = artifacts.data(cp.data, "val")["labels"]
+    out = {"accuracy": metrics.accuracy(logits["test"], labels), "n_test": int(len(labels)),
+           # what always guessing the commonest test class scores
+           "majority_share": float(np.bincount(labels).max() / len(labels)) if len(labels) else float("nan"),
+           # what α* is chosen on (``leaderboard.choose_alpha``); NaN where there is no val split
+           "val_accuracy": metrics.accuracy(logits["val"], val_labels) if len(val_labels) else float("nan"),
+           "n_val": int(len(val_labels))}
+    per_image = {"ids": test["ids"], "correct": correct}
+    groups = test["groups"]
+    if len(groups) and (groups != "").any():
+        per_image["group"] = groups
+        out.update(worst_group_accuracy=stats.worst_group(correct[None], groups),
+                   n_groups=len(set(groups.tolist()) - {""}))
+    if cp.explain:
+        explained = memo("explain", cp.explain)
+        if ("explanation scores", cp.explain) not in memo.loaded:  # shared by every cell of this explanation
+            memo.loaded[("explanation scores", cp.explain)] = explanation_scores(explained, test["references"],
+                                                                              cam_threshold)
+        scores, means, sweep = memo.loaded[("explanation scores", cp.explain)]
+        out.update(means)
+        out["jaccard_n"] = int(np.isfinite(scores["jaccard"]).sum())
+        per_image.update(explained_index=explained["index"], **scores)
+        chance = chance_scores(cp.data, explained["index"], test, memo, registry, cam_threshold)
+        for name in CHANCE_METRICS:
+            lift = scores[name] - chance[f"random_{name}"]
+            per_image.update({f"random_{name}": chance[f"random_{name}"], f"centre_{name}": chance[f"centre_{name}"],
+                              f"lift_{name}": lift})
+            for prefix in ("random_", "centre_", "lift_"):
+                out[f"{prefix}{name}"] = metrics.mean_excluding_nan(per_image[f"{prefix}{name}"])[0]
+        if cp.explain_val:
+            tau, at_tau = validation_threshold(memo("explain", cp.explain_val), artifacts.data(cp.data, "val"), sweep)
+            out.update(tau_star=tau, jaccard_val_tau=metrics.mean_excluding_nan(at_tau)[0])
+            per_image["jaccard_val_tau"] = at_tau
+    if cp.faithfulness:
+        found = memo("faithfulness", cp.faithfulness)
+        out["faithfulness_n"] = int(len(found["index"]))
+        for name in faithfulness.NAMES:
+            # lift: the improvement over the random map's, in the metric's better direction
+            lift = (found[f"random_{name}"] - found[name]) if name in faithfulness.LOWER_IS_BETTER \
+                else (found[name] - found[f"random_{name}"])
+            per_image.update({name: found[name], f"random_{name}": found[f"random_{name}"], f"lift_{name}": lift})
+            for prefix in ("", "random_", "lift_"):
+                out[f"{prefix}{name}"] = metrics.mean_excluding_nan(per_image[f"{prefix}{name}"])[0]
+    if cp.sanity:
+        found = memo("sanity", cp.sanity)
+        out["sanity_n"] = int(np.isfinite(found["sanity_spearman"]).sum())
+        for name in sanity.NAMES:
+            per_image[name] = found[name]
+            out[name] = metrics.mean_excluding_nan(found[name])[0]
+    if cp.segment:
+        index = memo("explain", cp.explain)["index"]
+        segmented = memo("segment", cp.segment)
+        masks = PackedMasks(segmented["masks"][cp.segment_index], segmented["width"])  # this cell's seeder
+        chunks = [metrics.segmentation_per_image(masks[start:start + CHUNK], test["references"][index[start:start + CHUNK]])
+                  for start in range(0, len(index), CHUNK)]
+        scores = _concatenate(chunks, ("seg_iou", "seg_dice", "seg_boundary_f1"))
+        out.update(metrics.summary(scores))
+        out["seg_n"] = int(np.isfinite(scores["seg_iou"]).sum())
+        per_image.update(scores)
+    return out, per_image
+
+
+def _concatenate(chunks: list[dict], names) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([c[name] for c in chunks]) if chunks else np.zeros(0) for name in names}
+
+
+def explanation_scores(explained: dict, references, cam_threshold: float) -> tuple[dict, dict, np.ndarray]:
+    """``(per-image scores, means, sweep)`` of every explanation metric for an explain artifact, chunk by
+    chunk (``references``: the split's reference rows; ``sweep``: ``metrics.sweep_per_image``)."""
+    index, maps = explained["index"], explained["maps"]
+    per_image, sweeps = [], []
+    for start in range(0, len(index), CHUNK):
+        chunk = np.asarray(maps[start:start + CHUNK], dtype=np.float32)
+        truth = references[index[start:start + CHUNK]]
+        per_image.append(metrics.explanation_per_image(chunk, truth, threshold=cam_threshold))
+        sweeps.append(metrics.sweep_per_image(chunk, truth))
+    names = list(per_image[0]) if per_image else list(metrics.explanation_per_image(
+        np.zeros((0, 1, 1), np.float32), np.zeros((0, 1, 1), bool), threshold=cam_threshold))
+    scores = _concatenate(per_image, names)
+    sweep = np.concatenate(sweeps) if sweeps else np.zeros((0, len(metrics.DEFAULT_SWEEP)))
+    return scores, metrics.explanation_summary(scores, sweep), sweep
+
+
+def validation_threshold(val_explained: dict, val: dict, test_sweep: np.ndarray) -> tuple[float, np.ndarray]:
+    """``(τ*, test Jaccard at τ* per image)``: τ* is the threshold of ``metrics.DEFAULT_SWEEP`` with the
+    highest mean Jaccard over the val images (ties to the lower threshold); only val maps and val masks
+    are read. NaN (and a NaN array) where the val split has no image with a non-empty mask."""
+    index = val_explained["index"]
+    curves = [metrics.sweep_per_image(np.asarray(val_explained["maps"][start:start + CHUNK], dtype=np.float32),
+                                      val["references"][index[start:start + CHUNK]])
+              for start in range(0, len(index), CHUNK)]
+    curve, _, _, _ = metrics.sweep_summary(np.concatenate(curves) if curves else
+                                           np.zeros((0, len(metrics.DEFAULT_SWEEP))))
+    if not len(curve) or not np.isfinite(curve).any():
+        return float("nan"), np.full(len(test_sweep), np.nan)
+    best = int(np.nanargmax(curve))
+    return float(metrics.DEFAULT_SWEEP[best]), test_sweep[:, best]
+
+
+def chance_scores(data: str, index: np.ndarray, test: dict, memo: Memo, registry, cam_threshold: float) -> dict:
+    """Per-image scores of the ``random`` and ``centre`` explainers (``CHANCE``) on the test images
+    ``index``: ``{"random_<metric>", "centre_<metric>"}``, worked out once per data set and images."""
+    key = ("chance", data, index.tobytes())
+    if key not in memo.loaded:
+        references = test["references"]
+        found: dict[str, list] = {}
+        for name in CHANCE:
+            explainer = registry.create("explainers", name)
+            chunks = []
+            for start in range(0, len(index), CHUNK):
+                rows = index[start:start + CHUNK]
+                images = to_tensor(test["images"][rows])
+                maps = explainer.explain(None, images, None, target_layers=[])
+                chunks.append(metrics.explanation_per_image(np.asarray(maps, dtype=np.float32), references[rows],
+                                                            threshold=cam_threshold))
+            merged = _concatenate(chunks, CHANCE_METRICS)
+            found.update({f"{name}_{metric}": merged[metric] for metric in CHANCE_METRICS})
+        memo.loaded[key] = found
+    return memo.loaded[key]
+
+
+def score_cells(plan: Plan, store: Store, artifacts: Artifacts, registry, failed: dict[str, Failure],
+                cam_threshold: float, warn=None) -> list[CellRow]:
+    """Every cell's row; a cell whose score key is unchanged and whose per-image file is the one written
+    keeps its earlier scores, and per-image scores are written (and their digest recorded) for each newly
+    scored cell. A cell one of whose stages failed is failed with that stage's failure. ``warn(line)``
+    is told about a per-image file that cannot be reused."""
+    memo = Memo(artifacts)
+    rows = []
+    scored = store.scored_cells()
+    for cp in plan.cells:
+        cell_id = cp.cell.cell_id
+        broken = [failed[k] for k in cp.keys if k in failed]
+        if broken:
+            rows.append(CellRow(cell_id, cp.labels, Status.FAILED, {}, broken[0].line()))
+            continue
+        key = score_key(cp, cam_threshold)
+        previous = scored.get(cell_id)
+        path = store.cell_path(cell_id)
+        relative = str(path.relative_to(store.root))
+        if previous and previous.get("score_key") == key:
+            problem = store.verify(relative)
+            if problem is None:
+                rows.append(CellRow(cell_id, cp.labels, Status.DONE, previous))
+                continue
+            if warn is not None:
+                warn(f"{path} cannot be reused: {problem}; scoring the cell again")
+        try:
+            scores, per_image = score_cell(cp, artifacts, memo, registry, cam_threshold)
+            save_arrays(path, **per_image)
+            store.record_artifacts("", {relative: file_digest(path)})
+            rows.append(CellRow(cell_id, cp.labels, Status.DONE, {**scores, "score_key": key}))
+        except Exception as exc:  # a scoring bug fails the cell, not the run
+            rows.append(CellRow(cell_id, cp.labels, Status.FAILED, {}, f"scoring: {type(exc).__name__}: {exc}"))
+    return rows
+
+
+# -- the annotation loop -----------------------------------------------------------------------------------
+
+
+def round_scores(rp: RoundPlan, artifacts: Artifacts, registry, cam_threshold: float, failed=()) -> dict:
+    """One round's measurements of one chain. Measurements whose stage is in ``failed`` (the round's
+    segmentation or acceptance) are NaN."""
+    test, train = artifacts.data(rp.data, "test"), artifacts.data(rp.data, "train")
+    raw = artifacts.load("logits", rp.raw_logits)["test"]
+    masked = artifacts.load("logits", rp.masked_logits)["test"]
+    logits = mixed_logits(rp.chain.cell.ensemble, registry, raw, masked)
+    explained = artifacts.load("explain", rp.explain_test)
+    truth = test["references"][explained["index"]]
+    jaccard = metrics.iou(metrics.binarise_fixed(np.asarray(explained["maps"], dtype=np.float32), cam_threshold), truth)
+    index = np.flatnonzero(train["has_mask"])  # the explained, segmented and renewed training images
+    references = train["references"][index]
+    current = artifacts.annotations(rp.data, rp.annotations)[index]
+    out = {
+        "accuracy": metrics.accuracy(logits, test["labels"]),
+        "jaccard": metrics.mean_excluding_nan(jaccard)[0],
+        "annotation_iou": metrics.mean_excluding_nan(metrics.iou(current, references))[0],
+        "proposal_iou": float("nan"), "accepted": float("nan"), "changed": float("nan"),
+        "n_annotated": int(len(index)),
+        "n_test": int(len(test["labels"])),
+        "reference": "exact" if bool(train["has_reference"].any()) else "original annotations",
+    }
+    if rp.segment not in failed and rp.explain_train not in failed and len(index):
+        proposals = unpack_masks(artifacts.load("segment", rp.segment), 0)
+        out["proposal_iou"] = metrics.mean_excluding_nan(metrics.iou(proposals, references))[0]
+    if rp.accept not in failed and len(index):
+        accepted = artifacts.load("accept", rp.accept)
+        out.update(accepted=float(accepted["accepted"].mean()), changed=float(accepted["changed"].mean()))
+    return out
+
+
+def round_row(rp: RoundPlan, failed: dict[str, Failure], artifacts: Artifacts, registry, *, cam_threshold: float,
+              min_changed: float) -> dict:
+    """One chain's row of one round: its labels, measurements and status: done; converged when the round
+    changed no annotation; stopped when it changed at most ``min_changed`` of them; failed with the error
+    (with the model's measurements where only the round's annotation stages failed)."""
+    row = {**rp.labels, "round": rp.round, "status": Status.DONE.value}
+    broken = [failed[k] for k in rp.model_keys if k in failed]
+    if broken:
+        return {**row, "status": Status.FAILED.value, "error": broken[0].line()}
+    try:
+        scores = round_scores(rp, artifacts, registry, cam_threshold, failed)
+    except Exception as exc:  # a scoring bug fails the chain, not the loop
+        return {**row, "status": Status.FAILED.value, "error": f"scoring: {type(exc).__name__}: {exc}"}
+    broken = [failed[k] for k in rp.annotation_keys if k in failed]
+    if broken:
+        return {**row, **scores, "status": Status.FAILED.value, "error": broken[0].line()}
+    if scores["changed"] == 0:
+        row["status"] = Status.CONVERGED.value
+    elif scores["changed"] <= min_changed:
+        row["status"] = Status.STOPPED.value
+    return {**row, **scores}

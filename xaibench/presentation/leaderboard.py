@@ -1,0 +1,754 @@
+"""Leaderboards from the cell records of one or more run directories (nothing is recomputed).
+
+- ``leaderboard.csv``: the long form, one row per cell (dataset/backbone/seed/mask/ensemble/explainer/
+  seeder/segmenter), one column per metric.
+- ``leaderboard_summary.csv``: one row per configuration over its seeds: per metric the mean over seeds,
+  the 95% bootstrap CI over test images, the spread across seeds and the number of seeds; for accuracy
+  also McNemar's paired test against the baseline (see ``xaibench.pipeline.stats``).
+- ``leaderboard.md``: per dataset and backbone, the paper's Table I layout (masks as columns, α as rows,
+  a baseline row) for accuracy, explanation Jaccard and segmentation IoU, and a detail table per metric.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from xaibench.errors import UserError
+from xaibench.kit.files import atomic_write_text
+from xaibench.pipeline import faithfulness, metrics, sanity, stats
+from xaibench.pipeline.records import CELL_LABELS, CONFIG_LABELS, Status, variant_label
+from xaibench.pipeline.store import Store, load_arrays
+
+ID_COLUMNS = list(CELL_LABELS)
+CONFIG_COLUMNS = list(CONFIG_LABELS)
+EXPLANATION_METRICS = list(metrics.EXPLANATION_METRICS)
+SEGMENTATION_METRICS = ["seg_iou", "seg_dice", "seg_boundary_f1"]
+FAITHFULNESS_METRICS = list(faithfulness.NAMES)
+SANITY_METRICS = list(sanity.NAMES)
+# Chance levels (the ``random`` and ``centre`` explainers on the same test images) and each metric's lift
+# over ``random`` (in the metric's better direction), per image in the cell files.
+CHANCE_COLUMNS = ([f"{prefix}{m}" for m in EXPLANATION_METRICS for prefix in ("random_", "centre_", "lift_")]
+                  + [f"{prefix}{m}" for m in FAITHFULNESS_METRICS for prefix in ("random_", "lift_")])
+METRIC_COLUMNS = (["accuracy", "n_test", "majority_share", "worst_group_accuracy", "n_groups", "val_accuracy", "n_val"]
+                  + EXPLANATION_METRICS
+                  + ["sweep_mean", "sweep_best", "tau_star", "jaccard_val_tau", "jaccard_n", "jaccard_excluded"]
+                  + FAITHFULNESS_METRICS + ["faithfulness_n"] + SANITY_METRICS + ["sanity_n"] + CHANCE_COLUMNS
+                  + SEGMENTATION_METRICS + ["seg_n", "seg_iou_excluded"])
+# metric -> (per-image array in the cell file, display scale, digits, title)
+METRICS = {
+    "accuracy": ("correct", 100.0, 2, "Accuracy (%)"),
+    **{m: (m, 1.0, 3, m) for m in EXPLANATION_METRICS + SEGMENTATION_METRICS + FAITHFULNESS_METRICS + SANITY_METRICS
+       + CHANCE_COLUMNS + ["jaccard_val_tau"]},
+}
+METRICS["jaccard"] = ("jaccard", 1.0, 3, "Explanation Jaccard vs ground-truth masks")
+METRICS["jaccard_val_tau"] = ("jaccard_val_tau", 1.0, 3, "Explanation Jaccard at τ* chosen on validation")
+METRICS["seg_iou"] = ("seg_iou", 1.0, 3, "Segmentation IoU")
+# Where a rule's mixing weight is chosen on validation accuracy (``alpha_choices``), its rows are named so.
+SELECTED = "α* (val)"
+# The columns every summary has, even one of a run in which no cell finished.
+SUMMARY_COLUMNS = CONFIG_COLUMNS + ["n_seeds", "seeds_expected", "complete"]
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    for column in ID_COLUMNS + METRIC_COLUMNS + ["status", "error", "cell_id"]:
+        if column not in df:
+            df[column] = None
+    return df[ID_COLUMNS + ["status"] + METRIC_COLUMNS + ["error", "cell_id"]]
+
+
+def load_runs(dirs) -> tuple[pd.DataFrame, dict[str, Path], pd.DataFrame | None]:
+    """Cell rows of several run directories merged, the per-image file of each cell, and the published
+    table of the first directory that has one.
+
+    Each folder gives the cells of the grid last run in it (cells of earlier grids kept in its store are
+    left out, said once per folder). Merging refuses (``UserError`` naming both folders) a cell that two
+    folders both hold, and a configuration whose cells two folders computed differently (other training,
+    protocol or plugin versions; ``Store.current_grid``): pooled, their seeds would be one configuration's."""
+    rows, files, published = [], {}, None
+    merged = _Merge()
+    for directory in dirs:
+        store = Store.open_existing(Path(directory))
+        try:
+            current, settings = store.current_grid()
+            cells = store.cells()
+            kept = [row for row in cells if current is None or row["cell_id"] in current]
+            if len(kept) < len(cells):
+                left = len(cells) - len(kept)
+                warnings.warn(f"{directory}: {left} cell{'s' * (left != 1)} of earlier grids in this folder left "
+                              f"out (not in the grid last run there)")
+            merged.add(directory, kept, settings)
+            for row in kept:
+                path = store.cell_path(row["cell_id"])
+                problem = _unreadable(store, path) if row["status"] == Status.DONE else None
+                if problem is not None:
+                    warnings.warn(f"{path} cannot be read back ({problem}); its confidence intervals are left out "
+                                  f"until 'xaibench run' on {directory} scores the cell again")
+                    path = None
+                files[row["cell_id"]] = path
+                rows.append(row)
+        finally:
+            store.close()
+        candidate = Path(directory) / "published.csv"
+        if published is None and candidate.is_file():
+            published = read_published(candidate)
+    if len(merged.folders) > 1 and merged.unknown:
+        warnings.warn(f"{', '.join(merged.unknown)}: no record of how the cells were computed (a run folder from "
+                      f"before xaibench recorded it), so training and versions are not compared with the other "
+                      f"folders'; 'xaibench run' on it again records them")
+    return frame(rows), files, published
+
+
+# The label columns naming a component, and its kind.
+COMPONENT_KINDS = {"dataset": "datasets", "backbone": "backbones", "mask": "masks", "ensemble": "ensembles",
+                   "explainer": "explainers", "seeder": "seeders", "segmenter": "segmenters"}
+
+
+class _Merge:
+    """The checks of merging run folders: every cell from one folder only, and every configuration's cells
+    computed the same way (the settings that bear on its cells: training; fine-tuning where it has a mask;
+    protocol; the versions of xaibench and of its components)."""
+
+    def __init__(self):
+        self.cells: dict[str, str] = {}  # cell id → the folder it came from
+        self.configs: dict[tuple, tuple[str, dict]] = {}  # configuration → (folder, its settings)
+        self.folders: set[Path] = set()
+        self.unknown: list[str] = []
+
+    def add(self, directory, rows: list[dict], settings: dict | None) -> None:
+        resolved = Path(directory).resolve()
+        if resolved in self.folders:
+            raise UserError(f"{directory} is given twice; give each run folder once")
+        self.folders.add(resolved)
+        if settings is None:
+            self.unknown.append(str(directory))
+        for row in rows:
+            where = self.cells.get(row["cell_id"])
+            config = tuple(None if isinstance(v, float) and math.isnan(v) else v for v in map(row.get, CONFIG_LABELS))
+            first = self.configs.get(config)
+            if first is not None and first[0] != str(directory) and settings is not None and first[1] is not None:
+                differ = _differences(_bearing(row, first[1]), _bearing(row, settings))
+                if differ:
+                    raise UserError(
+                        f"{first[0]} and {directory} both hold {_config_text(row)}, computed differently "
+                        f"({'; '.join(f'{k}: {a} in {first[0]}, {b} in {directory}' for k, a, b in differ)}); "
+                        f"their seeds cannot be pooled as one configuration: merge runs of one protocol, or "
+                        f"rerun one folder with the other's settings")
+            if where is not None:
+                raise UserError(f"{where} and {directory} both hold the cell {_config_text(row)} seed={row['seed']}; "
+                                f"a merged table takes each cell from one folder: leave one of them out, or give "
+                                f"folders of other seeds or configurations")
+            self.cells[row["cell_id"]] = str(directory)
+            self.configs.setdefault(config, (str(directory), settings))
+
+
+def _bearing(row: dict, settings: dict) -> dict:
+    """The settings that bear on ``row``'s numbers, flat (``train.epochs``, ``mask blur``: its version)."""
+    out = {}
+    for section in ("train", "finetune", "protocol"):
+        if section == "finetune" and row.get("mask") in (None, "", "none"):
+            continue  # a baseline is not fine-tuned
+        out.update({f"{section}.{key}": value for key, value in settings.get(section, {}).items()})
+    versions = settings.get("versions", {})
+    out["xaibench"] = versions.get("xaibench")
+    for column, kind in COMPONENT_KINDS.items():
+        label = row.get(column)
+        if label not in (None, "", "none", "baseline"):
+            out[f"{kind[:-1]} {name_of(label)}"] = versions.get(f"{kind}:{name_of(label)}")
+    return out
+
+
+def _differences(a: dict, b: dict) -> list[tuple[str, object, object]]:
+    return [(key, a.get(key), b.get(key)) for key in dict.fromkeys([*a, *b]) if a.get(key) != b.get(key)]
+
+
+def _config_text(row: dict) -> str:
+    return " ".join(f"{c}={row[c]}" for c in CONFIG_LABELS if row.get(c) not in (None, ""))
+
+
+def _unreadable(store: Store, path: Path) -> str | None:
+    """Why a cell's per-image file cannot be used: not the file written (its record), or, for a file no
+    record covers (older runs), one that does not load."""
+    if store.artifact(str(path.relative_to(store.root))) is not None:
+        return store.verify(str(path.relative_to(store.root)))
+    try:
+        load_arrays(path)
+    except Exception as exc:  # any reader error: the file is damaged
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def name_of(label) -> str:
+    """The component name of a label: ``top-k`` of ``top-k(k=3)``."""
+    return str(label).split("(", 1)[0]
+
+
+def read_published(path) -> pd.DataFrame:
+    """Published numbers: columns dataset, mask (``none`` for the baseline), alpha, accuracy (%). A file that
+    is no such CSV (empty, not UTF-8, unbalanced quotes, a value that is no number) is a ``UserError``."""
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"published table {str(path)!r} is not a readable UTF-8 CSV ({type(exc).__name__}: "
+                        f"{str(exc).strip()}); fix it or leave published out of the grid") from None
+    missing = {"dataset", "mask", "alpha", "accuracy"} - set(table.columns)
+    if missing:
+        raise UserError(f"published table {str(path)!r} lacks the columns {sorted(missing)}")
+    for column in ("alpha", "accuracy"):  # alpha may be empty (the baseline's row)
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        wrong = table[column][numbers.isna() & table[column].notna()]
+        if len(wrong):
+            raise UserError(f"published table {str(path)!r}: {column} {wrong.iloc[0]!r} (row {wrong.index[0] + 2}) "
+                            f"is not a number")
+    return table
+
+
+# -- summary over seeds -----------------------------------------------------------------------------
+
+
+class _PerImage:
+    def __init__(self, files: dict[str, Path]):
+        self.files = files
+        self.loaded: dict[str, dict] = {}
+
+    def __call__(self, cell_id: str) -> dict:
+        if cell_id not in self.loaded:
+            path = self.files.get(cell_id)
+            self.loaded[cell_id] = load_arrays(path) if path is not None and path.is_file() else {}
+        return self.loaded[cell_id]
+
+
+def _matrix(per_image: _PerImage, cell_ids, key: str) -> np.ndarray | None:
+    arrays = [per_image(c).get(key) for c in cell_ids]
+    if not arrays or any(a is None for a in arrays) or len({len(a) for a in arrays}) != 1:
+        return None
+    return np.stack([np.asarray(a, dtype=np.float64) for a in arrays])
+
+
+NO_VAL = "not possible: no val split"
+NOT_POSSIBLE = "not possible (no val split)"  # what a table shows in place of such a row's values
+
+
+def alpha_choices(df: pd.DataFrame) -> pd.DataFrame:
+    """The cells chosen on validation: for each dataset, backbone, seed, mask, explainer, seeder,
+    segmenter and ensemble rule with a mixing weight swept over two or more values, the finished cell with
+    the highest validation accuracy (ties to the larger α), as a row of the same columns under the
+    ensemble ``"<rule> α* (val)"``, with ``alpha_star`` (the chosen α) and ``source`` (the chosen cell's
+    id). Only ``val_accuracy`` decides; no test number is read. Where some cell has no validation
+    accuracy (the dataset has no val split), the row has no scores and ``selection`` says why."""
+    done = df[(df["status"] == Status.DONE) & (df["ensemble"] != "baseline")]
+    done = done[pd.to_numeric(done["alpha"], errors="coerce").notna()]
+    if done.empty:
+        return pd.DataFrame(columns=[*df.columns, "alpha_star", "source", "selection"])
+    done = done.assign(rule=done["ensemble"].map(name_of), alpha=done["alpha"].astype(float))
+    keys = ["dataset", "backbone", "seed", "mask", "explainer", "seeder", "segmenter", "rule"]
+    out = []
+    for _, group in done.groupby(keys, sort=False, dropna=False):
+        if group["alpha"].nunique() < 2:  # nothing to choose
+            continue
+        first = group.iloc[0]
+        val = pd.to_numeric(group["val_accuracy"], errors="coerce")
+        base = {**{c: first[c] for c in ID_COLUMNS}, "ensemble": f"{first['rule']} {SELECTED}", "alpha": math.nan,
+                "status": Status.DONE}
+        if val.isna().any():
+            out.append({**base, "alpha_star": math.nan, "source": None, "selection": NO_VAL,
+                        "cell_id": f"{first['cell_id']}:{SELECTED}"})
+            continue
+        chosen = group.assign(_val=val.to_numpy()).sort_values(["_val", "alpha"], ascending=[False, False]).iloc[0]
+        out.append({**{c: chosen[c] for c in df.columns}, **base, "alpha_star": float(chosen["alpha"]),
+                    "source": chosen["cell_id"], "selection": "val", "cell_id": f"{chosen['cell_id']}:{SELECTED}"})
+    return pd.DataFrame(out, columns=[*df.columns, "alpha_star", "source", "selection"])
+
+
+def with_choices(df: pd.DataFrame, files: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, Path]]:
+    """``df`` with the rows of ``alpha_choices`` added, and ``files`` with each such row's per-image file
+    (its chosen cell's; none where no choice was possible)."""
+    chosen = alpha_choices(df)
+    if chosen.empty:
+        return df, files
+    files = {**files, **{r["cell_id"]: files.get(r["source"]) if r["source"] else None for _, r in chosen.iterrows()}}
+    return pd.concat([df, chosen], ignore_index=True), files
+
+
+def summarise(df: pd.DataFrame, files: dict[str, Path]) -> pd.DataFrame:
+    """One row per configuration over its seeds, with CIs, seed spread, seed counts and McNemar p; the
+    configurations chosen on validation (``alpha_choices``) are rows too, with the α chosen for each
+    seed in ``alpha_star`` and ``selection`` saying whether a choice was possible."""
+    df, files = with_choices(df, files)
+    per_image = _PerImage(files)
+    done = df[df["status"] == Status.DONE]
+    expected = {key: sorted(group["seed"].unique()) for key, group in df.groupby(["dataset", "backbone"])}
+    baseline = {(r["dataset"], r["backbone"], r["seed"]): r["cell_id"]
+                for _, r in done[done["ensemble"] == "baseline"].iterrows()}
+    out = []
+    for config, group in done.groupby(CONFIG_COLUMNS, sort=False, dropna=False):
+        group = group.drop_duplicates("seed").sort_values("seed")
+        seeds = group["seed"].tolist()
+        row = dict(zip(CONFIG_COLUMNS, config))
+        all_seeds = expected[(row["dataset"], row["backbone"])]
+        row.update(n_seeds=len(seeds), seeds_expected=len(all_seeds), complete=len(seeds) == len(all_seeds))
+        if "selection" in group and group["selection"].notna().any():
+            row["selection"] = NO_VAL if (group["selection"] == NO_VAL).any() else "val"
+            row["alpha_star"] = " / ".join(f"{a:g}" for a in group["alpha_star"] if not pd.isna(a))
+        if "tau_star" in group and pd.to_numeric(group["tau_star"], errors="coerce").notna().any():
+            row["tau_star"] = " / ".join(f"{t:g}" for t in pd.to_numeric(group["tau_star"], errors="coerce")
+                                         if not pd.isna(t))
+        for metric, (key, _, _, _) in METRICS.items():
+            matrix = _matrix(per_image, group["cell_id"], key)
+            if matrix is None:
+                continue
+            means = stats.seed_means(matrix)
+            row[metric] = float(np.nanmean(means)) if np.isfinite(means).any() else float("nan")
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = stats.bootstrap_ci(matrix)
+            row[f"{metric}_seed_sd"] = stats.seed_spread(matrix)
+        row.update(group_accuracies(per_image, group["cell_id"]))
+        if row["ensemble"] != "baseline":
+            pairs = [(c, baseline.get((row["dataset"], row["backbone"], s))) for c, s in zip(group["cell_id"], seeds)]
+            pairs = [(c, b) for c, b in pairs if b is not None]
+            model = _matrix(per_image, [c for c, _ in pairs], "correct")
+            base = _matrix(per_image, [b for _, b in pairs], "correct")
+            if model is not None and base is not None and model.shape == base.shape:
+                test = stats.mcnemar(model.astype(bool), base.astype(bool))
+                row.update(mcnemar_p=test["p"], mcnemar_b=test["b"], mcnemar_c=test["c"])
+        out.append(row)
+    return pd.DataFrame(out) if out else pd.DataFrame(columns=SUMMARY_COLUMNS)
+
+
+WORST = "worst group"
+
+
+def group_columns(summary: pd.DataFrame) -> list[str]:
+    """The groups with an accuracy column in a summary, in order."""
+    return [c[len("accuracy["):-1] for c in summary.columns if c.startswith("accuracy[") and c.endswith("]")]
+
+
+def group_accuracies(per_image: "_PerImage", cell_ids) -> dict:
+    """Accuracy per test group (``accuracy[<group>]``) and of the worst group (``worst_group_accuracy``),
+    each with its bootstrap CI, over the seeds' cells; empty where the test samples carry no groups or
+    the seeds' groups differ."""
+    cell_ids = list(cell_ids)
+    groups = [per_image(c).get("group") for c in cell_ids]
+    correct = _matrix(per_image, cell_ids, "correct")
+    if correct is None or any(g is None for g in groups) or any(not np.array_equal(groups[0], g) for g in groups):
+        return {}
+    groups = np.asarray(groups[0]).astype(str)
+    out = {}
+    for name in (g for g in np.unique(groups) if g != ""):
+        members = correct[:, groups == name]
+        column = f"accuracy[{name}]"
+        out[column] = float(np.nanmean(stats.seed_means(members)))
+        out[f"{column}_ci_low"], out[f"{column}_ci_high"] = stats.bootstrap_ci(members)
+        out[f"{column}_n"] = int(members.shape[1])
+    if out:
+        out["worst_group_accuracy"] = stats.worst_group(correct, groups)
+        out["worst_group_accuracy_ci_low"], out["worst_group_accuracy_ci_high"] = \
+            stats.bootstrap_worst_group_ci(correct, groups)
+    return out
+
+
+def group_table(summary: pd.DataFrame):
+    """One row per model variant: overall accuracy and per group, and the worst group's, each [95% CI]."""
+    names = group_columns(summary)
+    header = ["mask", "ensemble", "all"] + [f"{n} (n={int(summary[f'accuracy[{n}]_n'].dropna().iloc[0])})"
+                                             for n in names] + [WORST]
+    rows = []
+    row_label = _row_labels(summary)
+    for _, r in summary.iterrows():
+        if r.get("selection") == NO_VAL:
+            rows.append([r["mask"], row_label[r["ensemble"]], NOT_POSSIBLE] + [""] * (len(names) + 1))
+            continue
+        cells = []
+        for column in ["accuracy"] + [f"accuracy[{n}]" for n in names] + ["worst_group_accuracy"]:
+            value = r.get(column)
+            cells.append("—" if value is None or pd.isna(value) else
+                         f"{_fmt(value, 100, 2)} [{_fmt(r.get(column + '_ci_low'), 100, 2)}, "
+                         f"{_fmt(r.get(column + '_ci_high'), 100, 2)}]")
+        rows.append([r["mask"], row_label[r["ensemble"]]] + cells)
+    return header, rows
+
+
+# -- tables -----------------------------------------------------------------------------------------
+
+
+def _fmt(value, scale, digits):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value * scale:.{digits}f}"
+
+
+def _row_labels(frame: pd.DataFrame) -> dict[str, str]:
+    """Ensemble label → row label (``records.variant_label``); where several rules with a mixing weight
+    share a table, their rows also name the rule (``logit-mix α=0.8``)."""
+    weighted = frame[frame["ensemble"] != "baseline"]
+    weighted = weighted[pd.to_numeric(weighted["alpha"], errors="coerce").notna()]
+    named = weighted["ensemble"].map(name_of).nunique() > 1
+    out = {}
+    for ensemble, alpha in zip(frame["ensemble"], frame["alpha"]):
+        if str(ensemble).endswith(SELECTED):
+            out[ensemble] = str(ensemble) if named else SELECTED
+            continue
+        label = variant_label(ensemble, alpha)
+        out[ensemble] = f"{name_of(ensemble)} {label}" if named and label.startswith("α=") else label
+    return out
+
+
+def published_lookup(published: pd.DataFrame | None, dataset: str):
+    """``(mask name, alpha) -> published accuracy in %`` for one dataset, or None."""
+    if published is None:
+        return None
+    rows = published[published["dataset"] == name_of(dataset)]
+    if rows.empty:
+        return None
+    return {(str(r["mask"]), round(float(r["alpha"]), 6)): float(r["accuracy"]) for _, r in rows.iterrows()}
+
+
+BELOW_CHANCE = "≤ chance"
+UNCHANGED = "≈ unchanged"
+
+
+def unchanged_by_randomisation(row, metric) -> bool:
+    """Whether a summary row's maps barely change when the model's top layers are re-initialised: its
+    mean ``sanity_spearman`` is above ``sanity.UNCHANGED_SPEARMAN`` (the sanity check fails)."""
+    value = row.get("sanity_spearman")
+    return metric == "sanity_spearman" and value is not None and not pd.isna(value) \
+        and float(value) > sanity.UNCHANGED_SPEARMAN
+
+
+def at_or_below_chance(row, metric) -> bool:
+    """Whether ``metric`` of a summary row is no better than the ``random`` explainer's on the same
+    images (its mean lift is at most 0)."""
+    lift = row.get(f"lift_{metric}")
+    return lift is not None and not pd.isna(lift) and float(lift) <= 0
+
+
+def _value(row, metric, scale, digits, paper=None) -> str:
+    if row.get("selection") == NO_VAL:
+        return NOT_POSSIBLE
+    if metric not in row or pd.isna(row.get(metric)):
+        return "—"
+    text = _fmt(row[metric], scale, digits)
+    low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    if low is not None and not pd.isna(low):
+        text += f" [{_fmt(low, scale, digits)}, {_fmt(high, scale, digits)}]"
+    if not row["complete"]:
+        text += f" †{row['n_seeds']}/{row['seeds_expected']} seeds"
+    if paper is not None:
+        text += f" / {paper:.{digits}f} ({row[metric] * scale - paper:+.{digits}f})"
+    if at_or_below_chance(row, metric):
+        text += f" {BELOW_CHANCE}"
+    if unchanged_by_randomisation(row, metric):
+        text += f" {UNCHANGED}"
+    return text
+
+
+class Best(str):
+    """A table cell holding its column's best value (rendered bold)."""
+
+
+@dataclasses.dataclass
+class Entry:
+    """One value of a Table I layout: the summary row it comes from, the published value beside it (or
+    None), and whether it is its column's best."""
+
+    row: pd.Series
+    paper: float | None = None
+    best: bool = False
+
+
+@dataclasses.dataclass
+class TableOne:
+    """The paper's Table I layout of one metric: masks as columns, a row per ensemble (sorted by α) and a
+    baseline row; a missing value is None."""
+
+    metric: str
+    masks: list[str]
+    rows: list[tuple[str, list[Entry | None]]]
+    baseline: Entry | None
+    chance: list[tuple[str, Entry]] = dataclasses.field(default_factory=list)  # (label, entry) per reference
+
+
+def table_one_entries(summary: pd.DataFrame, metric: str, published: dict | None = None) -> TableOne:
+    """The values of ``table_one``. In each mask column the highest mean over the ensemble rows (every
+    metric here is higher-is-better) is marked best, when there are several rows; ties are all marked."""
+    _, scale, digits, _ = METRICS[metric]
+    masks = [m for m in dict.fromkeys(summary["mask"]) if m != "none"]
+    ensembles = summary[summary["ensemble"] != "baseline"].sort_values("alpha", kind="stable")
+    row_label = _row_labels(summary)
+    rows = []
+    for ensemble, sub in ensembles.groupby("ensemble", sort=False):
+        alpha = sub["alpha"].iloc[0]
+        entries = []
+        for mask in masks:
+            hit = sub[sub["mask"] == mask]
+            paper = (published or {}).get((name_of(mask), round(float(alpha), 6)))
+            entries.append(Entry(hit.iloc[0], paper) if len(hit) else None)
+        rows.append((row_label[ensemble], entries))
+
+    def rounded(entry):
+        value = entry.row.get(metric) if entry is not None else None
+        return round(float(value) * scale, digits) if value is not None and not pd.isna(value) else None
+
+    ranked = [(label, entries) for label, entries in rows if not label.endswith(SELECTED)]  # not the α* rows
+    for column in range(len(masks)):
+        values = [rounded(entries[column]) for _, entries in ranked]
+        finite = [v for v in values if v is not None]
+        for (_, entries), value in zip(ranked, values):
+            if finite and len(ranked) > 1 and value == max(finite):
+                entries[column].best = True
+    base = summary[summary["ensemble"] == "baseline"]
+    baseline = Entry(base.iloc[0], (published or {}).get(("none", 1.0))) if len(base) else None
+    chance = []
+    reference = _chance_reference(summary)
+    for name in ("random", "centre"):
+        column = f"{name}_{metric}"
+        if reference is not None and column in reference and not pd.isna(reference.get(column)):
+            values = {metric: reference[column], f"{metric}_ci_low": reference.get(f"{column}_ci_low"),
+                      f"{metric}_ci_high": reference.get(f"{column}_ci_high"), "complete": reference["complete"],
+                      "n_seeds": reference["n_seeds"], "seeds_expected": reference["seeds_expected"]}
+            chance.append((f"Chance: {name}", Entry(pd.Series(values))))
+    return TableOne(metric, masks, rows, baseline, chance)
+
+
+def table_one(summary: pd.DataFrame, metric: str, published: dict | None = None):
+    """Masks as columns, ensemble rows sorted by α, the baseline row last: ``(header, rows)`` of text,
+    each column's best value a ``Best`` (see ``table_one_entries``)."""
+    _, scale, digits, _ = METRICS[metric]
+    table = table_one_entries(summary, metric, published)
+    header = [""] + (table.masks or ["raw"])
+
+    def text(entry):
+        if entry is None:
+            return "—"
+        value = _value(entry.row, metric, scale, digits, entry.paper)
+        return Best(value) if entry.best else value
+
+    rows = [[label] + [text(e) for e in entries] for label, entries in table.rows]
+    if table.baseline is not None:
+        rows.append(["Baseline", text(table.baseline)] + [""] * (len(header) - 2))
+    for label, entry in table.chance:
+        rows.append([label, text(entry)] + [""] * (len(header) - 2))
+    return header, rows
+
+
+def detail_table(summary: pd.DataFrame, metric: str):
+    """One row per model variant: mean, 95% CI, seed spread, seeds, and for accuracy McNemar's p."""
+    _, scale, digits, _ = METRICS[metric]
+    header = ["mask", "ensemble", "mean", "95% CI (test images)", "seed sd", "seeds"]
+    if metric == "accuracy":
+        header.append("McNemar p vs baseline (b/c)")
+    rows = []
+    row_label = _row_labels(summary)
+    for _, r in summary.iterrows():
+        label = row_label[r["ensemble"]]
+        if r.get("selection") == NO_VAL:
+            rows.append([r["mask"], label, NOT_POSSIBLE] + [""] * (len(header) - 3))
+            continue
+        if metric not in r or pd.isna(r.get(metric)):
+            continue
+        if r.get("selection") == "val":
+            label += f" (α = {r['alpha_star']} by seed)"
+        line = [r["mask"], label, _fmt(r[metric], scale, digits),
+                f"[{_fmt(r[f'{metric}_ci_low'], scale, digits)}, {_fmt(r[f'{metric}_ci_high'], scale, digits)}]",
+                _fmt(r[f"{metric}_seed_sd"], scale, digits),
+                f"{r['n_seeds']}/{r['seeds_expected']}" + ("" if r["complete"] else " †")]
+        if metric == "accuracy":
+            p = r.get("mcnemar_p")
+            line.append("—" if p is None or pd.isna(p) else f"{p:.3g} ({int(r['mcnemar_b'])}/{int(r['mcnemar_c'])})")
+        rows.append(line)
+    return header, rows
+
+
+def _chance_reference(summary: pd.DataFrame):
+    """The summary row whose ``random_*`` and ``centre_*`` values a table shows as its chance rows (every
+    row of one dataset and backbone has the same test images): the baseline's, else the first."""
+    base = summary[summary["ensemble"] == "baseline"]
+    return base.iloc[0] if len(base) else (summary.iloc[0] if len(summary) else None)
+
+
+def metrics_table(summary: pd.DataFrame, names: list[str]):
+    """One row per model variant, one column per metric: mean [95% CI]; then, for the metrics that have
+    one, a row per chance reference (the ``random`` and ``centre`` maps on the same images)."""
+    names = [m for m in names if m in summary and summary[m].notna().any()]
+    header = ["mask", "ensemble"] + names
+    rows = []
+    row_label = _row_labels(summary)
+    for _, r in summary.iterrows():
+        if r.get("selection") == NO_VAL:
+            rows.append([r["mask"], row_label[r["ensemble"]], NOT_POSSIBLE] + [""] * (len(names) - 1))
+            continue
+        cells = []
+        for metric in names:
+            _, scale, digits, _ = METRICS[metric]
+            if pd.isna(r.get(metric)):
+                cells.append("—")
+                continue
+            low, high = r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high")
+            mark = f" {BELOW_CHANCE}" if at_or_below_chance(r, metric) else ""
+            mark += f" {UNCHANGED}" if unchanged_by_randomisation(r, metric) else ""
+            cells.append(f"{_fmt(r[metric], scale, digits)} [{_fmt(low, scale, digits)}, {_fmt(high, scale, digits)}]"
+                         + mark)
+        rows.append([r["mask"], row_label[r["ensemble"]]] + cells)
+    reference = _chance_reference(summary)
+    for name in ("random", "centre"):
+        columns = [f"{name}_{metric}" for metric in names]
+        if reference is None or not any(c in reference and not pd.isna(reference.get(c)) for c in columns):
+            continue
+        cells = []
+        for metric, column in zip(names, columns):
+            _, scale, digits, _ = METRICS[metric]
+            value = reference.get(column)
+            cells.append("—" if value is None or pd.isna(value) else
+                         f"{_fmt(value, scale, digits)} [{_fmt(reference.get(column + '_ci_low'), scale, digits)}, "
+                         f"{_fmt(reference.get(column + '_ci_high'), scale, digits)}]")
+        rows.append(["", f"Chance: {name}"] + cells)
+    return header, rows
+
+
+def at_chance(df: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """One line per model whose test accuracy is not clearly above chance: its 95% CI reaches down to the
+    share of the commonest test class (what always guessing it scores)."""
+    lines = []
+    if "accuracy_ci_low" not in summary:
+        return lines
+    models = summary.drop_duplicates(["dataset", "backbone", "mask", "ensemble"])
+    labels = _row_labels(models) if len(models) else {}
+    for _, r in models.iterrows():
+        cells = df[(df["dataset"] == r["dataset"]) & (df["backbone"] == r["backbone"])]
+        majority = pd.to_numeric(cells["majority_share"], errors="coerce").max()
+        low = r.get("accuracy_ci_low")
+        if pd.isna(majority) or low is None or pd.isna(low) or low > majority:
+            continue
+        mask = "" if r["mask"] == "none" else f", mask {r['mask']}"
+        lines.append(f"{name_of(r['dataset'])} · {name_of(r['backbone'])}: {labels[r['ensemble']]}{mask} is at chance "
+                     f"on test: accuracy {_fmt(r['accuracy'], 100, 2)}% with its 95% CI from "
+                     f"{_fmt(low, 100, 2)}%, not above the commonest class's share ({_fmt(majority, 100, 2)}%)")
+    return lines
+
+
+def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | None = None):
+    """The leaderboard as ``(level, title, text or (header, rows))`` items, for markdown and HTML."""
+    items = []
+    for (dataset, backbone), group in summary.groupby(["dataset", "backbone"], sort=False):
+        seeds = sorted(df[(df["dataset"] == dataset) & (df["backbone"] == backbone)]["seed"].unique())
+        items.append((2, f"{dataset} · {backbone}", f"Seeds: {', '.join(map(str, seeds))}."))
+        models = group.drop_duplicates(["mask", "ensemble"])
+        paper = published_lookup(published, dataset)
+        title = "Accuracy (%) on raw test images" + (" · reproduced / published (Δ)" if paper else "")
+        items.append((3, title, table_one(models, "accuracy", paper)))
+        if paper:
+            items.append((4, "Published and reproduced", PUBLISHED_NOTE))
+        items.append((4, "Accuracy detail", detail_table(models, "accuracy")))
+        if group_columns(models) and models["worst_group_accuracy"].notna().any():
+            items.append((3, "Accuracy (%) by test group, and the worst group's", group_table(models)))
+        for explainer, sub in group[group["explainer"] != ""].groupby("explainer", sort=False):
+            explained = sub.drop_duplicates(["mask", "ensemble"])
+            items.append((3, f"{METRICS['jaccard'][3]} · {explainer}", table_one(explained, "jaccard")))
+            if "jaccard_val_tau" in explained and explained["jaccard_val_tau"].notna().any():
+                items.append((3, f"{METRICS['jaccard_val_tau'][3]} · {explainer}", table_one(explained, "jaccard_val_tau")))
+                labels = _row_labels(explained)
+                items.append((4, f"τ* by seed · {explainer}",
+                              [f"{labels[r['ensemble']]}, mask {r['mask']}: τ* = {r['tau_star']}"
+                               for _, r in explained.iterrows() if isinstance(r.get("tau_star"), str)]))
+            else:
+                items.append((4, f"{METRICS['jaccard_val_tau'][3]} · {explainer}",
+                              f"τ* (val): {NO_VAL}; the Jaccard above is at the fixed threshold only."))
+            items.append((4, f"Explanation metrics · {explainer}",
+                          metrics_table(explained, EXPLANATION_METRICS + SANITY_METRICS)))
+            items.append((4, f"Lift over the random map · {explainer}",
+                          metrics_table(explained, [f"lift_{m}" for m in EXPLANATION_METRICS])))
+            faithful = [c for m in FAITHFULNESS_METRICS for c in (m, f"random_{m}", f"lift_{m}")]
+            if any(c in explained and explained[c].notna().any() for c in faithful):
+                cells = df[(df["dataset"] == dataset) & (df["backbone"] == backbone) & (df["explainer"] == explainer)]
+                counts = sorted({int(n) for n in pd.to_numeric(cells["faithfulness_n"], errors="coerce").dropna()})
+                where = f" on {' / '.join(map(str, counts))} test images per seed" if counts else ""
+                items.append((4, f"Faithfulness · {explainer}{where} (deletion: lower is better)",
+                              metrics_table(explained, faithful)))
+            chains = sub[sub["segmenter"] != ""].groupby(["seeder", "segmenter"], sort=False)
+            for (seeder, segmenter), seg in chains:
+                items.append((3, f"{METRICS['seg_iou'][3]} · {explainer} → {seeder} → {segmenter}",
+                              table_one(seg, "seg_iou")))
+                items.append((4, f"Segmentation metrics · {explainer} → {seeder} → {segmenter}",
+                              metrics_table(seg, SEGMENTATION_METRICS)))
+    chance = at_chance(df, summary)
+    if chance:
+        items.append((2, "Models at chance", chance))
+    failures = df[df["status"] != Status.DONE]
+    if len(failures):
+        def cell(r):
+            parts = [r["dataset"], r["backbone"], f"seed={r['seed']}", r["mask"], r["ensemble"], r["explainer"],
+                     r["seeder"], r["segmenter"]]
+            return " ".join(str(p) for p in parts if p not in ("", None) and not pd.isna(p))
+
+        lines = [f"{cell(r)}: {r['error']}" for _, r in failures.iterrows()]
+        items.append((2, "Failed cells", lines))
+    return items
+
+
+NOTE = ("Values are means over seeds with a 95% bootstrap CI over test images in brackets; † marks a "
+        "configuration missing some seeds. Accuracy is measured on raw test images for every model and "
+        "ensemble; McNemar's exact test pools each seed's paired predictions against that seed's baseline. "
+        f"α* (val) is the mixing weight chosen per seed on validation accuracy (ties to the larger α), τ* the "
+        f"CAM threshold chosen on validation Jaccard; test is never read to choose. Chance rows are the "
+        f"random and centre maps on the same test images; {BELOW_CHANCE} marks a value no better than the "
+        f"random map's (its lift, metric − random's in the metric's better direction, is at most 0).")
+SANITY_NOTE = (f"sanity_spearman and sanity_ssim (protocol.sanity) compare each map with the same explainer's map "
+               f"of the model re-initialised from its target layer on (Adebayo et al. 2018; lower is better); "
+               f"{UNCHANGED} marks a mean Spearman above {sanity.UNCHANGED_SPEARMAN}: maps that do not depend on "
+               f"the model's learned top layers.")
+
+
+def note(summary: pd.DataFrame) -> str:
+    """The note under a leaderboard's title: how to read its values, and the sanity check's marks where
+    the run measured it."""
+    measured = "sanity_spearman" in summary and summary["sanity_spearman"].notna().any()
+    return NOTE + (" " + SANITY_NOTE if measured else "")
+PUBLISHED_NOTE = ("The published values are the paper's, whose α and best mask were read off the test set; they "
+                  "are compared with the reproduced fixed-α cells. The α* (val) row is chosen on validation and "
+                  "has no published counterpart.")
+
+
+def _md_table(header, rows) -> str:
+    def escape(value):
+        text = str(value).replace("|", "\\|")
+        return f"**{text}**" if isinstance(value, Best) else text
+
+    lines = ["| " + " | ".join(map(escape, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(escape, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench leaderboard",
+             published: pd.DataFrame | None = None, *, brief: bool = False, machines: str | None = None) -> str:
+    """The leaderboard in markdown; ``brief`` keeps only the accuracy tables and the failures; ``machines``
+    (``xaibench.machine.sentence``) says which machine computed the numbers, below the note."""
+    failed = int((df["status"] != Status.DONE).sum())
+    parts = [f"# {title}", "", f"{len(df)} cells, {failed} failed. {note(summary)}"]
+    if machines and not brief:
+        parts += ["", machines]
+    for level, heading, body in sections(df, summary, published):
+        if brief and (level > 2 and not heading.startswith("Accuracy (%)") or heading == "Models at chance"):
+            continue
+        parts += ["", "#" * level + " " + heading, ""]
+        if isinstance(body, tuple):
+            parts.append(_md_table(*body))
+        elif isinstance(body, list):
+            parts += [f"- {line}" for line in body]
+        else:
+            parts.append(body)
+    return "\n".join(parts) + "\n"
+
+
+def write(out_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench leaderboard",
+          published: pd.DataFrame | None = None, *, machines: str | None = None) -> list[Path]:
+    out_dir = Path(out_dir)
+    paths = [out_dir / "leaderboard.md", out_dir / "leaderboard.csv", out_dir / "leaderboard_summary.csv"]
+    atomic_write_text(paths[0], markdown(df, summary, title, published, machines=machines))
+    atomic_write_text(paths[1], df.drop(columns=["cell_id"]).to_csv(index=False))
+    atomic_write_text(paths[2], summary.to_csv(index=False))
+    return paths
