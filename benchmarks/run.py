@@ -70,7 +70,7 @@ def _run(grid_text: str, out: Path, registry=None) -> tuple[float, dict]:
     grid = out.parent / f"{out.name}.yaml"
     grid.write_text(grid_text)
     start = time.perf_counter()
-    summary = run(grid, out, progress=False, registry=registry, echo=lambda *a: None)
+    summary = run(grid, out, progress=False, registry=registry, echo=lambda *a: None).info
     return time.perf_counter() - start, summary
 
 
@@ -79,6 +79,7 @@ def train_throughput_ratio(epochs: int = 2, n: int = 512, size: int = 64) -> dic
 
     from xaibench.kit import registry
     from xaibench.pipeline.artifacts import Rows
+    from xaibench.pipeline.grid import TrainConfig
     from xaibench.pipeline.training import fit, to_tensor
 
     rng = np.random.default_rng(0)
@@ -91,8 +92,8 @@ def train_throughput_ratio(epochs: int = 2, n: int = 512, size: int = 64) -> dic
 
     def ours():
         torch.manual_seed(0)
-        fit(backbone.build(2), rows, labels, epochs=epochs, batch_size=32, lr=1e-3, weight_decay=0.0,
-            optimizer="adam", augment=False, seed=0, device="cpu")
+        fit(backbone.build(2), rows, labels, TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, augment=False), seed=0,
+            device="cpu")
 
     def plain():
         torch.manual_seed(0)
@@ -204,7 +205,7 @@ def quickstart(tmp: Path) -> dict:
     store.check_file = timed
     try:
         start = time.perf_counter()
-        summary = run(grid, tmp / "quickstart", progress=False, echo=lambda *a: None)
+        summary = run(grid, tmp / "quickstart", progress=False, echo=lambda *a: None).info
         rerun = time.perf_counter() - start
     finally:
         store.check_file = check

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from xaibench.pipeline.artifacts import ArrayFolderWriter, PackedMasks, Rows, read_array_folder, write_array_folder
+from xaibench.pipeline.artifacts import ArrayFolderWriter, PackedMasks, Rows, read_array_folder
+from xaibench.pipeline.grid import TrainConfig
 from xaibench.pipeline.training import fit
 
 
@@ -38,7 +39,10 @@ def test_rows_read_all_only_when_asked_and_refuse_a_truncated_file(array, tmp_pa
 
 def test_an_array_folder_appears_whole_or_not_at_all(tmp_path):
     folder = tmp_path / "split"
-    write_array_folder(folder, {"labels": np.arange(3), "images": np.zeros((3, 2, 2, 3), np.uint8)})
+    first = ArrayFolderWriter(folder)
+    first.save("labels", np.arange(3))
+    first.save("images", np.zeros((3, 2, 2, 3), np.uint8))
+    first.close()
     writer = ArrayFolderWriter(folder)
     column = writer.column("images", (3, 2, 2, 3), np.uint8)
     column[1] = 7
@@ -71,8 +75,8 @@ def test_training_from_rows_on_disk_equals_training_from_an_array(tmp_path):
         torch.manual_seed(0)
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                   torch.nn.Linear(4, 2))
-        fit(net, source, labels, epochs=2, batch_size=8, lr=1e-2, weight_decay=0.0, optimizer="adam", augment=True,
-            seed=1, device="cpu", subset=np.arange(3, 20))
+        fit(net, source, labels, TrainConfig(epochs=2, batch_size=8, lr=1e-2), seed=1, device="cpu",
+            subset=np.arange(3, 20))
         return net.state_dict()
 
     from_array, from_rows = train(images), train(Rows(tmp_path / "images.npy"))

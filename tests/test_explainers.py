@@ -202,6 +202,7 @@ LIBRARY_CAMS = {"gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "layerca
 def resnets(registry):
     """An untrained and a (briefly) trained resnet18, both built under a fixed seed."""
     from tests.conftest import BlobDataset
+    from xaibench.pipeline.grid import TrainConfig
     from xaibench.pipeline.training import fit
 
     backbone = registry.create("backbones", "resnet18")
@@ -211,8 +212,8 @@ def resnets(registry):
         untrained = backbone.build(2).eval()
         torch.manual_seed(0)
         trained = backbone.build(2)
-        fit(trained, np.stack([s.image for s in samples]), np.array([s.label for s in samples]), epochs=3,
-            batch_size=8, lr=1e-3, weight_decay=0.0, optimizer="adam", augment=False, seed=0, device="cpu")
+        fit(trained, np.stack([s.image for s in samples]), np.array([s.label for s in samples]),
+            TrainConfig(epochs=3, batch_size=8, lr=1e-3, augment=False), seed=0, device="cpu")
     return backbone, {"untrained": untrained, "trained": trained.eval()}
 
 

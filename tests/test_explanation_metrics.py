@@ -38,7 +38,7 @@ def test_dice_on_hand_computed_masks():
     [metrics.dice, metrics.roc_auc, metrics.average_precision, metrics.pointing_game, metrics.relevance_mass,
      metrics.relevance_rank, metrics.boundary_f1, metrics.threshold_sweep,
      lambda a, b: metrics.top_k_intersection(a, b, 1),
-     lambda a, b: metrics.explanation_scores(a, b, threshold=0.5), metrics.segmentation_scores],
+     lambda a, b: metrics.explanation_per_image(a, b, threshold=0.5), metrics.segmentation_per_image],
 )
 def test_shape_mismatch_is_an_error(fn):
     with pytest.raises(ValueError, match="differs"):
@@ -46,7 +46,7 @@ def test_shape_mismatch_is_an_error(fn):
 
 
 def test_fixed_binarisation_normalises_first():
-    assert metrics.binarise_fixed(RAMP * 3 + 7, 0.5)[0].ravel().tolist() == [v >= 7.5 for v in range(16)]
+    assert metrics.binarise(RAMP * 3 + 7, 0.5)[0].ravel().tolist() == [v >= 7.5 for v in range(16)]
 
 
 def test_top_percent_keeps_exactly_that_many_pixels():
@@ -152,7 +152,8 @@ def test_boundary_f1_by_hand():
 def test_explanation_scores_means_and_excluded_counts():
     maps = np.concatenate([CORNER.astype(float), RAMP, RAMP])
     truth = np.concatenate([CORNER, CORNER, EMPTY])
-    scores = metrics.explanation_scores(maps, truth, threshold=0.5)
+    scores = metrics.explanation_summary(metrics.explanation_per_image(maps, truth, threshold=0.5),
+                                         metrics.sweep_per_image(maps, truth))
     assert set(scores) == {f"{name}{suffix}" for name in [
         "jaccard", "dice", "jaccard_otsu", "jaccard_top20", "sweep_mean", "sweep_best", "roc_auc",
         "average_precision", "pointing_game", "relevance_mass", "relevance_rank"] for suffix in ("", "_excluded")}
@@ -172,12 +173,13 @@ def test_explanation_scores_means_and_excluded_counts():
 def test_segmentation_scores():
     pred = np.concatenate([CORNER, mask("...#", "...#", "....", "....")])
     truth = np.concatenate([CORNER, CORNER])
-    scores = metrics.segmentation_scores(pred, truth)
+    scores = metrics.summary(metrics.segmentation_per_image(pred, truth))
     assert scores["seg_iou"] == pytest.approx((1 + 2 / 4) / 2)
     assert scores["seg_dice"] == pytest.approx((1 + 2 * 2 / 6) / 2)
     assert scores["seg_boundary_f1"] == pytest.approx(1.0)  # within 2 px everywhere on a 4x4 image
     assert scores["seg_iou_excluded"] == scores["seg_dice_excluded"] == scores["seg_boundary_f1_excluded"] == 0
-    with_empty = metrics.segmentation_scores(np.concatenate([pred, CORNER]), np.concatenate([truth, EMPTY]))
+    with_empty = metrics.summary(metrics.segmentation_per_image(np.concatenate([pred, CORNER]),
+                                                                np.concatenate([truth, EMPTY])))
     assert with_empty["seg_iou_excluded"] == 1 and with_empty["seg_iou"] == pytest.approx(scores["seg_iou"])
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from xaibench.pipeline import faithfulness, metrics, scoring
+from xaibench.pipeline import faithfulness, metrics, schema, scoring
 from xaibench.pipeline.artifacts import Memo
 from xaibench.pipeline.store import save_arrays
 from xaibench.presentation import leaderboard
@@ -127,7 +127,7 @@ def test_chance_scores_are_the_random_and_centre_explainers_metrics(registry):
     for name in ("random", "centre"):
         maps = registry.create("explainers", name).explain(None, x, None, target_layers=[])
         expected = metrics.explanation_per_image(maps, references[index], threshold=0.5)
-        for metric in metrics.EXPLANATION_METRICS:
+        for metric in schema.names("explanation"):
             assert np.allclose(found[f"{name}_{metric}"], expected[metric], equal_nan=True), (name, metric)
     # a centred object: the centre prior beats noise
     assert np.nanmean(found["centre_jaccard"]) > np.nanmean(found["random_jaccard"])

@@ -111,7 +111,7 @@ def test_tiny_run_writes_results_and_a_rerun_trains_nothing(run_grid, capsys):
     assert "|  | white | blur |" in markdown and "| α=0.5 |" in markdown and "| Baseline |" in markdown
     # no val split: the validation choices say they were not possible; chance rows and faithfulness are there
     assert "| α* (val) | not possible (no val split) | not possible (no val split) |" in markdown
-    assert "τ* (val): not possible: no val split" in markdown
+    assert "τ* (val): not possible (no val split)" in markdown
     assert "| Chance: random |" in markdown and "| Chance: centre |" in markdown
     metrics = markdown.split("#### Explanation metrics · gradcam")[1].split("####")[0]
     assert "|  | Chance: random | " in metrics and "|  | Chance: centre | " in metrics  # the table of all metrics too

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from xaibench.errors import StageError, UserError
+from xaibench.pipeline.grid import TrainConfig
 from xaibench.pipeline.stages import masks_for_finetuning
 from xaibench.pipeline.training import _dihedral, fit
 
@@ -50,8 +51,8 @@ def _tiny_model():
 def _fit(model, seed, lr=0.1):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (12, 4, 4, 3), dtype=np.uint8)
-    return fit(model, images, np.arange(12) % 2, epochs=2, batch_size=4, lr=lr, weight_decay=0.0,
-               optimizer="sgd", augment=True, seed=seed, device="cpu")
+    return fit(model, images, np.arange(12) % 2, TrainConfig(epochs=2, batch_size=4, lr=lr, optimizer="sgd"), seed=seed,
+               device="cpu")
 
 
 def test_fit_is_deterministic_for_a_seed():
@@ -81,8 +82,8 @@ def test_bf16_autocast_and_channels_last_train(registry):
     torch.manual_seed(0)
     model = backbone.build(2)
     before = model.net.fc.weight.detach().clone()
-    stats = fit(model, images, np.arange(8) % 2, epochs=1, batch_size=4, lr=1e-3, weight_decay=0.0,
-                optimizer="adam", augment=True, seed=0, device="cpu", precision="bf16", channels_last=True)
+    stats = fit(model, images, np.arange(8) % 2, TrainConfig(epochs=1, batch_size=4, lr=1e-3, precision="bf16",
+                                                             channels_last=True), seed=0, device="cpu")
     assert all(np.isfinite(stats["epoch_losses"]))
     assert not torch.equal(before, model.net.fc.weight)
     assert model.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
@@ -138,8 +139,9 @@ def _train(net, checkpoint, stop_after=None, epochs=4):
         if stop_after is not None and seen[0] >= stop_after:
             raise KeyboardInterrupt
 
-    return fit(net, images, labels, epochs=epochs, batch_size=8, lr=1e-2, weight_decay=0.0, optimizer="adam",
-               augment=True, seed=3, device="cpu", progress=progress, checkpoint=checkpoint, checkpoint_every=1)
+    return fit(net, images, labels, TrainConfig(epochs=epochs, batch_size=8, lr=1e-2, checkpoint_every=1,
+                                                checkpoint_seconds=0.0),
+               seed=3, device="cpu", progress=progress, checkpoint=checkpoint)
 
 
 def test_an_interrupted_training_resumes_from_its_last_epoch_bitwise_identically(tmp_path):

@@ -1,6 +1,8 @@
 """Exceptions. ``UserError`` and its subclasses are mistakes a user can fix: the CLI prints them as one
 message and exits with code 2. Anything else escaping is a bug in xaibench or a plugin."""
 
+import errno
+
 
 class XaibenchError(Exception):
     """Base class of every error xaibench raises on purpose."""
@@ -47,7 +49,7 @@ class StageError(XaibenchError):
 
 
 class ContractViolation(XaibenchError):
-    """A component's output that breaks its kind's contract (``xaibench.contracts``): the message says what
+    """A component's output that breaks its kind's contract (``xaibench.kit.contracts``): the message says what
     was wrong, e.g. "3 of 9 points outside the 32×32 image, e.g. (42.5, 51.5)"."""
 
 
@@ -68,3 +70,22 @@ class ComponentError(XaibenchError):
 class WorkerLost(XaibenchError):
     """What an executor yields in place of a task's result when the worker running that task died (killed,
     or out of memory): the task failed, the other tasks go on."""
+
+
+# What libraries say when they wrap the OS's out-of-space error in their own (safetensors, sqlite).
+_OUT_OF_SPACE_TEXTS = ("No space left on device", "Disk quota exceeded", "database or disk is full")
+
+
+def out_of_space(exc: BaseException) -> str | None:
+    """What says the disk is full behind ``exc`` (itself, or what caused it), or None: an ``OSError`` with
+    ``ENOSPC`` or ``EDQUOT``, or a library's error whose text says so. A full disk is the machine's fault,
+    not a bug or the user's mistake: the work is retried once space is freed."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        if any(text in str(exc) for text in _OUT_OF_SPACE_TEXTS):
+            return f"{type(exc).__name__}: {exc}"
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -42,7 +42,7 @@ import numpy as np
 from xaibench.commands.data import checked_dataset, file_facts
 from xaibench.errors import UserError
 from xaibench.kit.contracts import capability
-from xaibench.text import text_table
+from xaibench.text import text_table, with_interval
 
 FILE_PROBES = ("original size", "aspect ratio", "file format", "colour mode", "JPEG quantisation")
 SAMPLE_PROBES = ("mean colour", "colour histogram", "high-frequency energy")
@@ -360,9 +360,8 @@ def table(result: dict) -> str:
         if not found.get("available"):
             rows.append([probe_name, "file", "not available", "", "", found.get("note", "")])
             continue
-        accuracy = found["accuracy"]
-        interval = "" if math.isnan(found["ci_low"]) else f" [{found['ci_low']:.3f}, {found['ci_high']:.3f}]"
-        rows.append([probe_name, found["kind"], f"{accuracy:.3f}{interval}", f"{found['majority_share']:.3f}",
+        accuracy = with_interval(found["accuracy"], found["ci_low"], found["ci_high"])
+        rows.append([probe_name, found["kind"], accuracy, f"{found['majority_share']:.3f}",
                      "" if math.isnan(found["p_value"]) else f"{found['p_value']:.2g}",
                      f"FLAGGED ({', '.join(found['flagged_by'])})" if found["flagged"] else found.get("note", "no")])
     lines += text_table(header, rows) + [""]

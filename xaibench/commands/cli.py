@@ -6,7 +6,6 @@ User mistakes print one ``error:`` message and exit with code 2; failed cells ex
 from __future__ import annotations
 
 import argparse
-import errno
 import inspect
 import json
 import os
@@ -22,9 +21,10 @@ from xaibench import machine
 from xaibench.commands import audit, data, export, loop
 from xaibench.commands.outputs import output_file
 from xaibench.commands.run import run
-from xaibench.errors import PluginError, UserError
+from xaibench.errors import PluginError, UserError, out_of_space
 from xaibench.kit.files import atomic_write_text
 from xaibench.kit.registry import KINDS, get_registry
+from xaibench.pipeline.plan import plan_loop
 from xaibench.presentation import latex, leaderboard, report
 from xaibench.text import text_table
 from xaibench.version import __version__
@@ -151,7 +151,7 @@ def _cmd_loop(args) -> int:
     out = _out_folder(args)
     if args.dry_run:
         registry = get_registry()
-        planner = loop.load_loop_grid(args.grid, registry, fetch=False)
+        planner = plan_loop(args.grid, registry, fetch=False)
         loop.apply_executor_override(planner.grid, _executor_override(args), registry)
         print(loop.describe(planner, verbose=args.verbose))
         return 0
@@ -182,13 +182,14 @@ def _read_csv(path: Path):
 def _cmd_run(args) -> int:
     out = _out_folder(args)
     executor = _executor_override(args)
-    summary = run(args.grid, out, dry_run=args.dry_run, retry_failed=args.retry_failed, executor_override=executor,
-                  progress=not args.quiet, rebuild_store=args.rebuild_store, verbose=args.verbose)
+    result = run(args.grid, out, dry_run=args.dry_run, retry_failed=args.retry_failed, executor_override=executor,
+                 progress=not args.quiet, rebuild_store=args.rebuild_store, verbose=args.verbose)
     if args.dry_run:
         return 0
-    df, table, published = summary.pop("_tables")
-    print(leaderboard.markdown(df, table, f"xaibench: {summary['grid']}", published, brief=True))
-    for line in leaderboard.at_chance(df, table):
+    summary = result.info
+    print(leaderboard.markdown(result.cells, result.summary, f"xaibench: {summary['grid']}", result.published,
+                               brief=True))
+    for line in leaderboard.at_chance(result.cells, result.summary):
         print(f"warning: {line}", file=sys.stderr)
     print(f"cells: {summary['cells_done']} done, {summary['cells_failed']} failed of {summary['cells']}; "
           f"trainings: {summary['trainings_run']} run, {summary['trainings_reused']} reused; "
@@ -396,15 +397,9 @@ def _write_output(path: Path, text: str) -> None:
     try:
         atomic_write_text(path, text)
     except OSError as exc:
-        if _out_of_space(exc):
+        if out_of_space(exc) is not None:
             raise
         raise UserError(f"--output {path}: cannot write it ({exc.strerror or exc}); choose another --output") from None
-
-
-def _out_of_space(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return "disk is full" in str(exc)
 
 
 def _warning_line(message, category, filename, lineno, line=None):
@@ -449,7 +444,7 @@ def main(argv=None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
     except (OSError, sqlite3.OperationalError) as exc:
-        if not _out_of_space(exc):
+        if out_of_space(exc) is None:
             raise
         print(f"error: no space left on the device ({exc}); free space or choose another --out, then run the same "
               f"command again: finished stages are kept", file=sys.stderr)

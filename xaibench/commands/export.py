@@ -39,7 +39,7 @@ from xaibench.kit.registry import get_registry
 from xaibench.pipeline import metrics
 from xaibench.pipeline.artifacts import Artifacts, unpack_masks
 from xaibench.pipeline.plan import plan_loop, plan_run
-from xaibench.pipeline.records import CELL_LABELS
+from xaibench.pipeline.records import CELL_LABELS, component_name
 from xaibench.pipeline.store import cell_file, load_arrays
 from xaibench.text import slug
 
@@ -88,7 +88,7 @@ def _reading(run_dir: Path, what: str):
 
 def _matches(labels: dict, wanted: dict[str, str]) -> bool:
     """A label matches its full text or its component name (``top-k`` matches ``top-k(k=3)``)."""
-    return all(str(labels.get(k)) == v or str(labels.get(k)).split("(", 1)[0] == v for k, v in wanted.items())
+    return all(str(labels.get(k)) == v or component_name(labels.get(k)) == v for k, v in wanted.items())
 
 
 class Tiles:

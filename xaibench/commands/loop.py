@@ -42,16 +42,10 @@ from xaibench.kit.registry import get_registry
 from xaibench.pipeline import exhibits
 from xaibench.pipeline.engine import RunFolder, apply_executor_override, execute
 from xaibench.pipeline.plan import Chain, LoopPlanner, not_fetched_lines, plan_loop
-from xaibench.pipeline.records import Failure, RunCounts, Status, failure_table
+from xaibench.pipeline.records import Failure, RoundRow, RunCounts, Status, failure_table
 from xaibench.pipeline.scoring import round_row
 from xaibench.presentation import figures, report
 from xaibench.presentation.loop_tables import METRICS, summarise, varying_labels
-
-
-def load_loop_grid(grid_path, registry, *, fetch: bool = True) -> LoopPlanner:
-    """Validate a grid for the loop; raises ``UserError`` and writes nothing (the device is checked when
-    the loop starts; ``fetch=False``, a dry run: downloads nothing either)."""
-    return plan_loop(grid_path, registry, fetch=fetch)
 
 
 def describe(planner: LoopPlanner, *, verbose: bool = False) -> str:
@@ -68,8 +62,8 @@ def describe(planner: LoopPlanner, *, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _write_tables(out_dir: Path, rows: list[dict], rounds: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    seeds = pd.DataFrame(rows)
+def _write_tables(out_dir: Path, rows: list[RoundRow], rounds: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    seeds = pd.DataFrame([row.as_dict() for row in rows])
     summary = summarise(seeds, rounds) if len(seeds) else pd.DataFrame()
     atomic_write_text(out_dir / "loop_seeds.csv", seeds.to_csv(index=False))
     atomic_write_text(out_dir / "loop.csv", summary.to_csv(index=False))
@@ -88,7 +82,7 @@ def loop(grid_path, out_dir, *, retry_failed: bool = False, executor_override: d
 
     started = time.perf_counter()
     registry = registry or get_registry()
-    planner = load_loop_grid(grid_path, registry)
+    planner = plan_loop(grid_path, registry)
     grid = planner.grid
     apply_executor_override(grid, executor_override, registry)
     rounds, rows, plans = grid.loop.rounds, [], {}
@@ -114,21 +108,21 @@ def loop(grid_path, out_dir, *, retry_failed: bool = False, executor_override: d
                 row = round_row(rp, failed, folder.artifacts, registry, cam_threshold=grid.protocol.cam_threshold,
                                 min_changed=grid.loop.min_changed)
                 rows.append(row)
-                if row["status"] == Status.FAILED:
+                if row.status == Status.FAILED:
                     failures.append(next((failed[k] for k in [*rp.model_keys, *rp.annotation_keys] if k in failed),
-                                         None) or Failure("scoring", "", row["error"]))
-                if row["status"] != Status.FAILED:
+                                         None) or Failure("scoring", "", row.error))
+                if row.status != Status.FAILED:
                     plans.setdefault(rp.chain, []).append(rp)
-                if round_ == rounds or row["status"] != Status.DONE:
+                if round_ == rounds or row.status != Status.DONE:
                     annotations.pop(rp.chain)
                 else:
                     annotations[rp.chain] = rp.accept
             seeds_table, summary = _write_tables(folder.out, rows, rounds)
         info = {
             "grid": grid.name, "chains": len(planner.chains), "rounds": rounds,
-            "chains_failed": int(sum(r["status"] == Status.FAILED for r in rows)),
-            "chains_converged": int(sum(r["status"] == Status.CONVERGED and r["round"] < rounds for r in rows)),
-            "chains_stopped": int(sum(r["status"] == Status.STOPPED and r["round"] < rounds for r in rows)),
+            "chains_failed": sum(r.status == Status.FAILED for r in rows),
+            "chains_converged": sum(r.status == Status.CONVERGED and r.round < rounds for r in rows),
+            "chains_stopped": sum(r.status == Status.STOPPED and r.round < rounds for r in rows),
             **counts.as_dict(), "device": folder.runner.device,
             "failures": failure_table(failures),
         }
@@ -147,7 +141,7 @@ def publish(folder: RunFolder, plans: dict, summary: pd.DataFrame, seeds_table: 
     drawn: list[Path] = []
     for name, draw in figures.loop_figures(out, summary, varying, METRICS, series):
         drawn += outputs.attempt(f"figures/{name}", draw, default=[])
-    figures.stale(out / "figures", "loop_*.png", drawn)
+    figures.remove_stale((out / "figures").glob("loop_*.png"), drawn)
     info.update({"wall_s": round(time.perf_counter() - started, 3), **machine.describe(),
                  "figures": [str(p.relative_to(out)) for p in drawn], "report": "loop_report.html",
                  "presentation_errors": outputs.summary()})

@@ -8,6 +8,7 @@ never costs the computed results.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -69,10 +70,22 @@ def failure_summary(plan: Plan, rows: list[CellRow], failed: dict[str, Failure])
                          for cp, row in zip(plan.cells, rows) if row.status == Status.FAILED)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What ``run`` returns. ``info``: the run's summary, as written to ``run.json`` (a dry run's: cells and
+    trainings planned). ``cells``, ``summary`` and ``published``: the frames the tables were drawn from
+    (None for a dry run), so the command prints its tables without scoring the run a second time."""
+
+    info: dict
+    cells: pd.DataFrame | None = None
+    summary: pd.DataFrame | None = None
+    published: pd.DataFrame | None = None
+
+
 def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False,
         executor_override: dict | None = None, registry=None, progress: bool = True, echo=print,
-        rebuild_store: bool = False, verbose: bool = False) -> dict:
-    """Run a grid into ``out_dir``; returns the run summary (also written to ``out_dir/run.json``).
+        rebuild_store: bool = False, verbose: bool = False) -> RunResult:
+    """Run a grid into ``out_dir``; returns its ``RunResult`` (its summary is also ``out_dir/run.json``).
 
     Every user error (bad grid, unknown component, missing files) is raised before anything is written.
     ``dry_run`` plans and prints a summary (every cell with ``verbose``) and writes nothing."""
@@ -82,7 +95,7 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
     apply_executor_override(grid, executor_override, registry)
     if dry_run:
         echo(describe_plan(grid, plan, verbose=verbose))
-        return {"cells": plan.n_cells, "trainings": plan.count(*TRAINING_KINDS), "dry_run": True}
+        return RunResult({"cells": plan.n_cells, "trainings": plan.count(*TRAINING_KINDS), "dry_run": True})
     with RunFolder(out_dir, grid_path, grid, registry, progress=progress, rebuild_store=rebuild_store) as folder:
         # Segment stages last: a seeder whose seeds failed is left out of its group's shared segment stage.
         before = execute({k: s for k, s in plan.stages.items() if s.kind != "segment"}, folder,
@@ -112,7 +125,8 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
         return publish(folder, plan, cells, files, info, started=started)
 
 
-def publish(folder: RunFolder, plan: Plan, cells: list[dict], files: dict, info: dict, *, started: float) -> dict:
+def publish(folder: RunFolder, plan: Plan, cells: list[dict], files: dict, info: dict, *,
+            started: float) -> RunResult:
     """Tables, figures, report and ``run.json`` of a finished execution: engine → scoring → tables →
     figures → report, each product on its own, so one that fails is recorded and the rest are written."""
     out, grid = folder.out, folder.grid
@@ -141,9 +155,7 @@ def publish(folder: RunFolder, plan: Plan, cells: list[dict], files: dict, info:
         title, df, summary, published=published, figures=drawn, run_info=info, grid_text=grid_text(folder))))
     info["presentation_errors"] = outputs.problems
     atomic_write_text(out / "run.json", json.dumps(info, indent=2))
-    # not in run.json: the frames the tables were drawn from, so the command prints them without scoring
-    # the run a second time
-    return {**info, "_tables": (df, summary, published)}
+    return RunResult(info, df, summary, published)
 
 
 def grid_text(folder: RunFolder) -> str:
@@ -167,8 +179,7 @@ def draw_figures(folder: RunFolder, plan: Plan, outputs: Outputs, *, key: str) -
     drawn: list[Path] = []
     for name, draw in figures.run_figures(out, masks, overlays, curves):
         drawn += outputs.attempt(f"figures/{name}", draw, default=[])
-    for stale in set(before) - set(drawn):
-        stale.unlink(missing_ok=True)
+    figures.remove_stale(before, drawn)
     index.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(index, json.dumps({"key": key if not outputs.problems else None,
                                          "files": [str(p.relative_to(out)) for p in drawn]}))

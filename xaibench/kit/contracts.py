@@ -474,6 +474,15 @@ def validate_ensemble(out, raw) -> None:
         raise ContractViolation("returned non-finite logits (NaN or inf)")
 
 
+def apply_ensemble(rule, raw, masked):
+    """The logits an ensemble ``rule`` mixes from the members' ``raw`` and ``masked`` logits, held to the
+    ensemble contract (``validate_ensemble``, raising ``ContractViolation``). Scoring, explanations and
+    figures all mix through this, so no caller skips the check."""
+    out = rule(raw, masked)
+    validate_ensemble(out, raw)
+    return out
+
+
 def validate_maps(maps, batch: int, height: int, width: int) -> None:
     """An explainer's output: a float32 numpy array (batch, height, width), finite, in [0, 1]."""
     if not isinstance(maps, np.ndarray) or maps.dtype != np.float32 or maps.shape != (batch, height, width):

@@ -20,16 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from xaibench.pipeline.plan import KINDS
 from xaibench.pipeline.store import load_arrays
 
 SPLITS = ("train", "val", "test")
-SUFFIX = {"train": ".safetensors", "finetune": ".safetensors", "data": "", "explain": ""}
-FOLDER = {"train": "models", "finetune": "models"}
-# The arrays of each array-folder kind (what a complete folder holds).
-FOLDER_ARRAYS = {
-    "data": ("images", "labels", "masks", "references", "has_mask", "has_reference", "ids", "groups", "classes"),
-    "explain": ("maps", "index"),
-}
 # Rows read at a time where a stage or scoring passes over a whole split's maps or masks (a few MB at any
 # image size in use), so the maps and masks of a whole split are never in memory together.
 CHUNK = 256
@@ -116,21 +110,6 @@ class Rows:
         return data if dtype is None else data.astype(dtype)
 
 
-def write_array_folder(folder: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write each array as ``<name>.npy`` into a temporary folder beside ``folder`` and rename it into
-    place (replacing an older one), so a reader sees a whole folder or none."""
-    writer = ArrayFolderWriter(folder)
-    try:
-        for name, value in arrays.items():
-            if np.asarray(value).dtype == object:
-                raise TypeError(f"array {name!r} has dtype object; store plain numeric or string arrays")
-            writer.save(name, value)
-        writer.close()
-    except BaseException:
-        writer.abandon()
-        raise
-
-
 class ArrayFolderWriter:
     """Builds an array folder row by row: ``column(name, shape, dtype)`` opens a ``.npy`` of that shape in
     a staging folder, rows are assigned into it (``writer[name][i] = row``), and ``close()`` renames the
@@ -215,16 +194,17 @@ class Artifacts:
         self._data: dict[str, dict] = {}
 
     def path(self, kind: str, key: str, split: str | None = None) -> Path:
-        suffix = SUFFIX.get(kind, ".npz")
-        name = f"{key}.{split}{suffix}" if split else f"{key}{suffix}"
-        return self.cache / FOLDER.get(kind, kind) / name
+        stage_kind = KINDS[kind]
+        name = f"{key}.{split}{stage_kind.suffix}" if split else f"{key}{stage_kind.suffix}"
+        return self.cache / stage_kind.directory / name
 
     def files(self, kind: str, key: str) -> list[Path]:
         """Every file the stage ``kind``/``key`` writes."""
+        arrays = KINDS[kind].arrays
         if kind == "data":
-            return [self.path("data", key, s) / f"{name}.npy" for s in SPLITS for name in FOLDER_ARRAYS["data"]]
-        if kind in FOLDER_ARRAYS:
-            return [self.path(kind, key) / f"{name}.npy" for name in FOLDER_ARRAYS[kind]]
+            return [self.path("data", key, s) / f"{name}.npy" for s in SPLITS for name in arrays]
+        if arrays:
+            return [self.path(kind, key) / f"{name}.npy" for name in arrays]
         return [self.path(kind, key)]
 
     def exists(self, kind: str, key: str) -> bool:
@@ -251,7 +231,7 @@ class Artifacts:
 
     def load(self, kind: str, key: str) -> dict:
         """A stage's arrays: an ``.npz`` loaded, an array folder opened (``read_array_folder``)."""
-        if kind in FOLDER_ARRAYS:
+        if KINDS[kind].arrays:
             return read_array_folder(self.path(kind, key))
         return load_arrays(self.path(kind, key))
 

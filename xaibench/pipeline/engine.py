@@ -252,7 +252,7 @@ def execute(stages: dict[str, Stage], folder: RunFolder, *, retry_failed: bool =
     already known (earlier rounds of the loop), whose dependants are skipped too."""
     from tqdm.auto import tqdm
 
-    store, runner = folder.store, folder.runner
+    store = folder.store
     counts = RunCounts()
     known = dict(failed or {})
     failed_now: dict[str, Failure] = {}
@@ -309,14 +309,10 @@ def execute(stages: dict[str, Stage], folder: RunFolder, *, retry_failed: bool =
     return Execution(counts, failed_now)
 
 
-# Rough relative cost of each stage kind: what the dependency-driven scheduler starts first when several
-# stages are ready (the longest chain of expected work below a stage goes first).
-EXPECTED_COST = {"train": 100.0, "finetune": 60.0, "segment": 10.0, "faithfulness": 8.0, "explain": 5.0, "sanity": 5.0,
-                 "data": 3.0, "logits": 2.0, "seeds": 1.0, "accept": 1.0}
-
-
 def expected_cost(stage: Stage) -> float:
-    return EXPECTED_COST.get(stage.kind, 1.0)
+    """What the dependency-driven scheduler starts first when several stages are ready: the stage kind's
+    rough cost (``plan.StageKind.cost``), summed along the longest chain of work below a stage."""
+    return stage.expected_cost
 
 
 def priorities(stages: list, cost=expected_cost) -> dict[str, float]:

@@ -12,11 +12,12 @@ import math
 import numpy as np
 import pandas as pd
 
-from xaibench.kit.contracts import capability
+from xaibench.kit.contracts import apply_ensemble, capability
 from xaibench.pipeline.artifacts import Artifacts, Memo, unpack_masks
 from xaibench.pipeline.metrics import accuracy, iou
 from xaibench.pipeline.plan import Plan, RoundPlan
-from xaibench.pipeline.records import AnnotationSeries, MaskExamples, OverlayPanel, Overlays, variant_label
+from xaibench.pipeline.records import (AnnotationSeries, MaskExamples, OverlayPanel, Overlays, component_label,
+                                       variant_label)
 from xaibench.pipeline.training import to_tensor
 
 
@@ -123,7 +124,7 @@ def alpha_curves(plan: Plan, artifacts: Artifacts, registry, *, step: float = AL
         if parameter is None:
             continue
         rule = {k: v for k, v in ensemble.params.items() if k != parameter}
-        rule_label = ensemble.name + (f"({','.join(f'{k}={v}' for k, v in sorted(rule.items()))})" if rule else "")
+        rule_label = component_label(ensemble.name, rule)
         key = (cp.data, cp.cell.backbone, cp.cell.mask, rule_label, cp.cell.seed)
         if key in seen:
             continue
@@ -133,7 +134,8 @@ def alpha_curves(plan: Plan, artifacts: Artifacts, registry, *, step: float = AL
         masked = torch.from_numpy(memo("logits", cp.masked_logits)["test"])
         baseline = accuracy(raw.numpy(), labels)
         for a in alphas:
-            mixed = registry.create("ensembles", ensemble.name, **{**rule, parameter: float(a)})(raw, masked)
+            mixed = apply_ensemble(registry.create("ensembles", ensemble.name, **{**rule, parameter: float(a)}), raw,
+                                   masked)
             rows.append({"dataset": cp.cell.dataset.name, "backbone": cp.labels["backbone"],
                          "mask": cp.labels["mask"], "rule": rule_label, "seed": cp.cell.seed, "alpha": float(a),
                          "accuracy": accuracy(mixed.detach().numpy(), labels), "baseline": baseline})

@@ -27,10 +27,6 @@ import math
 
 import numpy as np
 
-# deletion is lower-is-better; every other score here is higher-is-better
-LOWER_IS_BETTER = frozenset({"deletion"})
-NAMES = ("deletion", "insertion", "road")
-
 
 def subset(n: int, images: int) -> np.ndarray:
     """The positions of ``images`` of ``n`` explained images, evenly spaced (all of them for 0 or ``n`` or

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from xaibench.errors import ComponentParamsError, GridError, UserError
 from xaibench.kit.contracts import OPTIONAL, capability
+from xaibench.pipeline.records import component_label
 
 MAX_SEED = 2**32 - 1
 
@@ -112,9 +113,10 @@ NotBoolean = pydantic.BeforeValidator(_not_boolean)
 
 
 class TrainConfig(pydantic.BaseModel):
-    """Optimisation settings of one training stage."""
+    """Optimisation settings of one training stage: what ``training.fit`` trains with (frozen: a stage
+    spec holds it)."""
 
-    model_config = STRICT
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
     epochs: Annotated[int, NotBoolean, Field(ge=1)] = 5
     batch_size: Annotated[int, NotBoolean, Field(ge=1)] = 32
@@ -279,8 +281,7 @@ class Choice:
 
     def __post_init__(self):
         object.__setattr__(self, "json", canonical_json(self.ident))
-        inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        object.__setattr__(self, "label", f"{self.name}({inner})" if self.params else self.name)
+        object.__setattr__(self, "label", component_label(self.name, self.params))
         object.__setattr__(self, "_hash", hash(self.json))
 
     @property

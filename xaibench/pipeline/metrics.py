@@ -23,9 +23,6 @@ import numpy as np
 VALUE_RESOLUTION = 1e-6
 
 DEFAULT_SWEEP = np.linspace(0.05, 0.95, 19)
-# The image-level localisation metrics of ``explanation_per_image`` (every one higher-is-better).
-EXPLANATION_METRICS = ("jaccard", "dice", "jaccard_otsu", "jaccard_top20", "roc_auc", "average_precision",
-                       "pointing_game", "relevance_mass", "relevance_rank")
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -121,11 +118,6 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 # -- binarisation ----------------------------------------------------------------------------------------
-
-
-def binarise_fixed(maps: np.ndarray, value: float) -> np.ndarray:
-    """bool (N, H, W): normalised map >= ``value`` (same as ``binarise``)."""
-    return binarise(maps, value)
 
 
 def binarise_top_percent(maps: np.ndarray, p: float) -> np.ndarray:
@@ -328,7 +320,7 @@ def explanation_per_image(maps: np.ndarray, masks: np.ndarray, *, threshold: flo
     20 % of pixels), ``roc_auc``, ``average_precision``, ``pointing_game``, ``relevance_mass``,
     ``relevance_rank``."""
     maps, masks = _pair(maps, masks)
-    fixed = binarise_fixed(maps, threshold)
+    fixed = binarise(maps, threshold)
     return {
         "jaccard": iou(fixed, masks),
         "dice": dice(fixed, masks),
@@ -342,17 +334,9 @@ def explanation_per_image(maps: np.ndarray, masks: np.ndarray, *, threshold: flo
     }
 
 
-def explanation_scores(maps: np.ndarray, masks: np.ndarray, *, threshold: float) -> dict[str, float]:
-    """Mean of every explanation metric over the images, and ``<name>_excluded``: how many images gave NaN.
-
-    The keys of ``explanation_per_image``, plus ``sweep_mean`` and ``sweep_best`` (``threshold_sweep``'s
-    curve mean and maximum over the whole set); the sweep's ``_excluded`` counts images with an empty mask."""
-    maps, masks = _pair(maps, masks)
-    return explanation_summary(explanation_per_image(maps, masks, threshold=threshold), sweep_per_image(maps, masks))
-
-
 def explanation_summary(per_image: dict[str, np.ndarray], sweep: np.ndarray) -> dict[str, float]:
-    """``explanation_scores`` from the per-image scores and ``sweep_per_image`` of the same images (which
+    """Mean of every explanation metric over the images, and ``<name>_excluded``: how many images gave NaN,
+    from the per-image scores and ``sweep_per_image`` of the same images (which
     may have been computed chunk by chunk and concatenated)."""
     out = summary(per_image)
     _, _, best, curve_mean = sweep_summary(sweep)
@@ -365,8 +349,3 @@ def segmentation_per_image(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.
     """Per-image ``seg_iou``, ``seg_dice`` and ``seg_boundary_f1`` (tolerance 2 px) of bool (N, H, W)."""
     pred, truth = _pair(np.asarray(pred, dtype=bool), truth, "prediction")
     return {"seg_iou": iou(pred, truth), "seg_dice": dice(pred, truth), "seg_boundary_f1": boundary_f1(pred, truth)}
-
-
-def segmentation_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Means of ``segmentation_per_image``'s scores, each with ``<name>_excluded`` (NaN, empty-truth images)."""
-    return summary(segmentation_per_image(pred, truth))

@@ -30,11 +30,10 @@ from typing import Union
 
 from xaibench.errors import GridError, NotFetched, UserError
 from xaibench.kit.contracts import capability
-from xaibench.pipeline.grid import (SECTION_KIND, Cell, Choice, Grid, all_choices, digest, expand, iter_cells, label_of,
-                                    load_grid)
+from xaibench.pipeline.grid import (SECTION_KIND, Cell, Choice, Grid, TrainConfig, all_choices, digest, expand,
+                                    iter_cells, label_of, load_grid)
 from xaibench.pipeline.records import CELL_LABELS
 
-TRAINING_KINDS = ("train", "finetune")
 # Bump when the data stage writes other arrays (2: each sample's group), so data folders are written again.
 DATA_FORMAT = 2
 # Bump when the faithfulness stage computes something else, so its artifacts are made again.
@@ -92,7 +91,7 @@ class TrainSpec:
     backbone: Choice
     data: str
     seed: int
-    train: dict  # grid.TrainConfig, dumped: the keyword arguments of training.fit
+    train: TrainConfig  # what training.fit trains with
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +101,7 @@ class FinetuneSpec:
     init: str  # the baseline's train key
     mask: Choice
     seed: int
-    train: dict
+    train: TrainConfig
     missing_mask: str
     annotations: str | None = None  # an accept stage's key; None: the dataset's own annotations
 
@@ -179,9 +178,44 @@ class AcceptSpec:
 
 StageSpec = Union[DataSpec, TrainSpec, FinetuneSpec, LogitsSpec, ExplainSpec, FaithfulnessSpec, SanitySpec, SeedsSpec,
                   SegmentSpec, AcceptSpec]
-SPEC_KIND = {DataSpec: "data", TrainSpec: "train", FinetuneSpec: "finetune", LogitsSpec: "logits",
-             ExplainSpec: "explain", FaithfulnessSpec: "faithfulness", SanitySpec: "sanity", SeedsSpec: "seeds", SegmentSpec: "segment",
-             AcceptSpec: "accept"}
+
+
+@dataclasses.dataclass(frozen=True)
+class StageKind:
+    """What one kind of stage is. ``name``: in stage keys, labels and the cache's folder names. ``cost``:
+    its rough cost relative to the other kinds (the scheduler starts the longest chain of expected work
+    first). ``trains``: it trains a model. Its artifact: one file ``<key><suffix>`` in the cache folder
+    ``folder`` (default: the name), or, with ``arrays``, an array folder holding those arrays (one per
+    split for ``data``). The stage runner's table (``stages.RUNS``) is keyed by the same spec types."""
+
+    name: str
+    cost: float
+    trains: bool = False
+    suffix: str = ".npz"
+    folder: str = ""
+    arrays: tuple[str, ...] = ()
+
+    @property
+    def directory(self) -> str:
+        return self.folder or self.name
+
+
+STAGE_KINDS: dict[type, StageKind] = {
+    DataSpec: StageKind("data", 3.0, suffix="", arrays=("images", "labels", "masks", "references", "has_mask",
+                                                        "has_reference", "ids", "groups", "classes")),
+    TrainSpec: StageKind("train", 100.0, trains=True, suffix=".safetensors", folder="models"),
+    FinetuneSpec: StageKind("finetune", 60.0, trains=True, suffix=".safetensors", folder="models"),
+    LogitsSpec: StageKind("logits", 2.0),
+    ExplainSpec: StageKind("explain", 5.0, suffix="", arrays=("maps", "index")),
+    FaithfulnessSpec: StageKind("faithfulness", 8.0),
+    SanitySpec: StageKind("sanity", 5.0),
+    SeedsSpec: StageKind("seeds", 1.0),
+    SegmentSpec: StageKind("segment", 10.0),
+    AcceptSpec: StageKind("accept", 1.0),
+}
+# The same kinds by name (what artifacts and the store are addressed by).
+KINDS: dict[str, StageKind] = {kind.name: kind for kind in STAGE_KINDS.values()}
+TRAINING_KINDS = tuple(kind.name for kind in STAGE_KINDS.values() if kind.trains)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +227,11 @@ class Stage:
 
     @property
     def kind(self) -> str:
-        return SPEC_KIND[type(self.spec)]
+        return STAGE_KINDS[type(self.spec)].name
+
+    @property
+    def expected_cost(self) -> float:
+        return STAGE_KINDS[type(self.spec)].cost
 
 
 # -- cells and their stages --------------------------------------------------------------------------------
@@ -360,7 +398,7 @@ class PlanBuilder:
     def add(self, kind, ident, label, deps, spec) -> str:
         key = digest([kind, ident])
         if key not in self.stages:
-            assert SPEC_KIND[type(spec)] == kind
+            assert STAGE_KINDS[type(spec)].name == kind
             self.stages[key] = Stage(key, label, tuple(deps), spec)
         return key
 
@@ -387,7 +425,7 @@ class PlanBuilder:
         return self._once(("train", data, cell.backbone, cell.seed), lambda: self.add(
             "train", [data, cell.backbone.ident, self.version("backbones", cell.backbone), train, cell.seed],
             f"train {cell.backbone.name} on {cell.dataset.name} seed={cell.seed}", [data],
-            TrainSpec(cell.backbone, data, cell.seed, self.grid.train.model_dump())))
+            TrainSpec(cell.backbone, data, cell.seed, self.grid.train)))
 
     def logits(self, cell: Cell, model: str, data: str, what: str) -> str:
         """A model's logits on the test and the val split (α* is chosen on val)."""
@@ -411,7 +449,7 @@ class PlanBuilder:
         return self.add("finetune", ident,
                         f"finetune on {cell.mask.name}-masked {cell.dataset.name}{round_label} seed={cell.seed}",
                         deps, FinetuneSpec(cell.backbone, data, raw, cell.mask, cell.seed,
-                                           self.grid.finetune.model_dump(), missing, annotations))
+                                           self.grid.finetune, missing, annotations))
 
     def model_ref(self, ensemble: Choice | None, raw: str, masked: str | None) -> ModelRef:
         """The model an explanation is taken of: a single model where the ensemble rule reduces to one."""

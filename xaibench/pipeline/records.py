@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -74,6 +75,24 @@ class CellRow:
     error: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class RoundRow:
+    """One loop chain's record of one round (a row of ``loop_seeds.csv``): its labels
+    (``CHAIN_CONFIG_LABELS`` and seed), round, status, measurements (``scoring.round_scores``; none where
+    the round's model failed) and the error of a failed round."""
+
+    labels: dict
+    round: int
+    status: Status
+    scores: dict = dataclasses.field(default_factory=dict)
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        """The row as ``loop_seeds.csv`` writes it: labels, round, status, measurements, error."""
+        return {**self.labels, "round": self.round, "status": self.status.value, **self.scores,
+                **({"error": self.error} if self.error is not None else {})}
+
+
 @dataclasses.dataclass
 class RunCounts:
     """How many stages a command ran, reused and saw fail; trainings among them."""
@@ -90,6 +109,19 @@ class RunCounts:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def component_label(name: str, params: Mapping) -> str:
+    """How a component choice is named in cell labels, tables and file names: its name with its
+    parameters sorted by name, ``top-k(k=3,min_distance=12)``, or the name alone where it has none.
+    ``component_name`` reads the name back."""
+    inner = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return f"{name}({inner})" if params else name
+
+
+def component_name(label) -> str:
+    """The component name of a ``component_label``: ``top-k`` of ``top-k(k=3)``."""
+    return str(label).split("(", 1)[0]
 
 
 def variant_label(ensemble: str, alpha) -> str:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-NAMES = ("sanity_spearman", "sanity_ssim")
+from xaibench.pipeline import schema
+
 # Above this mean Spearman the maps barely change when the top layers are re-initialised: marked.
 UNCHANGED_SPEARMAN = 0.9
 SEED = 42  # Quantus's default MPRT seed
@@ -62,7 +63,7 @@ def similarity(trained: np.ndarray, randomised: np.ndarray) -> dict[str, np.ndar
     if trained.shape != randomised.shape:
         raise ValueError(f"maps of shape {trained.shape} and {randomised.shape} cannot be compared")
     count = len(trained)
-    out = {name: np.full(count, np.nan) for name in NAMES}
+    out = {name: np.full(count, np.nan) for name in schema.names("sanity")}
     for i in range(count):
         a, b = trained[i].astype(np.float64), randomised[i].astype(np.float64)
         if a.max() == a.min() or b.max() == b.min():

@@ -11,22 +11,18 @@ from __future__ import annotations
 import numpy as np
 
 from xaibench.errors import ComponentError, ContractViolation
-from xaibench.kit.contracts import validate_ensemble
-from xaibench.pipeline import faithfulness, metrics, sanity, stats
+from xaibench.kit.contracts import apply_ensemble
+from xaibench.pipeline import metrics, schema, stats
 from xaibench.pipeline.artifacts import CHUNK, Artifacts, Memo, PackedMasks, unpack_masks
 from xaibench.pipeline.grid import Choice, digest
 from xaibench.pipeline.plan import CellPlan, Plan, RoundPlan
-from xaibench.pipeline.records import CellRow, Failure, Status
+from xaibench.pipeline.records import CellRow, Failure, RoundRow, Status
 from xaibench.pipeline.store import Store, file_digest, save_arrays
 from xaibench.pipeline.training import to_tensor
 
 # Bump when scoring changes, so cells scored by an older xaibench are scored again.
 SCORING_VERSION = 2
 
-# The reference explainers every explanation is read against (no model: cheap), and the metrics that get a
-# chance level and a lift over ``random``.
-CHANCE = ("random", "centre")
-CHANCE_METRICS = metrics.EXPLANATION_METRICS
 
 
 def mixed_logits(ensemble: Choice | None, registry, raw: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
@@ -36,10 +32,8 @@ def mixed_logits(ensemble: Choice | None, registry, raw: np.ndarray, masked: np.
     import torch
 
     rule = registry.create("ensembles", ensemble.name, **ensemble.params)
-    raw_logits = torch.from_numpy(raw)
-    out = rule(raw_logits, torch.from_numpy(masked))
     try:
-        validate_ensemble(out, raw_logits)
+        out = apply_ensemble(rule, torch.from_numpy(raw), torch.from_numpy(masked))
     except ContractViolation as exc:
         raise ComponentError(registry.who("ensembles", ensemble.name, ensemble.label), str(exc)) from None
     return out.detach().numpy()
@@ -88,12 +82,11 @@ def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_thr
         out["jaccard_n"] = int(np.isfinite(scores["jaccard"]).sum())
         per_image.update(explained_index=explained["index"], **scores)
         chance = chance_scores(cp.data, explained["index"], test, memo, registry, cam_threshold)
-        for name in CHANCE_METRICS:
-            lift = scores[name] - chance[f"random_{name}"]
-            per_image.update({f"random_{name}": chance[f"random_{name}"], f"centre_{name}": chance[f"centre_{name}"],
-                              f"lift_{name}": lift})
-            for prefix in ("random_", "centre_", "lift_"):
-                out[f"{prefix}{name}"] = metrics.mean_excluding_nan(per_image[f"{prefix}{name}"])[0]
+        for metric in schema.family("explanation"):
+            per_image.update({c: chance[c] for c in metric.chance_columns()[:-1]})
+            lift_over = chance[f"{schema.LIFT_OVER}_{metric.name}"]
+            per_image[f"lift_{metric.name}"] = metric.lift(scores[metric.name], lift_over)
+            out.update({c: metrics.mean_excluding_nan(per_image[c])[0] for c in metric.chance_columns()})
         if cp.explain_val:
             tau, at_tau = validation_threshold(memo("explain", cp.explain_val), artifacts.data(cp.data, "val"), sweep)
             out.update(tau_star=tau, jaccard_val_tau=metrics.mean_excluding_nan(at_tau)[0])
@@ -101,17 +94,17 @@ def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_thr
     if cp.faithfulness:
         found = memo("faithfulness", cp.faithfulness)
         out["faithfulness_n"] = int(len(found["index"]))
-        for name in faithfulness.NAMES:
+        for metric in schema.family("faithfulness"):
             # lift: the improvement over the random map's, in the metric's better direction
-            lift = (found[f"random_{name}"] - found[name]) if name in faithfulness.LOWER_IS_BETTER \
-                else (found[name] - found[f"random_{name}"])
-            per_image.update({name: found[name], f"random_{name}": found[f"random_{name}"], f"lift_{name}": lift})
-            for prefix in ("", "random_", "lift_"):
-                out[f"{prefix}{name}"] = metrics.mean_excluding_nan(per_image[f"{prefix}{name}"])[0]
+            per_image.update({c: found[c] for c in [metric.name, *metric.chance_columns()[:-1]]})
+            lift_over = found[f"{schema.LIFT_OVER}_{metric.name}"]
+            per_image[f"lift_{metric.name}"] = metric.lift(found[metric.name], lift_over)
+            for column in [metric.name, *metric.chance_columns()]:
+                out[column] = metrics.mean_excluding_nan(per_image[column])[0]
     if cp.sanity:
         found = memo("sanity", cp.sanity)
         out["sanity_n"] = int(np.isfinite(found["sanity_spearman"]).sum())
-        for name in sanity.NAMES:
+        for name in schema.names("sanity"):
             per_image[name] = found[name]
             out[name] = metrics.mean_excluding_nan(found[name])[0]
     if cp.segment:
@@ -120,10 +113,13 @@ def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_thr
         masks = PackedMasks(segmented["masks"][cp.segment_index], segmented["width"])  # this cell's seeder
         chunks = [metrics.segmentation_per_image(masks[start:start + CHUNK], test["references"][index[start:start + CHUNK]])
                   for start in range(0, len(index), CHUNK)]
-        scores = _concatenate(chunks, ("seg_iou", "seg_dice", "seg_boundary_f1"))
+        scores = _concatenate(chunks, schema.names("segmentation"))
         out.update(metrics.summary(scores))
         out["seg_n"] = int(np.isfinite(scores["seg_iou"]).sum())
         per_image.update(scores)
+    undeclared = schema.undeclared(out)
+    if undeclared:  # a metric computed here that leaderboard.csv has no column for
+        raise KeyError(f"scoring produced {', '.join(undeclared)}, which xaibench.pipeline.schema does not declare")
     return out, per_image
 
 
@@ -165,13 +161,13 @@ def validation_threshold(val_explained: dict, val: dict, test_sweep: np.ndarray)
 
 
 def chance_scores(data: str, index: np.ndarray, test: dict, memo: Memo, registry, cam_threshold: float) -> dict:
-    """Per-image scores of the ``random`` and ``centre`` explainers (``CHANCE``) on the test images
+    """Per-image scores of the ``random`` and ``centre`` explainers (``schema.CHANCE_EXPLAINERS``) on the test images
     ``index``: ``{"random_<metric>", "centre_<metric>"}``, worked out once per data set and images."""
     key = ("chance", data, index.tobytes())
     if key not in memo.loaded:
         references = test["references"]
         found: dict[str, list] = {}
-        for name in CHANCE:
+        for name in schema.CHANCE_EXPLAINERS:
             explainer = registry.create("explainers", name)
             chunks = []
             for start in range(0, len(index), CHUNK):
@@ -180,8 +176,8 @@ def chance_scores(data: str, index: np.ndarray, test: dict, memo: Memo, registry
                 maps = explainer.explain(None, images, None, target_layers=[])
                 chunks.append(metrics.explanation_per_image(np.asarray(maps, dtype=np.float32), references[rows],
                                                             threshold=cam_threshold))
-            merged = _concatenate(chunks, CHANCE_METRICS)
-            found.update({f"{name}_{metric}": merged[metric] for metric in CHANCE_METRICS})
+            merged = _concatenate(chunks, schema.names("explanation"))
+            found.update({f"{name}_{metric}": merged[metric] for metric in schema.names("explanation")})
         memo.loaded[key] = found
     return memo.loaded[key]
 
@@ -234,7 +230,7 @@ def round_scores(rp: RoundPlan, artifacts: Artifacts, registry, cam_threshold: f
     logits = mixed_logits(rp.chain.cell.ensemble, registry, raw, masked)
     explained = artifacts.load("explain", rp.explain_test)
     truth = test["references"][explained["index"]]
-    jaccard = metrics.iou(metrics.binarise_fixed(np.asarray(explained["maps"], dtype=np.float32), cam_threshold), truth)
+    jaccard = metrics.iou(metrics.binarise(np.asarray(explained["maps"], dtype=np.float32), cam_threshold), truth)
     index = np.flatnonzero(train["has_mask"])  # the explained, segmented and renewed training images
     references = train["references"][index]
     current = artifacts.annotations(rp.data, rp.annotations)[index]
@@ -257,23 +253,20 @@ def round_scores(rp: RoundPlan, artifacts: Artifacts, registry, cam_threshold: f
 
 
 def round_row(rp: RoundPlan, failed: dict[str, Failure], artifacts: Artifacts, registry, *, cam_threshold: float,
-              min_changed: float) -> dict:
+              min_changed: float) -> RoundRow:
     """One chain's row of one round: its labels, measurements and status: done; converged when the round
     changed no annotation; stopped when it changed at most ``min_changed`` of them; failed with the error
     (with the model's measurements where only the round's annotation stages failed)."""
-    row = {**rp.labels, "round": rp.round, "status": Status.DONE.value}
     broken = [failed[k] for k in rp.model_keys if k in failed]
     if broken:
-        return {**row, "status": Status.FAILED.value, "error": broken[0].line()}
+        return RoundRow(rp.labels, rp.round, Status.FAILED, error=broken[0].line())
     try:
         scores = round_scores(rp, artifacts, registry, cam_threshold, failed)
     except Exception as exc:  # a scoring bug fails the chain, not the loop
-        return {**row, "status": Status.FAILED.value, "error": f"scoring: {type(exc).__name__}: {exc}"}
+        return RoundRow(rp.labels, rp.round, Status.FAILED, error=f"scoring: {type(exc).__name__}: {exc}")
     broken = [failed[k] for k in rp.annotation_keys if k in failed]
     if broken:
-        return {**row, **scores, "status": Status.FAILED.value, "error": broken[0].line()}
-    if scores["changed"] == 0:
-        row["status"] = Status.CONVERGED.value
-    elif scores["changed"] <= min_changed:
-        row["status"] = Status.STOPPED.value
-    return {**row, **scores}
+        return RoundRow(rp.labels, rp.round, Status.FAILED, scores, error=broken[0].line())
+    status = Status.CONVERGED if scores["changed"] == 0 else \
+        Status.STOPPED if scores["changed"] <= min_changed else Status.DONE
+    return RoundRow(rp.labels, rp.round, status, scores)

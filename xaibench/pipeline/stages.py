@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import errno
 import shutil
 import signal
 import time
@@ -15,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from xaibench.errors import ComponentError, ContractViolation, StageError, UserError
-from xaibench.kit.contracts import (Prompts, capability, validate_annotation, validate_classes, validate_ensemble,
+from xaibench.errors import ComponentError, ContractViolation, StageError, UserError, out_of_space
+from xaibench.kit.contracts import (Prompts, apply_ensemble, capability, validate_annotation, validate_classes,
                                     validate_layers, validate_layout, validate_logits, validate_maps, validate_masked,
                                     validate_model, validate_prompt_sets, validate_sample, validate_segmentation)
 from xaibench.kit.models import ensemble_model, layer_name, load_weights, save_weights
 from xaibench.kit.registry import get_registry
-from xaibench.pipeline import faithfulness, sanity
+from xaibench.pipeline import faithfulness, sanity, schema
 from xaibench.pipeline.artifacts import CHUNK, SPLITS, ArrayFolderWriter, Artifacts, PackedMasks
 from xaibench.pipeline.grid import Choice
 from xaibench.pipeline.plan import (AcceptSpec, DataSpec, ExplainSpec, FaithfulnessSpec, FinetuneSpec, LogitsSpec,
@@ -164,7 +163,7 @@ class StageRunner:
         self._stage, self._crumbs, self._written = stage.key, [], "?"
         self._leave_breadcrumb()  # removes one an earlier, killed run left
         try:
-            meta = getattr(self, f"_run_{stage.kind}")(stage)
+            meta = RUNS[type(stage.spec)](self, stage)
             peak = peak_memory()
             if peak is not None:
                 meta = {**(meta or {}), "peak_rss_mib": peak}
@@ -174,7 +173,7 @@ class StageRunner:
         except BaseException as exc:  # recorded against the stage; the run goes on with other cells
             if passes_through(exc):
                 raise
-            full = _disk_full(exc)
+            full = out_of_space(exc)
             if full is not None:
                 free = shutil.disk_usage(self.artifacts.cache.parent).free
                 return StageResult(stage.key, False, time.perf_counter() - start, traceback=traceback.format_exc(),
@@ -261,11 +260,11 @@ class StageRunner:
     def _fit(self, stage, spec, model, foreground=None, mask_fn=None, subset=None):
         train = self.artifacts.data(spec.data, "train")
         n = len(train["labels"]) if subset is None else len(subset)
-        with self.bar(stage, n * spec.train["epochs"], "img") as bar, \
+        with self.bar(stage, n * spec.train.epochs, "img") as bar, \
                 self.calling("backbones", spec.backbone, given="training batches"):
-            return fit(model, train["images"], train["labels"], seed=spec.seed, device=self.device,
+            return fit(model, train["images"], train["labels"], spec.train, seed=spec.seed, device=self.device,
                        foreground=foreground, mask_fn=mask_fn, subset=subset, progress=bar.update,
-                       checkpoint=self.checkpoint_path(stage), **spec.train)
+                       checkpoint=self.checkpoint_path(stage))
 
     def checkpoint_path(self, stage: Stage) -> Path:
         """Where an unfinished training of ``stage`` keeps its last epoch (removed once it finishes)."""
@@ -370,9 +369,7 @@ class StageRunner:
 
         def mixed(raw_logits, masked_logits):
             with self.calling("ensembles", ref.ensemble, given=f"member logits {tuple(raw_logits.shape)}"):
-                out = rule(raw_logits, masked_logits)
-                validate_ensemble(out, raw_logits)
-            return out
+                return apply_ensemble(rule, raw_logits, masked_logits)
 
         model = ensemble_model(raw, masked, mixed).eval()
         layers = self._target_layers(backbone, spec.backbone, raw) + self._target_layers(backbone, spec.backbone, masked)
@@ -421,7 +418,8 @@ class StageRunner:
         index = explained["index"][chosen]
         model, _ = self._explained_model(spec, len(test["classes"]))
         chance = self.registry.create("explainers", "random")
-        out = {f"{prefix}{name}": np.full(len(index), np.nan) for prefix in ("", "random_") for name in faithfulness.NAMES}
+        out = {f"{prefix}{name}": np.full(len(index), np.nan) for prefix in ("", "random_")
+               for name in schema.names("faithfulness")}
         for start in self.bar_range(stage, len(index), spec.batch_size):
             rows = slice(start, start + spec.batch_size)
             images = to_tensor(test["images"][index[rows]]).to(self.device)
@@ -455,7 +453,7 @@ class StageRunner:
                                                      if any(layer is m for m in member.modules())])
         explainer, uses_ground_truth, layouts = self._explainer(spec, members)
         height, width = test["images"].shape[1:3]
-        out = {name: np.full(len(index), np.nan) for name in sanity.NAMES}
+        out = {name: np.full(len(index), np.nan) for name in schema.names("sanity")}
         for start in self.bar_range(stage, len(index), spec.batch_size):
             rows = slice(start, start + spec.batch_size)
             chunk = index[rows]
@@ -568,6 +566,14 @@ class StageRunner:
         return {"n": int(len(index)), "accepted": int(accepted.sum()), "changed": int(changed.sum())}
 
 
+# What runs each kind of stage, keyed by its spec type like ``plan.STAGE_KINDS`` (which holds each kind's
+# name, expected cost and artifact).
+RUNS = {DataSpec: StageRunner._run_data, TrainSpec: StageRunner._run_train, FinetuneSpec: StageRunner._run_finetune,
+        LogitsSpec: StageRunner._run_logits, ExplainSpec: StageRunner._run_explain,
+        FaithfulnessSpec: StageRunner._run_faithfulness, SanitySpec: StageRunner._run_sanity,
+        SeedsSpec: StageRunner._run_seeds, SegmentSpec: StageRunner._run_segment, AcceptSpec: StageRunner._run_accept}
+
+
 def members_of(spec, model) -> list:
     """The networks ``model`` runs: an ensemble's raw and masked members, or the model itself."""
     return [model.raw, model.masked] if isinstance(spec.model, MixedModel) else [model]
@@ -612,19 +618,6 @@ def peak_memory() -> float | None:
                     return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         return None
-    return None
-
-
-def _disk_full(exc: BaseException) -> str | None:
-    """The message of the out-of-space error behind ``exc`` (itself or what caused it), or None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
-        if any(text in str(exc) for text in ("No space left on device", "Disk quota exceeded")):
-            return f"{type(exc).__name__}: {exc}"  # a library's own error around the OS's (safetensors)
-        exc = exc.__cause__ or exc.__context__
     return None
 
 

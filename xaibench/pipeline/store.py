@@ -216,11 +216,6 @@ class Store:
         self.db.close()
 
     # -- artifacts -----------------------------------------------------------------------------------
-    def artifacts_of(self, stage: str) -> dict[str, tuple[int, str, str]]:
-        """Relative path → ``(size, sha256, probe)`` of every file recorded for ``stage``."""
-        rows = self.db.execute("SELECT path, size, sha256, probe FROM artifacts WHERE stage = ?", (stage,))
-        return {path: (size, sha256, probe) for path, size, sha256, probe in rows}
-
     def artifact(self, path: str) -> tuple[int, str, str] | None:
         row = self.db.execute("SELECT size, sha256, probe FROM artifacts WHERE path = ?", (path,)).fetchone()
         return tuple(row) if row else None

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from xaibench.errors import StageError, UserError
+from xaibench.pipeline.grid import TrainConfig
 
 
 def to_tensor(images: np.ndarray):
@@ -57,30 +58,22 @@ def fit(
     model,
     images,
     labels: np.ndarray,
+    config: TrainConfig,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    optimizer: str,
-    augment: bool,
     seed: int,
     device: str,
     foreground=None,
     mask_fn: Callable | None = None,
     subset: np.ndarray | None = None,
     progress: Callable | None = None,
-    precision: str = "fp32",
-    channels_last: bool = False,
     checkpoint: Path | None = None,
-    checkpoint_every: int = 1,
-    checkpoint_seconds: float = 0.0,
 ) -> dict:
-    """Train ``model`` in place with cross-entropy; returns statistics.
+    """Train ``model`` in place with cross-entropy under ``config`` (a grid's ``train`` or ``finetune``
+    settings); returns statistics.
 
     ``checkpoint``: a file where the model, the optimizer, the random generators and the epoch are saved
-    (atomically) after every ``checkpoint_every`` epochs (0: never), once at least ``checkpoint_seconds``
-    have passed since the last save (or the start). When it exists at the start, training
+    (atomically) after every ``config.checkpoint_every`` epochs (0: never), once at least
+    ``config.checkpoint_seconds`` have passed since the last save (or the start). When it exists at the start, training
     resumes from it and ends bitwise identical to an uninterrupted run (the same device and thread
     count); the caller removes it once the trained model is saved.
 
@@ -88,12 +81,17 @@ def fit(
     only the rows of one batch are ever read and converted to float, so a split need not fit in memory.
     ``subset``: the indices of the samples trained on (default all). ``foreground`` (bool rows (N, H, W),
     indexed the same way) and ``mask_fn`` (a Mask component) together make masked training: each augmented
-    batch is masked on the device before the forward pass. ``precision="bf16"`` runs the
-    forward pass under bfloat16 autocast; ``channels_last`` keeps model and batches in NHWC layout. ``progress(n)`` is called
-    after every step with the number of images processed. Raises ``StageError`` on a non-finite loss and
-    when a step runs out of memory (CUDA out-of-memory, ``MemoryError``), saying to lower the batch size."""
+    batch is masked on the device before the forward pass. ``config.precision="bf16"`` runs the
+    forward pass under bfloat16 autocast; ``config.channels_last`` keeps model and batches in NHWC layout.
+    ``progress(n)`` is called after every step with the number of images processed. Raises ``StageError``
+    on a non-finite loss and when a step runs out of memory (CUDA out-of-memory, ``MemoryError``), saying
+    to lower the batch size."""
     import torch
 
+    epochs, batch_size, lr, weight_decay = config.epochs, config.batch_size, config.lr, config.weight_decay
+    optimizer, augment, precision, channels_last = config.optimizer, config.augment, config.precision, \
+        config.channels_last
+    checkpoint_every, checkpoint_seconds = config.checkpoint_every, config.checkpoint_seconds
     generator = torch.Generator().manual_seed(seed)
     labels = np.asarray(labels, dtype=np.int64)
     samples = np.arange(len(labels)) if subset is None else np.asarray(subset, dtype=np.int64)

@@ -234,10 +234,10 @@ def loop_figures(out_dir: Path, summary: pd.DataFrame, varying: list[str], title
     return jobs
 
 
-def stale(folder: Path, pattern: str, keep) -> None:
-    """Delete the files matching ``pattern`` in ``folder`` that are not in ``keep`` (drawn for an earlier,
-    larger grid)."""
-    keep = {Path(p) for p in keep}
-    for path in Path(folder).glob(pattern):
-        if path not in keep:
-            path.unlink(missing_ok=True)
+def remove_stale(earlier, drawn) -> None:
+    """Delete the figures of ``earlier`` (drawn by an earlier, larger grid) that are not among ``drawn``
+    now; a run and the loop each pass the figures they own, so neither deletes the other's."""
+    drawn = {Path(p) for p in drawn}
+    for path in list(earlier):  # listed first: deleting while a glob is read could skip files
+        if Path(path) not in drawn:
+            Path(path).unlink(missing_ok=True)

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from xaibench.presentation.leaderboard import (METRICS, NO_VAL, Entry, at_or_below_chance, name_of, published_lookup,
+from xaibench.pipeline import schema
+from xaibench.pipeline.records import component_name
+from xaibench.presentation.leaderboard import (ACCURACY_TITLE, NO_VAL, Entry, at_or_below_chance, published_lookup,
                                                table_one_entries)
+from xaibench.text import MISSING, NOT_POSSIBLE, interval, number
 
 # Text → LaTeX, for the characters that are special to LaTeX or outside what pdflatex reads by default.
 _ESCAPES = {
@@ -37,21 +40,17 @@ def escape(text) -> str:
     return "".join(out)
 
 
-def _number(value, scale: float, digits: int) -> str:
-    return f"{value * scale:.{digits}f}"
-
-
 def _mean(entry: Entry | None, metric: str) -> str:
     if entry is not None and entry.row.get("selection") == NO_VAL:
-        return "n/a (no val)"
+        return escape(NOT_POSSIBLE)
     if entry is None or pd.isna(entry.row.get(metric)):
-        return "---"
-    _, scale, digits, _ = METRICS[metric]
-    text = _number(entry.row[metric], scale, digits)
+        return escape(MISSING)
+    scale, digits = schema.get(metric).scale, schema.get(metric).digits
+    text = number(entry.row[metric], scale=scale, digits=digits)
     if entry.best:
         text = rf"\textbf{{{text}}}"
     if not entry.row["complete"]:
-        text += rf"$^\dagger$"
+        text += r"$^\dagger$"
     if entry.paper is not None:
         text += rf" ({entry.paper:.{digits}f})"
     if at_or_below_chance(entry.row, metric):
@@ -62,11 +61,10 @@ def _mean(entry: Entry | None, metric: str) -> str:
 def _interval(entry: Entry | None, metric: str) -> str:
     if entry is None:
         return ""
-    low, high = entry.row.get(f"{metric}_ci_low"), entry.row.get(f"{metric}_ci_high")
-    if low is None or pd.isna(low):
-        return ""
-    _, scale, digits, _ = METRICS[metric]
-    return rf"{{\footnotesize [{_number(low, scale, digits)}, {_number(high, scale, digits)}]}}"
+    scale, digits = schema.get(metric).scale, schema.get(metric).digits
+    bracket = interval(entry.row.get(f"{metric}_ci_low"), entry.row.get(f"{metric}_ci_high"), scale=scale,
+                       digits=digits)
+    return rf"{{\footnotesize {bracket}}}" if bracket else ""
 
 
 def _row_label(label: str) -> str:
@@ -127,21 +125,24 @@ def document(df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench lea
     for (dataset, backbone), group in summary.groupby(["dataset", "backbone"], sort=False):
         models = group.drop_duplicates(["mask", "ensemble"])
         seeds = sorted(df[(df["dataset"] == dataset) & (df["backbone"] == backbone)]["seed"].unique())
-        where = f"{name_of(dataset)} · {name_of(backbone)} · seeds {', '.join(map(str, seeds))}"
+        where = f"{component_name(dataset)} · {component_name(backbone)} · seeds {', '.join(map(str, seeds))}"
         note = f"Dataset {breakable(dataset)}; backbone {breakable(backbone)}."
         paper = published_lookup(published, dataset)
-        parts.append(table(models, "accuracy", escape(f"Accuracy (%) on raw test images: {where}"), paper, note))
+        parts.append(table(models, "accuracy", escape(f"{ACCURACY_TITLE}: {where}"), paper, note))
         for explainer, sub in group[group["explainer"] != ""].groupby("explainer", sort=False):
             explained = sub.drop_duplicates(["mask", "ensemble"])
-            if _has(explained, "jaccard"):
-                parts.append(table(explained, "jaccard", escape(f"Explanation Jaccard, {name_of(explainer)}: {where}"),
-                                   note=f"Explainer {breakable(explainer)}. {note}"))
+            for metric in schema.latex_tables("explanation"):
+                if _has(explained, metric.name):
+                    caption = f"{metric.caption}, {component_name(explainer)}: {where}"
+                    parts.append(table(explained, metric.name, escape(caption),
+                                       note=f"Explainer {breakable(explainer)}. {note}"))
             for (seeder, segmenter), seg in sub[sub["segmenter"] != ""].groupby(["seeder", "segmenter"], sort=False):
-                if _has(seg, "seg_iou"):
-                    chain = f"{explainer} → {seeder} → {segmenter}"
-                    parts.append(table(seg, "seg_iou", escape(f"Segmentation IoU, {name_of(explainer)} → {name_of(seeder)} "
-                                                               f"→ {name_of(segmenter)}: {where}"),
-                                       note=f"Chain {breakable(chain)}. {note}"))
+                chain = f"{explainer} → {seeder} → {segmenter}"
+                for metric in schema.latex_tables("segmentation"):
+                    if _has(seg, metric.name):
+                        caption = (f"{metric.caption}, {component_name(explainer)} → {component_name(seeder)} → "
+                                   f"{component_name(segmenter)}: {where}")
+                        parts.append(table(seg, metric.name, escape(caption), note=f"Chain {breakable(chain)}. {note}"))
     parts.append(r"\end{document}")
     return "\n\n".join(parts) + "\n"
 

@@ -21,34 +21,15 @@ import pandas as pd
 
 from xaibench.errors import UserError
 from xaibench.kit.files import atomic_write_text
-from xaibench.pipeline import faithfulness, metrics, sanity, stats
-from xaibench.pipeline.records import CELL_LABELS, CONFIG_LABELS, Status, variant_label
+from xaibench.pipeline import sanity, schema, stats
+from xaibench.pipeline.records import CELL_LABELS, CONFIG_LABELS, Status, component_name, variant_label
 from xaibench.pipeline.store import Store, load_arrays
+from xaibench.text import MISSING, NOT_POSSIBLE, interval, number, with_interval
 
 ID_COLUMNS = list(CELL_LABELS)
 CONFIG_COLUMNS = list(CONFIG_LABELS)
-EXPLANATION_METRICS = list(metrics.EXPLANATION_METRICS)
-SEGMENTATION_METRICS = ["seg_iou", "seg_dice", "seg_boundary_f1"]
-FAITHFULNESS_METRICS = list(faithfulness.NAMES)
-SANITY_METRICS = list(sanity.NAMES)
-# Chance levels (the ``random`` and ``centre`` explainers on the same test images) and each metric's lift
-# over ``random`` (in the metric's better direction), per image in the cell files.
-CHANCE_COLUMNS = ([f"{prefix}{m}" for m in EXPLANATION_METRICS for prefix in ("random_", "centre_", "lift_")]
-                  + [f"{prefix}{m}" for m in FAITHFULNESS_METRICS for prefix in ("random_", "lift_")])
-METRIC_COLUMNS = (["accuracy", "n_test", "majority_share", "worst_group_accuracy", "n_groups", "val_accuracy", "n_val"]
-                  + EXPLANATION_METRICS
-                  + ["sweep_mean", "sweep_best", "tau_star", "jaccard_val_tau", "jaccard_n", "jaccard_excluded"]
-                  + FAITHFULNESS_METRICS + ["faithfulness_n"] + SANITY_METRICS + ["sanity_n"] + CHANCE_COLUMNS
-                  + SEGMENTATION_METRICS + ["seg_n", "seg_iou_excluded"])
-# metric -> (per-image array in the cell file, display scale, digits, title)
-METRICS = {
-    "accuracy": ("correct", 100.0, 2, "Accuracy (%)"),
-    **{m: (m, 1.0, 3, m) for m in EXPLANATION_METRICS + SEGMENTATION_METRICS + FAITHFULNESS_METRICS + SANITY_METRICS
-       + CHANCE_COLUMNS + ["jaccard_val_tau"]},
-}
-METRICS["jaccard"] = ("jaccard", 1.0, 3, "Explanation Jaccard vs ground-truth masks")
-METRICS["jaccard_val_tau"] = ("jaccard_val_tau", 1.0, 3, "Explanation Jaccard at τ* chosen on validation")
-METRICS["seg_iou"] = ("seg_iou", 1.0, 3, "Segmentation IoU")
+# The title of every accuracy table (markdown, LaTeX, the terminal's).
+ACCURACY_TITLE = f"{schema.get('accuracy').label} on raw test images"
 # Where a rule's mixing weight is chosen on validation accuracy (``alpha_choices``), its rows are named so.
 SELECTED = "α* (val)"
 # The columns every summary has, even one of a run in which no cell finished.
@@ -56,11 +37,20 @@ SUMMARY_COLUMNS = CONFIG_COLUMNS + ["n_seeds", "seeds_expected", "complete"]
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
+    """The cell rows as the columns of leaderboard.csv. A row holding a metric ``xaibench.pipeline.schema``
+    does not declare is refused (``UserError``): left out, it would vanish from every table unnoticed."""
+    known = set(ID_COLUMNS) | {"status", "error", "cell_id"}
+    undeclared = schema.undeclared({key for row in rows for key in row} - known)
+    if undeclared:
+        raise UserError(f"the cells hold metrics this xaibench does not know ({', '.join(undeclared)}): they were "
+                        f"scored by another version or plugin; rerun the grid with this xaibench, which scores its "
+                        f"cells again, or read them with the version that wrote them")
     df = pd.DataFrame(rows)
-    for column in ID_COLUMNS + METRIC_COLUMNS + ["status", "error", "cell_id"]:
+    columns = schema.columns()
+    for column in ID_COLUMNS + columns + ["status", "error", "cell_id"]:
         if column not in df:
             df[column] = None
-    return df[ID_COLUMNS + ["status"] + METRIC_COLUMNS + ["error", "cell_id"]]
+    return df[ID_COLUMNS + ["status"] + columns + ["error", "cell_id"]]
 
 
 def load_runs(dirs) -> tuple[pd.DataFrame, dict[str, Path], pd.DataFrame | None]:
@@ -160,7 +150,7 @@ def _bearing(row: dict, settings: dict) -> dict:
     for column, kind in COMPONENT_KINDS.items():
         label = row.get(column)
         if label not in (None, "", "none", "baseline"):
-            out[f"{kind[:-1]} {name_of(label)}"] = versions.get(f"{kind}:{name_of(label)}")
+            out[f"{kind[:-1]} {component_name(label)}"] = versions.get(f"{kind}:{component_name(label)}")
     return out
 
 
@@ -182,11 +172,6 @@ def _unreadable(store: Store, path: Path) -> str | None:
     except Exception as exc:  # any reader error: the file is damaged
         return f"{type(exc).__name__}: {exc}"
     return None
-
-
-def name_of(label) -> str:
-    """The component name of a label: ``top-k`` of ``top-k(k=3)``."""
-    return str(label).split("(", 1)[0]
 
 
 def read_published(path) -> pd.DataFrame:
@@ -231,8 +216,9 @@ def _matrix(per_image: _PerImage, cell_ids, key: str) -> np.ndarray | None:
     return np.stack([np.asarray(a, dtype=np.float64) for a in arrays])
 
 
+# The ``selection`` recorded (in leaderboard_summary.csv) for a row whose α would be chosen on a validation
+# split the dataset does not have; tables show ``text.NOT_POSSIBLE`` in place of its values.
 NO_VAL = "not possible: no val split"
-NOT_POSSIBLE = "not possible (no val split)"  # what a table shows in place of such a row's values
 
 
 def alpha_choices(df: pd.DataFrame) -> pd.DataFrame:
@@ -246,7 +232,7 @@ def alpha_choices(df: pd.DataFrame) -> pd.DataFrame:
     done = done[pd.to_numeric(done["alpha"], errors="coerce").notna()]
     if done.empty:
         return pd.DataFrame(columns=[*df.columns, "alpha_star", "source", "selection"])
-    done = done.assign(rule=done["ensemble"].map(name_of), alpha=done["alpha"].astype(float))
+    done = done.assign(rule=done["ensemble"].map(component_name), alpha=done["alpha"].astype(float))
     keys = ["dataset", "backbone", "seed", "mask", "explainer", "seeder", "segmenter", "rule"]
     out = []
     for _, group in done.groupby(keys, sort=False, dropna=False):
@@ -299,8 +285,9 @@ def summarise(df: pd.DataFrame, files: dict[str, Path]) -> pd.DataFrame:
         if "tau_star" in group and pd.to_numeric(group["tau_star"], errors="coerce").notna().any():
             row["tau_star"] = " / ".join(f"{t:g}" for t in pd.to_numeric(group["tau_star"], errors="coerce")
                                          if not pd.isna(t))
-        for metric, (key, _, _, _) in METRICS.items():
-            matrix = _matrix(per_image, group["cell_id"], key)
+        for entry in schema.summarised():
+            metric = entry.name
+            matrix = _matrix(per_image, group["cell_id"], entry.key)
             if matrix is None:
                 continue
             means = stats.seed_means(matrix)
@@ -355,6 +342,7 @@ def group_accuracies(per_image: "_PerImage", cell_ids) -> dict:
 def group_table(summary: pd.DataFrame):
     """One row per model variant: overall accuracy and per group, and the worst group's, each [95% CI]."""
     names = group_columns(summary)
+    scale, digits = schema.get("accuracy").scale, schema.get("accuracy").digits
     header = ["mask", "ensemble", "all"] + [f"{n} (n={int(summary[f'accuracy[{n}]_n'].dropna().iloc[0])})"
                                              for n in names] + [WORST]
     rows = []
@@ -366,9 +354,8 @@ def group_table(summary: pd.DataFrame):
         cells = []
         for column in ["accuracy"] + [f"accuracy[{n}]" for n in names] + ["worst_group_accuracy"]:
             value = r.get(column)
-            cells.append("—" if value is None or pd.isna(value) else
-                         f"{_fmt(value, 100, 2)} [{_fmt(r.get(column + '_ci_low'), 100, 2)}, "
-                         f"{_fmt(r.get(column + '_ci_high'), 100, 2)}]")
+            cells.append(with_interval(value, r.get(column + "_ci_low"), r.get(column + "_ci_high"), scale=scale,
+                                       digits=digits))
         rows.append([r["mask"], row_label[r["ensemble"]]] + cells)
     return header, rows
 
@@ -376,25 +363,19 @@ def group_table(summary: pd.DataFrame):
 # -- tables -----------------------------------------------------------------------------------------
 
 
-def _fmt(value, scale, digits):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value * scale:.{digits}f}"
-
-
 def _row_labels(frame: pd.DataFrame) -> dict[str, str]:
     """Ensemble label → row label (``records.variant_label``); where several rules with a mixing weight
     share a table, their rows also name the rule (``logit-mix α=0.8``)."""
     weighted = frame[frame["ensemble"] != "baseline"]
     weighted = weighted[pd.to_numeric(weighted["alpha"], errors="coerce").notna()]
-    named = weighted["ensemble"].map(name_of).nunique() > 1
+    named = weighted["ensemble"].map(component_name).nunique() > 1
     out = {}
     for ensemble, alpha in zip(frame["ensemble"], frame["alpha"]):
         if str(ensemble).endswith(SELECTED):
             out[ensemble] = str(ensemble) if named else SELECTED
             continue
         label = variant_label(ensemble, alpha)
-        out[ensemble] = f"{name_of(ensemble)} {label}" if named and label.startswith("α=") else label
+        out[ensemble] = f"{component_name(ensemble)} {label}" if named and label.startswith("α=") else label
     return out
 
 
@@ -402,7 +383,7 @@ def published_lookup(published: pd.DataFrame | None, dataset: str):
     """``(mask name, alpha) -> published accuracy in %`` for one dataset, or None."""
     if published is None:
         return None
-    rows = published[published["dataset"] == name_of(dataset)]
+    rows = published[published["dataset"] == component_name(dataset)]
     if rows.empty:
         return None
     return {(str(r["mask"]), round(float(r["alpha"]), 6)): float(r["accuracy"]) for _, r in rows.iterrows()}
@@ -431,11 +412,9 @@ def _value(row, metric, scale, digits, paper=None) -> str:
     if row.get("selection") == NO_VAL:
         return NOT_POSSIBLE
     if metric not in row or pd.isna(row.get(metric)):
-        return "—"
-    text = _fmt(row[metric], scale, digits)
-    low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
-    if low is not None and not pd.isna(low):
-        text += f" [{_fmt(low, scale, digits)}, {_fmt(high, scale, digits)}]"
+        return MISSING
+    text = with_interval(row[metric], row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high"), scale=scale,
+                         digits=digits)
     if not row["complete"]:
         text += f" †{row['n_seeds']}/{row['seeds_expected']} seeds"
     if paper is not None:
@@ -474,9 +453,10 @@ class TableOne:
 
 
 def table_one_entries(summary: pd.DataFrame, metric: str, published: dict | None = None) -> TableOne:
-    """The values of ``table_one``. In each mask column the highest mean over the ensemble rows (every
-    metric here is higher-is-better) is marked best, when there are several rows; ties are all marked."""
-    _, scale, digits, _ = METRICS[metric]
+    """The values of ``table_one``. In each mask column the best mean over the ensemble rows (the highest,
+    or the lowest for a metric whose schema says lower is better) is marked, when there are several rows;
+    ties are all marked."""
+    scale, digits = schema.get(metric).scale, schema.get(metric).digits
     masks = [m for m in dict.fromkeys(summary["mask"]) if m != "none"]
     ensembles = summary[summary["ensemble"] != "baseline"].sort_values("alpha", kind="stable")
     row_label = _row_labels(summary)
@@ -486,7 +466,7 @@ def table_one_entries(summary: pd.DataFrame, metric: str, published: dict | None
         entries = []
         for mask in masks:
             hit = sub[sub["mask"] == mask]
-            paper = (published or {}).get((name_of(mask), round(float(alpha), 6)))
+            paper = (published or {}).get((component_name(mask), round(float(alpha), 6)))
             entries.append(Entry(hit.iloc[0], paper) if len(hit) else None)
         rows.append((row_label[ensemble], entries))
 
@@ -499,13 +479,13 @@ def table_one_entries(summary: pd.DataFrame, metric: str, published: dict | None
         values = [rounded(entries[column]) for _, entries in ranked]
         finite = [v for v in values if v is not None]
         for (_, entries), value in zip(ranked, values):
-            if finite and len(ranked) > 1 and value == max(finite):
+            if finite and len(ranked) > 1 and value == (max if schema.get(metric).higher_is_better else min)(finite):
                 entries[column].best = True
     base = summary[summary["ensemble"] == "baseline"]
     baseline = Entry(base.iloc[0], (published or {}).get(("none", 1.0))) if len(base) else None
     chance = []
     reference = _chance_reference(summary)
-    for name in ("random", "centre"):
+    for name in schema.get(metric).chance:
         column = f"{name}_{metric}"
         if reference is not None and column in reference and not pd.isna(reference.get(column)):
             values = {metric: reference[column], f"{metric}_ci_low": reference.get(f"{column}_ci_low"),
@@ -518,13 +498,13 @@ def table_one_entries(summary: pd.DataFrame, metric: str, published: dict | None
 def table_one(summary: pd.DataFrame, metric: str, published: dict | None = None):
     """Masks as columns, ensemble rows sorted by α, the baseline row last: ``(header, rows)`` of text,
     each column's best value a ``Best`` (see ``table_one_entries``)."""
-    _, scale, digits, _ = METRICS[metric]
+    scale, digits = schema.get(metric).scale, schema.get(metric).digits
     table = table_one_entries(summary, metric, published)
     header = [""] + (table.masks or ["raw"])
 
     def text(entry):
         if entry is None:
-            return "—"
+            return MISSING
         value = _value(entry.row, metric, scale, digits, entry.paper)
         return Best(value) if entry.best else value
 
@@ -538,7 +518,7 @@ def table_one(summary: pd.DataFrame, metric: str, published: dict | None = None)
 
 def detail_table(summary: pd.DataFrame, metric: str):
     """One row per model variant: mean, 95% CI, seed spread, seeds, and for accuracy McNemar's p."""
-    _, scale, digits, _ = METRICS[metric]
+    scale, digits = schema.get(metric).scale, schema.get(metric).digits
     header = ["mask", "ensemble", "mean", "95% CI (test images)", "seed sd", "seeds"]
     if metric == "accuracy":
         header.append("McNemar p vs baseline (b/c)")
@@ -553,13 +533,14 @@ def detail_table(summary: pd.DataFrame, metric: str):
             continue
         if r.get("selection") == "val":
             label += f" (α = {r['alpha_star']} by seed)"
-        line = [r["mask"], label, _fmt(r[metric], scale, digits),
-                f"[{_fmt(r[f'{metric}_ci_low'], scale, digits)}, {_fmt(r[f'{metric}_ci_high'], scale, digits)}]",
-                _fmt(r[f"{metric}_seed_sd"], scale, digits),
+        line = [r["mask"], label, number(r[metric], scale=scale, digits=digits),
+                interval(r[f"{metric}_ci_low"], r[f"{metric}_ci_high"], scale=scale, digits=digits) or MISSING,
+                number(r[f"{metric}_seed_sd"], scale=scale, digits=digits),
                 f"{r['n_seeds']}/{r['seeds_expected']}" + ("" if r["complete"] else " †")]
         if metric == "accuracy":
             p = r.get("mcnemar_p")
-            line.append("—" if p is None or pd.isna(p) else f"{p:.3g} ({int(r['mcnemar_b'])}/{int(r['mcnemar_c'])})")
+            line.append(MISSING if p is None or pd.isna(p)
+                        else f"{p:.3g} ({int(r['mcnemar_b'])}/{int(r['mcnemar_c'])})")
         rows.append(line)
     return header, rows
 
@@ -584,28 +565,26 @@ def metrics_table(summary: pd.DataFrame, names: list[str]):
             continue
         cells = []
         for metric in names:
-            _, scale, digits, _ = METRICS[metric]
+            scale, digits = schema.get(metric).scale, schema.get(metric).digits
             if pd.isna(r.get(metric)):
-                cells.append("—")
+                cells.append(MISSING)
                 continue
-            low, high = r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high")
             mark = f" {BELOW_CHANCE}" if at_or_below_chance(r, metric) else ""
             mark += f" {UNCHANGED}" if unchanged_by_randomisation(r, metric) else ""
-            cells.append(f"{_fmt(r[metric], scale, digits)} [{_fmt(low, scale, digits)}, {_fmt(high, scale, digits)}]"
-                         + mark)
+            cells.append(with_interval(r[metric], r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high"), scale=scale,
+                                       digits=digits) + mark)
         rows.append([r["mask"], row_label[r["ensemble"]]] + cells)
     reference = _chance_reference(summary)
-    for name in ("random", "centre"):
+    for name in schema.CHANCE_EXPLAINERS:
         columns = [f"{name}_{metric}" for metric in names]
         if reference is None or not any(c in reference and not pd.isna(reference.get(c)) for c in columns):
             continue
         cells = []
         for metric, column in zip(names, columns):
-            _, scale, digits, _ = METRICS[metric]
+            scale, digits = schema.get(metric).scale, schema.get(metric).digits
             value = reference.get(column)
-            cells.append("—" if value is None or pd.isna(value) else
-                         f"{_fmt(value, scale, digits)} [{_fmt(reference.get(column + '_ci_low'), scale, digits)}, "
-                         f"{_fmt(reference.get(column + '_ci_high'), scale, digits)}]")
+            cells.append(with_interval(value, reference.get(column + "_ci_low"), reference.get(column + "_ci_high"),
+                                       scale=scale, digits=digits))
         rows.append(["", f"Chance: {name}"] + cells)
     return header, rows
 
@@ -625,9 +604,11 @@ def at_chance(df: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
         if pd.isna(majority) or low is None or pd.isna(low) or low > majority:
             continue
         mask = "" if r["mask"] == "none" else f", mask {r['mask']}"
-        lines.append(f"{name_of(r['dataset'])} · {name_of(r['backbone'])}: {labels[r['ensemble']]}{mask} is at chance "
-                     f"on test: accuracy {_fmt(r['accuracy'], 100, 2)}% with its 95% CI from "
-                     f"{_fmt(low, 100, 2)}%, not above the commonest class's share ({_fmt(majority, 100, 2)}%)")
+        where = f"{component_name(r['dataset'])} · {component_name(r['backbone'])}"
+        lines.append(f"{where}: {labels[r['ensemble']]}{mask} is at chance "
+                     f"on test: accuracy {number(r['accuracy'], scale=100, digits=2)}% with its 95% CI from "
+                     f"{number(low, scale=100, digits=2)}%, not above the commonest class's share "
+                     f"({number(majority, scale=100, digits=2)}%)")
     return lines
 
 
@@ -639,7 +620,7 @@ def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | 
         items.append((2, f"{dataset} · {backbone}", f"Seeds: {', '.join(map(str, seeds))}."))
         models = group.drop_duplicates(["mask", "ensemble"])
         paper = published_lookup(published, dataset)
-        title = "Accuracy (%) on raw test images" + (" · reproduced / published (Δ)" if paper else "")
+        title = ACCURACY_TITLE + (" · reproduced / published (Δ)" if paper else "")
         items.append((3, title, table_one(models, "accuracy", paper)))
         if paper:
             items.append((4, "Published and reproduced", PUBLISHED_NOTE))
@@ -648,33 +629,37 @@ def sections(df: pd.DataFrame, summary: pd.DataFrame, published: pd.DataFrame | 
             items.append((3, "Accuracy (%) by test group, and the worst group's", group_table(models)))
         for explainer, sub in group[group["explainer"] != ""].groupby("explainer", sort=False):
             explained = sub.drop_duplicates(["mask", "ensemble"])
-            items.append((3, f"{METRICS['jaccard'][3]} · {explainer}", table_one(explained, "jaccard")))
-            if "jaccard_val_tau" in explained and explained["jaccard_val_tau"].notna().any():
-                items.append((3, f"{METRICS['jaccard_val_tau'][3]} · {explainer}", table_one(explained, "jaccard_val_tau")))
+            fixed, validated = schema.table_one("explanation")
+            items.append((3, f"{fixed.label} · {explainer}", table_one(explained, fixed.name)))
+            if validated.name in explained and explained[validated.name].notna().any():
+                items.append((3, f"{validated.label} · {explainer}", table_one(explained, validated.name)))
                 labels = _row_labels(explained)
                 items.append((4, f"τ* by seed · {explainer}",
                               [f"{labels[r['ensemble']]}, mask {r['mask']}: τ* = {r['tau_star']}"
                                for _, r in explained.iterrows() if isinstance(r.get("tau_star"), str)]))
             else:
-                items.append((4, f"{METRICS['jaccard_val_tau'][3]} · {explainer}",
-                              f"τ* (val): {NO_VAL}; the Jaccard above is at the fixed threshold only."))
+                items.append((4, f"{validated.label} · {explainer}",
+                              f"τ* (val): {NOT_POSSIBLE}; the Jaccard above is at the fixed threshold only."))
             items.append((4, f"Explanation metrics · {explainer}",
-                          metrics_table(explained, EXPLANATION_METRICS + SANITY_METRICS)))
+                          metrics_table(explained, schema.names("explanation") + schema.names("sanity"))))
             items.append((4, f"Lift over the random map · {explainer}",
-                          metrics_table(explained, [f"lift_{m}" for m in EXPLANATION_METRICS])))
-            faithful = [c for m in FAITHFULNESS_METRICS for c in (m, f"random_{m}", f"lift_{m}")]
+                          metrics_table(explained, [f"lift_{m}" for m in schema.names("explanation")])))
+            faithful = [c for m in schema.family("faithfulness") for c in (m.name, *m.chance_columns())]
             if any(c in explained and explained[c].notna().any() for c in faithful):
                 cells = df[(df["dataset"] == dataset) & (df["backbone"] == backbone) & (df["explainer"] == explainer)]
                 counts = sorted({int(n) for n in pd.to_numeric(cells["faithfulness_n"], errors="coerce").dropna()})
                 where = f" on {' / '.join(map(str, counts))} test images per seed" if counts else ""
-                items.append((4, f"Faithfulness · {explainer}{where} (deletion: lower is better)",
+                lower = [m.name for m in schema.family("faithfulness") if not m.higher_is_better]
+                direction = f" ({', '.join(lower)}: lower is better)" if lower else ""
+                items.append((4, f"Faithfulness · {explainer}{where}{direction}",
                               metrics_table(explained, faithful)))
             chains = sub[sub["segmenter"] != ""].groupby(["seeder", "segmenter"], sort=False)
             for (seeder, segmenter), seg in chains:
-                items.append((3, f"{METRICS['seg_iou'][3]} · {explainer} → {seeder} → {segmenter}",
-                              table_one(seg, "seg_iou")))
+                for metric in schema.table_one("segmentation"):
+                    items.append((3, f"{metric.label} · {explainer} → {seeder} → {segmenter}",
+                                  table_one(seg, metric.name)))
                 items.append((4, f"Segmentation metrics · {explainer} → {seeder} → {segmenter}",
-                              metrics_table(seg, SEGMENTATION_METRICS)))
+                              metrics_table(seg, schema.names("segmentation"))))
     chance = at_chance(df, summary)
     if chance:
         items.append((2, "Models at chance", chance))
@@ -732,7 +717,8 @@ def markdown(df: pd.DataFrame, summary: pd.DataFrame, title: str = "xaibench lea
     if machines and not brief:
         parts += ["", machines]
     for level, heading, body in sections(df, summary, published):
-        if brief and (level > 2 and not heading.startswith("Accuracy (%)") or heading == "Models at chance"):
+        accuracy = heading.startswith(schema.get("accuracy").label)
+        if brief and (level > 2 and not accuracy or heading == "Models at chance"):
             continue
         parts += ["", "#" * level + " " + heading, ""]
         if isinstance(body, tuple):

@@ -13,6 +13,7 @@ import pandas as pd
 from xaibench import machine
 from xaibench.presentation import leaderboard
 from xaibench.presentation.loop_tables import LABELS, METRICS, varying_labels
+from xaibench.text import with_interval
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -118,11 +119,7 @@ def _problems(run_info) -> list[str]:
 
 
 def _with_ci(row, metric: str, signed: bool = False) -> str:
-    value, low, high = row.get(metric), row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
-    if value is None or pd.isna(value):
-        return "–"
-    text = f"{value:+.3f}" if signed else f"{value:.3f}"
-    return text if pd.isna(low) else f"{text} [{low:.3f}, {high:.3f}]"
+    return with_interval(row.get(metric), row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high"), signed=signed)
 
 
 REFERENCE_NOTES = {

@@ -1,0 +1,163 @@
+"""Every metric a cell is scored on, and every column of ``leaderboard.csv``, defined once.
+
+A ``Metric`` says what one measured quantity is: its family, the per-image array its mean comes from, its
+better direction, how tables print it, which explainers give its chance level, and which tables show it.
+Scoring computes the families' metrics and their lifts over chance from here; ``leaderboard.csv`` has
+exactly ``columns()`` and refuses a cell whose scores hold a key declared nowhere here (``undeclared``); the summary
+gives every ``summarised()`` metric its mean over seeds, interval and spread; the markdown and LaTeX tables
+take scale, digits, titles and their Table-I metrics from here. Adding a metric is one entry here, plus
+the function that computes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+# Families, in the order the summary lists their metrics.
+FAMILIES = ("accuracy", "explanation", "segmentation", "faithfulness", "sanity")
+# The reference explainers every explanation is read against (they need no model), and the one a lift is
+# taken over.
+CHANCE_EXPLAINERS = ("random", "centre")
+LIFT_OVER = "random"
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One measured quantity. ``per_image``: the array in a cell's per-image file its mean and interval
+    come from (default: the name). ``chance``: the explainers whose maps give its chance level, each a
+    column ``<explainer>_<name>``, with ``lift_<name>`` (the metric minus the ``random`` map's, in the
+    better direction). ``table_one``: it has a Table-I layout (masks as columns, α as rows) in
+    ``leaderboard.md``; ``latex``: also in ``leaderboard.tex``, under ``caption``."""
+
+    name: str
+    family: str
+    higher_is_better: bool = True
+    scale: float = 1.0
+    digits: int = 3
+    title: str = ""
+    per_image: str = ""
+    chance: tuple[str, ...] = ()
+    table_one: bool = False
+    latex: bool = False
+    caption: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name
+
+    @property
+    def key(self) -> str:
+        return self.per_image or self.name
+
+    def chance_columns(self) -> list[str]:
+        return [f"{explainer}_{self.name}" for explainer in self.chance] + (["lift_" + self.name] if self.chance else [])
+
+    def lift(self, value, chance):
+        """``value`` minus the chance level ``chance``, turned so that a positive lift is better."""
+        return value - chance if self.higher_is_better else chance - value
+
+
+def _explanation(name: str, **kw) -> Metric:
+    return Metric(name, "explanation", chance=CHANCE_EXPLAINERS, **kw)
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("accuracy", "accuracy", scale=100.0, digits=2, title="Accuracy (%)", per_image="correct", table_one=True,
+           latex=True),
+    _explanation("jaccard", title="Explanation Jaccard vs ground-truth masks", table_one=True, latex=True,
+                 caption="Explanation Jaccard"),
+    _explanation("dice"), _explanation("jaccard_otsu"), _explanation("jaccard_top20"), _explanation("roc_auc"),
+    _explanation("average_precision"), _explanation("pointing_game"), _explanation("relevance_mass"),
+    _explanation("relevance_rank"),
+    Metric("seg_iou", "segmentation", title="Segmentation IoU", table_one=True, latex=True,
+           caption="Segmentation IoU"),
+    Metric("seg_dice", "segmentation"), Metric("seg_boundary_f1", "segmentation"),
+    Metric("deletion", "faithfulness", higher_is_better=False, chance=(LIFT_OVER,)),
+    Metric("insertion", "faithfulness", chance=(LIFT_OVER,)),
+    Metric("road", "faithfulness", chance=(LIFT_OVER,)),
+    Metric("sanity_spearman", "sanity", higher_is_better=False),
+    Metric("sanity_ssim", "sanity", higher_is_better=False),
+)
+# The explanation Jaccard at the CAM threshold τ* chosen on the validation split (not a family of its own
+# in tables: it is shown after the fixed-threshold Jaccard).
+JACCARD_VAL_TAU = Metric("jaccard_val_tau", "explanation", title="Explanation Jaccard at τ* chosen on validation",
+                         table_one=True)
+# The columns of leaderboard.csv beside the families' metrics and chance columns (counts, the worst group's
+# and validation accuracy, the threshold sweep, τ* and the Jaccard at τ*), each with the family whose
+# metrics it follows ("": right after accuracy).
+EXTRA_COLUMNS = {
+    "n_test": "", "majority_share": "", "worst_group_accuracy": "", "n_groups": "", "val_accuracy": "", "n_val": "",
+    "sweep_mean": "explanation", "sweep_best": "explanation", "tau_star": "explanation",
+    "jaccard_val_tau": "explanation", "jaccard_n": "explanation", "jaccard_excluded": "explanation",
+    "faithfulness_n": "faithfulness", "sanity_n": "sanity", "seg_n": "segmentation",
+    "seg_iou_excluded": "segmentation",
+}
+# What a cell's record holds that leaderboard.csv leaves out: the key its scores were computed for, and how
+# many images each metric left out (NaN) where no column carries it.
+RECORDED_ONLY = frozenset(
+    ["score_key", "sweep_mean_excluded", "sweep_best_excluded"]
+    + [f"{m.name}_excluded" for m in METRICS if m.family in ("explanation", "segmentation")]) - set(EXTRA_COLUMNS)
+
+
+def family(name: str) -> list[Metric]:
+    return [m for m in METRICS if m.family == name]
+
+
+def names(name: str) -> list[str]:
+    """The metric names of a family, in schema order."""
+    return [m.name for m in family(name)]
+
+
+def get(name: str) -> Metric:
+    """The metric of a column: a metric, ``jaccard_val_tau``, or a chance or lift column (scaled like its
+    metric; a lift is always better when higher)."""
+    for metric in (*METRICS, JACCARD_VAL_TAU):
+        if metric.name == name:
+            return metric
+        if name in metric.chance_columns():
+            return dataclasses.replace(metric, name=name, title="", per_image="", chance=(), table_one=False,
+                                       latex=False, caption="", higher_is_better=True if name.startswith("lift_")
+                                       else metric.higher_is_better)
+    raise KeyError(f"no metric {name!r} in xaibench.pipeline.schema")
+
+
+def chance_columns() -> list[str]:
+    """Every chance and lift column, in the order of their metrics."""
+    return [column for m in METRICS for column in m.chance_columns()]
+
+
+def columns() -> list[str]:
+    """The metric columns of ``leaderboard.csv``, in order: accuracy and the test's counts; the
+    explanation, faithfulness and sanity metrics, each family followed by its extra columns; the chance
+    and lift columns; the segmentation metrics and theirs."""
+    def extra(after: str) -> list[str]:
+        return [name for name, where in EXTRA_COLUMNS.items() if where == after]
+
+    out = ["accuracy"] + extra("")
+    for name in ("explanation", "faithfulness", "sanity"):
+        out += names(name) + extra(name)
+    return out + chance_columns() + names("segmentation") + extra("segmentation")
+
+
+def summarised() -> list[Metric]:
+    """What the summary gives a mean over seeds, an interval and a spread, in its column order: each
+    family's metrics, then the chance and lift columns, then ``jaccard_val_tau``."""
+    ordered = [m for name in FAMILIES for m in family(name)]
+    return ordered + [get(column) for column in chance_columns()] + [JACCARD_VAL_TAU]
+
+
+def table_one(name: str) -> list[Metric]:
+    """The metrics of a family with a Table-I layout in ``leaderboard.md``, in order."""
+    return [m for m in (*family(name), JACCARD_VAL_TAU) if m.family == name and m.table_one]
+
+
+def latex_tables(name: str) -> list[Metric]:
+    """The metrics of a family with a Table-I layout in ``leaderboard.tex``, in order."""
+    return [m for m in family(name) if m.latex]
+
+
+def undeclared(keys: Iterable[str]) -> list[str]:
+    """The keys of a cell's scores that are neither a column of ``leaderboard.csv`` nor ``RECORDED_ONLY``:
+    metrics declared nowhere here, which the tables would otherwise leave out without a word."""
+    return sorted(set(keys) - set(columns()) - RECORDED_ONLY)
