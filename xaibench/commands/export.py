@@ -37,7 +37,7 @@ from xaibench.errors import UserError
 from xaibench.kit.contracts import capability
 from xaibench.kit.registry import get_registry
 from xaibench.pipeline import metrics
-from xaibench.pipeline.artifacts import Artifacts, unpack_masks
+from xaibench.pipeline.artifacts import Artifacts, segmentations
 from xaibench.pipeline.plan import plan_loop, plan_run
 from xaibench.pipeline.records import CELL_LABELS, component_name
 from xaibench.pipeline.store import cell_file, load_arrays
@@ -204,7 +204,7 @@ def export(run_dir, *, what: str, fmt: str, output, cell: str | None = None, rou
         with _reading(run_dir, f"the segmentation of cell {cp.cell.cell_id}"):
             test = artifacts.data(cp.data, "test")
             index = artifacts.load("explain", cp.explain)["index"]
-            masks = unpack_masks(artifacts.load("segment", cp.segment), cp.segment_index)
+            masks = segmentations(artifacts.load("segment", cp.segment), cp.segment_index)
             scores = _cell_scores(run_dir, cp, "seg_iou", len(index))
         tiles = Tiles(registry, cp.cell.dataset, "test", *masks.shape[1:])
         attributes = {k: str(cp.labels[k]) for k in ("dataset", "mask", "ensemble", "explainer", "seeder",

@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from xaibench.kit.contracts import Prompts
 from xaibench.pipeline.plan import KINDS
 from xaibench.pipeline.store import load_arrays
 
@@ -164,13 +166,6 @@ def read_array_folder(folder: Path, whole=WHOLE) -> dict:
     return out
 
 
-def unpack_masks(arrays: dict, index: int | None = None) -> np.ndarray:
-    """The bool masks of a ``segment`` or ``accept`` artifact (``masks`` bit-packed along the last axis,
-    ``width``); ``index`` picks one entry of the first axis (a segment stage's seeder)."""
-    packed = arrays["masks"] if index is None else arrays["masks"][index]
-    return np.unpackbits(packed, axis=-1, count=int(arrays["width"])).astype(bool)
-
-
 class PackedMasks:
     """Bit-packed masks (N, H, W/8) unpacked only for the rows asked for: ``masks[index]`` → bool."""
 
@@ -183,6 +178,48 @@ class PackedMasks:
 
     def __getitem__(self, key):
         return np.unpackbits(self.packed[key], axis=-1, count=self.width).astype(bool)
+
+
+# -- typed readers of each artifact kind: every stage, scorer, figure and export reads through these ----------
+
+
+def segmentations(segmented: dict, slot: int) -> PackedMasks:
+    """The masks of a ``segment`` artifact for the prompts of its ``slot``-th seeder, (M, H, W) bool
+    rows over the explained images, unpacked only for the rows asked for."""
+    return PackedMasks(segmented["masks"][slot], segmented["width"])
+
+
+def accepted(accept: dict) -> PackedMasks:
+    """Every training annotation an ``accept`` artifact holds, (N, H, W) bool rows, unpacked only for the
+    rows asked for."""
+    return PackedMasks(accept["masks"], accept["width"])
+
+
+def pack_prompts(prompts: list[Prompts]) -> dict[str, np.ndarray]:
+    """A ``seeds`` artifact's arrays: per explained image its points (padded with NaN) and labels (padded
+    with -1), as many columns as the longest prompt set has points; ``prompts_at`` reads one back."""
+    width = max([len(p.labels) for p in prompts], default=0)
+    points = np.full((len(prompts), width, 2), np.nan, dtype=np.float32)
+    labels = np.full((len(prompts), width), -1, dtype=np.int8)
+    for i, p in enumerate(prompts):
+        points[i, : len(p.labels)] = p.points
+        labels[i, : len(p.labels)] = p.labels
+    return {"points": points, "labels": labels}
+
+
+def prompts_at(seeds: dict, row: int) -> Prompts:
+    """The prompt set a ``seeds`` artifact holds for its ``row``-th explained image, padding dropped."""
+    keep = seeds["labels"][row] >= 0
+    return Prompts(seeds["points"][row][keep], seeds["labels"][row][keep].astype(np.int64))
+
+
+def map_chunks(explained: dict, size: int = CHUNK) -> Iterator[tuple[slice, np.ndarray]]:
+    """The maps of an ``explain`` artifact ``size`` rows at a time: ``(rows, float32 maps)``, ``rows`` the
+    positions among the explained images (``explained["index"][rows]`` are their images), so the maps of
+    a whole split are never in memory together."""
+    for start in range(0, len(explained["index"]), size):
+        rows = slice(start, start + size)
+        yield rows, np.asarray(explained["maps"][rows], dtype=np.float32)
 
 
 class Artifacts:
@@ -246,8 +283,7 @@ class Artifacts:
         stage's, read or unpacked only for the rows asked for."""
         if key is None:
             return self.data(data_key, "train")["masks"]
-        arrays = self.load("accept", key)
-        return PackedMasks(arrays["masks"], arrays["width"])
+        return accepted(self.load("accept", key))
 
 
 class Memo:

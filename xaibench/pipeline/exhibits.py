@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from xaibench.kit.contracts import apply_ensemble, capability
-from xaibench.pipeline.artifacts import Artifacts, Memo, unpack_masks
+from xaibench.kit.contracts import Prompts, apply_ensemble, capability
+from xaibench.pipeline.artifacts import Artifacts, Memo, accepted, prompts_at, segmentations
 from xaibench.pipeline.metrics import accuracy, iou
 from xaibench.pipeline.plan import Plan, RoundPlan
 from xaibench.pipeline.records import (AnnotationSeries, MaskExamples, OverlayPanel, Overlays, component_label,
@@ -87,14 +87,13 @@ def overlays(plan: Plan, artifacts: Artifacts, *, n_images: int = 4) -> list[Ove
             for column, cp in columns.items():
                 explained = memo("explain", cp.explain)
                 seeds = memo("seeds", cp.seeds) if cp.seeds else None
-                segmented = unpack_masks(memo("segment", cp.segment), cp.segment_index) if cp.segment else None
+                segmented = segmentations(memo("segment", cp.segment), cp.segment_index) if cp.segment else None
                 for row in range(min(n_images, len(explained["index"]))):
                     i = explained["index"][row]
-                    keep = seeds["labels"][row] >= 0 if seeds else np.zeros(0, bool)
+                    prompts = prompts_at(seeds, row) if seeds else Prompts(np.zeros((0, 2)), np.zeros(0, np.int64))
                     panels.append(OverlayPanel(
                         row, column, test["images"][i], explained["maps"][row].astype(np.float32),
-                        seeds["points"][row][keep] if seeds else np.zeros((0, 2)),
-                        seeds["labels"][row][keep] if seeds else np.zeros(0),
+                        prompts.points, prompts.labels,
                         segmented[row] if segmented is not None else None, test["references"][i]))
             if panels:
                 out.append(Overlays(chain_cells[0].cell.dataset.name, [c.label for c in chain if c],
@@ -158,7 +157,7 @@ def annotation_series(plans: dict, artifacts: Artifacts, *, n_images: int = 4) -
         data, train = rounds[0].data, artifacts.data(rounds[0].data, "train")
         final = artifacts.load("accept", rounds[-1].accept)
         index = final["index"]
-        masks = [artifacts.annotations(data, rp.annotations)[index] for rp in rounds] + [unpack_masks(final)[index]]
+        masks = [artifacts.annotations(data, rp.annotations)[index] for rp in rounds] + [accepted(final)[index]]
         reference = train["references"][index]
         scores = np.stack([iou(m, reference) for m in masks])  # (rounds + 1, M)
         moved = np.nan_to_num(np.abs(scores[-1] - scores[0]), nan=-1.0)

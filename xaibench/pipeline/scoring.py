@@ -13,7 +13,7 @@ import numpy as np
 from xaibench.errors import ComponentError, ContractViolation
 from xaibench.kit.contracts import apply_ensemble
 from xaibench.pipeline import metrics, schema, stats
-from xaibench.pipeline.artifacts import CHUNK, Artifacts, Memo, PackedMasks, unpack_masks
+from xaibench.pipeline.artifacts import CHUNK, Artifacts, Memo, map_chunks, segmentations
 from xaibench.pipeline.grid import Choice, digest
 from xaibench.pipeline.plan import CellPlan, Plan, RoundPlan
 from xaibench.pipeline.records import CellRow, Failure, RoundRow, Status
@@ -110,7 +110,7 @@ def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_thr
     if cp.segment:
         index = memo("explain", cp.explain)["index"]
         segmented = memo("segment", cp.segment)
-        masks = PackedMasks(segmented["masks"][cp.segment_index], segmented["width"])  # this cell's seeder
+        masks = segmentations(segmented, cp.segment_index)  # this cell's seeder
         chunks = [metrics.segmentation_per_image(masks[start:start + CHUNK], test["references"][index[start:start + CHUNK]])
                   for start in range(0, len(index), CHUNK)]
         scores = _concatenate(chunks, schema.names("segmentation"))
@@ -130,11 +130,10 @@ def _concatenate(chunks: list[dict], names) -> dict[str, np.ndarray]:
 def explanation_scores(explained: dict, references, cam_threshold: float) -> tuple[dict, dict, np.ndarray]:
     """``(per-image scores, means, sweep)`` of every explanation metric for an explain artifact, chunk by
     chunk (``references``: the split's reference rows; ``sweep``: ``metrics.sweep_per_image``)."""
-    index, maps = explained["index"], explained["maps"]
+    index = explained["index"]
     per_image, sweeps = [], []
-    for start in range(0, len(index), CHUNK):
-        chunk = np.asarray(maps[start:start + CHUNK], dtype=np.float32)
-        truth = references[index[start:start + CHUNK]]
+    for rows, chunk in map_chunks(explained):
+        truth = references[index[rows]]
         per_image.append(metrics.explanation_per_image(chunk, truth, threshold=cam_threshold))
         sweeps.append(metrics.sweep_per_image(chunk, truth))
     names = list(per_image[0]) if per_image else list(metrics.explanation_per_image(
@@ -149,9 +148,7 @@ def validation_threshold(val_explained: dict, val: dict, test_sweep: np.ndarray)
     highest mean Jaccard over the val images (ties to the lower threshold); only val maps and val masks
     are read. NaN (and a NaN array) where the val split has no image with a non-empty mask."""
     index = val_explained["index"]
-    curves = [metrics.sweep_per_image(np.asarray(val_explained["maps"][start:start + CHUNK], dtype=np.float32),
-                                      val["references"][index[start:start + CHUNK]])
-              for start in range(0, len(index), CHUNK)]
+    curves = [metrics.sweep_per_image(maps, val["references"][index[rows]]) for rows, maps in map_chunks(val_explained)]
     curve, _, _, _ = metrics.sweep_summary(np.concatenate(curves) if curves else
                                            np.zeros((0, len(metrics.DEFAULT_SWEEP))))
     if not len(curve) or not np.isfinite(curve).any():
@@ -229,8 +226,9 @@ def round_scores(rp: RoundPlan, artifacts: Artifacts, registry, cam_threshold: f
     masked = artifacts.load("logits", rp.masked_logits)["test"]
     logits = mixed_logits(rp.chain.cell.ensemble, registry, raw, masked)
     explained = artifacts.load("explain", rp.explain_test)
-    truth = test["references"][explained["index"]]
-    jaccard = metrics.iou(metrics.binarise(np.asarray(explained["maps"], dtype=np.float32), cam_threshold), truth)
+    truth = test["references"]  # read chunk by chunk with the maps: a split's maps are never all in memory
+    jaccard = np.concatenate([metrics.iou(metrics.binarise(maps, cam_threshold), truth[explained["index"][rows]])
+                              for rows, maps in map_chunks(explained)] or [np.zeros(0)])
     index = np.flatnonzero(train["has_mask"])  # the explained, segmented and renewed training images
     references = train["references"][index]
     current = artifacts.annotations(rp.data, rp.annotations)[index]
@@ -244,8 +242,8 @@ def round_scores(rp: RoundPlan, artifacts: Artifacts, registry, cam_threshold: f
         "reference": "exact" if bool(train["has_reference"].any()) else "original annotations",
     }
     if rp.segment not in failed and rp.explain_train not in failed and len(index):
-        proposals = unpack_masks(artifacts.load("segment", rp.segment), 0)
-        out["proposal_iou"] = metrics.mean_excluding_nan(metrics.iou(proposals, references))[0]
+        proposals = segmentations(artifacts.load("segment", rp.segment), 0)
+        out["proposal_iou"] = metrics.mean_excluding_nan(metrics.iou(proposals[:], references))[0]
     if rp.accept not in failed and len(index):
         accepted = artifacts.load("accept", rp.accept)
         out.update(accepted=float(accepted["accepted"].mean()), changed=float(accepted["changed"].mean()))

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from xaibench.errors import ComponentError, ContractViolation, StageError, UserError, out_of_space
-from xaibench.kit.contracts import (Prompts, apply_ensemble, capability, validate_annotation, validate_classes,
-                                    validate_layers, validate_layout, validate_logits, validate_maps, validate_masked,
-                                    validate_model, validate_prompt_sets, validate_sample, validate_segmentation)
+from xaibench.kit.contracts import (apply_ensemble, capability, validate_annotation, validate_classes, validate_layers,
+                                    validate_layout, validate_logits, validate_maps, validate_masked, validate_model,
+                                    validate_prompt_sets, validate_sample, validate_segmentation)
 from xaibench.kit.models import ensemble_model, layer_name, load_weights, save_weights
 from xaibench.kit.registry import get_registry
 from xaibench.pipeline import faithfulness, sanity, schema
-from xaibench.pipeline.artifacts import CHUNK, SPLITS, ArrayFolderWriter, Artifacts, PackedMasks
+from xaibench.pipeline.artifacts import (CHUNK, SPLITS, ArrayFolderWriter, Artifacts, map_chunks, pack_prompts,
+                                         prompts_at, segmentations)
 from xaibench.pipeline.grid import Choice
 from xaibench.pipeline.plan import (AcceptSpec, DataSpec, ExplainSpec, FaithfulnessSpec, FinetuneSpec, LogitsSpec,
                                     MixedModel, SanitySpec, SeedsSpec, SegmentSpec, Stage, TrainSpec)
@@ -475,27 +476,21 @@ class StageRunner:
         ids = self.artifacts.data(spec.data, spec.split)["ids"][explained["index"]]
         seeder = self.component("seeders", spec.seeder)
         prompts = []
-        for start in range(0, len(ids), CHUNK):
-            maps = explained["maps"][start : start + CHUNK]
+        for rows, maps in map_chunks(explained):
             found = []
-            for saliency, image_id in zip(maps, ids[start : start + CHUNK]):
+            for saliency, image_id in zip(maps, ids[rows]):
                 with self.calling("seeders", spec.seeder, given=f"the map of {spec.split} image {str(image_id)!r}"):
                     found.append(seeder(saliency))
             try:
                 validate_prompt_sets(found, maps)  # a few array operations per chunk: cheap beside seeding
             except ContractViolation as exc:
-                image = str(ids[start + exc.index])
+                image = str(ids[rows.start + exc.index])
                 with self.calling("seeders", spec.seeder, given=f"the map of {spec.split} image {image!r}"):
                     raise
             prompts += found
-        width = max([len(p.labels) for p in prompts], default=0)
-        points = np.full((len(prompts), width, 2), np.nan, dtype=np.float32)
-        labels = np.full((len(prompts), width), -1, dtype=np.int8)
-        for i, p in enumerate(prompts):
-            points[i, : len(p.labels)] = p.points
-            labels[i, : len(p.labels)] = p.labels
-        save_arrays(self.path("seeds", stage.key), points=points, labels=labels)
-        return {"n": len(prompts), "max_points": width}
+        packed = pack_prompts(prompts)
+        save_arrays(self.path("seeds", stage.key), **packed)
+        return {"n": len(prompts), "max_points": packed["labels"].shape[1]}
 
     def _run_segment(self, stage: Stage):
         """Masks (S, M, H, W) for S seeders' prompts on the M explained images, bit-packed, and the
@@ -512,10 +507,7 @@ class StageRunner:
         masks = np.zeros((len(seeds), len(index), height, (width + 7) // 8), dtype=np.uint8)  # bit-packed rows
         scores = np.full((len(seeds), len(index)), np.nan, dtype=np.float32)
         for row, i in enumerate(self.bar_range(stage, len(index), 1, index)):
-            prompts = []
-            for s in seeds:
-                keep = s["labels"][row] >= 0
-                prompts.append(Prompts(s["points"][row][keep], s["labels"][row][keep].astype(np.int64)))
+            prompts = [prompts_at(s, row) for s in seeds]
             extra = {"saliency": [explained["maps"][row].astype(np.float32)] * len(prompts)} if uses_saliency else {}
             given = f"{spec.split} image {str(test['ids'][i])!r} with {len(prompts)} prompt set(s)"
             with self.calling("segmenters", spec.segmenter, given=given):
@@ -541,7 +533,7 @@ class StageRunner:
         ids = self.artifacts.data(spec.data, "train")["ids"]
         explained = self.artifacts.load("explain", spec.explain)
         segmented = self.artifacts.load("segment", spec.segment)
-        proposals = PackedMasks(segmented["masks"][0], segmented["width"])
+        proposals = segmentations(segmented, 0)
         scores = segmented.get("scores", np.full((1, len(proposals)), np.nan, np.float32))[0]
         acceptor = self.component("acceptors", spec.acceptor)
         index = explained["index"]
