@@ -28,7 +28,8 @@ class Metric:
     come from (default: the name). ``chance``: the explainers whose maps give its chance level, each a
     column ``<explainer>_<name>``, with ``lift_<name>`` (the metric minus the ``random`` map's, in the
     better direction). ``table_one``: it has a Table-I layout (masks as columns, α as rows) in
-    ``leaderboard.md``; ``latex``: also in ``leaderboard.tex``, under ``caption``."""
+    ``leaderboard.md``; ``latex``: also in the LaTeX document (``xaibench leaderboard --format latex``), under
+    ``caption``."""
 
     name: str
     family: str
@@ -100,6 +101,28 @@ RECORDED_ONLY = frozenset(
     + [f"{m.name}_excluded" for m in METRICS if m.family in ("explanation", "segmentation")]) - set(EXTRA_COLUMNS)
 
 
+@dataclasses.dataclass(frozen=True)
+class RoundMetric:
+    """One measurement of a loop round (a column of ``loop_seeds.csv`` and ``loop.csv``): what it is, its
+    column header in the report, and whether it is also reported as its change from round 0. Every one
+    is a share or an IoU in [0, 1]."""
+
+    name: str
+    description: str
+    header: str
+    change: bool = False
+
+
+ROUND_METRICS: tuple[RoundMetric, ...] = (
+    RoundMetric("accuracy", "test accuracy (raw images)", "accuracy", change=True),
+    RoundMetric("jaccard", "explanation Jaccard vs test references", "Jaccard", change=True),
+    RoundMetric("annotation_iou", "IoU of the training annotations vs references", "annotation IoU", change=True),
+    RoundMetric("proposal_iou", "IoU of the segmentations vs references", "segmentation IoU"),
+    RoundMetric("accepted", "share of segmentations accepted", "accepted"),
+    RoundMetric("changed", "share of annotations changed", "changed"),
+)
+
+
 def family(name: str) -> list[Metric]:
     return [m for m in METRICS if m.family == name]
 
@@ -153,7 +176,7 @@ def table_one(name: str) -> list[Metric]:
 
 
 def latex_tables(name: str) -> list[Metric]:
-    """The metrics of a family with a Table-I layout in ``leaderboard.tex``, in order."""
+    """The metrics of a family with a Table-I layout in the LaTeX document, in order."""
     return [m for m in family(name) if m.latex]
 
 

@@ -10,18 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from xaibench.pipeline import metrics, stats
+from xaibench.pipeline import metrics, schema, stats
 from xaibench.pipeline.records import CHAIN_CONFIG_LABELS, Status
 
-METRICS = {  # column → what it is, as the tables and the report say it
-    "accuracy": "test accuracy (raw images)",
-    "jaccard": "explanation Jaccard vs test references",
-    "annotation_iou": "IoU of the training annotations vs references",
-    "proposal_iou": "IoU of the segmentations vs references",
-    "accepted": "share of segmentations accepted",
-    "changed": "share of annotations changed",
-}
-CHANGE_METRICS = ("accuracy", "jaccard", "annotation_iou")  # reported as change from round 0 too
+# column → what it is, as the tables and the report say it (``schema.ROUND_METRICS``)
+METRICS = {metric.name: metric.description for metric in schema.ROUND_METRICS}
+CHANGE_METRICS = tuple(metric.name for metric in schema.ROUND_METRICS if metric.change)  # also as change from round 0
 LABELS = CHAIN_CONFIG_LABELS
 
 

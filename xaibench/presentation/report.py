@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from xaibench import machine
+from xaibench.pipeline import schema
 from xaibench.presentation import leaderboard
 from xaibench.presentation.loop_tables import LABELS, METRICS, varying_labels
 from xaibench.text import with_interval
@@ -153,8 +154,8 @@ def loop_page(title: str, summary: pd.DataFrame, seeds: pd.DataFrame, *, figures
     if len(summary):
         for reference in dict.fromkeys(summary["reference"]):
             parts.append(f"<p class='note'>{html.escape(REFERENCE_NOTES.get(reference, reference))}</p>")
-        header = ["round", "seeds", "accuracy", "Δ accuracy", "Jaccard", "Δ Jaccard", "annotation IoU",
-                  "Δ annotation IoU", "segmentation IoU", "accepted", "changed"]
+        header = ["round", "seeds"] + [h for m in schema.ROUND_METRICS
+                                        for h in [m.header] + ([f"Δ {m.header}"] if m.change else [])]
         varying = varying_labels(summary)
         common = [f"{c}={summary[c].iloc[0]}" for c in LABELS if c not in varying and str(summary[c].iloc[0]) != ""]
         parts.append(f"<p>Every configuration: {html.escape(' · '.join(common))}</p>")
@@ -163,10 +164,10 @@ def loop_page(title: str, summary: pd.DataFrame, seeds: pd.DataFrame, *, figures
             labels = labels if isinstance(labels, tuple) else (labels,)
             name = " · ".join(f"{k}={v}" for k, v in zip(varying, labels)) or "Rounds"
             parts.append(f"<h2>{html.escape(name)}</h2>")
-            rows = [[r["round"], r["seeds"], _with_ci(r, "accuracy"), _with_ci(r, "accuracy_change", True),
-                     _with_ci(r, "jaccard"), _with_ci(r, "jaccard_change", True), _with_ci(r, "annotation_iou"),
-                     _with_ci(r, "annotation_iou_change", True), _with_ci(r, "proposal_iou"),
-                     _with_ci(r, "accepted"), _with_ci(r, "changed")] for _, r in group.iterrows()]
+            rows = [[r["round"], r["seeds"]] + [cell for m in schema.ROUND_METRICS for cell in
+                                                 [_with_ci(r, m.name)] + ([_with_ci(r, f"{m.name}_change", True)]
+                                                                          if m.change else [])]
+                    for _, r in group.iterrows()]
             parts.append(_table(header, rows))
         parts.append("<p class='note'>" + html.escape("; ".join(f"{k}: {v}" for k, v in METRICS.items())) + "</p>")
     else:
