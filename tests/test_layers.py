@@ -172,3 +172,12 @@ def test_the_checks_find_what_they_look_for():
     assert layer_of("xaibench.errors") == "base" and layer_of("xaibench.kit.testing._core") == "kit"
     assert layer_of("xaibench.pipeline") == "pipeline"
     assert reachable({"a": {"b"}, "b": {"c"}}, "a") == {"b", "c"}
+
+
+def test_every_package_is_installed():
+    """``pip install .`` ships a package only if pyproject.toml lists it: a new subpackage left out would
+    work from a checkout and be missing from every install."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert packages <= listed, sorted(packages - listed)
