@@ -232,6 +232,7 @@ def validation_share(tmp: Path) -> dict:
     """Times every contract validator the stage runner calls, per stage kind, against the stage's time."""
     import sqlite3
 
+    from xaibench.kit import contracts
     from xaibench.pipeline import stages
 
     spent: dict[str, float] = {}
@@ -239,7 +240,10 @@ def validation_share(tmp: Path) -> dict:
              "validate_masked": "finetune", "validate_logits": "logits", "validate_layers": "explain",
              "validate_ensemble": "explain", "validate_maps": "explain", "validate_prompt_sets": "seeds",
              "validate_segmentation": "segment", "validate_annotation": "accept"}
-    originals = {name: getattr(stages, name) for name in kinds}
+    # Where each validator is looked up when called: the stage runner's module, except the ensemble check,
+    # which contracts.apply_ensemble makes (for explanations, and for scoring's mixes, counted here too).
+    modules = {name: contracts if name == "validate_ensemble" else stages for name in kinds}
+    originals = {name: getattr(modules[name], name) for name in kinds}
 
     def timed(name):
         def call(*args, **kwargs):
@@ -251,12 +255,12 @@ def validation_share(tmp: Path) -> dict:
         return call
 
     for name in kinds:
-        setattr(stages, name, timed(name))
+        setattr(modules[name], name, timed(name))
     try:
         _run(VALIDATION_GRID, tmp / "validation")
     finally:
         for name, fn in originals.items():
-            setattr(stages, name, fn)
+            setattr(modules[name], name, fn)
     with sqlite3.connect(tmp / "validation" / "store.sqlite") as db:
         seconds = dict(db.execute("SELECT kind, SUM(seconds) FROM stages WHERE status = 'done' GROUP BY kind"))
     shares = {kind: spent.get(kind, 0.0) / seconds[kind] for kind in seconds}

@@ -158,6 +158,13 @@ def test_an_older_path_is_the_same_module_as_the_kit_s(name):
     assert importlib.import_module(f"xaibench.{name}") is importlib.import_module(f"xaibench.kit.{name}")
 
 
+def test_the_older_path_of_a_kit_submodule_is_no_second_copy():
+    import xaibench.kit.testing._models as kit_path
+    import xaibench.testing._models as older_path
+
+    assert older_path is kit_path
+
+
 def test_the_older_plugin_api_paths_still_import():
     from xaibench.contracts import ActivationLayout, Prompts, Sample  # noqa: F401
     from xaibench.download import download  # noqa: F401

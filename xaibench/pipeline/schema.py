@@ -96,8 +96,9 @@ EXTRA_COLUMNS = {
 }
 # What a cell's record holds that leaderboard.csv leaves out: the key its scores were computed for, and how
 # many images each metric left out (NaN) where no column carries it.
+# (``seg_excluded``: what cells scored by an earlier xaibench recorded for the segmentation metrics.)
 RECORDED_ONLY = frozenset(
-    ["score_key", "sweep_mean_excluded", "sweep_best_excluded"]
+    ["score_key", "sweep_mean_excluded", "sweep_best_excluded", "seg_excluded"]
     + [f"{m.name}_excluded" for m in METRICS if m.family in ("explanation", "segmentation")]) - set(EXTRA_COLUMNS)
 
 
