@@ -8,6 +8,7 @@ import pandas as pd
 from PIL import Image
 
 from xaibench.commands.cli import main
+from xaibench.pipeline import results
 from xaibench.pipeline.grid import parse_grid
 from xaibench.pipeline.records import MaskExamples, OverlayPanel, Overlays
 from xaibench.presentation import figures, leaderboard
@@ -73,10 +74,10 @@ def _chance_frames(tmp_path, correct):
     from xaibench.pipeline.store import save_arrays
 
     save_arrays(tmp_path / "c.npz", correct=np.array(correct, bool), ids=np.arange(len(correct)).astype(str))
-    df = leaderboard.frame([{"cell_id": "c", "dataset": "d", "backbone": "b", "seed": 0, "mask": "none",
+    df = results.frame([{"cell_id": "c", "dataset": "d", "backbone": "b", "seed": 0, "mask": "none",
                              "ensemble": "baseline", "alpha": 1.0, "explainer": "", "seeder": "", "segmenter": "",
                              "status": "done", "accuracy": float(np.mean(correct)), "majority_share": 0.5}])
-    return df, leaderboard.summarise(df, {"c": tmp_path / "c.npz"})
+    return df, results.summarise(df, {"c": tmp_path / "c.npz"})
 
 
 def test_a_model_whose_interval_reaches_the_majority_share_is_at_chance(tmp_path):

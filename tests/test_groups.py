@@ -7,7 +7,7 @@ import pytest
 
 from xaibench.errors import ContractViolation
 from xaibench.kit.contracts import Sample, validate_sample
-from xaibench.pipeline import stats
+from xaibench.pipeline import results, stats
 from xaibench.pipeline.store import save_arrays
 from xaibench.presentation import leaderboard
 from xaibench_plugins.synthetic import ALIGNED, CONFLICTING, SyntheticDataset
@@ -62,15 +62,15 @@ def test_the_leaderboard_reports_each_group_and_the_worst(tmp_path):
                      "segmenter": "", "status": "done"})
         files[cell_id] = tmp_path / f"{cell_id}.npz"
         save_arrays(files[cell_id], correct=np.array(values, bool), ids=np.arange(10).astype(str), group=groups)
-    df = leaderboard.frame(rows)
-    summary = leaderboard.summarise(df, files).set_index("mask")
+    df = results.frame(rows)
+    summary = results.summarise(df, files).set_index("mask")
     base = summary.loc["none"]
     assert base[f"accuracy[{ALIGNED}]"] == pytest.approx(1.0)
     assert base[f"accuracy[{CONFLICTING}]"] == pytest.approx(0.25)
     assert base["worst_group_accuracy"] == pytest.approx(0.25)
     assert summary.loc["white", "worst_group_accuracy"] == pytest.approx(0.75)
     assert base["worst_group_accuracy_ci_low"] <= 0.25 <= base["worst_group_accuracy_ci_high"]
-    text = leaderboard.markdown(df, leaderboard.summarise(df, files))
+    text = leaderboard.markdown(df, results.summarise(df, files))
     assert "### Accuracy (%) by test group, and the worst group's" in text
     assert f"| mask | ensemble | all | {ALIGNED} (n=6) | {CONFLICTING} (n=4) | worst group |" in text
     assert "| none | Baseline | 70.00 [" in text and "| 25.00 [" in text
@@ -78,10 +78,10 @@ def test_the_leaderboard_reports_each_group_and_the_worst(tmp_path):
 
 def test_no_group_table_without_groups(tmp_path):
     save_arrays(tmp_path / "c.npz", correct=np.array([1, 0], bool), ids=np.array(["a", "b"]))
-    df = leaderboard.frame([{"cell_id": "c", "dataset": "d", "backbone": "b", "seed": 0, "mask": "none",
+    df = results.frame([{"cell_id": "c", "dataset": "d", "backbone": "b", "seed": 0, "mask": "none",
                              "ensemble": "baseline", "alpha": 1.0, "explainer": "", "seeder": "", "segmenter": "",
                              "status": "done"}])
-    summary = leaderboard.summarise(df, {"c": tmp_path / "c.npz"})
+    summary = results.summarise(df, {"c": tmp_path / "c.npz"})
     assert "worst_group_accuracy" not in summary or summary["worst_group_accuracy"].isna().all()
     assert "by test group" not in leaderboard.markdown(df, summary)
     assert pd.isna(summary.iloc[0].get("worst_group_accuracy"))

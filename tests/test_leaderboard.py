@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from xaibench.pipeline import results
 from xaibench.pipeline.store import save_arrays
 from xaibench.presentation import leaderboard
 
@@ -25,13 +26,13 @@ def cells(tmp_path):
                      "alpha": 1.0 if variant == "baseline" else 0.9, "accuracy": float(np.mean(values))})
         files[cell_id] = tmp_path / f"{cell_id}.npz"
         save_arrays(files[cell_id], correct=np.array(values, dtype=bool), ids=np.arange(10).astype(str))
-    df = leaderboard.frame(rows)
+    df = results.frame(rows)
     return df, files
 
 
 def test_summary_has_seed_means_cis_spread_and_mcnemar(cells):
     df, files = cells
-    summary = leaderboard.summarise(df, files).set_index("mask")
+    summary = results.summarise(df, files).set_index("mask")
     median = summary.loc["median"]
     assert median["accuracy"] == pytest.approx(0.95)
     assert median["accuracy_seed_sd"] == pytest.approx(np.std([0.9, 1.0], ddof=1))
@@ -45,7 +46,7 @@ def test_summary_has_seed_means_cis_spread_and_mcnemar(cells):
 
 def test_table_one_layout_and_detail(cells):
     df, files = cells
-    text = leaderboard.markdown(df, leaderboard.summarise(df, files))
+    text = leaderboard.markdown(df, results.summarise(df, files))
     assert "|  | median |" in text
     assert "| α=0.9 | 95.00 [" in text and "| Baseline | 75.00 [" in text
     assert "| median | α=0.9 | 95.00 |" in text and "| 2/2 | 0.125 (0/4) |" in text
@@ -56,7 +57,7 @@ def test_published_numbers_sit_beside_reproduced_ones(cells):
     df, files = cells
     published = pd.DataFrame({"dataset": ["kahikatea", "kahikatea", "other"], "mask": ["median", "none", "none"],
                               "alpha": [0.9, 1.0, 1.0], "accuracy": [82.14, 76.91, 50.0]})
-    text = leaderboard.markdown(df, leaderboard.summarise(df, files), published=published)
+    text = leaderboard.markdown(df, results.summarise(df, files), published=published)
     assert "reproduced / published (Δ)" in text
     assert "/ 82.14 (+12.86) |" in text and "/ 76.91 (-1.91) |" in text
 
@@ -64,7 +65,7 @@ def test_published_numbers_sit_beside_reproduced_ones(cells):
 def test_missing_seeds_are_marked_and_failures_listed(cells):
     df, files = cells
     df.loc[df["cell_id"] == "median-1", ["status", "error"]] = ["failed", "RuntimeError: boom"]
-    summary = leaderboard.summarise(df, files)
+    summary = results.summarise(df, files)
     median = summary.set_index("mask").loc["median"]
     assert (median["n_seeds"], bool(median["complete"])) == (1, False)
     assert median["accuracy"] == pytest.approx(0.9)
@@ -88,7 +89,7 @@ def test_report_renders_in_a_headless_browser(cells, tmp_path):
     figure = tmp_path / "fig1_masks_demo.png"
     Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))).save(figure)
     page = tmp_path / "report.html"
-    page.write_text(report.page("demo", df, leaderboard.summarise(df, files), figures=[figure],
+    page.write_text(report.page("demo", df, results.summarise(df, files), figures=[figure],
                                 run_info={"cells": 4, "cells_done": 4, "plugins": []}, grid_text="name: demo"))
     shot = tmp_path / "report.png"
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -12,7 +12,7 @@ import torch
 
 from xaibench.errors import ContractViolation, UserError, out_of_space
 from xaibench.kit.contracts import apply_ensemble
-from xaibench.pipeline import metrics, sanity, schema
+from xaibench.pipeline import metrics, results, sanity, schema
 from xaibench.pipeline.grid import Choice
 from xaibench.pipeline.records import CELL_LABELS, component_label, component_name
 from xaibench.presentation import figures, leaderboard
@@ -53,10 +53,10 @@ def _row(**metrics_):
 
 
 def test_a_metric_the_schema_does_not_declare_is_refused_not_dropped():
-    assert list(leaderboard.frame([_row(accuracy=0.5, score_key="k", dice_excluded=0)]).columns)[-2:] == \
+    assert list(results.frame([_row(accuracy=0.5, score_key="k", dice_excluded=0)]).columns)[-2:] == \
         ["error", "cell_id"]
     with pytest.raises(UserError, match="does not know \\(brand_new\\)"):
-        leaderboard.frame([_row(accuracy=0.5, brand_new=0.1)])
+        results.frame([_row(accuracy=0.5, brand_new=0.1)])
     assert schema.undeclared(["accuracy", "brand_new", "score_key"]) == ["brand_new"]
 
 
@@ -65,7 +65,7 @@ def test_adding_a_metric_is_one_schema_entry(monkeypatch):
     monkeypatch.setattr(schema, "METRICS", schema.METRICS + (added,))
     assert {"brand_new", "random_brand_new", "centre_brand_new", "lift_brand_new"} <= set(schema.columns())
     assert "brand_new" in [m.name for m in schema.summarised()] and schema.undeclared(["brand_new"]) == []
-    assert "brand_new" in leaderboard.frame([_row(brand_new=0.1)])  # the frame reads the schema, not a copy
+    assert "brand_new" in results.frame([_row(brand_new=0.1)])  # the frame reads the schema, not a copy
 
 
 def test_the_best_value_of_a_table_follows_the_metric_s_direction():

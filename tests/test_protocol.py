@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from xaibench.pipeline import faithfulness, metrics, schema, scoring
+from xaibench.pipeline import faithfulness, metrics, results, schema, scoring
 from xaibench.pipeline.artifacts import Memo
 from xaibench.pipeline.store import save_arrays
 from xaibench.presentation import leaderboard
@@ -30,7 +30,7 @@ def _cells(tmp_path, val, test, seeds=(0,)):
                          "val_accuracy": float("nan") if v is None else v, "n_val": 0 if val is None else 20})
             files[cell_id] = tmp_path / f"{cell_id}-{seed}.npz"
             save_arrays(files[cell_id], correct=correct, ids=np.arange(len(correct)).astype(str))
-    return leaderboard.frame(rows), files
+    return results.frame(rows), files
 
 
 TEST = {"baseline": [1, 1, 0, 0, 0, 0, 0, 0, 0, 0], 0.8: [1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
@@ -40,12 +40,12 @@ TEST = {"baseline": [1, 1, 0, 0, 0, 0, 0, 0, 0, 0], 0.8: [1, 1, 1, 0, 0, 0, 0, 0
 def test_alpha_star_is_read_off_validation_where_test_disagrees(tmp_path):
     # validation prefers α = 0.8, test prefers α = 1.0: the row must report α = 0.8's test accuracy
     df, files = _cells(tmp_path, {0.8: 0.9, 0.9: 0.7, 1.0: 0.6}, TEST)
-    summary = leaderboard.summarise(df, files).set_index("ensemble")
-    chosen = summary.loc[f"logit-mix {leaderboard.SELECTED}"]
+    summary = results.summarise(df, files).set_index("ensemble")
+    chosen = summary.loc[f"logit-mix {results.SELECTED}"]
     assert chosen["alpha_star"] == "0.8" and chosen["selection"] == "val"
     assert chosen["accuracy"] == pytest.approx(0.3)
     assert chosen["mcnemar_b"] + chosen["mcnemar_c"] == 1  # paired with the baseline like any ensemble
-    text = leaderboard.markdown(leaderboard.frame(df.to_dict("records")), leaderboard.summarise(df, files))
+    text = leaderboard.markdown(results.frame(df.to_dict("records")), results.summarise(df, files))
     assert "| α* (val) | 30.00 [" in text
     assert "α* (val) (α = 0.8 by seed)" in text
 
@@ -53,19 +53,19 @@ def test_alpha_star_is_read_off_validation_where_test_disagrees(tmp_path):
 def test_alpha_star_ties_go_to_the_larger_alpha_and_each_seed_chooses_its_own(tmp_path):
     df, files = _cells(tmp_path, {0.8: 0.8, 0.9: 0.8, 1.0: 0.5}, TEST, seeds=(0, 1))
     df.loc[(df["seed"] == 1) & (df["alpha"] == 1.0) & (df["ensemble"] != "baseline"), "val_accuracy"] = 0.95
-    chosen = leaderboard.alpha_choices(df).set_index("seed")
+    chosen = results.alpha_choices(df).set_index("seed")
     assert chosen.loc[0, "alpha_star"] == 0.9 and chosen.loc[1, "alpha_star"] == 1.0
-    summary = leaderboard.summarise(df, files).set_index("ensemble")
-    assert summary.loc[f"logit-mix {leaderboard.SELECTED}", "alpha_star"] == "0.9 / 1"
-    assert summary.loc[f"logit-mix {leaderboard.SELECTED}", "accuracy"] == pytest.approx((0.5 + 0.9) / 2)
+    summary = results.summarise(df, files).set_index("ensemble")
+    assert summary.loc[f"logit-mix {results.SELECTED}", "alpha_star"] == "0.9 / 1"
+    assert summary.loc[f"logit-mix {results.SELECTED}", "accuracy"] == pytest.approx((0.5 + 0.9) / 2)
 
 
 def test_without_a_val_split_the_tables_say_the_choice_was_not_possible(tmp_path):
     df, files = _cells(tmp_path, None, TEST)
-    summary = leaderboard.summarise(df, files).set_index("ensemble")
-    row = summary.loc[f"logit-mix {leaderboard.SELECTED}"]
-    assert row["selection"] == leaderboard.NO_VAL and pd.isna(row.get("accuracy"))
-    text = leaderboard.markdown(df, leaderboard.summarise(df, files))
+    summary = results.summarise(df, files).set_index("ensemble")
+    row = summary.loc[f"logit-mix {results.SELECTED}"]
+    assert row["selection"] == results.NO_VAL and pd.isna(row.get("accuracy"))
+    text = leaderboard.markdown(df, results.summarise(df, files))
     assert "| α* (val) | not possible (no val split) |" in text
     # nothing fell back to test: no accuracy is printed on that row
     line = next(line for line in text.splitlines() if line.startswith("| α* (val)"))
@@ -75,9 +75,9 @@ def test_without_a_val_split_the_tables_say_the_choice_was_not_possible(tmp_path
 def test_alpha_choice_reads_no_test_number(tmp_path):
     """Scrambling every test number (accuracy, correctness files) leaves the choice unchanged."""
     df, files = _cells(tmp_path, {0.8: 0.6, 0.9: 0.9, 1.0: 0.7}, TEST)
-    first = leaderboard.alpha_choices(df)[["seed", "alpha_star", "source"]]
+    first = results.alpha_choices(df)[["seed", "alpha_star", "source"]]
     scrambled = df.assign(accuracy=np.random.default_rng(0).random(len(df)))
-    assert leaderboard.alpha_choices(scrambled)[["seed", "alpha_star", "source"]].equals(first)
+    assert results.alpha_choices(scrambled)[["seed", "alpha_star", "source"]].equals(first)
     assert first["alpha_star"].tolist() == [0.9]
 
 

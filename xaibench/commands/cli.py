@@ -24,6 +24,7 @@ from xaibench.commands.run import run
 from xaibench.errors import PluginError, UserError, out_of_space
 from xaibench.kit.files import atomic_write_text
 from xaibench.kit.registry import KINDS, get_registry
+from xaibench.pipeline import results
 from xaibench.pipeline.plan import plan_loop
 from xaibench.presentation import latex, leaderboard, report
 from xaibench.text import text_table
@@ -356,11 +357,11 @@ def render(dirs, fmt: str) -> str:
 
     A folder whose cells all failed or were never finished still shows its failures; a folder with no
     cell at all is a ``UserError``."""
-    df, files, published = leaderboard.load_runs(dirs)
+    df, files, published = results.load_runs(dirs)
     if not len(df):
         raise UserError(f"{', '.join(map(str, dirs))}: no cell has been recorded yet (the run was interrupted "
                         "before any stage finished, or this is not a run folder); run 'xaibench run' into it first")
-    summary = leaderboard.summarise(df, files)
+    summary = results.summarise(df, files)
     names, infos = [], []
     for directory in dirs:
         info = Path(directory) / "run.json"

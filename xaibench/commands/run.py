@@ -20,7 +20,7 @@ from xaibench import machine
 from xaibench.commands.outputs import Outputs
 from xaibench.kit.files import atomic_write_text
 from xaibench.kit.registry import get_registry
-from xaibench.pipeline import exhibits
+from xaibench.pipeline import exhibits, results
 from xaibench.pipeline.engine import RunFolder, apply_executor_override, echo_warning, execute
 from xaibench.pipeline.grid import all_choices
 from xaibench.pipeline.plan import TRAINING_KINDS, Plan, not_fetched_lines, plan_run
@@ -131,13 +131,13 @@ def publish(folder: RunFolder, plan: Plan, cells: list[dict], files: dict, info:
     figures → report, each product on its own, so one that fails is recorded and the rest are written."""
     out, grid = folder.out, folder.grid
     outputs = Outputs()
-    df = leaderboard.frame(cells)
-    summary = outputs.attempt("leaderboard_summary.csv", lambda: leaderboard.summarise(df, files),
-                              default=pd.DataFrame(columns=leaderboard.SUMMARY_COLUMNS))
+    df = results.frame(cells)
+    summary = outputs.attempt("leaderboard_summary.csv", lambda: results.summarise(df, files),
+                              default=pd.DataFrame(columns=results.SUMMARY_COLUMNS))
     published = None
     if grid.published:
         shutil.copyfile(grid.published, out / "published.csv")
-        published = outputs.attempt("published.csv", lambda: leaderboard.read_published(out / "published.csv"))
+        published = outputs.attempt("published.csv", lambda: results.read_published(out / "published.csv"))
     drawn = draw_figures(folder, plan, outputs, key=scores_key(plan, grid.protocol.cam_threshold))
     title = f"xaibench leaderboard: {grid.name}"
     info.update(machine.describe())

@@ -13,7 +13,8 @@ import pandas as pd
 
 from xaibench.pipeline import schema
 from xaibench.pipeline.records import component_name
-from xaibench.presentation.leaderboard import (ACCURACY_TITLE, NO_VAL, Entry, at_or_below_chance, published_lookup,
+from xaibench.pipeline.results import NO_VAL
+from xaibench.presentation.leaderboard import (ACCURACY_TITLE, Entry, at_or_below_chance, published_lookup,
                                                table_one_entries)
 from xaibench.text import MISSING, NOT_POSSIBLE, interval, number
 
