@@ -14,6 +14,7 @@ import re
 import sys
 import tempfile
 import time
+from operator import attrgetter
 from pathlib import Path
 
 from xaibench.errors import ContractViolation, UserError, WorkerLost
@@ -309,15 +310,10 @@ def execute(stages: dict[str, Stage], folder: RunFolder, *, retry_failed: bool =
     return Execution(counts, failed_now)
 
 
-def expected_cost(stage: Stage) -> float:
-    """What the dependency-driven scheduler starts first when several stages are ready: the stage kind's
-    rough cost (``plan.StageKind.cost``), summed along the longest chain of work below a stage."""
-    return stage.expected_cost
-
-
-def priorities(stages: list, cost=expected_cost) -> dict[str, float]:
-    """Each stage's ``cost`` (default: its kind's expected cost) plus the largest of its dependants'
-    priorities (the "bottom level" of list scheduling), over the stages given, in dependency order."""
+def priorities(stages: list, cost=attrgetter("expected_cost")) -> dict[str, float]:
+    """Each stage's ``cost`` (default: its kind's rough cost, ``plan.StageKind.cost``) plus the largest of
+    its dependants' priorities (the "bottom level" of list scheduling), over the stages given, in
+    dependency order: the scheduler starts the longest chain of expected work first."""
     keys = {s.key for s in stages}
     children: dict[str, list[str]] = {s.key: [] for s in stages}
     for stage in stages:

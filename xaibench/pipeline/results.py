@@ -267,6 +267,7 @@ def summarise(df: pd.DataFrame, files: dict[str, Path]) -> pd.DataFrame:
     expected = {key: sorted(group["seed"].unique()) for key, group in df.groupby(["dataset", "backbone"])}
     baseline = {(r["dataset"], r["backbone"], r["seed"]): r["cell_id"]
                 for _, r in done[done["ensemble"] == "baseline"].iterrows()}
+    summarised = schema.summarised()
     out = []
     for config, group in done.groupby(CONFIG_COLUMNS, sort=False, dropna=False):
         group = group.drop_duplicates("seed").sort_values("seed")
@@ -280,7 +281,7 @@ def summarise(df: pd.DataFrame, files: dict[str, Path]) -> pd.DataFrame:
         if "tau_star" in group and pd.to_numeric(group["tau_star"], errors="coerce").notna().any():
             row["tau_star"] = " / ".join(f"{t:g}" for t in pd.to_numeric(group["tau_star"], errors="coerce")
                                          if not pd.isna(t))
-        for entry in schema.summarised():
+        for entry in summarised:
             metric = entry.name
             matrix = _matrix(per_image, group["cell_id"], entry.key)
             if matrix is None:

@@ -146,6 +146,12 @@ def get(name: str) -> Metric:
     raise KeyError(f"no metric {name!r} in xaibench.pipeline.schema")
 
 
+def display(name: str) -> tuple[float, int]:
+    """``(scale, digits)`` a table prints the column ``name`` with (``get``'s)."""
+    metric = get(name)
+    return metric.scale, metric.digits
+
+
 def chance_columns() -> list[str]:
     """Every chance and lift column, in the order of their metrics."""
     return [column for m in METRICS for column in m.chance_columns()]

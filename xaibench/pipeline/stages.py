@@ -406,6 +406,14 @@ class StageRunner:
             raise
         return {"n": int(len(index))}
 
+    def _measured(self, spec: FaithfulnessSpec | SanitySpec):
+        """What a faithfulness or sanity stage measures: ``(explained, test, chosen, index)``, the explain
+        artifact, the test split, the positions among the explained images of the ``spec.images`` it
+        measures (``faithfulness.subset``) and their rows of the split."""
+        explained = self.artifacts.load("explain", spec.explain)
+        chosen = faithfulness.subset(len(explained["index"]), spec.images)
+        return explained, self.artifacts.data(spec.data, "test"), chosen, explained["index"][chosen]
+
     def _run_faithfulness(self, stage: Stage):
         """Deletion, insertion and ROAD (``xaibench.pipeline.faithfulness``) of the explanation's maps and, as their
         chance level, of the ``random`` explainer's maps of the same images, each with the true class as
@@ -413,10 +421,7 @@ class StageRunner:
         import torch
 
         spec: FaithfulnessSpec = stage.spec
-        explained = self.artifacts.load("explain", spec.explain)
-        test = self.artifacts.data(spec.data, "test")
-        chosen = faithfulness.subset(len(explained["index"]), spec.images)  # positions among the explained
-        index = explained["index"][chosen]
+        explained, test, chosen, index = self._measured(spec)
         model, _ = self._explained_model(spec, len(test["classes"]))
         chance = self.registry.create("explainers", "random")
         out = {f"{prefix}{name}": np.full(len(index), np.nan) for prefix in ("", "random_")
@@ -442,10 +447,7 @@ class StageRunner:
         import torch
 
         spec: SanitySpec = stage.spec
-        explained = self.artifacts.load("explain", spec.explain)
-        test = self.artifacts.data(spec.data, "test")
-        chosen = faithfulness.subset(len(explained["index"]), spec.images)  # positions among the explained
-        index = explained["index"][chosen]
+        explained, test, chosen, index = self._measured(spec)
         model, target_layers = self._explained_model(spec, len(test["classes"]))
         members = members_of(spec, model)
         for member in members:

@@ -46,7 +46,7 @@ def _mean(entry: Entry | None, metric: str) -> str:
         return escape(NOT_POSSIBLE)
     if entry is None or pd.isna(entry.row.get(metric)):
         return escape(MISSING)
-    scale, digits = schema.get(metric).scale, schema.get(metric).digits
+    scale, digits = schema.display(metric)
     text = number(entry.row[metric], scale=scale, digits=digits)
     if entry.best:
         text = rf"\textbf{{{text}}}"
@@ -62,7 +62,7 @@ def _mean(entry: Entry | None, metric: str) -> str:
 def _interval(entry: Entry | None, metric: str) -> str:
     if entry is None:
         return ""
-    scale, digits = schema.get(metric).scale, schema.get(metric).digits
+    scale, digits = schema.display(metric)
     bracket = interval(entry.row.get(f"{metric}_ci_low"), entry.row.get(f"{metric}_ci_high"), scale=scale,
                        digits=digits)
     return rf"{{\footnotesize {bracket}}}" if bracket else ""

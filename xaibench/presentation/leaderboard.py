@@ -28,7 +28,7 @@ WORST = "worst group"
 def group_table(summary: pd.DataFrame):
     """One row per model variant: overall accuracy and per group, and the worst group's, each [95% CI]."""
     names = group_columns(summary)
-    scale, digits = schema.get("accuracy").scale, schema.get("accuracy").digits
+    scale, digits = schema.display("accuracy")
     header = ["mask", "ensemble", "all"] + [f"{n} (n={int(summary[f'accuracy[{n}]_n'].dropna().iloc[0])})"
                                              for n in names] + [WORST]
     rows = []
@@ -142,7 +142,7 @@ def table_one_entries(summary: pd.DataFrame, metric: str, published: dict | None
     """The values of ``table_one``. In each mask column the best mean over the ensemble rows (the highest,
     or the lowest for a metric whose schema says lower is better) is marked, when there are several rows;
     ties are all marked."""
-    scale, digits = schema.get(metric).scale, schema.get(metric).digits
+    scale, digits = schema.display(metric)
     masks = [m for m in dict.fromkeys(summary["mask"]) if m != "none"]
     ensembles = summary[summary["ensemble"] != "baseline"].sort_values("alpha", kind="stable")
     row_label = _row_labels(summary)
@@ -184,7 +184,7 @@ def table_one_entries(summary: pd.DataFrame, metric: str, published: dict | None
 def table_one(summary: pd.DataFrame, metric: str, published: dict | None = None):
     """Masks as columns, ensemble rows sorted by α, the baseline row last: ``(header, rows)`` of text,
     each column's best value a ``Best`` (see ``table_one_entries``)."""
-    scale, digits = schema.get(metric).scale, schema.get(metric).digits
+    scale, digits = schema.display(metric)
     table = table_one_entries(summary, metric, published)
     header = [""] + (table.masks or ["raw"])
 
@@ -204,7 +204,7 @@ def table_one(summary: pd.DataFrame, metric: str, published: dict | None = None)
 
 def detail_table(summary: pd.DataFrame, metric: str):
     """One row per model variant: mean, 95% CI, seed spread, seeds, and for accuracy McNemar's p."""
-    scale, digits = schema.get(metric).scale, schema.get(metric).digits
+    scale, digits = schema.display(metric)
     header = ["mask", "ensemble", "mean", "95% CI (test images)", "seed sd", "seeds"]
     if metric == "accuracy":
         header.append("McNemar p vs baseline (b/c)")
@@ -251,7 +251,7 @@ def metrics_table(summary: pd.DataFrame, names: list[str]):
             continue
         cells = []
         for metric in names:
-            scale, digits = schema.get(metric).scale, schema.get(metric).digits
+            scale, digits = schema.display(metric)
             if pd.isna(r.get(metric)):
                 cells.append(MISSING)
                 continue
@@ -267,7 +267,7 @@ def metrics_table(summary: pd.DataFrame, names: list[str]):
             continue
         cells = []
         for metric, column in zip(names, columns):
-            scale, digits = schema.get(metric).scale, schema.get(metric).digits
+            scale, digits = schema.display(metric)
             value = reference.get(column)
             cells.append(with_interval(value, reference.get(column + "_ci_low"), reference.get(column + "_ci_high"),
                                        scale=scale, digits=digits))
