@@ -34,11 +34,13 @@ from xaibench.pipeline.plan import plan_run
 
 
 def recorded_stages(run_dir: Path) -> list[SimpleNamespace]:
-    """The run's stages in dependency order, each with ``key``, ``kind``, ``deps`` and ``seconds``."""
+    """The run's stages in dependency order, each with ``key``, ``kind``, ``deps``, ``expected_cost`` (its
+    kind's rough cost, what the engine schedules by) and ``seconds``."""
     _, plan = plan_run(run_dir / "grid.yaml", get_registry())
     with sqlite3.connect(run_dir / "store.sqlite") as db:
         seconds = dict(db.execute("SELECT key, seconds FROM stages WHERE status = 'done'"))
-    return [SimpleNamespace(key=s.key, kind=s.kind, deps=s.deps, seconds=float(seconds.get(s.key) or 0.0))
+    return [SimpleNamespace(key=s.key, kind=s.kind, deps=s.deps, expected_cost=s.expected_cost,
+                            seconds=float(seconds.get(s.key) or 0.0))
             for s in plan.stages.values() if s.key in seconds]
 
 
