@@ -91,7 +91,7 @@ class AttentionRollout:
     def __init__(self, *, head_fusion: Literal["mean", "max", "min"] = "mean"):
         self.head_fusion = head_fusion
 
-    def explain(self, model, images, targets, *, target_layers, masks=None):
+    def explain(self, model, images, targets, *, target_layers, masks=None, bands=None):
         import torch
         import torch.nn.functional as F
 

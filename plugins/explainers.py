@@ -18,6 +18,11 @@ Every CAM reads a hooked activation (and its gradient) through the layout its ba
 tokens (ViT, DeiT, registers) with the prefix tokens dropped and the patches put back on their grid, as
 pytorch-grad-cam's documented ``reshape_transform`` does. A layer whose layout is undeclared, or whose
 output does not fit its declaration, is an error naming the layer, never a map.
+
+Every explainer here explains images of any number of bands (B, C, H, W): a class-activation map is read
+from the network's activations, not from the input's channels, and the baselines do not look at the
+pixels. Each says so by taking the ``bands`` keyword (``xaibench.kit.contracts.Explainer``), which none of
+them needs beyond that.
 """
 
 from __future__ import annotations
@@ -90,7 +95,7 @@ class GradCam:
     def __init__(self, *, target_layer: str | None = None):
         self.target_layer = target_layer
 
-    def explain(self, model, images, targets, *, target_layers, masks=None, layouts=None):
+    def explain(self, model, images, targets, *, target_layers, masks=None, layouts=None, bands=None):
         import torch
         import torch.nn.functional as F
 
@@ -241,7 +246,7 @@ class _LibraryCam:
     def __init__(self, *, target_layer: str | None = None):
         self.target_layer = target_layer
 
-    def explain(self, model, images, targets, *, target_layers, masks=None, layouts=None):
+    def explain(self, model, images, targets, *, target_layers, masks=None, layouts=None, bands=None):
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         layers = explained_layers(model, self.target_layer, target_layers)
@@ -313,7 +318,7 @@ class RandomMap:
     def __init__(self, *, seed: int = 0):
         self.seed = seed
 
-    def explain(self, model, images, targets, *, target_layers, masks=None):
+    def explain(self, model, images, targets, *, target_layers, masks=None, bands=None):
         pixels = images.detach().float().cpu().numpy()
         height, width = pixels.shape[-2:]
         maps = np.empty((len(pixels), height, width), dtype=np.float32)
@@ -335,7 +340,7 @@ class CentreMap:
     def __init__(self, *, sigma: Annotated[float, Field(gt=0.0)] = 0.25):
         self.sigma = sigma
 
-    def explain(self, model, images, targets, *, target_layers, masks=None):
+    def explain(self, model, images, targets, *, target_layers, masks=None, bands=None):
         height, width = images.shape[-2:]
         rows = np.arange(height, dtype=np.float64)[:, None] - (height - 1) / 2
         cols = np.arange(width, dtype=np.float64)[None, :] - (width - 1) / 2
@@ -358,7 +363,7 @@ class OracleMap:
     def __init__(self):
         pass
 
-    def explain(self, model, images, targets, *, target_layers, masks=None):
+    def explain(self, model, images, targets, *, target_layers, masks=None, bands=None):
         if masks is None:
             raise ValueError("the oracle explainer needs the ground-truth masks (uses_ground_truth = True)")
         if hasattr(masks, "detach"):

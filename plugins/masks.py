@@ -1,7 +1,12 @@
 """Background masks (paper Fig. 1): keep the annotated foreground, replace everything else.
 
-Each mask is batched on tensors: ``mask(images, foreground)`` with images float (B, 3, H, W) in [0, 1]
-and foreground bool (B, 1, H, W); the result is a new tensor, equal to ``images`` on the foreground.
+Each mask is batched on tensors: ``mask(images, foreground, bands=bands)`` with images float (B, C, H, W)
+in [0, 1], one channel per band of the dataset's ``bands`` (``xaibench.kit.contracts.Bands``; RGB where
+not given), and foreground bool (B, 1, H, W); the result is a new tensor, equal to ``images`` on the
+foreground. Every mask works band by band: ``white`` and ``black`` fill each band with 1 or 0, ``blur``
+blurs each band, and ``median`` fills the colour composite's bands with ImageNet's (or a given) colour
+and every other band (near-infrared, say) with the dataset's median of that band over its training
+images.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from xaibench.kit.contracts import Bands
 from xaibench.kit.hookspecs import hookimpl
 
 # torchvision's ImageNet normalisation constants: the colour a pretrained network sees as zero input.
@@ -29,38 +35,65 @@ def _composite(images, foreground, background):
     return torch.where(foreground, images, background)
 
 
+def _bands(images, bands) -> Bands:
+    """``bands``, or RGB's where not given; their count must be the images' channels."""
+    bands = bands if bands is not None else Bands.rgb3()
+    if images.shape[1] != bands.count:
+        raise ValueError(f"images have {images.shape[1]} channels but the bands are {bands.describe()}")
+    return bands
+
+
 class SolidMask:
-    """Fills the background with one RGB colour (components in [0, 1])."""
+    """Fills every band of the background with one value in [0, 1]."""
 
-    colour: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    value: float = 0.0
 
-    def __call__(self, images, foreground):
-        import torch
-
-        fill = torch.tensor(self.colour, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-        return _composite(images, foreground, fill)
+    def __call__(self, images, foreground, *, bands=None):
+        _bands(images, bands)
+        return _composite(images, foreground, images.new_full((1, images.shape[1], 1, 1), self.value))
 
 
 class WhiteMask(SolidMask):
-    """Background set to white (1, 1, 1)."""
+    """Background set to white: 1 in every band."""
 
-    colour = (1.0, 1.0, 1.0)
+    value = 1.0
 
 
 class BlackMask(SolidMask):
-    """Background set to black (0, 0, 0)."""
+    """Background set to black: 0 in every band."""
 
-    colour = (0.0, 0.0, 0.0)
+    value = 0.0
 
 
-class MedianMask(SolidMask):
-    """Background set to the ImageNet per-channel colour the pretrained network was normalised by.
+class MedianMask:
+    """Background set to the colour the pretrained network was normalised by, band by band.
 
-    ``colour`` defaults to torchvision's ImageNet channel statistics (0.485, 0.456, 0.406), which map to
-    a zero input after normalisation; pass the dataset's own per-channel median to use that instead."""
+    The colour composite's red, green and blue bands get ``colour``, by default torchvision's ImageNet
+    channel statistics (0.485, 0.456, 0.406), which map to a zero input after normalisation (pass the
+    dataset's own median colour to use that instead). Every other band, which ImageNet has no statistics
+    for, gets the dataset's median of that band over its training images (``bands.median``)."""
 
     def __init__(self, *, colour: tuple[Unit, Unit, Unit] = IMAGENET_COLOUR):
         self.colour = tuple(colour)
+
+    def fill(self, bands: Bands) -> list[float]:
+        """The value each band of the background gets."""
+        values = [None] * bands.count
+        for position in bands.others:
+            if bands.median is None:
+                raise ValueError(f"the median mask needs the dataset's per-band median for the bands outside the "
+                                 f"colour composite ({', '.join(bands.names[i] for i in bands.others)}); none was given")
+            values[position] = bands.median[position]
+        for channel, position in enumerate(bands.rgb):
+            values[position] = self.colour[channel]
+        return values
+
+    def __call__(self, images, foreground, *, bands=None):
+        import torch
+
+        fill = self.fill(_bands(images, bands))
+        background = torch.tensor(fill, dtype=images.dtype, device=images.device).view(1, len(fill), 1, 1)
+        return _composite(images, foreground, background)
 
 
 class BlurMask:
@@ -71,9 +104,10 @@ class BlurMask:
     def __init__(self, *, sigma: Annotated[float, Field(gt=0)] = 4.0):
         self.sigma = sigma
 
-    def __call__(self, images, foreground):
+    def __call__(self, images, foreground, *, bands=None):
         from torchvision.transforms.functional import gaussian_blur
 
+        _bands(images, bands)
         size = 2 * math.ceil(3 * self.sigma) + 1
         limit = min(images.shape[-2:])
         size = min(size, limit if limit % 2 else limit - 1)

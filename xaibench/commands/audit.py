@@ -8,7 +8,9 @@ For every sample of every split: its class, its mask coverage, and features of t
   and, for JPEGs, the quantisation tables (the encoder's quality);
 - of the **sample as a model sees it**, after the dataset's resize: mean colour, a colour histogram and
   the high-frequency energy (what a blur removes: resampling from different original sizes, or different
-  cameras, leave different amounts).
+  cameras, leave different amounts), each per band: a multispectral dataset's near-infrared band is
+  probed like its red one. ``bands`` reports the band names, the colour composite and per class each
+  band's mean value.
 
 Each feature set is a **probe**, judged by two criteria:
 
@@ -20,7 +22,7 @@ Each feature set is a **probe**, judged by two criteria:
   positive has and the rest share the positives' size, no rule on the size beats the majority share.
 - **one-class values**: every value of a categorical feature (size, aspect ratio, format, mode, JPEG
   tables) and the two tails of every continuous one (width, height, aspect ratio, JPEG quantisation,
-  mean colour and high-frequency energy per channel: the values up to / from a threshold) whose n
+  mean colour and high-frequency energy per band: the values up to / from a threshold) whose n
   samples all belong to one class. Its p is exact: the chance that n samples drawn without replacement
   from the audited ones are all of one class (hypergeometric, summed over the classes), Bonferroni-corrected
   for every value and tail tested in the audit; flagged when the corrected p is below 0.05. It sees a
@@ -39,7 +41,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from xaibench.commands.data import checked_dataset, file_facts
+from xaibench.commands.data import checked_dataset, declared_bands, file_facts
 from xaibench.errors import UserError
 from xaibench.kit.contracts import capability
 from xaibench.text import text_table, with_interval
@@ -64,20 +66,21 @@ HISTOGRAM_BINS = 8
 ONE_CLASS_MEANING = ("every sample with this value is of one class: a leak confined to part of that class, "
                      "which a model can read off those samples even where no accuracy probe beats the majority")
 ALPHA = 0.05  # family-wise level of the one-class criterion
-CHANNELS = ("red", "green", "blue")
 
 
 # -- features ----------------------------------------------------------------------------------------------
 
 
 def sample_features(image: np.ndarray) -> dict[str, np.ndarray]:
-    """The post-resize features of one uint8 (H, W, 3) image."""
-    pixels = image.astype(np.float64) / 255.0
+    """The post-resize features of one (H, W, C) image, uint8 (read as value / 255) or float in [0, 1]:
+    per band, its mean, its histogram and its high-frequency energy."""
+    pixels = image.astype(np.float64) / 255.0 if image.dtype == np.uint8 else image.astype(np.float64)
+    channels = pixels.shape[-1]
     histogram = np.concatenate([np.histogram(pixels[..., c], bins=HISTOGRAM_BINS, range=(0, 1))[0]
-                                for c in range(3)]) / (pixels.shape[0] * pixels.shape[1])
+                                for c in range(channels)]) / (pixels.shape[0] * pixels.shape[1])
     # a discrete Laplacian: what a blur of the image would remove
     laplacian = (4 * pixels[1:-1, 1:-1] - pixels[:-2, 1:-1] - pixels[2:, 1:-1] - pixels[1:-1, :-2]
-                 - pixels[1:-1, 2:]) if min(pixels.shape[:2]) > 2 else np.zeros((1, 1, 3))
+                 - pixels[1:-1, 2:]) if min(pixels.shape[:2]) > 2 else np.zeros((1, 1, channels))
     energy = np.log1p(1e3 * (laplacian ** 2).mean(axis=(0, 1)))
     return {"mean colour": pixels.mean(axis=(0, 1)), "colour histogram": histogram,
             "high-frequency energy": energy}
@@ -189,7 +192,8 @@ def one_class_ranges(x: np.ndarray, labels: np.ndarray, name: str) -> tuple[list
     return found, 2
 
 
-def _one_class_tests(facts: list | None, features: dict, y: np.ndarray) -> dict[str, tuple[list[dict], int]]:
+def _one_class_tests(facts: list | None, features: dict, y: np.ndarray,
+                     band_names: tuple[str, ...]) -> dict[str, tuple[list[dict], int]]:
     """Per probe, its one-class values and ranges and the number of tests behind them."""
     tests: dict[str, list] = defaultdict(list)
     if facts is not None:
@@ -211,7 +215,7 @@ def _one_class_tests(facts: list | None, features: dict, y: np.ndarray) -> dict[
     for probe_name in ("mean colour", "high-frequency energy"):  # the histogram's 24 bins would dilute the rest
         values = np.stack(features[probe_name])
         tests[probe_name] += [one_class_ranges(values[:, c], y, f"{probe_name} ({channel})")
-                              for c, channel in enumerate(CHANNELS)]
+                              for c, channel in enumerate(band_names)]
     return {name: ([hit for hits, _ in found for hit in hits], sum(n for _, n in found))
             for name, found in tests.items()}
 
@@ -229,6 +233,7 @@ def audit(name: str, params: dict, registry=None, *, folds: int = 5) -> dict:
     per probe, its cross-validated accuracy and whether it is flagged; and the verdict on resizing."""
     dataset = checked_dataset(name, params, registry)
     classes = list(dataset.classes)
+    bands = declared_bands(dataset)
     source_files = capability(dataset, "source_files", "datasets")
     labels, features, facts, per_class = [], defaultdict(list), [], defaultdict(lambda: defaultdict(Counter))
     coverage = defaultdict(list)
@@ -237,6 +242,9 @@ def audit(name: str, params: dict, registry=None, *, folds: int = 5) -> dict:
         sources = source_files(split) if source_files is not None else {}
         for sample in samples:
             label = classes[int(sample.label)]
+            if sample.image.ndim != 3 or sample.image.shape[-1] != bands.count:
+                raise UserError(f"sample {sample.id!r} of split {split!r} has an image of shape {sample.image.shape}, "
+                                f"not one channel per band of {bands.describe()}")
             labels.append(label)
             for probe_name, values in sample_features(sample.image).items():
                 features[probe_name].append(values)
@@ -282,7 +290,7 @@ def audit(name: str, params: dict, registry=None, *, folds: int = 5) -> dict:
     for probe_name in SAMPLE_PROBES:
         probes[probe_name] = {"available": True, "kind": "sample",
                               **probe(np.stack(features[probe_name]), y, folds=folds)}
-    one_class = _one_class_tests(facts if have_files else None, features, y)
+    one_class = _one_class_tests(facts if have_files else None, features, y, bands.names)
     tests = sum(n for _, n in one_class.values())
     for probe_name, result in probes.items():
         if not result.get("available"):
@@ -316,12 +324,22 @@ def audit(name: str, params: dict, registry=None, *, folds: int = 5) -> dict:
                               "annotated_share": float(np.mean([c is not None for c in coverage[label]])),
                               "mask_coverage": _mean([c for c in coverage[label] if c is not None])}
                       for label in classes if label in per_class},
+        "bands": {"names": list(bands.names), "composite": [bands.names[i] for i in bands.rgb],
+                  "per_class": _band_means(features["mean colour"], y, classes, bands)},
         "probes": probes,
         "file_probes_flagged": file_flagged,
         "sample_probes_flagged": sample_flagged,
         "leak_survives_resize": bool(file_flagged and sample_flagged) if file_flagged else None,
         "verdict": verdict,
     }
+
+
+def _band_means(means: list, y: np.ndarray, classes: list[str], bands) -> dict:
+    """Per class and band, the mean and standard deviation over its samples of each sample's mean value."""
+    means = np.stack(means)
+    return {label: {name: {"mean": round(float(means[y == label, c].mean()), 6),
+                           "std": round(float(means[y == label, c].std()), 6)} for c, name in enumerate(bands.names)}
+            for label in classes if (y == label).any()}
 
 
 def _names(probes: list[str]) -> str:

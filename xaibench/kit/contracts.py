@@ -27,7 +27,9 @@ from xaibench.errors import ContractViolation
 class Sample:
     """One labelled image.
 
-    ``image``: uint8 array (H, W, 3), RGB. ``label``: int class index into ``Dataset.classes``.
+    ``image``: (H, W, C) pixels, one channel per band of the dataset (``Dataset.image_bands``; an RGB
+    dataset's are red, green, blue): uint8, read as value / 255, or float32 in [0, 1] (16-bit or
+    reflectance data, scaled by the dataset). ``label``: int class index into ``Dataset.classes``.
     ``mask``: bool array (H, W), True on the pixels relevant to the label, or None where no annotation
     exists (e.g. negatives of a binary presence task). This is the annotation models are trained with.
     ``reference``: bool array (H, W), the exact relevance mask where ``mask`` is a knowingly imprecise
@@ -68,6 +70,92 @@ class Prompts:
     @property
     def negative(self) -> np.ndarray:
         return self.points[self.labels == 0]
+
+
+def _per_band(values, count: int, what: str, *, positive: bool = False) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    values = tuple(float(v) for v in values)
+    low_ok = (lambda v: v > 0) if positive else (lambda v: v >= 0)
+    if len(values) != count or not all(np.isfinite(v) and low_ok(v) and v <= 1 for v in values):
+        raise ValueError(f"{what} is {values!r}; give one value per band ({count}), each in "
+                         f"{'(0, 1]' if positive else '[0, 1]'}")
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class Bands:
+    """The bands of a dataset's images, as the dataset declares them.
+
+    ``names``: one distinct non-empty name per band, in the order of the images' channels (C = their
+    number). ``rgb``: the 0-based positions of the bands shown as red, green and blue, the colour
+    composite that figures, segmenters (SAM, GrabCut) and the report receive; a position may repeat (a
+    one-band dataset shows (0, 0, 0), grey). ``mean``, ``std``, ``median``: per-band statistics of the
+    training images in [0, 1] (std > 0), or None; the data stage fills in those a dataset leaves out
+    (``with_statistics``), so components are given all three.
+
+    RGB datasets are those with three bands whose composite is (0, 1, 2); ``Bands.rgb3()`` is their
+    record (names red, green, blue). Components that take no ``bands`` keyword are given three-band RGB
+    images and run only on such datasets."""
+
+    names: tuple[str, ...]
+    rgb: tuple[int, int, int] = (0, 1, 2)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    median: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        names = tuple(self.names) if isinstance(self.names, (list, tuple)) else None
+        if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"band names {self.names!r}: give a list of distinct non-empty names, one per band")
+        rgb = tuple(self.rgb) if isinstance(self.rgb, (list, tuple)) else ()
+        if len(rgb) != 3 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                                    and 0 <= i < len(names) for i in rgb):
+            raise ValueError(f"colour composite {self.rgb!r}: give three 0-based band positions in 0..{len(names) - 1} "
+                             f"(red, green, blue) of the bands {list(names)}")
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "rgb", tuple(int(i) for i in rgb))
+        for field, positive in (("mean", False), ("std", True), ("median", False)):
+            object.__setattr__(self, field, _per_band(getattr(self, field), len(names), f"band {field}",
+                                                      positive=positive))
+
+    @classmethod
+    def rgb3(cls) -> "Bands":
+        """The bands of an RGB dataset: red, green, blue, shown as they are."""
+        return cls(("red", "green", "blue"))
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
+
+    @property
+    def is_rgb(self) -> bool:
+        """Whether images of these bands are RGB images: three bands, shown in their own order."""
+        return self.count == 3 and self.rgb == (0, 1, 2)
+
+    @property
+    def others(self) -> tuple[int, ...]:
+        """The positions of the bands outside the colour composite (e.g. near-infrared)."""
+        return tuple(i for i in range(self.count) if i not in self.rgb)
+
+    def composite(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (..., H, W, 3) colour composite of ``pixels`` (..., H, W, C), uint8 (taken as they are) or
+        float in [0, 1] (times 255, rounded)."""
+        chosen = np.asarray(pixels)[..., list(self.rgb)]
+        if chosen.dtype == np.uint8:
+            return np.ascontiguousarray(chosen)
+        return np.clip(np.rint(chosen.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+    def with_statistics(self, mean, std, median) -> "Bands":
+        """These bands with the statistics they lack filled in from ``mean``, ``std`` and ``median``."""
+        return dataclasses.replace(self, mean=self.mean if self.mean is not None else tuple(mean),
+                                   std=self.std if self.std is not None else tuple(std),
+                                   median=self.median if self.median is not None else tuple(median))
+
+    def describe(self) -> str:
+        """E.g. ``4 bands (red, green, blue, nir; composite red, green, blue)``."""
+        shown = ", ".join(self.names[i] for i in self.rgb)
+        return f"{self.count} band{'s' * (self.count != 1)} ({', '.join(self.names)}; composite {shown})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +244,9 @@ class Dataset(Protocol):
     ``fingerprint()``: a string that changes whenever the content changes (parameters, files); it keys
     every cached result that depends on the data.
 
-    Optional: ``location_params`` (class attribute): names of parameters that only say where the data
+    Optional: ``image_bands``: a ``Bands`` naming the images' bands, which three form the colour composite
+    and, if the dataset knows them, per-band statistics (default ``Bands.rgb3()``: RGB images).
+    ``location_params`` (class attribute): names of parameters that only say where the data
     lives (a root folder, a download URL); they are left out of cache keys. ``check()``: raise a
     ``UserError`` when the data is missing, before a run starts (a check that would download it takes
     ``fetch``: a dry run passes ``fetch=False`` and gets ``NotFetched`` instead). ``fetch()``: download the data.
@@ -173,11 +263,13 @@ class Dataset(Protocol):
 class Mask(Protocol):
     """Kind ``masks``: replaces the irrelevant background of images.
 
-    ``__call__(images, foreground) -> images``: ``images`` float tensor (B, 3, H, W) in [0, 1];
-    ``foreground`` bool tensor (B, 1, H, W). Returns a new float tensor of the same shape, device and
-    dtype, in [0, 1], equal to ``images`` where ``foreground`` is True. Inputs are never modified.
+    ``__call__(images, foreground) -> images``: ``images`` float tensor (B, C, H, W) in [0, 1], one channel
+    per band; ``foreground`` bool tensor (B, 1, H, W). Returns a new float tensor of the same shape, device
+    and dtype, in [0, 1], equal to ``images`` where ``foreground`` is True. Inputs are never modified.
 
-    Optional: ``check()``."""
+    Optional: ``bands`` (whether ``__call__`` takes that keyword): a mask that takes ``bands`` is given the
+    dataset's ``Bands`` and works on any number of bands; one that does not is given RGB images
+    (B, 3, H, W) and its cells fail on datasets of other bands. ``check()``."""
 
     def __call__(self, images, foreground): ...
 
@@ -185,15 +277,18 @@ class Mask(Protocol):
 class Backbone(Protocol):
     """Kind ``backbones``: a classifier architecture.
 
-    ``build(num_classes, *, pretrained=True) -> torch.nn.Module`` mapping float images (B, 3, H, W) in
-    [0, 1] (the module normalises them itself) to finite float logits (B, num_classes). The runner seeds
+    ``build(num_classes, *, pretrained=True) -> torch.nn.Module`` mapping float images (B, C, H, W) in
+    [0, 1], one channel per band (the module normalises them itself), to finite float logits (B, num_classes). The runner seeds
     torch's global generator before ``build``. ``pretrained=False`` asks for the architecture alone (its
     weights are replaced at once by a stage's); a backbone whose ``build`` takes no ``pretrained`` is
     called without it.
     ``target_layers(model) -> list[torch.nn.Module]``: modules of ``model`` that class-activation
     explainers hook by default (for ResNets the last block).
 
-    Optional: ``pretrained`` (the keyword of ``build``), ``check()``: raise a ``UserError`` when weights
+    Optional: ``pretrained`` (the keyword of ``build``), ``bands`` (whether ``build`` takes that keyword):
+    a backbone that takes ``bands`` is given the dataset's ``Bands`` (statistics filled in) and builds a
+    module for ``bands.count`` input channels; one that does not is built for RGB images and its cells fail
+    on datasets of other bands. ``check()``: raise a ``UserError`` when weights
     cannot be had (one that would download them takes ``fetch``, False in a dry run: raise ``NotFetched``).
     ``activation_layout(model, layer) -> ActivationLayout | None``: how the output of
     ``layer``, a module of ``model``, maps to (B, C, h, w) (channels-first, channels-last, or tokens with
@@ -224,12 +319,15 @@ class Explainer(Protocol):
     """Kind ``explainers``: saliency maps for a classifier's decision.
 
     ``explain(model, images, targets, *, target_layers, masks=None) -> np.ndarray`` float32 (B, H, W) in
-    [0, 1], finite, at the images' size. ``images`` float tensor (B, 3, H, W) in [0, 1] on the model's
-    device; ``targets`` int64 tensor (B,) of the classes to explain; ``target_layers`` the backbone's
+    [0, 1], finite, at the images' size. ``images`` float tensor (B, C, H, W) in [0, 1] on the model's
+    device, one channel per band; ``targets`` int64 tensor (B,) of the classes to explain; ``target_layers`` the backbone's
     default layers; ``masks`` bool (B, H, W) ground truth, given only to explainers that declare
     ``uses_ground_truth = True`` (calibration baselines).
 
-    Optional: ``uses_ground_truth`` (default False), ``check()``. ``layouts`` (whether ``explain`` takes
+    Optional: ``uses_ground_truth`` (default False), ``check()``. ``bands`` (whether ``explain`` takes that
+    keyword): an explainer that takes ``bands`` is given the dataset's ``Bands`` and explains images of any
+    number of bands; one that does not is given RGB images and its cells fail on datasets of other bands.
+    ``layouts`` (whether ``explain`` takes
     that keyword): explainers that hook layers take ``layouts``, a function ``layouts(layer) ->
     ActivationLayout`` for any module of ``model`` (an ensemble's members included), the backbone's
     declaration; it raises, naming the layer and what to declare, where the backbone declares none."""
@@ -253,7 +351,8 @@ class Seeder(Protocol):
 class Segmenter(Protocol):
     """Kind ``segmenters``: point-prompted segmentation.
 
-    ``segment(image, prompts) -> list[np.ndarray]``: ``image`` uint8 (H, W, 3) RGB; ``prompts`` a
+    ``segment(image, prompts) -> list[np.ndarray]``: ``image`` uint8 (H, W, 3), the dataset's colour
+    composite (``Bands.composite``; an RGB dataset's image as it is); ``prompts`` a
     sequence of ``Prompts`` for that image; returns one bool (H, W) mask per prompt set. Expensive
     per-image work (e.g. an image embedding) is done once per call and shared by all prompt sets.
 
@@ -306,11 +405,11 @@ PROTOCOLS = {"datasets": Dataset, "masks": Mask, "backbones": Backbone, "ensembl
 
 OPTIONAL: dict[str, dict[str, object]] = {
     "datasets": {"location_params": (), "path_params": (), "check": None, "fetch": None, "prepare": None,
-                 "describe": None, "source_files": None, "georeference": None},
-    "masks": {"check": None},
-    "backbones": {"pretrained": True, "path_params": (), "check": None, "activation_layout": None},
+                 "describe": None, "source_files": None, "georeference": None, "image_bands": None},
+    "masks": {"bands": False, "check": None},
+    "backbones": {"pretrained": True, "bands": False, "path_params": (), "check": None, "activation_layout": None},
     "ensembles": {"reduces_to": None, "mixing_parameter": None, "check": None},
-    "explainers": {"uses_ground_truth": False, "layouts": False, "check": None},
+    "explainers": {"uses_ground_truth": False, "layouts": False, "bands": False, "check": None},
     "seeders": {"check": None},
     "segmenters": {"uses_saliency": False, "segment_with_scores": None, "path_params": (), "check": None},
     "acceptors": {"check": None},
@@ -330,16 +429,33 @@ def required(kind: str) -> list[str]:
 def capability(component, name: str, kind: str):
     """The optional capability ``name`` of ``component`` of ``kind``, or its default where it is not
     declared. ``pretrained`` (backbones) is whether ``build`` takes that keyword, ``layouts`` (explainers)
-    whether ``explain`` does."""
+    whether ``explain`` does, ``bands`` whether a mask's ``__call__``, a backbone's ``build`` or an
+    explainer's ``explain`` does."""
     if name not in OPTIONAL[kind]:
         raise KeyError(f"{kind} have no optional capability {name!r}; they have {sorted(OPTIONAL[kind])}")
-    keyword = {("backbones", "pretrained"): "build", ("explainers", "layouts"): "explain"}.get((kind, name))
+    keyword = {("backbones", "pretrained"): "build", ("explainers", "layouts"): "explain", ("masks", "bands"): "__call__",
+               ("backbones", "bands"): "build", ("explainers", "bands"): "explain"}.get((kind, name))
     if keyword is not None:
         try:
             return name in inspect.signature(getattr(component, keyword)).parameters
         except (TypeError, ValueError, AttributeError):
             return OPTIONAL[kind][name]
     return getattr(component, name, OPTIONAL[kind][name])
+
+
+def band_arguments(component, kind: str, bands: Bands) -> dict:
+    """The keyword arguments giving ``component`` of ``kind`` (masks, backbones, explainers) the dataset's
+    ``bands``: ``{"bands": bands}`` where it takes that keyword, none where it does not and the images are
+    RGB. Where it does not and they are not, ``ContractViolation``: it was written for three-band RGB
+    images, and cutting the dataset's bands down to three for it would be a silent truncation."""
+    if capability(component, "bands", kind):
+        return {"bands": bands}
+    if bands.is_rgb:
+        return {}
+    method = {"masks": "__call__", "backbones": "build", "explainers": "explain"}[kind]
+    raise ContractViolation(f"takes RGB images only (its {method} has no 'bands' keyword), but the dataset's images "
+                            f"have {bands.describe()}; use a {kind[:-1]} that takes bands, or choose the dataset's "
+                            f"red, green and blue bands alone (e.g. the folder dataset's 'bands: [1, 2, 3]')")
 
 
 # -- validators ------------------------------------------------------------------------------------------
@@ -377,15 +493,33 @@ def validate_classes(classes) -> None:
         raise ContractViolation(f"classes is {classes!r}; give a list of at least two distinct class names")
 
 
-def validate_sample(sample, num_classes: int) -> None:
-    """One dataset sample: a ``Sample`` with a uint8 (H, W, 3) image, an int label in range, bool masks
-    of the image's size (a reference only beside a mask) and a group that is None or a non-empty string."""
+def validate_bands(bands) -> None:
+    """A dataset's ``image_bands``: a ``Bands``."""
+    if not isinstance(bands, Bands):
+        raise ContractViolation(f"image_bands is {type(bands).__name__}; declare the bands as "
+                                f"xaibench.kit.contracts.Bands(names, rgb)")
+
+
+def validate_sample(sample, num_classes: int, bands: Bands | None = None) -> None:
+    """One dataset sample: a ``Sample`` with a (H, W, C) image of the dataset's ``bands`` (C of them; three,
+    RGB, where None), uint8 or float32 in [0, 1], an int label in range, bool masks of the image's size
+    (a reference only beside a mask) and a group that is None or a non-empty string."""
     if not all(hasattr(sample, f) for f in ("id", "image", "label", "mask")):
         raise ContractViolation(f"split() gave a {type(sample).__name__}; return xaibench.kit.contracts.Sample objects")
     image = sample.image
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ContractViolation(f"sample {sample.id!r}: image is {_describe(image)}; images are uint8 numpy arrays "
-                                f"(H, W, 3), RGB")
+    bands = bands or Bands.rgb3()
+    if not isinstance(image, np.ndarray) or image.dtype not in (np.uint8, np.float32) or image.ndim != 3 \
+            or image.shape[2] != bands.count:
+        raise ContractViolation(f"sample {sample.id!r}: image is {_describe(image)}; images are numpy arrays (H, W, "
+                                f"{bands.count}), one channel per band of {bands.describe()}, uint8 or float32 in "
+                                f"[0, 1]")
+    if image.dtype == np.float32 and image.size and not (np.isfinite(image).all() and image.min() >= 0
+                                                         and image.max() <= 1):
+        found = image[np.isfinite(image)]
+        shown = f"[{found.min():g}, {found.max():g}]" if found.size else "no finite values"
+        raise ContractViolation(f"sample {sample.id!r}: float image values {shown}"
+                                f"{' and NaN or inf' if found.size < image.size else ''}; float images are in [0, 1] "
+                                f"(scale them, and give no-data pixels a value)")
     label = sample.label
     if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or not 0 <= label < num_classes:
         raise ContractViolation(f"sample {sample.id!r}: label {label!r} is not an int class index in "

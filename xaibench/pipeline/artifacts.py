@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xaibench.kit.contracts import Prompts
+from xaibench.kit.contracts import Bands, Prompts
+from xaibench.pipeline import bands as band_statistics
 from xaibench.pipeline.plan import KINDS
 from xaibench.pipeline.store import load_arrays
 
@@ -30,7 +31,8 @@ SPLITS = ("train", "val", "test")
 # image size in use), so the maps and masks of a whole split are never in memory together.
 CHUNK = 256
 # Arrays read whole when an array folder is opened (small: one value per sample); the rest are Rows.
-WHOLE = {"labels", "has_mask", "has_reference", "ids", "groups", "classes", "index"}
+WHOLE = {"labels", "has_mask", "has_reference", "ids", "groups", "classes", "index", "band_names", "composite",
+         "band_mean", "band_std", "band_median"}
 
 
 class Rows:
@@ -229,6 +231,7 @@ class Artifacts:
     def __init__(self, cache: Path):
         self.cache = Path(cache)
         self._data: dict[str, dict] = {}
+        self._bands: dict[str, Bands] = {}
 
     def path(self, kind: str, key: str, split: str | None = None) -> Path:
         stage_kind = KINDS[kind]
@@ -277,6 +280,13 @@ class Artifacts:
         if cache_key not in self._data:
             self._data[cache_key] = read_array_folder(self.path("data", key, split))
         return self._data[cache_key]
+
+    def bands(self, key: str) -> Bands:
+        """The bands of the data ``key``'s images, with every per-band statistic (those its dataset did not
+        declare worked out from its training images, ``xaibench.pipeline.bands.of_split``)."""
+        if key not in self._bands:
+            self._bands[key] = band_statistics.of_split(self.data(key, "train"))
+        return self._bands[key]
 
     def annotations(self, data_key: str, key: str | None):
         """Training annotations, (N, H, W) bool rows: the dataset's own (``key`` None) or an ``accept``

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from xaibench.kit.contracts import Prompts, apply_ensemble, capability
+from xaibench.kit.contracts import Prompts, apply_ensemble, band_arguments, capability
 from xaibench.pipeline.artifacts import Artifacts, Memo, accepted, prompts_at, segmentations
 from xaibench.pipeline.metrics import accuracy, iou
 from xaibench.pipeline.plan import Plan, RoundPlan
@@ -25,8 +25,13 @@ def _finished(plan: Plan, artifacts: Artifacts, keys) -> bool:
     return all(artifacts.exists(plan.stages[k].kind, k) for k in keys)
 
 
+# Bands outside the colour composite (near-infrared, say) shown in grey beside the raw tiles in Fig. 1
+SHOWN_BANDS = 3
+
+
 def mask_examples(plan: Plan, artifacts: Artifacts, registry, *, n_images: int = 3) -> list[MaskExamples]:
-    """Per dataset: up to ``n_images`` annotated training tiles under every mask of the grid."""
+    """Per dataset: up to ``n_images`` annotated training tiles under every mask of the grid, as their
+    colour composite; beside the raw tiles, each band outside the composite (at most ``SHOWN_BANDS``) in grey."""
     import torch
 
     out = []
@@ -36,11 +41,15 @@ def mask_examples(plan: Plan, artifacts: Artifacts, registry, *, n_images: int =
         annotated = np.flatnonzero(train["has_mask"])[:n_images]
         if not len(annotated) or not masks:
             continue
+        bands = artifacts.bands(data_key)
         x = to_tensor(train["images"][annotated])
         foreground = torch.from_numpy(train["masks"][annotated])[:, None]
-        columns = {"raw": x}
+        columns = {"raw": x[:, list(bands.rgb)]}
+        for position in bands.others[:SHOWN_BANDS]:
+            columns[f"{bands.names[position]} band"] = x[:, [position] * 3]
         for label, choice in masks.items():
-            columns[label] = registry.create("masks", choice.name, **choice.params)(x, foreground)
+            mask = registry.create("masks", choice.name, **choice.params)
+            columns[label] = mask(x, foreground, **band_arguments(mask, "masks", bands))[:, list(bands.rgb)]
         classes = [str(train["classes"][label]) for label in train["labels"][annotated]]
         out.append(MaskExamples(cells[0].cell.dataset.name, classes,
                                 {k: v.permute(0, 2, 3, 1).clamp(0, 1).numpy() for k, v in columns.items()}))
@@ -62,6 +71,7 @@ def overlays(plan: Plan, artifacts: Artifacts, *, n_images: int = 4) -> list[Ove
     out = []
     for data_key, cells in _by_data(plan, artifacts).items():
         test = artifacts.data(data_key, "test")
+        bands = artifacts.bands(data_key)
         seed = min(cp.cell.seed for cp in cells)
         chains: dict[tuple, list] = {}
         for cp in cells:
@@ -92,7 +102,7 @@ def overlays(plan: Plan, artifacts: Artifacts, *, n_images: int = 4) -> list[Ove
                     i = explained["index"][row]
                     prompts = prompts_at(seeds, row) if seeds else Prompts(np.zeros((0, 2)), np.zeros(0, np.int64))
                     panels.append(OverlayPanel(
-                        row, column, test["images"][i], explained["maps"][row].astype(np.float32),
+                        row, column, bands.composite(test["images"][i]), explained["maps"][row].astype(np.float32),
                         prompts.points, prompts.labels,
                         segmented[row] if segmented is not None else None, test["references"][i]))
             if panels:
@@ -166,6 +176,7 @@ def annotation_series(plans: dict, artifacts: Artifacts, *, n_images: int = 4) -
         chain = rounds[0].chain
         title = " · ".join([chain.cell.dataset.name, chain.cell.mask.name, chain.cell.seeder.name,
                             chain.cell.segmenter.name, chain.acceptor.name, f"seed {chain.cell.seed}"])
-        out.append(AnnotationSeries(title, train["images"][index[rows]], reference[rows],
+        images = artifacts.bands(data).composite(train["images"][index[rows]])
+        out.append(AnnotationSeries(title, images, reference[rows],
                                     [(n, m[rows], s[rows]) for n, m, s in zip(names, masks, scores)]))
     return out

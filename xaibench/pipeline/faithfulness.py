@@ -1,7 +1,7 @@
 """Faithfulness: whether the pixels a saliency map marks are the ones the model's prediction depends on.
 
 Localisation metrics (``xaibench.pipeline.metrics``) compare a map with a ground-truth mask; these compare it with
-the model. Each takes float32 images (B, 3, H, W) in [0, 1], maps (B, H, W), target classes (B,) and a
+the model. Each takes float32 images (B, C, H, W) in [0, 1], maps (B, H, W), target classes (B,) and a
 model in eval mode, and gives one score per image:
 
 - **deletion AUC** (Petsiuk et al., "RISE", 2018): the pixels are removed most-salient first in ``steps``
@@ -37,7 +37,7 @@ def subset(n: int, images: int) -> np.ndarray:
 
 
 def blur(images):
-    """A Gaussian blur of (B, 3, H, W) images: sigma 5 px at 224 px, scaled with the image's shorter side
+    """A Gaussian blur of (B, C, H, W) images, band by band: sigma 5 px at 224 px, scaled with the image's shorter side
     (at least 1 px), kernel ±3 sigma."""
     from torchvision.transforms.functional import gaussian_blur
 

@@ -155,14 +155,14 @@ class MaskExamples:
 
     dataset: str
     classes: list[str]  # class name of each tile
-    columns: dict[str, np.ndarray]  # "raw" and each mask label → float (N, H, W, 3) in [0, 1]
+    columns: dict[str, np.ndarray]  # "raw", each band outside the composite and each mask → float (N, H, W, 3) in [0, 1]
 
 
 @dataclasses.dataclass
 class OverlayPanel:
     row: int
     column: str
-    image: np.ndarray  # uint8 (H, W, 3)
+    image: np.ndarray  # uint8 (H, W, 3), the colour composite
     saliency: np.ndarray  # float32 (H, W) in [0, 1]
     points: np.ndarray  # float (N, 2) as (x, y)
     labels: np.ndarray  # (N,) 1 foreground, 0 background
@@ -186,6 +186,6 @@ class AnnotationSeries:
     """The training tiles of one loop chain whose annotation moved most, round by round."""
 
     title: str
-    images: np.ndarray  # uint8 (R, H, W, 3)
+    images: np.ndarray  # uint8 (R, H, W, 3), the colour composite
     reference: np.ndarray  # bool (R, H, W)
     columns: list[tuple[str, np.ndarray, np.ndarray]]  # (name, masks bool (R, H, W), IoU to reference (R,))

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from xaibench.errors import ComponentError, ContractViolation, StageError, UserError, out_of_space
-from xaibench.kit.contracts import (apply_ensemble, capability, validate_annotation, validate_classes, validate_layers,
-                                    validate_layout, validate_logits, validate_maps, validate_masked, validate_model,
+from xaibench.kit.contracts import (Bands, apply_ensemble, band_arguments, capability, validate_annotation,
+                                    validate_bands, validate_classes, validate_layers, validate_layout,
+                                    validate_logits, validate_maps, validate_masked, validate_model,
                                     validate_prompt_sets, validate_sample, validate_segmentation)
 from xaibench.kit.models import ensemble_model, layer_name, load_weights, save_weights
 from xaibench.kit.registry import get_registry
@@ -31,12 +32,14 @@ from xaibench.pipeline.store import file_digest, save_arrays
 from xaibench.pipeline.training import fit, predict_logits, resolve_device, to_tensor
 
 
-def build_untrained(backbone, num_classes: int):
-    """``backbone.build(num_classes, pretrained=False)``, or ``build(num_classes)`` for a backbone whose
-    ``build`` takes no ``pretrained`` (its weights are replaced by a stage's anyway)."""
+def build_untrained(backbone, num_classes: int, bands: Bands):
+    """``backbone.build(num_classes, pretrained=False, bands=bands)``, without ``pretrained`` for a backbone
+    whose ``build`` takes no such keyword (its weights are replaced by a stage's anyway) and without
+    ``bands`` for one that takes RGB images only (``band_arguments``)."""
+    extra = band_arguments(backbone, "backbones", bands)
     if capability(backbone, "pretrained", "backbones"):
-        return backbone.build(num_classes, pretrained=False)
-    return backbone.build(num_classes)
+        return backbone.build(num_classes, pretrained=False, **extra)
+    return backbone.build(num_classes, **extra)
 
 
 class StageRunner:
@@ -146,13 +149,15 @@ class StageRunner:
         with self.calling(kind, choice):
             return self.registry.create(kind, choice.name, **choice.params)
 
-    def load_model(self, backbone_choice: Choice, key: str, num_classes: int):
+    def load_model(self, backbone_choice: Choice, key: str, num_classes: int, data: str):
+        """The backbone and its module for the images of ``data``, with the weights of the stage ``key``."""
         import torch
 
         backbone = self.component("backbones", backbone_choice)
+        bands = self.artifacts.bands(data)
         with self.calling("backbones", backbone_choice, given=f"build({num_classes}, pretrained=False)"), \
                 torch.random.fork_rng():
-            model = build_untrained(backbone, num_classes)
+            model = build_untrained(backbone, num_classes, bands)
             validate_model(model)
             load_weights(model, self.path("train", key))
         return backbone, model.to(self.device).eval()
@@ -199,8 +204,11 @@ class StageRunner:
         dataset = self.component("datasets", spec.dataset)
         with self.calling("datasets", spec.dataset, given="no input (its classes)"):
             validate_classes(dataset.classes)
+        with self.calling("datasets", spec.dataset, given="no input (its image_bands)"):
+            bands = capability(dataset, "image_bands", "datasets") or Bands.rgb3()
+            validate_bands(bands)
         classes = np.asarray(list(dataset.classes), dtype=str)
-        size: tuple | None = None
+        pixels = ImagePixels(bands)
         counts = {}
         for split in SPLITS:
             with self.calling("datasets", spec.dataset, given=f"split({split!r})"):
@@ -208,30 +216,28 @@ class StageRunner:
                 if not hasattr(samples, "__len__"):
                     raise ContractViolation(f"split({split!r}) returned {type(samples).__name__}, which has no "
                                             f"length; return a sequence (a list) of Sample")
-                size, counts[split] = self._write_split(self.path("data", stage.key, split), samples, classes, size)
+                counts[split] = self._write_split(self.path("data", stage.key, split), samples, classes, pixels)
         if counts["train"] == 0 or counts["test"] == 0:
             raise UserError(f"dataset {spec.dataset.name!r} has an empty train or test split: {counts}")
-        return {"counts": counts, "classes": classes.tolist()}
+        meta = {"counts": counts, "classes": classes.tolist()}
+        return meta if bands.is_rgb else {**meta, "bands": list(bands.names), "composite": list(bands.rgb)}
 
     @staticmethod
-    def _write_split(folder: Path, samples, classes: np.ndarray, size: tuple | None) -> tuple[tuple | None, int]:
-        """Validate and write one split; ``size`` (H, W) is the dataset's image size so far (None: none
-        seen yet). Returns the size and the number of samples."""
+    def _write_split(folder: Path, samples, classes: np.ndarray, pixels: "ImagePixels") -> int:
+        """Validate and write one split; ``pixels`` holds the dataset's bands and the image size and dtype
+        seen so far, which every sample must share. Returns the number of samples."""
         n = len(samples)
         writer = ArrayFolderWriter(folder)
         try:
             labels, has_mask, has_reference, ids, groups = [], [], [], [], []
             columns = None
             for i, sample in enumerate(samples):
-                validate_sample(sample, len(classes))
-                if size is not None and sample.image.shape[:2] != size:
-                    raise ContractViolation(f"images differ in size ({size} and {sample.image.shape[:2]} for sample "
-                                            f"{sample.id!r}); every image of a dataset has one size (resize them, "
-                                            f"e.g. with an image_size parameter)")
-                size = sample.image.shape[:2]
+                validate_sample(sample, len(classes), pixels.bands)
+                pixels.check(sample)
+                size = pixels.size
                 if columns is None:
-                    columns = (writer.column("images", (n, *size, 3), np.uint8), writer.column("masks", (n, *size), bool),
-                               writer.column("references", (n, *size), bool))
+                    columns = (writer.column("images", (n, *size, pixels.bands.count), pixels.dtype),
+                               writer.column("masks", (n, *size), bool), writer.column("references", (n, *size), bool))
                 reference = getattr(sample, "reference", None)
                 columns[0][i] = sample.image
                 columns[1][i] = sample.mask if sample.mask is not None else False
@@ -242,8 +248,8 @@ class StageRunner:
                 ids.append(str(sample.id))
                 groups.append(getattr(sample, "group", None) or "")
             if columns is None:  # an empty split
-                shape = size or (0, 0)
-                writer.column("images", (0, *shape, 3), np.uint8)
+                shape = pixels.size or (0, 0)
+                writer.column("images", (0, *shape, pixels.bands.count), pixels.dtype or np.uint8)
                 writer.column("masks", (0, *shape), bool)
                 writer.column("references", (0, *shape), bool)
             writer.save("labels", np.asarray(labels, dtype=np.int64))
@@ -252,11 +258,16 @@ class StageRunner:
             writer.save("ids", np.asarray(ids, dtype=str))
             writer.save("groups", np.asarray(groups, dtype=str) if groups else np.zeros(0, dtype="<U1"))
             writer.save("classes", classes)
+            writer.save("band_names", np.asarray(pixels.bands.names, dtype=str))
+            writer.save("composite", np.asarray(pixels.bands.rgb, dtype=np.int64))
+            for name in ("mean", "std", "median"):  # only those the dataset declares; the others are worked out
+                if getattr(pixels.bands, name) is not None:
+                    writer.save(f"band_{name}", np.asarray(getattr(pixels.bands, name), dtype=np.float64))
             writer.close()
         except BaseException:
             writer.abandon()
             raise
-        return size, n
+        return n
 
     def _fit(self, stage, spec, model, foreground=None, mask_fn=None, subset=None):
         train = self.artifacts.data(spec.data, "train")
@@ -277,9 +288,10 @@ class StageRunner:
         spec: TrainSpec = stage.spec
         train = self.artifacts.data(spec.data, "train")
         backbone = self.component("backbones", spec.backbone)
+        bands = self.artifacts.bands(spec.data)
         torch.manual_seed(spec.seed)
         with self.calling("backbones", spec.backbone, given=f"build({len(train['classes'])})"):
-            model = backbone.build(len(train["classes"]))
+            model = backbone.build(len(train["classes"]), **band_arguments(backbone, "backbones", bands))
             validate_model(model)
         stats = self._fit(stage, spec, model)
         save_weights(model, self.path("train", stage.key))
@@ -289,15 +301,17 @@ class StageRunner:
     def _run_finetune(self, stage: Stage):
         spec: FinetuneSpec = stage.spec
         train = self.artifacts.data(spec.data, "train")
-        _, model = self.load_model(spec.backbone, spec.init, len(train["classes"]))
+        _, model = self.load_model(spec.backbone, spec.init, len(train["classes"]), spec.data)
         annotations = self.artifacts.annotations(spec.data, spec.annotations)
         foreground, subset = masks_for_finetuning(annotations, train["has_mask"], spec.missing_mask, seed=spec.seed)
         mask = self.component("masks", spec.mask)
+        with self.calling("masks", spec.mask):
+            extra = band_arguments(mask, "masks", self.artifacts.bands(spec.data))
 
         def mask_fn(images, fg):
             given = f"a training batch: images {tuple(images.shape)} {str(images.dtype).removeprefix('torch.')}"
             with self.calling("masks", spec.mask, given=given):
-                out = mask(images, fg)
+                out = mask(images, fg, **extra)
                 validate_masked(out, images, fg)
             return out
 
@@ -313,7 +327,7 @@ class StageRunner:
         for split in ("test", "val"):
             data = self.artifacts.data(spec.data, split)
             if split == "test":
-                _, model = self.load_model(spec.backbone, spec.model, len(data["classes"]))
+                _, model = self.load_model(spec.backbone, spec.model, len(data["classes"]), spec.data)
             if len(data["labels"]) == 0:
                 out[split] = np.zeros((0, len(data["classes"])), dtype=np.float32)
                 continue
@@ -352,20 +366,24 @@ class StageRunner:
 
     def _explainer(self, spec: ExplainSpec | SanitySpec, members: list):
         """The explainer of ``spec``, whether it takes the ground-truth masks, and the keyword arguments it
-        takes beyond the contract's: ``layouts`` (``_layouts``) where it declares that capability."""
+        takes beyond the contract's: ``layouts`` (``_layouts``) where it declares that capability, and the
+        dataset's ``bands`` where it takes them (``band_arguments``)."""
         explainer = self.component("explainers", spec.explainer)
-        layouts = {"layouts": self._layouts(spec.backbone, members)} \
-            if capability(explainer, "layouts", "explainers") else {}
-        return explainer, capability(explainer, "uses_ground_truth", "explainers"), layouts
+        bands = self.artifacts.bands(spec.data)
+        with self.calling("explainers", spec.explainer):
+            extra = band_arguments(explainer, "explainers", bands)
+        if capability(explainer, "layouts", "explainers"):
+            extra["layouts"] = self._layouts(spec.backbone, members)
+        return explainer, capability(explainer, "uses_ground_truth", "explainers"), extra
 
     def _explained_model(self, spec: ExplainSpec | FaithfulnessSpec | SanitySpec, num_classes):
         """The model an explanation is of (an ensemble's as one module) and its target layers."""
         ref = spec.model
         if not isinstance(ref, MixedModel):
-            backbone, model = self.load_model(spec.backbone, ref.key, num_classes)
+            backbone, model = self.load_model(spec.backbone, ref.key, num_classes, spec.data)
             return model, self._target_layers(backbone, spec.backbone, model)
-        backbone, raw = self.load_model(spec.backbone, ref.raw, num_classes)
-        _, masked = self.load_model(spec.backbone, ref.masked, num_classes)
+        backbone, raw = self.load_model(spec.backbone, ref.raw, num_classes, spec.data)
+        _, masked = self.load_model(spec.backbone, ref.masked, num_classes, spec.data)
         rule = self.component("ensembles", ref.ensemble)
 
         def mixed(raw_logits, masked_logits):
@@ -503,6 +521,7 @@ class StageRunner:
         index = explained["index"]
         test = self.artifacts.data(spec.data, spec.split)
         segmenter = self.component("segmenters", spec.segmenter)
+        bands = self.artifacts.bands(spec.data)  # segmenters are given the colour composite
         scored = capability(segmenter, "segment_with_scores", "segmenters")
         uses_saliency = capability(segmenter, "uses_saliency", "segmenters")
         height, width = test["images"].shape[1:3]
@@ -513,12 +532,13 @@ class StageRunner:
             extra = {"saliency": [explained["maps"][row].astype(np.float32)] * len(prompts)} if uses_saliency else {}
             given = f"{spec.split} image {str(test['ids'][i])!r} with {len(prompts)} prompt set(s)"
             with self.calling("segmenters", spec.segmenter, given=given):
+                image = bands.composite(test["images"][i])
                 if scored is not None:
-                    out, confidence = scored(test["images"][i], prompts, **extra)
+                    out, confidence = scored(image, prompts, **extra)
                     validate_segmentation(out, len(prompts), height, width, confidence)
                     scores[:, row] = np.asarray(confidence, dtype=np.float32)
                 else:
-                    out = segmenter.segment(test["images"][i], prompts, **extra)
+                    out = segmenter.segment(image, prompts, **extra)
                     validate_segmentation(out, len(prompts), height, width)
             for j, mask in enumerate(out):
                 masks[j, row] = np.packbits(mask, axis=-1)
@@ -662,3 +682,25 @@ def masks_for_finetuning(masks, has_mask, policy: str, *, seed: int):
         rng = np.random.default_rng(seed)
         source[missing] = rng.choice(annotated, size=len(missing))
     return Foreground(masks, source), None
+
+
+class ImagePixels:
+    """What every image of one dataset shares, checked sample by sample as the data stage writes them: its
+    ``bands`` (the channel count), its size (H, W) and its dtype (uint8 or float32), the latter two set by
+    the first sample."""
+
+    def __init__(self, bands: Bands):
+        self.bands = bands
+        self.size: tuple | None = None
+        self.dtype = None
+
+    def check(self, sample) -> None:
+        image = sample.image
+        if self.size is not None and image.shape[:2] != self.size:
+            raise ContractViolation(f"images differ in size ({self.size} and {image.shape[:2]} for sample "
+                                    f"{sample.id!r}); every image of a dataset has one size (resize them, e.g. "
+                                    f"with an image_size parameter)")
+        if self.dtype is not None and image.dtype != self.dtype:
+            raise ContractViolation(f"images differ in dtype ({self.dtype} and {image.dtype} for sample {sample.id!r}); "
+                                    f"every image of a dataset has one dtype, uint8 or float32")
+        self.size, self.dtype = image.shape[:2], image.dtype

@@ -1,6 +1,6 @@
 """Training and inference loops shared by every backbone: plain PyTorch, deterministic for a seed.
 
-Images arrive as uint8 arrays (N, H, W, 3) and are converted once to float (N, 3, H, W) in [0, 1].
+Images arrive as arrays (N, H, W, C), uint8 or float32, and are converted once to float (N, C, H, W) in [0, 1].
 Augmentation draws one of the 8 dihedral transforms per sample (aerial tiles have no canonical
 orientation) and applies it to the image and its foreground mask alike.
 """
@@ -21,10 +21,12 @@ from xaibench.pipeline.grid import TrainConfig
 
 
 def to_tensor(images: np.ndarray):
-    """uint8 (N, H, W, 3) → float32 tensor (N, 3, H, W) in [0, 1]."""
+    """(N, H, W, C) images → float32 tensor (N, C, H, W) in [0, 1]: uint8 pixels divided by 255, float32
+    ones (already in [0, 1]) as they are."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    return tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor.float()
 
 
 def resolve_device(device: str, *, what: str = "device") -> str:
@@ -77,7 +79,7 @@ def fit(
     resumes from it and ends bitwise identical to an uninterrupted run (the same device and thread
     count); the caller removes it once the trained model is saved.
 
-    ``images``: uint8 (N, H, W, 3), an array or anything indexed by a batch of rows (``artifacts.Rows``):
+    ``images``: (N, H, W, C), uint8 or float32 in [0, 1] (``to_tensor``), an array or anything indexed by a batch of rows (``artifacts.Rows``):
     only the rows of one batch are ever read and converted to float, so a split need not fit in memory.
     ``subset``: the indices of the samples trained on (default all). ``foreground`` (bool rows (N, H, W),
     indexed the same way) and ``mask_fn`` (a Mask component) together make masked training: each augmented

@@ -23,6 +23,8 @@ def check_dataset(dataset, *, name: str | None = None, max_samples: int | None =
         dataset.check()  # a UserError here means missing data: let it through unchanged
     classes = getattr(dataset, "classes", None)
     _valid(label, "classes", contracts.validate_classes, classes)
+    bands = contracts.capability(dataset, "image_bands", "datasets") or contracts.Bands.rgb3()
+    _valid(label, "image_bands", contracts.validate_bands, bands)
     size, ids, counts = None, set(), {}
     for split in SPLITS:
         samples = _call(label, f"split({split!r})", dataset.split, split)
@@ -32,7 +34,7 @@ def check_dataset(dataset, *, name: str | None = None, max_samples: int | None =
         counts[split] = len(samples)
         samples = samples[:max_samples]
         for sample in samples:
-            size = _check_sample(sample, label, split, classes, size, ids)
+            size = _check_sample(sample, label, split, classes, size, ids, bands)
         again = list(dataset.split(split))[:max_samples]
         same = len(again) == len(samples) and all(
             a.id == b.id and a.label == b.label and np.array_equal(a.image, b.image)
@@ -65,8 +67,8 @@ def _same_mask(a, b) -> bool:
     return (a is None) == (b is None) and (a is None or np.array_equal(a, b))
 
 
-def _check_sample(sample, label, split, classes, size, ids):
-    _valid(label, f"split({split!r})", contracts.validate_sample, sample, len(classes))
+def _check_sample(sample, label, split, classes, size, ids, bands):
+    _valid(label, f"split({split!r})", contracts.validate_sample, sample, len(classes), bands)
     where = f"{split} sample {sample.id!r}"
     _expect(isinstance(sample.id, str) and sample.id not in ids, label, f"{where}: id is not a unique string",
             "give every sample of the dataset its own string id")

@@ -1,0 +1,232 @@
+"""Images of any number of bands through a run: the data stage keeps every band, backbones, masks and
+explainers get all of them, segmenters and figures get the colour composite, and a component written for
+RGB fails its cells on other bands rather than being given three of them."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xaibench import hookimpl
+from xaibench.commands.cli import main
+from xaibench.errors import ContractViolation
+from xaibench.kit.contracts import Bands, Sample, band_arguments, validate_sample
+from xaibench.pipeline import bands as band_statistics
+from xaibench.pipeline.artifacts import Artifacts
+
+NAMES = ("red", "green", "blue", "nir")
+
+
+class NirBlobs:
+    """4-band float32 tiles whose class shows only in band 4: a bright NIR square on class 1 (its mask);
+    the red, green and blue bands are noise of one distribution in both classes."""
+
+    classes = ["absent", "present"]
+    image_bands = Bands(NAMES, (2, 1, 0))  # the composite shows blue as red: a composite that is not the identity
+
+    def __init__(self, *, size: int = 32, n: int = 16):
+        self.size, self.n = size, n
+
+    def split(self, name):
+        rng = np.random.default_rng(("train", "val", "test").index(name))
+        samples = []
+        for i in range(self.n if name != "val" else 0):
+            image = rng.uniform(0.1, 0.6, (self.size, self.size, 4)).astype(np.float32)
+            label = i % 2
+            mask = None
+            if label:
+                r, c = rng.integers(0, self.size // 2, 2)
+                mask = np.zeros((self.size, self.size), bool)
+                mask[r: r + self.size // 3, c: c + self.size // 3] = True
+                image[mask, 3] = 0.95
+            samples.append(Sample(f"{name}-{i}", image, label, mask))
+        return samples
+
+    def fingerprint(self):
+        return f"nir-blobs-{self.size}-{self.n}"
+
+
+class RgbOnlyMask:
+    """A third-party mask written for RGB images: no ``bands`` keyword."""
+
+    def __call__(self, images, foreground):
+        import torch
+
+        return torch.where(foreground, images, torch.zeros_like(images))
+
+
+class Composites:
+    """A segmenter that records the images it is given."""
+
+    seen: list = []
+
+    def segment(self, image, prompts):
+        Composites.seen.append(image.copy())
+        return [np.zeros(image.shape[:2], bool) for _ in prompts]
+
+
+class Plugin:
+    @hookimpl
+    def register_datasets(self, register):
+        register("nir-blobs", NirBlobs)
+
+    @hookimpl
+    def register_masks(self, register):
+        register("rgb-only", RgbOnlyMask)
+
+    @hookimpl
+    def register_segmenters(self, register):
+        register("composites", Composites)
+
+
+GRID = """\
+name: bands
+seeds: [0]
+datasets: [nir-blobs]
+backbones: [{name: resnet18, target_layer: layer3}]
+masks: [median, rgb-only]
+ensembles: [{name: logit-mix, alpha: 0.5}]
+explainers: [gradcam]
+seeders: [{name: top-k, k: 2, min_distance: 4}]
+segmenters: [composites]
+train: {epochs: 1, batch_size: 8}
+finetune: {epochs: 1, batch_size: 8}
+protocol: {faithfulness_steps: 2, faithfulness_images: 2}
+"""
+
+
+@pytest.fixture
+def plugin(add_plugin):
+    Composites.seen = []
+    return add_plugin(Plugin(), name="bands-plugin")
+
+
+def test_a_four_band_run_keeps_every_band_and_refuses_rgb_only_components(plugin, write_grid, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "--grid", str(write_grid(GRID)), "--out", str(out), "--quiet"])
+    assert code == 1  # the rgb-only mask's cells fail; the others are done
+    table = pd.read_csv(out / "leaderboard.csv")
+    done = table[table["status"] == "done"]
+    assert set(done["mask"]) == {"none", "median"}
+    failed = table[table["status"] != "done"]
+    assert len(failed) and set(failed["mask"]) == {"rgb-only"}
+    error = " ".join(failed["error"].astype(str))
+    assert "takes RGB images only" in error and "4 bands (red, green, blue, nir; composite blue, green, red)" in error
+
+    # the data stage kept all four float bands and recorded them
+    artifacts = Artifacts(out / "cache")
+    (data_key,) = {p.name.split(".")[0] for p in (out / "cache" / "data").iterdir()}
+    train = artifacts.data(data_key, "train")
+    assert train["images"].shape[1:] == (32, 32, 4) and train["images"].dtype == np.float32
+    bands = artifacts.bands(data_key)
+    assert bands.names == NAMES and bands.rgb == (2, 1, 0)
+    images = np.asarray(train["images"]).reshape(-1, 4).astype(np.float64)
+    assert np.allclose(bands.median, np.median(images, axis=0)) and np.allclose(bands.mean, images.mean(axis=0))
+
+    # the segmenter was given the colour composite of each explained test image, as uint8
+    test = NirBlobs().split("test")
+    explained = [s for s in test if s.mask is not None]
+    assert len(Composites.seen) == 2 * len(explained)  # baseline and median cells
+    for image, sample in zip(Composites.seen, explained):
+        assert image.dtype == np.uint8 and image.shape == (32, 32, 3)
+        assert np.array_equal(image, np.rint(sample.image[..., [2, 1, 0]] * 255).astype(np.uint8))
+
+    run = json.loads((out / "run.json").read_text())
+    from PIL import Image
+
+    fig1 = next(f for f in run["figures"] if "fig1" in f)
+    with Image.open(out / fig1) as figure:  # raw composite, the nir band in grey and the median mask: 3 columns
+        assert figure.size[0] == round(2.2 * 3 * 100)
+
+
+def test_the_median_mask_fills_composite_bands_with_imagenet_and_others_with_the_dataset_median():
+    import torch
+
+    from xaibench.kit.registry import get_registry
+
+    bands = Bands(NAMES, (2, 1, 0), mean=(0.1,) * 4, std=(0.1,) * 4, median=(0.1, 0.2, 0.3, 0.42))
+    mask = get_registry().create("masks", "median")
+    images = torch.rand(2, 4, 8, 8)
+    foreground = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    out = mask(images, foreground, bands=bands)
+    # composite position 0 (red) is band 2, so band 2 gets ImageNet's red; band 3 (nir) the dataset's median
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([0.406, 0.456, 0.485, 0.42]))
+    for name in ("white", "black", "blur"):
+        masked = get_registry().create("masks", name)(images, foreground, bands=bands)
+        assert masked.shape == images.shape
+    with pytest.raises(ValueError, match="channels"):
+        mask(images[:, :3], foreground, bands=bands)
+
+
+def test_band_arguments_give_bands_to_those_that_take_them_and_refuse_rgb_only_ones_on_other_bands():
+    rgb, rgbn = Bands.rgb3(), Bands(NAMES)
+    assert band_arguments(RgbOnlyMask(), "masks", rgb) == {}
+    with pytest.raises(ContractViolation, match="takes RGB images only .* 4 bands"):
+        band_arguments(RgbOnlyMask(), "masks", rgbn)
+    # three bands shown in another order are not RGB images either
+    with pytest.raises(ContractViolation):
+        band_arguments(RgbOnlyMask(), "masks", Bands(("b", "g", "r"), (2, 1, 0)))
+
+    class Takes:
+        def __call__(self, images, foreground, *, bands=None):
+            return images
+
+    assert band_arguments(Takes(), "masks", rgbn) == {"bands": rgbn}
+
+
+def test_samples_are_held_to_the_dataset_bands():
+    bands = Bands(NAMES)
+    image = np.zeros((4, 4, 4), np.float32)
+    validate_sample(Sample("a", image, 0, None), 2, bands)
+    validate_sample(Sample("a", np.zeros((4, 4, 4), np.uint8), 0, None), 2, bands)
+    with pytest.raises(ContractViolation, match=r"\(H, W, 4\)"):
+        validate_sample(Sample("a", np.zeros((4, 4, 3), np.float32), 0, None), 2, bands)
+    with pytest.raises(ContractViolation, match=r"\(H, W, 3\)"):  # RGB where the dataset declares nothing
+        validate_sample(Sample("a", image, 0, None), 2)
+    for bad in (np.full((4, 4, 4), 1.5, np.float32), np.full((4, 4, 4), np.nan, np.float32)):
+        with pytest.raises(ContractViolation, match=r"float images are in \[0, 1\]"):
+            validate_sample(Sample("a", bad, 0, None), 2, bands)
+    with pytest.raises(ContractViolation, match="uint8 or float32"):
+        validate_sample(Sample("a", np.zeros((4, 4, 4), np.uint16), 0, None), 2, bands)
+
+
+def test_bands_are_validated():
+    with pytest.raises(ValueError, match="distinct"):
+        Bands(("a", "a"))
+    with pytest.raises(ValueError, match="three 0-based"):
+        Bands(("a", "b"), (0, 1, 2))
+    with pytest.raises(ValueError, match="one value per band"):
+        Bands(("a", "b", "c"), median=(0.5, 0.5))
+    grey = Bands(("pan",), (0, 0, 0))
+    assert not grey.is_rgb and grey.composite(np.full((2, 2, 1), 0.5, np.float32)).tolist() == [[[128] * 3] * 2] * 2
+
+
+def test_band_statistics_use_at_most_256_images_evenly_spaced():
+    images = np.arange(1000, dtype=np.float32).reshape(1000, 1, 1, 1) / 1000
+    found = band_statistics.statistics(images)
+    chosen = band_statistics.chosen(1000)
+    assert len(chosen) == 256 and chosen[0] == 0 and chosen[-1] == 999
+    assert np.isclose(found["mean"][0], images[chosen].mean()) and np.isclose(found["max"][0], 0.999)
+    assert np.isnan(band_statistics.statistics(np.zeros((0, 4, 4, 2), np.uint8))["mean"]).all()
+
+
+def test_a_dataset_with_images_of_two_dtypes_fails_its_data_stage(add_plugin, write_grid, tmp_path):
+    class Mixed(NirBlobs):
+        def split(self, name):
+            samples = super().split(name)
+            return [Sample(s.id, (s.image * 255).astype(np.uint8), s.label, s.mask) if i == 3 else s
+                    for i, s in enumerate(samples)]
+
+    class MixedPlugin:
+        @hookimpl
+        def register_datasets(self, register):
+            register("mixed", Mixed)
+
+    add_plugin(MixedPlugin(), name="mixed-plugin")
+    grid = GRID.replace("[nir-blobs]", "[mixed]").replace("[median, rgb-only]", "[median]") \
+        .replace("segmenters: [composites]", "segmenters: [random-walker]")
+    out = tmp_path / "run"
+    assert main(["run", "--grid", str(write_grid(grid)), "--out", str(out), "--quiet"]) == 1
+    table = pd.read_csv(out / "leaderboard.csv")
+    assert "images differ in dtype (float32 and uint8 for sample 'train-3')" in " ".join(table["error"].astype(str))
