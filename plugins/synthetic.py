@@ -22,6 +22,24 @@ so a split's agreement is the stated one up to rounding. ``cues(split)`` gives e
 each sample's ``group`` is ``"cue agrees"`` or ``"cue conflicts"``: the test split is then a cue-conflict
 test set, and the leaderboard reports accuracy on each group and on the worst.
 
+``bands="rgbn"`` adds a fourth, near-infrared band: ``image_bands`` is then red, green, blue, nir with the
+first three as the colour composite (``Bands.rgb3()`` for ``"rgb"``), and images are uint8 (H, W, 4). The
+band has random streams of its own, so the first three bands are exactly the ``"rgb"`` images. As in real
+near-infrared, vegetation is bright and the rest dark (levels in 0..255 before the tile's illumination,
++-5 %): target crowns brightest, 205 +-8 % from crown to crown, with leaf texture and flat shading;
+distractor shrubs clearly dimmer, 135-170; grass 140, scrubby ground 145, dry grass and stubble 105-115,
+bare soil 80; the road 55; shadows 45 % of what they fall on. In the multiclass task each texture has its
+own level, +-8 % per tile: forest 120-240 (canopy and gaps), cropland rows 95-195, scrub 115-185,
+grassland 150, bare 95, artificial 65-90 with streets at 45, water 12.
+
+``hide_in_rgb=True`` (binary task with ``bands="rgbn"`` only) draws the crowns and their shadows in the
+near-infrared band only, placed after the shrubs from the near-infrared stream: the red, green and blue
+bands of a ``present`` tile are then drawn exactly as an ``absent`` tile's, so nothing in them tells the
+classes apart but the road, which follows ``spurious`` as always (0: not at all), and the only evidence of
+the crowns, which the mask still marks, is in band 4. That is a known answer for multispectral pipelines: a
+model given only the colour composite is at chance (with ``spurious=0``, or on the test split), one given
+all four bands can learn, and its explanations should point at crowns visible only in near-infrared.
+
 ``annotation_noise`` (see ``xaibench_plugins.annotation_noise``) degrades the ``train`` and ``val``
 annotations the way human annotators do, keeping the exact masks as ``reference``; ``test`` stays exact. The
 noise has random streams of its own, so it never changes images, labels, cues or exact masks.
@@ -29,12 +47,14 @@ noise has random streams of its own, so it never changes images, labels, cues or
 The tiles are drawn by ``xaibench_plugins.synthetic_tiles``. Samples are generated lazily on the first
 ``split(name)`` and cached on the instance. Each split has its own random streams, derived from ``seed``
 and the split's name, and each tile its own stream derived from those and its index, so the same
-parameters give byte-identical samples and ``n_test`` does not affect ``train``.
+parameters give byte-identical samples and ``n_test`` does not affect ``train``. Parameters left at their
+defaults are left out of ``params()``, so a dataset written without ``bands`` keeps its fingerprint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from typing import Annotated, Literal
@@ -42,7 +62,8 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from xaibench.kit.contracts import Sample
+from xaibench.errors import ComponentParamsError
+from xaibench.kit.contracts import Bands, Sample
 from xaibench.kit.hookspecs import hookimpl
 from xaibench_plugins.annotation_noise import AnnotationNoise, choose_degraded, degrade
 from xaibench_plugins.synthetic_tiles import LAND_COVER_CLASSES, binary_tile, land_cover_tile
@@ -54,23 +75,27 @@ ALIGNED, CONFLICTING = "cue agrees", "cue conflicts"
 
 BINARY_CLASSES = ["absent", "present"]
 SPLITS = ("train", "val", "test")
+BANDS = {"rgb": Bands.rgb3(), "rgbn": Bands(("red", "green", "blue", "nir"), (0, 1, 2))}
 
 class SyntheticDataset:
     """Procedural aerial tiles with exact relevance masks and a tunable spurious background cue.
 
     ``split(name)`` for name in ``"train" | "val" | "test"``: a list of ``Sample`` with ids like
-    ``"train-00012"``, ``image`` uint8 (image_size, image_size, 3), ``label`` an index into ``classes``
-    (balanced to within one sample per class, shuffled), ``mask`` bool (image_size, image_size), or None for
-    binary negatives. With ``annotation_noise``, annotated train and val samples have the degraded ``mask``
-    and the exact one as ``reference`` (the same where ``fraction`` spared it); otherwise ``reference=None``.
+    ``"train-00012"``, ``image`` uint8 (image_size, image_size, 3), or (..., 4) with ``bands="rgbn"``,
+    ``label`` an index into ``classes`` (balanced to within one sample per class, shuffled), ``mask`` bool
+    (image_size, image_size), or None for binary negatives. With ``annotation_noise``, annotated train and
+    val samples have the degraded ``mask`` and the exact one as ``reference`` (the same where ``fraction``
+    spared it); otherwise ``reference=None``.
     ``cues(name)``: int64 (n,), each sample's spurious-cue class, aligned with ``split(name)``.
-    See the module docstring for the tiles and the cue.
+    ``image_bands``: the images' ``Bands``. See the module docstring for the tiles, the cue and the bands.
 
     Parameters: ``task``; ``n_train``, ``n_val``, ``n_test`` samples per split; ``image_size`` in pixels
     (everything in a tile scales with it); ``seed`` of the data generation; ``spurious`` in [0, 1], how
     strongly the cue follows the label in train and val (0: not at all); ``num_classes``, 2 to 7, the first
     classes of ``LAND_COVER_CLASSES`` (multiclass only); ``annotation_noise``, an ``AnnotationNoise`` or a
-    mapping of its fields (lengths in pixels); None, or noise that changes nothing, for exact annotations."""
+    mapping of its fields (lengths in pixels); None, or noise that changes nothing, for exact annotations;
+    ``bands``, ``"rgb"`` or ``"rgbn"`` (red, green, blue, near-infrared); ``hide_in_rgb``, True to draw the
+    crowns in the near-infrared band only (binary task with ``bands="rgbn"``; else ``ComponentParamsError``)."""
 
     def __init__(
         self,
@@ -84,11 +109,20 @@ class SyntheticDataset:
         spurious: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9,
         num_classes: Annotated[int, Field(ge=2, le=7)] = 7,
         annotation_noise: AnnotationNoise | None = None,
+        bands: Literal["rgb", "rgbn"] = "rgb",
+        hide_in_rgb: bool = False,
     ):
         if task not in ("binary", "multiclass"):
             raise ValueError(f"task must be 'binary' or 'multiclass', got {task!r}")
         if not 2 <= num_classes <= len(LAND_COVER_CLASSES):
             raise ValueError(f"num_classes must be 2 to {len(LAND_COVER_CLASSES)}, got {num_classes}")
+        if bands not in BANDS:
+            raise ValueError(f"bands must be {' or '.join(map(repr, BANDS))}, got {bands!r}")
+        if hide_in_rgb and (task != "binary" or bands != "rgbn"):
+            raise ComponentParamsError([("hide_in_rgb", f"hides the crowns of the binary task in the red, green "
+                                         f"and blue bands and shows them in near-infrared only, so it needs task: "
+                                         f"binary and bands: rgbn, got task: {task} and bands: {bands}; set both, "
+                                         f"or leave hide_in_rgb out")])
         self.task = task
         self.n_train = n_train
         self.n_val = n_val
@@ -97,18 +131,29 @@ class SyntheticDataset:
         self.seed = seed
         self.spurious = float(spurious)
         self.num_classes = num_classes
+        self.bands = bands
+        self.hide_in_rgb = bool(hide_in_rgb)
         # Noise that changes nothing is no noise: the same samples and the same fingerprint as without it.
         noise = None if annotation_noise is None else AnnotationNoise.model_validate(annotation_noise)
         self.annotation_noise = noise if noise is not None and noise.active else None
         self.classes = list(BINARY_CLASSES) if task == "binary" else LAND_COVER_CLASSES[:num_classes]
         self._generated: dict[str, tuple[list[Sample], np.ndarray]] = {}
 
+    @property
+    def image_bands(self) -> Bands:
+        return BANDS[self.bands]
+
     def params(self) -> dict:
-        """The parameters; ``annotation_noise`` only when set, as its non-default fields."""
+        """The parameters; ``annotation_noise`` only when set, as its non-default fields, and ``bands`` and
+        ``hide_in_rgb`` only when not at their defaults (so older fingerprints stay valid)."""
         names = ("task", "n_train", "n_val", "n_test", "image_size", "seed", "spurious", "num_classes")
         params = {name: getattr(self, name) for name in names}
         if self.annotation_noise is not None:
             params["annotation_noise"] = self.annotation_noise.model_dump(exclude_defaults=True)
+        if self.bands != "rgb":
+            params["bands"] = self.bands
+        if self.hide_in_rgb:
+            params["hide_in_rgb"] = True
         return params
 
     def __repr__(self) -> str:
@@ -137,10 +182,15 @@ class SyntheticDataset:
             plan_rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(key, 0)))
             labels, cues = _plan(plan_rng, size, num_classes, agreement)
             draw = binary_tile if self.task == "binary" else land_cover_tile
+            if self.hide_in_rgb:
+                draw = functools.partial(draw, hide_in_rgb=True)
             samples = []
             for index, (label, cue) in enumerate(zip(labels.tolist(), cues.tolist())):
                 rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(key, 1, index)))
-                image, mask = draw(rng, self.image_size, label, cue, num_classes)
+                # The near-infrared band has streams of its own, so the colour bands are the "rgb" images.
+                nir_rng = None if self.bands == "rgb" else np.random.default_rng(
+                    np.random.SeedSequence(self.seed, spawn_key=(key, 4, index)))
+                image, mask = draw(rng, self.image_size, label, cue, num_classes, nir_rng)
                 samples.append(Sample(f"{name}-{index:05d}", image, label, mask,
                                       group=ALIGNED if cue == label else CONFLICTING))
             if self.annotation_noise is not None and name != "test":

@@ -4,8 +4,12 @@ cue. See ``xaibench_plugins.synthetic`` for what the tiles mean; every function 
 generator, so a tile depends only on its stream and its arguments. Any change here that changes a tile
 must bump ``xaibench_plugins.synthetic.GENERATOR_VERSION``, which is part of the dataset's fingerprint.
 
-``binary_tile(rng, size, label, cue, num_classes)`` and ``land_cover_tile(...)`` return
-``(image uint8 (size, size, 3), mask bool (size, size) or None)``.
+``binary_tile(rng, size, label, cue, num_classes, nir_rng=None, *, hide_in_rgb=False)`` and
+``land_cover_tile(rng, size, label, cue, num_classes, nir_rng=None)`` return ``(image uint8 (size, size, 3),
+mask bool (size, size) or None)``: red, green, blue. Given ``nir_rng``, the image is (size, size, 4): the
+fourth band is near-infrared, derived from what ``rng`` drew plus draws from ``nir_rng`` alone, so the first
+three bands are exactly the three-band image. ``hide_in_rgb`` draws a binary tile's crowns, and their
+shadows, in the near-infrared band only (see ``binary_tile``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ GROUND = np.array(
 CROWN = np.array([34, 70, 48], np.float32)
 SHRUBS = np.array([[116, 106, 58], [108, 86, 56], [96, 100, 50]], np.float32)  # olive, brown, khaki
 ROAD = np.array([214, 208, 196], np.float32)
+# Near-infrared levels, in 0..255 like the colours: healthy vegetation reflects it strongly, the crowns most;
+# soil less; gravel, water and shadows little.
+GROUND_NIR = np.array([140, 115, 80, 145, 105], np.float32)  # as GROUND
+CROWN_NIR = 205.0
+SHRUBS_NIR = np.array([165, 135, 150], np.float32)  # as SHRUBS
+SAPLING_NIR = 170.0  # the small dark-green distractors
+ROAD_NIR = 55.0
 ROAD_HALF_WIDTH = 2.5
 VERGE = 1.5
 
@@ -79,30 +90,53 @@ def _road_distance(rng, size: int, angle: float, max_offset: float) -> np.ndarra
     return np.abs((cols - centre) * -math.sin(angle) + (rows - centre) * math.cos(angle) - offset)
 
 
-def _draw_road(rng, image: np.ndarray, distance: np.ndarray, unit: float, grain: np.ndarray) -> None:
+def _draw_road(rng, image: np.ndarray, distance: np.ndarray, unit: float, grain: np.ndarray, nir=None) -> None:
+    """The road into ``image`` (size, size, 3) and, unless None, ``nir`` (size, size), in place."""
     half_width = ROAD_HALF_WIDTH * unit
     verge = (distance > half_width) & (distance <= half_width + VERGE * unit)
     image[verge] *= 0.8
     surface = distance <= half_width
-    colour = ROAD * rng.uniform(0.97, 1.02)
-    image[surface] = colour * (1 + 0.025 * grain[surface])[:, None]
+    wear = rng.uniform(0.97, 1.02)
+    gravel = 1 + 0.025 * grain[surface]
+    image[surface] = ROAD * wear * gravel[:, None]
+    if nir is not None:
+        nir[verge] *= 0.8
+        nir[surface] = ROAD_NIR * wear * gravel
 
 
-def _finish(rng, image: np.ndarray) -> np.ndarray:
-    image *= rng.uniform(0.95, 1.05)  # illumination
+def _finish(rng, image: np.ndarray, nir=None) -> np.ndarray:
+    """uint8 (size, size, 3) of ``image``, or (size, size, 4) with ``nir`` as the fourth band, lit alike."""
+    illumination = rng.uniform(0.95, 1.05)
+    image *= illumination
+    if nir is not None:
+        image = np.dstack([image, nir * illumination])
     return np.clip(image + 0.5, 0, 255).astype(np.uint8)
 
 
 # -- binary: target crowns among distractor shrubs ---------------------------------------------------------
 
 
-def binary_tile(rng, size: int, label: int, cue: int, num_classes: int):
+def binary_tile(rng, size: int, label: int, cue: int, num_classes: int, nir_rng=None, *, hide_in_rgb: bool = False):
+    """A ground tile with shrubs, target crowns if ``label`` and the road if ``cue``; see the module docstring.
+
+    With ``hide_in_rgb`` (needs ``nir_rng``) the crowns and their shadows are drawn in the near-infrared band
+    only, and placed after the shrubs from ``nir_rng``: ``rng`` then draws exactly what it draws for an
+    absent tile, so the red, green and blue bands are those of the absent tile of the same ``rng``."""
+    if hide_in_rgb and nir_rng is None:
+        raise ValueError("hide_in_rgb draws the crowns in the near-infrared band only: give nir_rng")
     unit = size / REFERENCE_SIZE
     low, mid, grain, clumps = _noise(rng, size, np.array([19.2, 6.0, 0.7, 1.2]) * unit)
-    first, second = GROUND[rng.choice(len(GROUND), 2, replace=False)] * rng.uniform(0.92, 1.08)
+    kinds, tone = rng.choice(len(GROUND), 2, replace=False), rng.uniform(0.92, 1.08)
+    first, second = GROUND[kinds] * tone
     blend = _sigmoid(1.8 * low)[..., None]
     image = first * (1 - blend) + second * blend
-    image *= (1 + 0.07 * mid + 0.05 * grain)[..., None]
+    relief = 1 + 0.07 * mid + 0.05 * grain
+    image *= relief[..., None]
+    nir = leaf = None
+    if nir_rng is not None:
+        leaf, moisture = _noise(nir_rng, size, np.array([0.9, 12.0]) * unit)
+        first_nir, second_nir = GROUND_NIR[kinds] * tone
+        nir = (first_nir * (1 - blend[..., 0]) + second_nir * blend[..., 0]) * relief * (1 + 0.05 * moisture)
 
     road = _road_distance(rng, size, rng.uniform(0, np.pi), 0.25 * size) if cue else None
     road_zone = (ROAD_HALF_WIDTH + VERGE) * unit
@@ -111,39 +145,55 @@ def binary_tile(rng, size: int, label: int, cue: int, num_classes: int):
     towards_sun = np.array([np.sin(sun), np.cos(sun)])  # (row, col)
     taken: list[tuple[float, float, float]] = []
     crowns = []
-    if label:
+    if label and not hide_in_rgb:
         for radius in rng.uniform(6, 12, rng.integers(1, 5)) * unit:
             crowns += _place(rng, size, radius, taken, road, road_zone)
-    distractors = []
+    distractors = []  # (blob, colour, texture, near-infrared level)
     for _ in range(rng.integers(1, 4)):
         if rng.random() < 0.65:
-            radius, colour, texture = rng.uniform(3, 8) * unit, SHRUBS[rng.integers(len(SHRUBS))], 0.12
+            radius, shrub = rng.uniform(3, 8) * unit, rng.integers(len(SHRUBS))
+            colour, texture, level = SHRUBS[shrub], 0.12, SHRUBS_NIR[shrub]
         else:
-            radius, colour, texture = rng.uniform(2, 4.5) * unit, CROWN * 1.15, 0.15
-        distractors += [(blob, colour, texture) for blob in _place(rng, size, radius, taken, road, road_zone)]
+            radius, colour, texture, level = rng.uniform(2, 4.5) * unit, CROWN * 1.15, 0.15, SAPLING_NIR
+        distractors += [(blob, colour, texture, level) for blob in _place(rng, size, radius, taken, road, road_zone)]
+    if label and hide_in_rgb:
+        for radius in nir_rng.uniform(6, 12, nir_rng.integers(1, 5)) * unit:
+            crowns += _place(nir_rng, size, radius, taken, road, road_zone)
 
-    brightness, hue = rng.uniform(0.85, 1.15, (len(crowns), 1)), rng.uniform(0.95, 1.05, (len(crowns), 3))
-    crown_colours = CROWN * brightness * hue
-    everything = distractors + [(blob, colour, 0.22) for blob, colour in zip(crowns, crown_colours)]
-    for blob, _, _ in everything:
+    shown = [] if hide_in_rgb else crowns
+    brightness, hue = rng.uniform(0.85, 1.15, (len(shown), 1)), rng.uniform(0.95, 1.05, (len(shown), 3))
+    crown_colours = [None] * len(crowns) if hide_in_rgb else list(CROWN * brightness * hue)  # None: not in RGB
+    crown_levels = CROWN_NIR * nir_rng.uniform(0.92, 1.08, len(crowns)) if nir is not None else [None] * len(crowns)
+    everything = distractors + [(blob, colour, 0.22, level)
+                                for blob, colour, level in zip(crowns, crown_colours, crown_levels)]
+    for blob, colour, _, _ in everything:
         shift = -0.35 * blob.radius * towards_sun
         box, rel, _, _ = _footprint(blob, size, shift)
-        image[box] *= (1 - 0.45 * np.clip((1.15 - rel) / 0.3, 0, 1))[..., None]
+        darkness = np.clip((1.15 - rel) / 0.3, 0, 1)
+        if colour is not None:
+            image[box] *= (1 - 0.45 * darkness)[..., None]
+        if nir is not None:
+            nir[box] *= 1 - 0.55 * darkness
     mask = np.zeros((size, size), bool)
-    for index, (blob, colour, texture) in enumerate(everything):
+    for index, (blob, colour, texture, level) in enumerate(everything):
         box, rel, d_row, d_col = _footprint(blob, size)
         inside = rel <= 1
         sunlit = d_row * towards_sun[0] + d_col * towards_sun[1]
-        shade = 0.8 + 0.3 * (1 - np.minimum(rel, 1) ** 2) + 0.15 * sunlit
-        pixels = colour * (shade * (1 + texture * clumps[box]))[..., None]
-        image[box][inside] = pixels[inside]
+        if colour is not None:
+            shade = 0.8 + 0.3 * (1 - np.minimum(rel, 1) ** 2) + 0.15 * sunlit
+            pixels = colour * (shade * (1 + texture * clumps[box]))[..., None]
+            image[box][inside] = pixels[inside]
+        if nir is not None:  # flatter shading than in colour: leaves scatter near-infrared light
+            shade = 0.92 + 0.12 * (1 - np.minimum(rel, 1) ** 2) + 0.06 * sunlit
+            pixels = level * shade * (1 + 0.3 * texture * clumps[box] + 0.04 * leaf[box])
+            nir[box][inside] = pixels[inside]
         if index >= len(distractors):
             mask[box] |= inside
 
     if road is not None:
-        _draw_road(rng, image, road, unit, grain)
+        _draw_road(rng, image, road, unit, grain, nir)
         mask &= road > road_zone
-    return _finish(rng, image), (mask if label else None)
+    return _finish(rng, image, nir), (mask if label else None)
 
 
 class _Blob:
@@ -190,7 +240,9 @@ def _footprint(blob: _Blob, size: int, shift=(0.0, 0.0)):
 # -- multiclass: land-cover regions ------------------------------------------------------------------------
 
 
-def land_cover_tile(rng, size: int, label: int, cue: int, num_classes: int):
+def land_cover_tile(rng, size: int, label: int, cue: int, num_classes: int, nir_rng=None):
+    """A patchwork of land-cover textures, the ``label``'s the largest region, crossed by the road whose
+    direction is ``cue``'s; see the module docstring. ``nir_rng`` draws each texture's near-infrared level."""
     unit = size / REFERENCE_SIZE
     angle = (cue + rng.uniform(-0.3, 0.3)) * np.pi / num_classes
     road = _road_distance(rng, size, angle, 0.2 * size)
@@ -227,12 +279,17 @@ def land_cover_tile(rng, size: int, label: int, cue: int, num_classes: int):
     cover = cover.reshape(size, size)
 
     image = np.empty((size, size, 3), np.float32)
+    nir = None if nir_rng is None else np.empty((size, size), np.float32)
     fields = iter(texture_fields)
     for cls, texture, width in textures:
         field = next(fields) if width is not None else None
-        np.copyto(image, texture(rng, field, grain, size, unit), where=(cover == cls)[..., None])
-    _draw_road(rng, image, road, unit, grain)
-    return _finish(rng, image), mask
+        colours, infrared = texture(rng, field, grain, size, unit)
+        covered = cover == cls
+        np.copyto(image, colours, where=covered[..., None])
+        if nir is not None:
+            np.copyto(nir, infrared * nir_rng.uniform(0.92, 1.08), where=covered)
+    _draw_road(rng, image, road, unit, grain, nir)
+    return _finish(rng, image, nir), mask
 
 
 def _tone(rng, colour) -> np.ndarray:
@@ -241,8 +298,9 @@ def _tone(rng, colour) -> np.ndarray:
     return (np.asarray(colour) * jitter).astype(np.float32)
 
 
-# Each texture: float32 (size, size, 3) from the tile's pixel grain and its own smooth noise field, whose
-# width in reference pixels is listed in TEXTURES (None: the texture ignores it).
+# Each texture: (colours float32 (size, size, 3), near-infrared float32 (size, size)), both 0..255, from the
+# tile's pixel grain and its own smooth noise field, whose width in reference pixels is listed in TEXTURES
+# (None: the texture ignores it). Only the colours draw from rng: the near-infrared band follows them.
 def _artificial(rng, field, grain, size, unit):
     """Irregular blocks of roofs and paving separated by dark streets."""
     palette = np.array(
@@ -256,20 +314,26 @@ def _artificial(rng, field, grain, size, unit):
         starts = np.flatnonzero(np.diff(cells)) + 1
         axes.append((cells, np.isin(np.arange(size), starts[:, None] + np.arange(street_width))))
     (row_cells, row_street), (col_cells, col_street) = axes
-    blocks = palette[rng.integers(len(palette), size=(row_cells.max() + 1, col_cells.max() + 1))]
-    image = blocks[row_cells[:, None], col_cells[None, :]] * rng.uniform(0.92, 1.05)
-    image[row_street[:, None] | col_street[None, :]] = _tone(rng, [70, 70, 74])
-    return image * (1 + 0.03 * grain)[..., None]
+    kinds = rng.integers(len(palette), size=(row_cells.max() + 1, col_cells.max() + 1))
+    image = palette[kinds][row_cells[:, None], col_cells[None, :]] * rng.uniform(0.92, 1.05)
+    streets = row_street[:, None] | col_street[None, :]
+    image[streets] = _tone(rng, [70, 70, 74])
+    infrared = np.array([75, 65, 90, 80, 85], np.float32)[kinds][row_cells[:, None], col_cells[None, :]]
+    infrared[streets] = 45
+    relief = 1 + 0.03 * grain
+    return image * relief[..., None], infrared * relief
 
 
 def _bare(rng, field, grain, size, unit):
-    return _tone(rng, [166, 140, 106]) * (1 + 0.06 * field + 0.05 * grain)[..., None]
+    relief = 1 + 0.06 * field + 0.05 * grain
+    return _tone(rng, [166, 140, 106]) * relief[..., None], 95 * relief
 
 
 def _water(rng, field, grain, size, unit):
     rows, cols = _coordinates(size)
     swell = np.sin(2 * np.pi * (rows * math.cos(rng.uniform(0, np.pi)) + cols) / (9 * unit))
-    return _tone(rng, [38, 66, 92]) * (1 + 0.05 * field + 0.02 * swell)[..., None]
+    relief = 1 + 0.05 * field + 0.02 * swell
+    return _tone(rng, [38, 66, 92]) * relief[..., None], 12 * relief
 
 
 def _cropland(rng, field, grain, size, unit):
@@ -280,23 +344,27 @@ def _cropland(rng, field, grain, size, unit):
     across = cols * math.cos(direction) + rows * math.sin(direction)
     stripes = (0.5 + 0.5 * np.sin((2 * np.pi / period) * across))[..., None]
     image = _tone(rng, [102, 142, 62]) * stripes + _tone(rng, [142, 122, 84]) * (1 - stripes)
-    return image * (1 + 0.05 * grain)[..., None]
+    relief = 1 + 0.05 * grain
+    return image * relief[..., None], (195 * stripes[..., 0] + 95 * (1 - stripes[..., 0])) * relief
 
 
 def _grassland(rng, field, grain, size, unit):
-    return _tone(rng, [134, 158, 86]) * (1 + 0.06 * field + 0.04 * grain)[..., None]
+    relief = 1 + 0.06 * field + 0.04 * grain
+    return _tone(rng, [134, 158, 86]) * relief[..., None], 150 * relief
 
 
 def _scrub(rng, field, grain, size, unit):
     """Mottled olive bushes over dry ground."""
     bushes = _sigmoid(3 * field)[..., None]
     image = _tone(rng, [84, 98, 56]) * bushes + _tone(rng, [126, 118, 78]) * (1 - bushes)
-    return image * (1 + 0.05 * grain)[..., None]
+    relief = 1 + 0.05 * grain
+    return image * relief[..., None], (185 * bushes[..., 0] + 115 * (1 - bushes[..., 0])) * relief
 
 
 def _forest(rng, field, grain, size, unit):
     """Dense dark canopy: bright crowns with dark gaps between them."""
-    return _tone(rng, [40, 72, 42]) * (0.6 + 0.6 * _sigmoid(2.5 * field))[..., None]
+    canopy = 0.6 + 0.6 * _sigmoid(2.5 * field)
+    return _tone(rng, [40, 72, 42]) * canopy[..., None], 200 * canopy
 
 
 TEXTURES = {
