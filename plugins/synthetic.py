@@ -32,13 +32,15 @@ bare soil 80; the road 55; shadows 45 % of what they fall on. In the multiclass 
 own level, +-8 % per tile: forest 120-240 (canopy and gaps), cropland rows 95-195, scrub 115-185,
 grassland 150, bare 95, artificial 65-90 with streets at 45, water 12.
 
-``hide_in_rgb=True`` (binary task with ``bands="rgbn"`` only) draws the crowns and their shadows in the
+``hide_in_rgb=True`` (binary task only) draws the crowns and their shadows in the
 near-infrared band only, placed after the shrubs from the near-infrared stream: the red, green and blue
 bands of a ``present`` tile are then drawn exactly as an ``absent`` tile's, so nothing in them tells the
 classes apart but the road, which follows ``spurious`` as always (0: not at all), and the only evidence of
 the crowns, which the mask still marks, is in band 4. That is a known answer for multispectral pipelines: a
 model given only the colour composite is at chance (with ``spurious=0``, or on the test split), one given
-all four bands can learn, and its explanations should point at crowns visible only in near-infrared.
+all four bands can learn, and its explanations should point at crowns visible only in near-infrared. With
+``bands="rgb"`` the same tiles come without their fourth band: the control, whose images are exactly the
+colour bands of the ``"rgbn"`` ones.
 
 ``annotation_noise`` (see ``xaibench_plugins.annotation_noise``) degrades the ``train`` and ``val``
 annotations the way human annotators do, keeping the exact masks as ``reference``; ``test`` stays exact. The
@@ -95,7 +97,8 @@ class SyntheticDataset:
     classes of ``LAND_COVER_CLASSES`` (multiclass only); ``annotation_noise``, an ``AnnotationNoise`` or a
     mapping of its fields (lengths in pixels); None, or noise that changes nothing, for exact annotations;
     ``bands``, ``"rgb"`` or ``"rgbn"`` (red, green, blue, near-infrared); ``hide_in_rgb``, True to draw the
-    crowns in the near-infrared band only (binary task with ``bands="rgbn"``; else ``ComponentParamsError``)."""
+    crowns in the near-infrared band only (binary task; else ``ComponentParamsError``), with ``bands="rgb"``
+    the same tiles without that band."""
 
     def __init__(
         self,
@@ -118,11 +121,10 @@ class SyntheticDataset:
             raise ValueError(f"num_classes must be 2 to {len(LAND_COVER_CLASSES)}, got {num_classes}")
         if bands not in BANDS:
             raise ValueError(f"bands must be {' or '.join(map(repr, BANDS))}, got {bands!r}")
-        if hide_in_rgb and (task != "binary" or bands != "rgbn"):
+        if hide_in_rgb and task != "binary":
             raise ComponentParamsError([("hide_in_rgb", f"hides the crowns of the binary task in the red, green "
                                          f"and blue bands and shows them in near-infrared only, so it needs task: "
-                                         f"binary and bands: rgbn, got task: {task} and bands: {bands}; set both, "
-                                         f"or leave hide_in_rgb out")])
+                                         f"binary, got task: {task}; set it, or leave hide_in_rgb out")])
         self.task = task
         self.n_train = n_train
         self.n_val = n_val
@@ -188,9 +190,11 @@ class SyntheticDataset:
             for index, (label, cue) in enumerate(zip(labels.tolist(), cues.tolist())):
                 rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(key, 1, index)))
                 # The near-infrared band has streams of its own, so the colour bands are the "rgb" images.
-                nir_rng = None if self.bands == "rgb" else np.random.default_rng(
+                nir_rng = None if self.bands == "rgb" and not self.hide_in_rgb else np.random.default_rng(
                     np.random.SeedSequence(self.seed, spawn_key=(key, 4, index)))
                 image, mask = draw(rng, self.image_size, label, cue, num_classes, nir_rng)
+                if self.bands == "rgb" and image.shape[-1] == 4:  # hidden crowns, shown without their band
+                    image = np.ascontiguousarray(image[..., :3])
                 samples.append(Sample(f"{name}-{index:05d}", image, label, mask,
                                       group=ALIGNED if cue == label else CONFLICTING))
             if self.annotation_noise is not None and name != "test":

@@ -180,16 +180,26 @@ def test_hide_in_rgb_changes_the_fingerprint_and_the_present_tiles_only():
             assert np.array_equal(a.image, b.image)  # absent tiles have no crowns to hide
 
 
-@pytest.mark.parametrize("params", [
-    {"hide_in_rgb": True},
-    {"hide_in_rgb": True, "bands": "rgb"},
-    {"hide_in_rgb": True, "bands": "rgbn", "task": "multiclass"},
-])
-def test_hide_in_rgb_needs_the_binary_task_and_the_near_infrared_band(params):
+@pytest.mark.parametrize("bands", ["rgb", "rgbn"])
+def test_hide_in_rgb_needs_the_binary_task(bands):
     with pytest.raises(ComponentParamsError) as error:
-        get_registry().create("datasets", "synthetic", **params)
+        get_registry().create("datasets", "synthetic", hide_in_rgb=True, bands=bands, task="multiclass")
     assert [where for where, _ in error.value.problems] == ["hide_in_rgb"]
-    assert "task: binary and bands: rgbn" in str(error.value)
+    assert "needs task: binary" in str(error.value)
+
+
+def test_hidden_crowns_without_their_band_are_the_colour_bands_of_the_rgbn_tiles():
+    rgbn = SyntheticDataset(bands="rgbn", hide_in_rgb=True, **SMALL)
+    rgb = SyntheticDataset(bands="rgb", hide_in_rgb=True, **SMALL)
+    assert rgb.image_bands.is_rgb and rgb.fingerprint() != rgbn.fingerprint()
+    assert rgb.fingerprint() != SyntheticDataset(**SMALL).fingerprint()
+    for a, b in zip(rgbn.split("train"), rgb.split("train"), strict=True):
+        assert b.image.shape[-1] == 3 and np.array_equal(a.image[..., :3], b.image)
+        assert a.label == b.label and _same(a.mask, b.mask)
+
+
+def _same(a, b):
+    return (a is None and b is None) or np.array_equal(a, b)
 
 
 def test_the_registry_validates_the_band_parameters():
