@@ -1,17 +1,26 @@
 """Classifier backbones: torchvision's ResNet18 (the paper's) and any timm model.
 
-Built modules take float images (B, 3, H, W) in [0, 1] and normalise them themselves, so masks,
-explainers and the runner never deal with normalisation constants.
+Built modules take float images (B, C, H, W) in [0, 1], one channel per band of the dataset (three, RGB,
+unless ``build`` is given other ``bands``), and normalise them themselves, so masks, explainers and the
+runner never deal with normalisation constants.
+
+Bands other than RGB (``for_bands``): the network is built and its weights loaded for three RGB channels as
+for an RGB dataset, then its first convolution is widened to the C bands. The band at composite position k
+(``bands.rgb[k]``; red, green, blue = 0, 1, 2) takes the weights' input channel k (the mean of those
+channels where a band is shown in several positions, as grey (0, 0, 0) is); every other band
+(``bands.others``) takes the mean of the three RGB input channels. Nothing is rescaled. Composite bands are
+normalised with the weights' RGB constants at their composite position (averaged like the weights), the
+other bands with the dataset's own ``bands.mean`` and ``bands.std``.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from xaibench.errors import NotFetched, UserError
-from xaibench.kit.contracts import ActivationLayout
+from xaibench.kit.contracts import ActivationLayout, Bands
 from xaibench.kit.hookspecs import hookimpl
 from xaibench.kit.models import layer_name, resolve_module
 from xaibench.kit.registry import closest
@@ -28,18 +37,95 @@ def _normalized(net, mean, std):
     import torch
 
     class NormalizedClassifier(torch.nn.Module):
-        """``net`` applied to ``(images - mean) / std``; images float (B, 3, H, W) in [0, 1]."""
+        """``net`` applied to ``(images - mean) / std``; images float (B, C, H, W) in [0, 1], C = len(mean)."""
 
         def __init__(self):
             super().__init__()
             self.net = net
-            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
         def forward(self, images):
             return self.net((images - self.mean) / self.std)
 
     return NormalizedClassifier()
+
+
+def _composite_sources(bands: Bands, band: int) -> list[int]:
+    """The composite positions (0 red, 1 green, 2 blue) at which ``band`` is shown; empty for other bands."""
+    return [k for k in range(3) if bands.rgb[k] == band]
+
+
+def _widen(conv, bands: Bands) -> None:
+    """Give the 3-channel ``conv`` one input channel per band, in place (a new weight; bias, stride,
+    padding, dilation, dtype, device and class kept): composite bands take the RGB channel(s) they are
+    shown as (their mean where several), every other band the mean of the three RGB channels."""
+    import torch
+
+    weight = conv.weight.detach()
+    rgb_mean = weight.mean(dim=1)
+    columns = []
+    for band in range(bands.count):
+        sources = _composite_sources(bands, band)
+        if len(sources) == 1:
+            columns.append(weight[:, sources[0]])
+        else:
+            columns.append(weight[:, sources].mean(dim=1) if sources else rgb_mean)
+    conv.weight = torch.nn.Parameter(torch.stack(columns, dim=1).contiguous(), requires_grad=conv.weight.requires_grad)
+    conv.in_channels = bands.count
+
+
+def _band_normalisation(bands: Bands, mean: Sequence[float], std: Sequence[float]) -> tuple[tuple, tuple]:
+    """Per-band (mean, std), C each: the weights' RGB ``mean``/``std`` at a composite band's position
+    (averaged where it is shown in several), the dataset's ``bands.mean``/``bands.std`` for the others.
+    ``ValueError`` where other bands exist and their statistics were not filled in (the data stage's job)."""
+    if bands.others and (bands.mean is None or bands.std is None):
+        raise ValueError(f"bands {bands.describe()} have no mean/std; fill them in (Bands.with_statistics) before "
+                         f"building a backbone, which normalises the bands outside the colour composite with them")
+    band_mean, band_std = [], []
+    for band in range(bands.count):
+        sources = _composite_sources(bands, band)
+        if not sources:
+            band_mean.append(bands.mean[band])
+            band_std.append(bands.std[band])
+        elif len(sources) == 1:
+            band_mean.append(float(mean[sources[0]]))
+            band_std.append(float(std[sources[0]]))
+        else:
+            band_mean.append(sum(float(mean[k]) for k in sources) / len(sources))
+            band_std.append(sum(float(std[k]) for k in sources) / len(sources))
+    return tuple(band_mean), tuple(band_std)
+
+
+def for_bands(net, first_convs: Sequence[str], bands: Bands | None, mean, std, *, model: str):
+    """``net`` (built for RGB, normalised by the RGB constants ``mean``, ``std``) as a module taking float
+    images (B, C, H, W) in [0, 1] of ``bands``. None or RGB ``bands``: ``net`` normalised as it is. Other
+    bands: each module named in ``first_convs`` (the convolutions the images enter) is widened to the C
+    bands and the normalisation extended as the module docstring says. A name that is no ``Conv2d`` taking 3
+    channels (groups 1) is a ``UserError`` naming ``model``."""
+    import torch
+
+    if bands is None or bands.is_rgb:
+        return _normalized(net, mean, std)
+    convs = []
+    for path in first_convs:
+        try:
+            conv = net.get_submodule(path)
+        except AttributeError:
+            conv = None
+        if not isinstance(conv, torch.nn.Conv2d) or conv.in_channels != 3 or conv.groups != 1:
+            found = "no module" if conv is None else (
+                f"a {type(conv).__name__}" + (f" taking {conv.in_channels} channels in {conv.groups} groups"
+                                              if isinstance(conv, torch.nn.Conv2d) else ""))
+            raise UserError(f"{model} cannot take {bands.describe()}: its first convolution {path!r} is {found}, not "
+                            f"a Conv2d taking 3 channels (groups 1) that xaibench could widen to {bands.count} "
+                            f"bands; choose another model or an RGB dataset")
+        convs.append(conv)
+    for conv in convs:
+        _widen(conv, bands)
+    if isinstance(getattr(net, "in_chans", None), int):  # timm's record of the input channels
+        net.in_chans = bands.count
+    return _normalized(net, *_band_normalisation(bands, mean, std))
 
 
 def _reason(exc: Exception) -> str:
@@ -116,7 +202,15 @@ class ResNet18:
     resnet18 by name, ``torchgeo:ResNet18_Weights.SENTINEL2_RGB_MOCO`` (3-band ones; from torch hub's
     cache, downloaded there if the network allows), normalised as those weights were trained (not as
     ImageNet).
-    ``target_layer``: dotted path inside torchvision's ResNet hooked by CAM explainers."""
+    ``target_layer``: dotted path inside torchvision's ResNet hooked by CAM explainers.
+
+    ``build(num_classes, pretrained=..., bands=...)``: for ``bands`` other than RGB the network is built and
+    its weights loaded for RGB, then ``conv1`` takes one input channel per band: a composite band the
+    weights' channel of its composite position (red, green, blue; the mean where it is shown in several),
+    every other band the mean of the three RGB channels, not rescaled; likewise without weights, so every
+    build has the same shapes. Composite bands are normalised with the weights' RGB constants (ImageNet's,
+    or the TorchGeo weights') at their position, the others with the dataset's ``bands.mean``/``bands.std``.
+    None or RGB ``bands``: the RGB module, unchanged."""
 
     path_params = ("weights",)  # a relative path in a grid is read from the grid file's folder
 
@@ -193,17 +287,17 @@ class ResNet18:
                 f"copy it to {cached}, pass its path as 'weights', or use 'weights: none'."
             ) from None
 
-    def build(self, num_classes: int, *, pretrained: bool = True):
+    def build(self, num_classes: int, *, pretrained: bool = True, bands: Bands | None = None):
         net = self._resnet(num_classes)
         if is_torchgeo(self.weights):  # their normalisation, also for an architecture whose weights a stage gives
             torchgeo = self._torchgeo()
             if pretrained:
                 self._fit(net, load_state_file(cached_file(torchgeo)), num_classes)
-            return _normalized(net, torchgeo.mean, torchgeo.std)
+            return for_bands(net, ["conv1"], bands, torchgeo.mean, torchgeo.std, model="resnet18")
         if pretrained and self.weights != "none":
             state = self._imagenet_state() if self.weights == "imagenet" else load_state_file(Path(self.weights))
             self._fit(net, state, num_classes)
-        return _normalized(net, IMAGENET_MEAN, IMAGENET_STD)
+        return for_bands(net, ["conv1"], bands, IMAGENET_MEAN, IMAGENET_STD, model="resnet18")
 
     def target_layers(self, model):
         return [resolve_module(model.net, self.target_layer, what="backbone parameter target_layer")]
@@ -223,10 +317,22 @@ class TimmBackbone:
     ``model_args``: more keyword arguments of ``timm.create_model`` that shape the architecture (e.g.
     ``{depth: 4, img_size: 96}`` for a ViT, ``{depths: [1, 1, 1, 1], dims: [16, 32, 64, 128]}`` for a
     ConvNeXt); numbers, strings, booleans or lists of numbers. ``num_classes``, ``pretrained`` and
-    ``in_chans`` are set by xaibench (3 channels in [0, 1]) and cannot be given.
+    ``in_chans`` are set by xaibench (the model is built for 3 channels, then widened to the dataset's
+    bands as below; timm's own ``in_chans`` adaptation repeats and rescales the RGB weights) and cannot be
+    given.
     ``weights``: ``none``, or TorchGeo's weights for this timm model by name
     (``torchgeo:ResNet50_Weights.SENTINEL2_RGB_MOCO`` with ``name: resnet50``), normalised as they were
-    trained; not with ``pretrained: true``."""
+    trained; not with ``pretrained: true``.
+
+    ``build(num_classes, pretrained=..., bands=...)``: for ``bands`` other than RGB the model is built and
+    its weights loaded for RGB, then each convolution of its ``pretrained_cfg['first_conv']`` (one name, or
+    several that all take the image; each must be a ``Conv2d`` taking 3 channels in one group, else a
+    ``UserError``) takes one input channel per band: a composite band the weights' channel of its composite
+    position (red, green, blue; the mean where it is shown in several), every other band the mean of the
+    three RGB channels, not rescaled; likewise without weights, so every build has the same shapes.
+    Composite bands are normalised with the weights' RGB constants (the model's ``pretrained_cfg``, or the
+    TorchGeo weights') at their position, the others with the dataset's ``bands.mean``/``bands.std``. None
+    or RGB ``bands``: the RGB module, unchanged."""
 
     def __init__(self, *, name: str = "resnet18", pretrained: bool = False, target_layer: Optional[str] = None,
                  model_args: Optional[dict[str, TimmArg]] = None, weights: str = "none"):
@@ -305,7 +411,7 @@ class TimmBackbone:
             raise UserError(f"timm model {self.name!r} cannot be built with model_args {self.model_args} "
                             f"({type(exc).__name__}: {exc})") from None
 
-    def build(self, num_classes: int, *, pretrained: bool = True):
+    def build(self, num_classes: int, *, pretrained: bool = True, bands: Bands | None = None):
         try:
             net = self._create(num_classes, pretrained=pretrained and self.pretrained)
         except UserError:
@@ -321,9 +427,24 @@ class TimmBackbone:
             torchgeo = self._torchgeo()
             if pretrained:
                 self._fit(net, load_state_file(cached_file(torchgeo)))
-            return _normalized(net, torchgeo.mean, torchgeo.std)
+            return for_bands(net, self._first_convs(net, bands), bands, torchgeo.mean, torchgeo.std,
+                             model=f"timm model {self.name!r}")
         cfg = getattr(net, "pretrained_cfg", {}) or {}
-        return _normalized(net, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+        return for_bands(net, self._first_convs(net, bands), bands, tuple(cfg.get("mean", IMAGENET_MEAN)),
+                         tuple(cfg.get("std", IMAGENET_STD)), model=f"timm model {self.name!r}")
+
+    def _first_convs(self, net, bands: Bands | None) -> list[str]:
+        """The names of the convolutions ``net`` takes the image with (timm's ``pretrained_cfg['first_conv']``,
+        a name or a list of them); a ``UserError`` where timm records none and ``bands`` are not RGB."""
+        if bands is None or bands.is_rgb:
+            return []
+        names = (getattr(net, "pretrained_cfg", None) or {}).get("first_conv")
+        names = [names] if isinstance(names, str) else names
+        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names):
+            raise UserError(f"timm model {self.name!r} cannot take {bands.describe()}: timm records no first "
+                            f"convolution for it (pretrained_cfg['first_conv'] is {names!r}), so xaibench cannot "
+                            f"widen it to {bands.count} bands; choose another model or an RGB dataset")
+        return list(names)
 
     def target_layers(self, model):
         if self.target_layer:

@@ -46,8 +46,9 @@ def is_torchgeo(weights: str) -> bool:
 
 def resolve(spec: str) -> TorchGeoWeights:
     """The weights named by ``spec`` (``torchgeo:<Enum>.<MEMBER>``). ``UserError`` when torchgeo is not
-    installed, the name is unknown (with the closest one), the weights take other than 3 input channels,
-    or their normalisation cannot be read from their metadata."""
+    installed, the name is unknown (with the closest one), the weights take other than 3 input channels
+    (a backbone maps RGB weights onto any dataset's bands, but not weights of other bands onto them), or
+    their normalisation cannot be read from their metadata."""
     name = spec.removeprefix(PREFIX)
     try:
         import torchgeo.models as tgm
@@ -67,8 +68,9 @@ def resolve(spec: str) -> TorchGeoWeights:
     in_chans = int(meta.get("in_chans", 3))
     if in_chans != 3:
         raise UserError(f"TorchGeo weights {name!r} take {in_chans} input bands ({meta.get('bands')}); xaibench "
-                        f"feeds RGB images (3 channels) and does not yet handle multispectral input: choose weights "
-                        f"with in_chans 3 (e.g. an *_RGB_* entry)")
+                        f"uses 3-band (RGB) weights only, mapping them onto a dataset's colour composite and its "
+                        f"other bands onto the mean of the RGB filters: choose weights with in_chans 3 (e.g. an "
+                        f"*_RGB_* entry)")
     mean, std = normalisation(name, entry.transforms, meta)
     file_name = Path(urlparse(entry.url).path).name
     return TorchGeoWeights(name=name, url=entry.url, model=str(meta.get("model")), in_chans=in_chans,
