@@ -230,3 +230,29 @@ def test_a_dataset_with_images_of_two_dtypes_fails_its_data_stage(add_plugin, wr
     assert main(["run", "--grid", str(write_grid(grid)), "--out", str(out), "--quiet"]) == 1
     table = pd.read_csv(out / "leaderboard.csv")
     assert "images differ in dtype (float32 and uint8 for sample 'train-3')" in " ".join(table["error"].astype(str))
+
+
+KNOWN_ANSWER = """\
+name: known-answer
+seeds: [0]
+datasets:
+  - {name: synthetic, bands: rgbn, hide_in_rgb: true, spurious: 0.0, n_train: 96, n_val: 0, n_test: 64, image_size: 40}
+  - {name: synthetic, bands: rgb, hide_in_rgb: true, spurious: 0.0, n_train: 96, n_val: 0, n_test: 64, image_size: 40}
+backbones: [{name: resnet18, target_layer: layer3}]
+masks: []
+explainers: [gradcam]
+train: {epochs: 8, batch_size: 16, lr: 0.001}
+protocol: {faithfulness_steps: 0}
+"""
+
+
+def test_crowns_only_in_near_infrared_are_learnt_from_four_bands_and_not_from_three(registry, write_grid, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "--grid", str(write_grid(KNOWN_ANSWER)), "--out", str(out), "--quiet"]) == 0
+    table = pd.read_csv(out / "leaderboard.csv")
+    four = table[table["dataset"].str.contains("rgbn")].iloc[0]
+    three = table[~table["dataset"].str.contains("rgbn")].iloc[0]
+    assert four["accuracy"] >= 0.85, four.to_dict()
+    assert abs(three["accuracy"] - 0.5) <= 0.15, three.to_dict()
+    # Grad-CAM of the four-band model finds crowns that are visible in near-infrared only
+    assert four["jaccard"] > four["random_jaccard"] + 0.05
