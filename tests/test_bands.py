@@ -256,3 +256,33 @@ def test_crowns_only_in_near_infrared_are_learnt_from_four_bands_and_not_from_th
     assert abs(three["accuracy"] - 0.5) <= 0.15, three.to_dict()
     # Grad-CAM of the four-band model finds crowns that are visible in near-infrared only
     assert four["jaccard"] > four["random_jaccard"] + 0.05
+
+
+def test_data_info_and_audit_report_per_band_statistics(registry, capsys, tmp_path):
+    params = ["--param", "bands=rgbn", "--param", "hide_in_rgb=true", "--param", "spurious=0", "--param", "n_train=40",
+              "--param", "n_val=0", "--param", "n_test=8", "--param", "image_size=32"]
+    assert main(["data", "info", "synthetic", *params]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["bands"]["names"] == list(NAMES) and info["bands"]["composite"] == ["red", "green", "blue"]
+    from xaibench_plugins.synthetic import SyntheticDataset
+
+    train = SyntheticDataset(bands="rgbn", hide_in_rgb=True, spurious=0, n_train=40, n_val=0, n_test=8,
+                             image_size=32).split("train")
+    nir = np.stack([s.image[..., 3] for s in train]).astype(np.float64) / 255
+    assert info["bands"]["per_split"]["train"]["nir"]["median"] == pytest.approx(np.median(nir), abs=1e-6)
+    assert info["bands"]["per_split"]["train"]["nir"]["max"] == pytest.approx(nir.max(), abs=1e-6)
+
+    out = tmp_path / "audit.json"
+    assert main(["data", "audit", "synthetic", *params, "--output", str(out)]) == 0
+    audit = json.loads(out.read_text())
+    per_class = audit["bands"]["per_class"]
+    samples = [s for split in ("train", "test") for s in SyntheticDataset(
+        bands="rgbn", hide_in_rgb=True, spurious=0, n_train=40, n_val=0, n_test=8, image_size=32).split(split)]
+    means = np.array([s.image.reshape(-1, 4).mean(axis=0) / 255 for s in samples])
+    labels = np.array([s.label for s in samples])
+    for label, name in enumerate(["absent", "present"]):
+        for band, band_name in enumerate(NAMES):
+            assert per_class[name][band_name]["mean"] == pytest.approx(means[labels == label, band].mean(), abs=1e-6)
+    # crowns hidden in the colour bands raise the near-infrared band most
+    shift = {band: per_class["present"][band]["mean"] - per_class["absent"][band]["mean"] for band in NAMES}
+    assert max(shift, key=shift.get) == "nir" and shift["nir"] > 0.03
