@@ -1,7 +1,19 @@
 """Preparing the ``lcdb-waikato`` dataset: GeoTIFFs and LCDB v5 polygons cut into labelled tiles.
 
 ``prepare`` needs the geo extra (rasterio, geopandas, pyogrio, shapely, pyproj), imported only when it
-runs; the dataset (``lcdb_waikato``) reads what it writes with Pillow alone.
+runs; the dataset (``lcdb_waikato``) reads what it writes from 8-bit RGB imagery with Pillow alone, and
+needs rasterio only for the GeoTIFF tiles of other imagery.
+
+Bands: every band of the imagery but alpha is kept, in the file's order, of any integer or float type
+(8-bit RGB aerials, 4-band 16-bit red, green, blue, near-infrared, float reflectance). A band flagged alpha,
+and the unflagged fourth band of 4-band 8-bit imagery (LINZ's RGBA aerials), is coverage, not an image
+band: a tile where it is 0 is skipped. (So 4-band 8-bit red, green, blue, near-infrared imagery keeps its
+fourth band only where that band's colour interpretation is set, e.g. ``gdal_edit.py -colorinterp_4
+gray``, or stored as 16-bit.) The colour composite is the bands whose colour interpretation is red, green
+and blue, else the first three kept (the first as grey where fewer are kept); band names are the files'
+band descriptions, else their colour interpretations, else ``band N``
+(``xaibench.kit.rasters.default_band_names``). Every raster of one preparation has the same bands. A tile
+whose pixels are no data in some bands only is kept; the dataset sets those values to 0.
 
 Preparation, per raster and per ``tile_size`` square (the ragged right and bottom edges are left out):
 
@@ -16,10 +28,14 @@ Preparation, per raster and per ``tile_size`` square (the ragged right and botto
 
 The prepared folder::
 
-    images/<tile>.png   RGB uint8, tile_size square
+    images/<tile>.png   RGB uint8, tile_size square (8-bit imagery of three bands but alpha, as always)
+    images/<tile>.tif   other imagery: a GeoTIFF of every kept band, the imagery's dtype and no-data
+                        value, the tile's CRS and transform, the band names as descriptions
     masks/<tile>.png    L, 255 where the label's super-class polygons are, 0 elsewhere
     codes/<tile>.png    L, the LCDB class code of each pixel (0: no kept polygon), to regroup classes later
-    prepare.json        the parameters, sources and skip counts of the preparation
+    prepare.json        the parameters, sources and skip counts of the preparation; for GeoTIFF tiles also
+                        ``bands``: names, composite (0-based positions of red, green, blue), dtype and
+                        source_bands (the 1-based band numbers of the imagery kept); absent: RGB uint8
     labels.csv          one row per tile (``LABEL_COLUMNS``), written last: it lists only finished tiles
     splits.csv          written by the dataset on first load: tile, spatial block, split, split key
 """
@@ -41,6 +57,7 @@ from pydantic import Field
 
 from xaibench.errors import UserError
 from xaibench.kit.files import atomic_write_text
+from xaibench.kit.rasters import band_info, default_band_names
 
 # LCDB v5 mainland classes grouped into seven super-classes. Codes 80 and 81 (Chatham Islands only) and 0
 # ("Not land") are in none, so their polygons are dropped. Pass ``groups`` to use another grouping.
@@ -153,7 +170,12 @@ def _tile_prefixes(files: list[tuple[Path, str]]) -> list[str]:
 
 
 def _raster_layout(rasterio, path: Path) -> dict:
-    """Bands, CRS and size of one GeoTIFF, or a UserError saying why it cannot be tiled."""
+    """Bands, CRS and size of one GeoTIFF, or a UserError saying why it cannot be tiled.
+
+    ``indexes``: the 1-based bands read into a tile, in order (for a PNG tile: red, green, blue);
+    ``alpha``: the numbers of the alpha bands (coverage: a tile where one is 0 is skipped); ``png``:
+    whether tiles are RGB PNGs (8-bit imagery of three bands but alpha); ``bands``: the tiles' names,
+    composite and dtype, and the imagery's bands they hold."""
     from rasterio.enums import ColorInterp
 
     try:
@@ -163,20 +185,41 @@ def _raster_layout(rasterio, path: Path) -> dict:
     with src:
         if src.crs is None:
             raise UserError(f"{path} has no coordinate reference system; LINZ imagery is EPSG:2193")
-        if src.count < 3:
-            raise UserError(f"{path} has {src.count} band(s); expected RGB or RGB + alpha (3 or 4 bands)")
+        info = band_info(path)  # every band's type, descriptions and colour interpretation
+        if info.colour == ("red", "green", "blue") and src.colorinterp == (ColorInterp.palette,):
+            raise UserError(f"{path} is palette imagery; expand it to RGB first (gdal_translate -expand rgb)")
         interp = list(src.colorinterp)
-        if all(c in interp for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
-            rgb = [interp.index(c) + 1 for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)]
+        # Alpha bands are checked explicitly: GDAL's dataset mask holds a flagged one only in 2- and 4-band
+        # imagery, and the unflagged 4th band of 4-band 8-bit imagery (LINZ's RGBA aerials) is alpha too.
+        alpha = [b for b in range(1, src.count + 1) if b not in info.image_bands]
+        if info.dtype == "uint8" and src.count == 4 and interp[3] == ColorInterp.undefined:
+            alpha.append(4)
+        kept = [b for b in info.image_bands if b not in alpha]
+        if not kept:
+            raise UserError(f"{path} has no band but alpha; expected imagery bands (red, green, blue, ...)")
+        colours = [info.colour[b - 1] for b in kept]
+        rgb = ([kept[colours.index(c)] for c in ("red", "green", "blue")] if {"red", "green", "blue"} <= set(colours)
+               else kept[:3] if len(kept) >= 3 else [kept[0]] * 3)
+        png = info.dtype == "uint8" and len(kept) == 3
+        if png:  # as before bands were kept: the tile's channels are red, green, blue
+            indexes, names, composite = rgb, ["red", "green", "blue"], [0, 1, 2]
         else:
-            rgb = [1, 2, 3]
-        if any(src.dtypes[b - 1] != "uint8" for b in rgb):
-            raise UserError(f"{path} has {src.dtypes[0]} bands; expected 8-bit (uint8) RGB imagery")
-        # A 4th band flagged alpha is part of GDAL's dataset mask; an unflagged one in 8-bit RGBA aerial
-        # imagery is an alpha band too, so it is checked explicitly.
-        alpha = 4 if src.count >= 4 and interp[3] == ColorInterp.undefined else None
-        return {"rgb": rgb, "alpha": alpha, "crs": src.crs.to_string(), "width": src.width,
-                "height": src.height, "bands": src.count}
+            indexes, names, composite = kept, default_band_names(info, kept), [kept.index(b) for b in rgb]
+        return {"indexes": indexes, "alpha": alpha, "png": png, "crs": src.crs.to_string(), "width": src.width,
+                "height": src.height, "count": src.count, "nodata": src.nodata,
+                "bands": {"names": names, "composite": composite, "dtype": info.dtype, "source_bands": indexes}}
+
+
+def _same_bands(files: list[tuple[Path, str]], layouts: list[dict]) -> None:
+    """UserError naming the first raster whose tiles would have other bands than the first raster's."""
+    first = layouts[0]["bands"]
+    for (path, _), layout in zip(files, layouts):
+        mine = layout["bands"]
+        if any(mine[k] != first[k] for k in ("names", "composite", "dtype")):
+            raise UserError(
+                f"{path} has bands {', '.join(mine['names'])} ({mine['dtype']}) but {files[0][0]} has "
+                f"{', '.join(first['names'])} ({first['dtype']}); one preparation's rasters have the same bands: "
+                f"prepare them apart")
 
 
 def _lcdb_layer(pyogrio, path: Path, class_field: str) -> tuple[str, object]:
@@ -264,6 +307,18 @@ def _labelled_tiles(src, layout: dict, shapes, codes, size: int, lookup, min_cov
             yield window, tile_codes, pixels, best
 
 
+def _write_tile(rasterio, path: Path, pixels: np.ndarray, transform, layout: dict) -> None:
+    """A GeoTIFF tile of ``pixels`` (bands, size, size): the imagery's dtype and no-data value, the tile's
+    CRS and transform, the band names as descriptions, deflate-compressed (lossless). Photometric
+    MINISBLACK: GDAL would otherwise take the 4th band of 8-bit tiles for alpha."""
+    count, height, width = pixels.shape
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=count, dtype=pixels.dtype,
+                       crs=layout["crs"], transform=transform, nodata=layout["nodata"], compress="deflate",
+                       photometric="MINISBLACK") as dst:
+        dst.write(pixels)
+        dst.descriptions = tuple(layout["bands"]["names"])
+
+
 def prepare(
     *,
     imagery: str | list[str],
@@ -277,8 +332,9 @@ def prepare(
 ) -> Path:
     """Cut ``imagery`` into labelled tiles under ``out`` and return ``out`` (see the module docstring).
 
-    ``imagery``: a folder (every .tif/.tiff in it, recursively) or a list of GeoTIFFs, 3-band RGB or
-    4-band RGBA uint8, any CRS. ``lcdb``: the LCDB GeoPackage or shapefile, any CRS. ``tile_size`` in
+    ``imagery``: a folder (every .tif/.tiff in it, recursively) or a list of GeoTIFFs of the same bands,
+    any CRS: 8-bit RGB or RGBA (PNG tiles, as always), or any other bands, 8-/16-bit or float (GeoTIFF
+    tiles of every band but alpha). ``lcdb``: the LCDB GeoPackage or shapefile, any CRS. ``tile_size`` in
     pixels. ``class_field``: the LCDB field of class codes (``Class_2018``, ``Class_2012``, ...).
     ``min_coverage`` in (0, 1]: the least share of a tile its super-class must cover. ``groups``: super-class
     name to LCDB codes (default ``DEFAULT_GROUPS``). Raises ``UserError`` for missing files or libraries, a
@@ -296,6 +352,7 @@ def prepare(
     mapping = class_mapping(groups)
     files = _imagery_files(imagery)
     layouts = [_raster_layout(rasterio, path) for path, _ in files]
+    _same_bands(files, layouts)
     lcdb_path = Path(lcdb).expanduser()
     layer, lcdb_crs = _lcdb_layer(pyogrio, lcdb_path, class_field)
     out_dir = Path(out).expanduser()
@@ -324,17 +381,21 @@ def prepare(
                 for window, tile_codes, pixels, best in _labelled_tiles(
                     src, layout, shapes, codes, size, lookup, min_coverage, skipped, bar
                 ):
-                    image = np.ascontiguousarray(np.moveaxis(src.read(layout["rgb"], window=window), 0, -1))
+                    tile = src.read(layout["indexes"], window=window)
                     mask = (lookup[tile_codes] == best).astype(np.uint8) * 255
                     tile_id = f"{prefix}_r{window.row_off:06d}_c{window.col_off:06d}"
-                    Image.fromarray(image).save(out_dir / "images" / f"{tile_id}.png")
+                    image = f"images/{tile_id}.{'png' if layout['png'] else 'tif'}"
+                    if layout["png"]:
+                        Image.fromarray(np.ascontiguousarray(np.moveaxis(tile, 0, -1))).save(out_dir / image)
+                    else:
+                        _write_tile(rasterio, out_dir / image, tile, src.window_transform(window), layout)
                     Image.fromarray(mask).save(out_dir / "masks" / f"{tile_id}.png")
                     Image.fromarray(tile_codes).save(out_dir / "codes" / f"{tile_id}.png")
                     present = [c for c in kept_codes if pixels[c]]
                     x_min, y_min, x_max, y_max = window_bounds(window, src.transform)
                     covered = sum(int(pixels[c]) for c in mapping[names[best]])
                     rows.append({
-                        "tile_id": tile_id, "image": f"images/{tile_id}.png", "mask": f"masks/{tile_id}.png",
+                        "tile_id": tile_id, "image": image, "mask": f"masks/{tile_id}.png",
                         "codes": f"codes/{tile_id}.png", "source": source, "col": window.col_off,
                         "row": window.row_off, "width": size, "height": size, "crs": layout["crs"],
                         "x_min": round(x_min, 6), "y_min": round(y_min, 6), "x_max": round(x_max, 6),
@@ -353,11 +414,14 @@ def prepare(
         "min_coverage": float(min_coverage), "groups": {k: list(v) for k, v in mapping.items()},
         "lcdb": {**file_facts(lcdb_path), "layer": layer},
         "imagery": [
-            {"source": source, **file_facts(path), **{k: layout[k] for k in ("crs", "width", "height", "bands")}}
+            {"source": source, **file_facts(path), **{k: layout[k] for k in ("crs", "width", "height")},
+             "bands": layout["count"]}
             for (path, source), layout in zip(files, layouts)
         ],
         "tiles": len(rows), "skipped": skipped,
     }
+    if not layouts[0]["png"]:  # absent, the tiles are RGB PNGs: prepared folders of 8-bit RGB stay as they were
+        meta["bands"] = layouts[0]["bands"]
     atomic_write_text(out_dir / "prepare.json", json.dumps(meta, indent=2) + "\n")
     atomic_write_text(out_dir / "labels.csv", csv_text(LABEL_COLUMNS, rows))  # last: it vouches for the tiles
     if progress:

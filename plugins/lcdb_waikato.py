@@ -2,7 +2,11 @@
 
 Two steps. ``prepare`` (in ``lcdb_prepare``, needs the geo extra) cuts GeoTIFFs into tiles and labels each
 from the LCDB polygons, see that module for how and for the prepared folder's layout;
-``LcdbWaikatoDataset`` reads the prepared folder with Pillow alone.
+``LcdbWaikatoDataset`` reads the prepared folder: the PNG tiles of 8-bit RGB imagery with Pillow alone,
+the GeoTIFF tiles of other imagery (every band but alpha: 16-bit, float, near-infrared...) with rasterio.
+Their bands are those ``prepare`` recorded in prepare.json (``image_bands``); 16-bit and float tiles are
+scaled into [0, 1] as the ``folder`` dataset scales them (``scale``: ``dtype`` or ``[low, high]``, see
+``xaibench.kit.rasters.scale_bands``).
 
 Splits are stratified by label and grouped spatially: tiles are binned into square blocks of
 ``block_tiles`` x ``block_tiles`` tile widths on a grid in map coordinates (by each tile's centre), and a
@@ -27,10 +31,11 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from xaibench.errors import UserError
-from xaibench.kit.contracts import Sample
+from xaibench.errors import ComponentParamsError, UserError
+from xaibench.kit.contracts import Bands, Sample
 from xaibench.kit.files import atomic_write_text
 from xaibench.kit.hookspecs import hookimpl
+from xaibench.kit.rasters import Scale, normal_scale, read_bands, resize_bands, scale_bands, scale_problem, scale_ranges
 from xaibench.kit.splits import METHOD as SPLIT_METHOD
 from xaibench.kit.splits import grouped_stratified_split
 from xaibench_plugins.lcdb_prepare import FORMAT_VERSION, LABEL_COLUMNS, class_lookup, class_mapping, csv_text, prepare
@@ -50,14 +55,20 @@ class LcdbWaikatoDataset:
     ``classes``: the super-class names of the mapping, all of them in mapping order whether present or
     not (by default ``lcdb_prepare.DEFAULT_GROUPS``: artificial, bare, water, cropland, grassland, scrub,
     forest), so labels mean the same for every prepared area. ``split(name)``: ``Sample`` with ``id`` the
-    tile id, ``image`` uint8 (image_size, image_size, 3), ``label`` index into ``classes``, ``mask`` bool
-    (image_size, image_size), True on the label's polygons; in labels.csv order.
+    tile id, ``image`` (image_size, image_size, C), one channel per band of ``image_bands`` (uint8 where
+    the tiles are 8-bit and ``scale`` is ``dtype``: RGB imagery's as always; else float32 in [0, 1]),
+    ``label`` index into ``classes``, ``mask`` bool (image_size, image_size), True on the label's
+    polygons; in labels.csv order.
 
     Parameters: ``root`` the prepared folder; ``image_size`` in pixels (tiles are resized, bilinear);
     ``val_fraction`` and ``test_fraction`` of the tiles, per class; ``split_seed``; ``block_tiles`` the side
     of a spatial split block in tiles (see the module docstring); ``groups`` super-class name to LCDB codes,
     relabelling the tiles from their per-code pixel counts (a tile no group covers to the prepared
-    ``min_coverage`` is left out; tiles skipped at preparation stay out: prepare with ``groups`` for those).
+    ``min_coverage`` is left out; tiles skipped at preparation stay out: prepare with ``groups`` for those);
+    ``scale`` how tile pixels become [0, 1]: ``dtype`` (8-bit kept as uint8, unsigned integers divided by
+    their type's maximum, floats taken as in [0, 1]) or ``[low, high]`` for all bands or one per band, a
+    value v becoming (v - low) / (high - low) clipped to [0, 1] (e.g. ``[0, 10000]`` for reflectance);
+    no-data pixels become 0.
     """
 
     prepare = staticmethod(prepare)
@@ -75,7 +86,11 @@ class LcdbWaikatoDataset:
         split_seed: Annotated[int, Field(ge=0)] = 0,
         block_tiles: Annotated[int, Field(ge=1)] = 8,
         groups: dict[str, list[int]] | None = None,
+        scale: Scale = "dtype",
     ):
+        problem = scale_problem(scale)
+        if problem is not None:
+            raise ComponentParamsError([("scale", problem)])
         self.root = root
         self.image_size = image_size
         self.val_fraction = float(val_fraction)
@@ -83,6 +98,7 @@ class LcdbWaikatoDataset:
         self.split_seed = split_seed
         self.block_tiles = block_tiles
         self.groups = groups
+        self.scale = normal_scale(scale)
         self._cache: dict = {}
 
     # -- the contract --------------------------------------------------------------------------------------
@@ -90,10 +106,26 @@ class LcdbWaikatoDataset:
     def classes(self) -> list[str]:
         return list(class_mapping(self.groups))
 
+    @property
+    def image_bands(self) -> Bands:
+        """The tiles' bands as ``prepare`` recorded them (``Bands.rgb3()`` for PNG tiles of RGB imagery)."""
+        self.check()
+        return self._bands()
+
+    def _bands(self) -> Bands:
+        recorded = self._table()[1].get("bands")
+        if recorded is None:
+            return Bands.rgb3()
+        return Bands(tuple(recorded["names"]), tuple(recorded["composite"]))
+
     def params(self) -> dict:
-        return {"root": str(self.root), "image_size": self.image_size, "val_fraction": self.val_fraction,
-                "test_fraction": self.test_fraction, "split_seed": self.split_seed,
-                "block_tiles": self.block_tiles, "groups": self.groups}
+        """The parameters; ``scale`` only where not ``dtype``, so RGB folders keep their fingerprints."""
+        out = {"root": str(self.root), "image_size": self.image_size, "val_fraction": self.val_fraction,
+               "test_fraction": self.test_fraction, "split_seed": self.split_seed,
+               "block_tiles": self.block_tiles, "groups": self.groups}
+        if self.scale != "dtype":
+            out["scale"] = self.scale
+        return out
 
     def __repr__(self) -> str:
         return f"LcdbWaikatoDataset({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
@@ -111,6 +143,7 @@ class LcdbWaikatoDataset:
             raise UserError(f"val_fraction + test_fraction must be below 1, got "
                             f"{self.val_fraction} + {self.test_fraction}")
         class_mapping(self.groups)
+        self._ranges()
         if not self._table()[0]:
             raise UserError(f"{root / 'labels.csv'} lists no tiles: no tile met min_coverage or all touched "
                             f"no-data (see {root / 'prepare.json'}); prepare again with other imagery or "
@@ -161,6 +194,7 @@ class LcdbWaikatoDataset:
             "root": str(Path(self.root).expanduser()), "tiles": len(labelled),
             "per_class": dict(zip(self.classes, per_class.tolist())), "sources": sources,
             "blocks": len(set(self._blocks(rows).values())), "dropped_by_groups": len(rows) - len(labelled),
+            "bands": self.image_bands.describe(),
             **{k: meta.get(k) for k in ("tile_size", "class_field", "min_coverage", "skipped")},
         }
 
@@ -205,24 +239,45 @@ class LcdbWaikatoDataset:
             self._cache["labelled"] = labelled
         return self._cache["labelled"]
 
+    def _ranges(self) -> tuple[tuple[float, float], ...] | None:
+        """The (low, high) of each band ``scale`` gives (None: by dtype), or ``UserError`` where it does not fit
+        the prepared bands (a pair too many, signed integers without a range)."""
+        if "ranges" not in self._cache:
+            bands, recorded = self._bands(), self._table()[1].get("bands") or {"dtype": "uint8"}
+            try:
+                ranges = scale_ranges(self.scale, bands.count)
+            except ValueError as exc:
+                raise UserError(f"scale: {exc}; the tiles of {self.root} have {bands.describe()}") from None
+            if ranges is None:  # signed integers have no range to scale by: scale_bands says so before any is read
+                scale_bands(np.zeros((0, 0, bands.count), recorded["dtype"]), None, None, f"the tiles of {self.root}")
+            self._cache["ranges"] = ranges
+        return self._cache["ranges"]
+
     def _load(self, row: dict, label: int, codes: tuple[int, ...] | None) -> Sample:
+        """A tile's sample: its image read as ``read_bands`` reads it (a PNG as RGB, a GeoTIFF band by band),
+        scaled (``scale_bands``) and resized band by band, bilinear (``resize_bands``: a PNG's pixels are
+        those of an RGB resize); its mask resized bilinear and thresholded at 128."""
         from PIL import Image
 
         root = Path(self.root).expanduser()
         size = (self.image_size, self.image_size)
+        path = root / row["image"]
+        every = None if path.suffix.lower() == ".png" else range(1, self._bands().count + 1)
         try:
-            with Image.open(root / row["image"]) as image:
-                image = image.convert("RGB")
+            pixels, nodata, _ = read_bands(path, every)
+        except UserError as exc:
+            raise UserError(f"tile {row['tile_id']}: {exc}; or prepare it again ({PREPARE_HINT})") from None
+        image = resize_bands(scale_bands(pixels, nodata, self._ranges(), path), size)
+        try:
             with Image.open(root / (row["mask"] if codes is None else row["codes"])) as grey:
                 grey.load()
         except OSError as exc:
             raise UserError(f"cannot read tile {row['tile_id']} of {root}: {exc}; {PREPARE_HINT}") from None
         if codes is not None:
             grey = Image.fromarray((np.isin(np.asarray(grey), codes) * 255).astype(np.uint8))
-        if image.size != size:
-            image = image.resize(size, Image.Resampling.BILINEAR)
+        if grey.size != size:
             grey = grey.resize(size, Image.Resampling.BILINEAR)
-        return Sample(row["tile_id"], np.asarray(image, np.uint8).copy(), label, np.asarray(grey) >= 128)
+        return Sample(row["tile_id"], image, label, np.asarray(grey) >= 128)
 
     # -- splits --------------------------------------------------------------------------------------------
     def _blocks(self, rows: list[dict]) -> dict[str, str]:

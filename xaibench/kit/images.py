@@ -7,6 +7,8 @@ is left False (the default), and a file read while another library has set it Tr
 Pixels are returned as every viewer shows them: a file's EXIF orientation (a camera's or phone's rotation
 tag, in JPEG, PNG, TIFF or WebP) is applied to images and masks alike, so a mask drawn on the displayed
 image lines up with it, and sizes are the displayed sizes.
+
+``read_rgb`` makes every file 8-bit RGB; ``xaibench.kit.rasters`` keeps every band of a TIFF or GeoTIFF.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ def displayed_size(image) -> tuple[int, int]:
     return (height, width) if orientation(image) in _QUARTER_TURNS else (width, height)
 
 
+def _check_file(path: Path) -> None:
+    """``UserError`` naming ``path`` where it cannot be read or is empty."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read this file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise UserError(f"{path}: the file is empty (0 bytes); replace it or remove it")
+
+
 def open_image(path):
     """``PIL.Image`` of ``path`` with its pixels loaded and its EXIF orientation applied (the pixels as
     viewers show them), or ``UserError`` naming the file.
@@ -49,12 +61,7 @@ def open_image(path):
     from PIL import Image, ImageFile, ImageOps
 
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read this file ({exc.strerror or exc})") from None
-    if size == 0:
-        raise UserError(f"{path}: the file is empty (0 bytes); replace it or remove it")
+    _check_file(path)
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Another library switched PIL to padding truncated files with grey; that would hide broken data.
         raise UserError(f"{path}: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by another library), so "
