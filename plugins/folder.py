@@ -26,8 +26,9 @@ a file that differs is an error naming it. Parameters:
 - ``bands``: the 1-based band numbers of the files to use, in the order wanted (default every band but
   alpha; an alpha band given here is used as an image band);
 - ``rgb``: the three 1-based band numbers shown as red, green and blue (the colour composite figures,
-  segmenters and the report see), each one of ``bands``; default 1, 2, 3, or where fewer than three
-  bands are used the first of them as grey;
+  segmenters and the report see), each one of ``bands``; default the bands the files label red, green
+  and blue (GDAL colour interpretation), else 1, 2, 3, or where fewer than three bands are used the first
+  of them as grey;
 - ``scale``: how pixels become [0, 1]: ``dtype`` (default) divides unsigned integers by their type's
   maximum (255, 65535), keeps 8-bit images uint8, takes float pixels as already in [0, 1] (a value outside
   is an error naming the file and the range found) and refuses signed integers; ``[low, high]`` for every
@@ -89,6 +90,7 @@ SHOWN = 5  # bad files named in a warning
 # 2: EXIF orientation applied to images and masks; 3: TIFFs read band by band with rasterio (every band but
 # alpha, 16-bit and float pixels kept, no-data set to 0), so TIFFs other than 8-bit RGB(A) give new samples.
 LOADER_VERSION = 3
+RGB_LOADER_VERSION = 2  # a folder without TIFFs: its PNG and JPEG files give the samples version 2 gave
 
 BandNumber = Annotated[int, Field(ge=1)]
 
@@ -119,7 +121,8 @@ class FolderDataset:
     gives an empty val split. Loaded splits are cached on the instance.
 
     Bands (TIFFs are read band by band; PNG and JPEG are RGB): ``bands`` the 1-based band numbers to use
-    (default all but alpha); ``rgb`` the three shown as red, green, blue (default 1, 2, 3; one band: grey);
+    (default all but alpha); ``rgb`` the three shown as red, green, blue (default those labelled so, else 1,
+    2, 3; one band: grey);
     ``scale`` ``dtype`` (divide by 255 or 65535; floats must be in [0, 1]) or ``[low, high]``, for all bands
     or one pair per band, mapping (v - low) / (high - low) clipped to [0, 1]; ``band_names`` one per band
     (default the files' band descriptions, else colour interpretations, else ``band N``). No-data pixels
@@ -279,6 +282,8 @@ class FolderDataset:
                 raise UserError(f"rgb: band {missing[0]} is not one of {used}; the colour composite is made of "
                                 f"used bands")
             composite = tuple(self.rgb)
+        elif all(sum(info.colour[b - 1] == c for b in indexes) == 1 for c in ("red", "green", "blue")):
+            composite = tuple(next(b for b in indexes if info.colour[b - 1] == c) for c in ("red", "green", "blue"))
         elif {1, 2, 3} <= set(indexes):
             composite = (1, 2, 3)
         elif len(indexes) < 3:
@@ -391,8 +396,11 @@ class FolderDataset:
         size and modification time: moving the folder keeps it, touching a file changes it."""
         self.check()
         params = {k: v for k, v in self.params().items() if k not in self.location_params}
-        content = {"dataset": "folder", "loader_version": LOADER_VERSION, "params": {**params, "classes": self.classes},
-                   "files": self._files()}
+        files = self._files()
+        version = LOADER_VERSION if any(Path(f).suffix.lower() in (".tif", ".tiff") for f, _, _ in files) \
+            else RGB_LOADER_VERSION
+        content = {"dataset": "folder", "loader_version": version, "params": {**params, "classes": self.classes},
+                   "files": files}
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

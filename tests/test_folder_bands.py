@@ -313,6 +313,14 @@ RGB_WRITERS = {
     "palette-tiff": (".tif", lambda path, seed: Image.fromarray(rgb8(seed)).quantize(colors=16).save(path)),
     "geotiff": (".tif", lambda path, seed: write_geotiff(path, np.moveaxis(rgb8(seed), -1, 0), descriptions=None,
                                                          photometric="RGB")),
+    # GDAL's RGB with a fourth band it does not flag as alpha: most 8-bit aerial tiles (PIL reads it as RGBA)
+    "gdal-rgba-geotiff": (".tif", lambda path, seed: write_geotiff(
+        path, np.concatenate([np.moveaxis(rgb8(seed), -1, 0), np.full((1, 40, 28), 255, np.uint8)]),
+        descriptions=None, photometric="RGB")),
+    # JPEG-in-TIFF stores YCbCr, whose chroma GDAL's and PIL's decoders upsample differently
+    "jpeg-geotiff": (".tif", lambda path, seed: write_geotiff(
+        path, np.moveaxis(np.repeat(np.repeat(rgb8(seed, 20, 16), 2, axis=0), 2, axis=1), -1, 0), descriptions=None,
+        photometric="YCBCR", compress="JPEG", tiled=True, blockxsize=16, blockysize=16)),
 }
 
 
@@ -442,3 +450,28 @@ def test_data_info_on_a_4_band_16_bit_folder(tmp_path, capsys):
     assert info["splits"]["train"]["samples"] == 4 and info["image_sizes"] == {"16x16": 6}
     assert main(["data", "info", "folder", "--root", str(tmp_path / "d"), "--param", "bands=[1, 5]"]) == 2
     assert "band 5 asked for" in capsys.readouterr().err
+
+
+def test_the_default_composite_follows_the_bands_colour_labels(tmp_path):
+    """A file whose bands say blue, green, red, near-infrared is shown with band 3 as red, not band 1."""
+    data = reflectance(5)
+    write_folder(tmp_path / "d", lambda path, seed: write_geotiff(path, data, descriptions=None, photometric="MINISBLACK"))
+    for path in (tmp_path / "d").rglob("*.tif"):
+        with rasterio.open(path, "r+") as dst:
+            dst.colorinterp = [rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.green,
+                               rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.undefined]
+    dataset = folder(tmp_path / "d")
+    assert dataset.image_bands.rgb == (2, 1, 0)
+    assert folder(tmp_path / "d", rgb=[1, 2, 3]).image_bands.rgb == (0, 1, 2)  # as given
+
+
+def test_a_folder_without_tiffs_keeps_the_fingerprint_it_had_before_bands(tmp_path):
+    import hashlib
+
+    write_folder(tmp_path / "d", RGB_WRITERS["png"][1], ".png")
+    dataset = folder(tmp_path / "d", image_size=24)
+    content = {"dataset": "folder", "loader_version": 2,
+               "params": {"image_size": 24, "classes": list(CLASSES), "on_error": "raise",
+                          "mask_white_background": False}, "files": dataset._files()}
+    expected = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert dataset.fingerprint() == expected

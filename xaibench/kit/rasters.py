@@ -108,7 +108,8 @@ def read_bands(path, indexes=None) -> tuple[np.ndarray, np.ndarray | None, BandI
     ``info``: the file's ``band_info``.
 
     TIFFs (.tif, .tiff) are read with rasterio, every band of any integer or float type (a palette TIFF
-    as its colours, through ``read_rgb``); without rasterio, PIL reads 8-bit RGB(A), grey, 16-bit, 32-bit
+    as its colours, and an 8-bit red-green-blue one, alpha aside, through ``read_rgb`` as before bands
+    existed; an 8-bit RGB TIFF's unflagged fourth band counts as its alpha); without rasterio, PIL reads 8-bit RGB(A), grey, 16-bit, 32-bit
     integer and float TIFFs, and any other is a ``UserError`` saying to install the geo extra. Other
     formats are read by ``read_rgb`` (three uint8 bands). Raises ``UserError`` naming the file where it is
     empty, truncated, corrupt, not an image, or lacks a band of ``indexes``."""
@@ -116,6 +117,8 @@ def read_bands(path, indexes=None) -> tuple[np.ndarray, np.ndarray | None, BandI
     if not is_tiff(path):
         info = RGB_FILE
         pixels = read_rgb(path)
+    elif _is_rgb_tiff(info := band_info(path), indexes):
+        pixels = read_rgb(path)  # PIL's decoders (JPEG-in-TIFF's YCbCr among them): the pixels it always gave
     else:
         rasterio = _rasterio()
         if rasterio is None:
@@ -129,6 +132,14 @@ def read_bands(path, indexes=None) -> tuple[np.ndarray, np.ndarray | None, BandI
     if chosen != tuple(range(1, pixels.shape[-1] + 1)):
         pixels = np.ascontiguousarray(pixels[..., [i - 1 for i in chosen]])
     return pixels, _nodata_mask(pixels, [info.nodata[i - 1] for i in chosen]), info
+
+
+def _is_rgb_tiff(info: BandInfo, indexes) -> bool:
+    """Whether a TIFF is read as ``read_rgb`` reads it: 8-bit red, green and blue in bands 1 to 3 (alpha
+    aside), of which only those are asked for."""
+    chosen = info.image_bands if indexes is None else tuple(int(i) for i in indexes)
+    return (info.dtype == "uint8" and info.colour[:3] == ("red", "green", "blue") and info.image_bands == (1, 2, 3)
+            and all(1 <= i <= 3 for i in chosen))
 
 
 def _chosen(path: Path, info: BandInfo, indexes) -> tuple[int, ...]:
@@ -174,6 +185,10 @@ def _raster_info(path: Path, src) -> BandInfo:
                         f"or floats")
     descriptions = tuple(d or None for d in src.descriptions)
     nodata = tuple(None if v is None else float(v) for v in src.nodatavals)
+    if dtype == "uint8" and colour == ("red", "green", "blue", "undefined"):
+        # An RGB TIFF's unflagged fourth band is its transparency (the layout of most 8-bit aerial tiles, and
+        # what PIL reads it as); give bands: [1, 2, 3, 4] to use it as an image band anyway.
+        colour = ("red", "green", "blue", "alpha")
     return BandInfo(src.count, dtype, descriptions, colour, nodata)
 
 
