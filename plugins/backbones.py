@@ -6,8 +6,9 @@ runner never deal with normalisation constants.
 
 Bands other than RGB (``for_bands``): the network is built and its weights loaded for three RGB channels as
 for an RGB dataset, then its first convolution is widened to the C bands. The band at composite position k
-(``bands.rgb[k]``; red, green, blue = 0, 1, 2) takes the weights' input channel k (the mean of those
-channels where a band is shown in several positions, as grey (0, 0, 0) is); every other band
+(``bands.rgb[k]``; red, green, blue = 0, 1, 2) takes the weights' input channel k (the sum of those
+channels where a band is shown in several positions, as grey (0, 0, 0) is: the filters then see the three
+equal channels they were trained on); every other band
 (``bands.others``) takes the mean of the three RGB input channels. Nothing is rescaled. Composite bands are
 normalised with the weights' RGB constants at their composite position (averaged like the weights), the
 other bands with the dataset's own ``bands.mean`` and ``bands.std``.
@@ -59,7 +60,8 @@ def _composite_sources(bands: Bands, band: int) -> list[int]:
 def _widen(conv, bands: Bands) -> None:
     """Give the 3-channel ``conv`` one input channel per band, in place (a new weight; bias, stride,
     padding, dilation, dtype, device and class kept): composite bands take the RGB channel(s) they are
-    shown as (their mean where several), every other band the mean of the three RGB channels."""
+    shown as (their sum where several: a grey band stands for the three equal channels the filters were
+    trained on), every other band the mean of the three RGB channels."""
     import torch
 
     weight = conv.weight.detach()
@@ -70,7 +72,7 @@ def _widen(conv, bands: Bands) -> None:
         if len(sources) == 1:
             columns.append(weight[:, sources[0]])
         else:
-            columns.append(weight[:, sources].mean(dim=1) if sources else rgb_mean)
+            columns.append(weight[:, sources].sum(dim=1) if sources else rgb_mean)
     conv.weight = torch.nn.Parameter(torch.stack(columns, dim=1).contiguous(), requires_grad=conv.weight.requires_grad)
     conv.in_channels = bands.count
 
@@ -206,7 +208,7 @@ class ResNet18:
 
     ``build(num_classes, pretrained=..., bands=...)``: for ``bands`` other than RGB the network is built and
     its weights loaded for RGB, then ``conv1`` takes one input channel per band: a composite band the
-    weights' channel of its composite position (red, green, blue; the mean where it is shown in several),
+    weights' channel of its composite position (red, green, blue; the sum where it is shown in several),
     every other band the mean of the three RGB channels, not rescaled; likewise without weights, so every
     build has the same shapes. Composite bands are normalised with the weights' RGB constants (ImageNet's,
     or the TorchGeo weights') at their position, the others with the dataset's ``bands.mean``/``bands.std``.
@@ -328,7 +330,7 @@ class TimmBackbone:
     its weights loaded for RGB, then each convolution of its ``pretrained_cfg['first_conv']`` (one name, or
     several that all take the image; each must be a ``Conv2d`` taking 3 channels in one group, else a
     ``UserError``) takes one input channel per band: a composite band the weights' channel of its composite
-    position (red, green, blue; the mean where it is shown in several), every other band the mean of the
+    position (red, green, blue; the sum where it is shown in several), every other band the mean of the
     three RGB channels, not rescaled; likewise without weights, so every build has the same shapes.
     Composite bands are normalised with the weights' RGB constants (the model's ``pretrained_cfg``, or the
     TorchGeo weights') at their position, the others with the dataset's ``bands.mean``/``bands.std``. None

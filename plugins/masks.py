@@ -68,7 +68,8 @@ class BlackMask(SolidMask):
 class MedianMask:
     """Background set to the colour the pretrained network was normalised by, band by band.
 
-    The colour composite's red, green and blue bands get ``colour``, by default torchvision's ImageNet
+    The colour composite's red, green and blue bands get ``colour`` (a band shown as several of them, as a
+    grey one is, their mean, as the backbones normalise it), by default torchvision's ImageNet
     channel statistics (0.485, 0.456, 0.406), which map to a zero input after normalisation (pass the
     dataset's own median colour to use that instead). Every other band, which ImageNet has no statistics
     for, gets the dataset's median of that band over its training images (``bands.median``)."""
@@ -84,8 +85,9 @@ class MedianMask:
                 raise ValueError(f"the median mask needs the dataset's per-band median for the bands outside the "
                                  f"colour composite ({', '.join(bands.names[i] for i in bands.others)}); none was given")
             values[position] = bands.median[position]
-        for channel, position in enumerate(bands.rgb):
-            values[position] = self.colour[channel]
+        for position in set(bands.rgb):  # a band shown in several channels (grey) gets their mean colour
+            channels = [channel for channel, shown in enumerate(bands.rgb) if shown == position]
+            values[position] = sum(self.colour[channel] for channel in channels) / len(channels)
         return values
 
     def __call__(self, images, foreground, *, bands=None):

@@ -20,9 +20,10 @@ RGBN = Bands(("red", "green", "blue", "nir"), (0, 1, 2), mean=(0.3, 0.3, 0.3, 0.
 NRGB = Bands(("nir", "red", "green", "blue"), (1, 2, 3), mean=(0.7, 0.2, 0.2, 0.2), std=(0.15, 0.1, 0.1, 0.1))
 BGR = Bands(("blue", "green", "red"), (2, 1, 0))
 PAN = Bands(("pan",), (0, 0, 0))
-# per band, the RGB channel of the weights its input channel takes, or "mean" (the mean of the three)
+# per band, the RGB channel of the weights its input channel takes, "mean" (the mean of the three: a band
+# outside the composite) or "sum" (their sum: a grey band, shown as red, green and blue at once)
 SOURCES = {"rgbn": (RGBN, (0, 1, 2, "mean")), "nrgb": (NRGB, ("mean", 0, 1, 2)), "bgr": (BGR, (2, 1, 0)),
-           "pan": (PAN, ("mean",))}
+           "pan": (PAN, ("sum",))}
 TINY_VIT = {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32, "patch_size": 8}
 # name: (timm parameters, the first convolution timm records, the RGB normalisation of its pretrained_cfg)
 TIMM = {
@@ -43,7 +44,8 @@ def seeded(build, **kwargs):
 
 def expected_weight(rgb_weight, sources):
     """The widened weight (out, C, kh, kw) the documented rule gives from the RGB weight (out, 3, kh, kw)."""
-    return torch.stack([rgb_weight.mean(dim=1) if s == "mean" else rgb_weight[:, s] for s in sources], dim=1)
+    pick = {"mean": lambda: rgb_weight.mean(dim=1), "sum": lambda: rgb_weight.sum(dim=1)}
+    return torch.stack([pick[s]() if s in pick else rgb_weight[:, s] for s in sources], dim=1)
 
 
 def expected_normalisation(bands, sources, rgb_mean, rgb_std):
@@ -54,7 +56,7 @@ def expected_normalisation(bands, sources, rgb_mean, rgb_std):
         if band in bands.others:
             mean.append(bands.mean[band])
             std.append(bands.std[band])
-        elif source == "mean":  # shown as red, green and blue at once
+        elif source == "sum":  # shown as red, green and blue at once
             mean.append(sum(rgb_mean) / 3)
             std.append(sum(rgb_std) / 3)
         else:
@@ -124,9 +126,12 @@ def test_a_weights_file_loads_into_a_multiband_resnet18_by_the_documented_mappin
         model = backbone.build(2, bands=bands)
         weight = model.net.conv1.weight
         assert torch.equal(weight, expected_weight(state["conv1.weight"], sources))
-        for band, source in enumerate(sources):  # 100, 200, 300 (+ o) at red, green, blue; 200 (+ o) elsewhere
-            level = 200.0 if source == "mean" else 100.0 * (source + 1)
-            assert torch.allclose(weight[:, band].mean(dim=(1, 2)), level + torch.arange(out) + 0.005, atol=0.01)
+        for band, source in enumerate(sources):  # 100, 200, 300 (+ o) at red, green, blue; 200 (+ o) elsewhere;
+            if source == "sum":  # 600 (+ 3 o) for a grey band
+                level, offsets = 600.0, 3 * torch.arange(out) + 0.015
+            else:
+                level, offsets = (200.0 if source == "mean" else 100.0 * (source + 1)), torch.arange(out) + 0.005
+            assert torch.allclose(weight[:, band].mean(dim=(1, 2)), level + offsets, atol=0.03)
         assert torch.equal(model.net.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
         # the pipeline builds the bare architecture and loads the trained state dict into it
         bare = backbone.build(2, pretrained=False, bands=bands)

@@ -157,6 +157,8 @@ def test_the_median_mask_fills_composite_bands_with_imagenet_and_others_with_the
         assert masked.shape == images.shape
     with pytest.raises(ValueError, match="channels"):
         mask(images[:, :3], foreground, bands=bands)
+    grey = Bands(("pan",), (0, 0, 0), mean=(0.5,), std=(0.2,), median=(0.3,))
+    assert mask.fill(grey) == [pytest.approx((0.485 + 0.456 + 0.406) / 3)]
 
 
 def test_band_arguments_give_bands_to_those_that_take_them_and_refuse_rgb_only_ones_on_other_bands():
@@ -209,6 +211,23 @@ def test_band_statistics_use_at_most_256_images_evenly_spaced():
     assert len(chosen) == 256 and chosen[0] == 0 and chosen[-1] == 999
     assert np.isclose(found["mean"][0], images[chosen].mean()) and np.isclose(found["max"][0], 0.999)
     assert np.isnan(band_statistics.statistics(np.zeros((0, 4, 4, 2), np.uint8))["mean"]).all()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_band_statistics_read_in_chunks_equal_numpy_on_all_the_pixels(dtype):
+    rng = np.random.default_rng(4)
+    images = (rng.integers(0, 256, (300, 9, 7, 3), dtype=np.uint8) if dtype == "uint8"
+              else np.round(rng.random((300, 9, 7, 3)), 3).astype(np.float32))  # ties in the median's bin
+    found = band_statistics.statistics(images, chunk=7)
+    pixels = images[band_statistics.chosen(300)].reshape(-1, 3)
+    values = pixels / 255.0 if dtype == "uint8" else pixels.astype(np.float64)
+    assert np.array_equal(found["median"], np.median(values, axis=0))
+    assert np.array_equal(found["min"], values.min(axis=0)) and np.array_equal(found["max"], values.max(axis=0))
+    assert np.allclose(found["mean"], values.mean(axis=0), rtol=0, atol=1e-12)
+    assert np.allclose(found["std"], values.std(axis=0), rtol=0, atol=1e-9)
+    odd = band_statistics.statistics(images[:5, :3, :3], chunk=2)  # 45 values per band: the middle one
+    assert np.array_equal(odd["median"], np.median((images[:5, :3, :3] / (255.0 if dtype == "uint8" else 1.0))
+                                                   .reshape(-1, 3).astype(np.float64), axis=0))
 
 
 def test_a_dataset_with_images_of_two_dtypes_fails_its_data_stage(add_plugin, write_grid, tmp_path):

@@ -87,8 +87,12 @@ def band_facts(dataset, splits: dict) -> dict:
     statistics of its samples' values in [0, 1] (``xaibench.pipeline.bands.statistics``: mean, std,
     median, min, max, of at most 256 images evenly spaced)."""
     bands = declared_bands(dataset)
-    facts = {"names": list(bands.names), "composite": [bands.names[i] for i in bands.rgb],
-             "dtype": sorted({str(s.image.dtype) for samples in splits.values() for s in samples}), "per_split": {}}
+    dtypes = sorted({str(s.image.dtype) for samples in splits.values() for s in samples})
+    if len(dtypes) > 1:
+        raise UserError(f"the dataset's images are of {len(dtypes)} dtypes ({', '.join(dtypes)}); every image of a "
+                        f"dataset has one, uint8 or float32")
+    facts = {"names": list(bands.names), "composite": [bands.names[i] for i in bands.rgb], "dtype": dtypes,
+             "per_split": {}}
     for split, samples in splits.items():
         if not samples:
             continue

@@ -2,7 +2,8 @@
 
 The statistics (mean, standard deviation, median, minimum, maximum of each band, in [0, 1]) are those of
 at most ``IMAGES`` images spread evenly over the split (all of them in a smaller split), every pixel of
-those: the same images give the same numbers, whatever reads them.
+those, read a few images at a time: the same images give the same numbers, whatever reads them, and the
+memory they need does not grow with the image size.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from xaibench.kit.contracts import Bands
 
 IMAGES = 256  # images a split's statistics are worked out from, evenly spaced
 STD_FLOOR = 1e-3  # a constant band's standard deviation, so that normalising by it stays finite
+FLOAT_BINS = 1 << 16  # histogram bins of float bands, in which the median's neighbours are then sorted
 
 
 def chosen(n: int, limit: int = IMAGES) -> np.ndarray:
@@ -23,18 +25,63 @@ def chosen(n: int, limit: int = IMAGES) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
 
 
-def statistics(images) -> dict[str, np.ndarray]:
+def statistics(images, *, chunk: int = 16) -> dict[str, np.ndarray]:
     """``mean``, ``std``, ``median``, ``min``, ``max``: float64 (C,) per band of ``images`` (N, H, W, C),
     uint8 (read as value / 255) or float in [0, 1], an array or anything indexed by an index array
-    (``artifacts.Rows``). Empty images give NaN."""
+    (``artifacts.Rows``), over every pixel of the images ``chosen`` (what ``numpy`` gives on those pixels
+    together; the median is exact). Read ``chunk`` images at a time, through per-band histograms, so the
+    memory needed is a chunk's, whatever the image size. Empty images give NaN."""
     shape = tuple(images.shape)
+    channels = shape[-1]
     if shape[0] == 0 or not np.prod(shape[1:3]):
-        empty = np.full(shape[-1], np.nan)
+        empty = np.full(channels, np.nan)
         return {name: empty.copy() for name in ("mean", "std", "median", "min", "max")}
-    pixels = np.asarray(images[chosen(shape[0])]).reshape(-1, shape[-1])
-    values = pixels.astype(np.float64) / 255.0 if pixels.dtype == np.uint8 else pixels.astype(np.float64)
-    return {"mean": values.mean(axis=0), "std": values.std(axis=0), "median": np.median(values, axis=0),
-            "min": values.min(axis=0), "max": values.max(axis=0)}
+    rows = chosen(shape[0])
+    blocks = lambda: (np.asarray(images[rows[i:i + chunk]]).reshape(-1, channels)  # noqa: E731
+                      for i in range(0, len(rows), chunk))
+    integer = np.dtype(images.dtype) == np.uint8
+    bins = 256 if integer else FLOAT_BINS
+    counts = np.zeros((channels, bins), np.int64)
+    total, squares = np.zeros(channels), np.zeros(channels)
+    low, high = np.full(channels, np.inf), np.full(channels, -np.inf)
+    for block in blocks():
+        if integer:  # sums, extremes and median all come from the 256 values' counts
+            which = block
+        else:
+            values = block.astype(np.float64)
+            total += values.sum(axis=0)
+            squares += np.square(values).sum(axis=0)
+            low, high = np.minimum(low, values.min(axis=0)), np.maximum(high, values.max(axis=0))
+            which = np.minimum((values * bins).astype(np.int64), bins - 1)
+        for band in range(channels):
+            counts[band] += np.bincount(which[:, band], minlength=bins)
+    n = counts[0].sum()
+    if integer:
+        levels = np.arange(256) / 255.0
+        total, squares = counts @ levels, counts @ np.square(levels)
+        present = counts > 0
+        low = np.array([levels[np.flatnonzero(row)[0]] for row in present])
+        high = np.array([levels[np.flatnonzero(row)[-1]] for row in present])
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - np.square(mean), 0.0))
+    # the median is the mean of the order statistics (n - 1) // 2 and n // 2, each found in its histogram bin
+    ranks = ((n - 1) // 2, n // 2)
+    median = np.empty(channels)
+    for band in range(channels):
+        cumulative = np.cumsum(counts[band])
+        found = [int(np.searchsorted(cumulative, rank, side="right")) for rank in ranks]
+        if integer:
+            median[band] = (found[0] / 255.0 + found[1] / 255.0) / 2
+            continue
+        wanted = sorted(set(found))
+        inside = np.sort(np.concatenate([
+            block[:, band][np.isin(np.minimum((block[:, band].astype(np.float64) * bins).astype(np.int64), bins - 1),
+                                   wanted)].astype(np.float64) for block in blocks()]))
+        before = {b: (cumulative[b - 1] if b else 0) for b in wanted}  # values below each wanted bin
+        offset = {b: sum(counts[band][w] for w in wanted if w < b) for b in wanted}  # of ``inside``, in earlier bins
+        picks = [inside[offset[b] + rank - before[b]] for b, rank in zip(found, ranks)]
+        median[band] = (picks[0] + picks[1]) / 2
+    return {"mean": mean, "std": std, "median": median, "min": low, "max": high}
 
 
 def declared(split: dict) -> Bands:
