@@ -1,9 +1,11 @@
-"""Seeders: saliency map → point prompts.
+"""Seeders: saliency map → prompts (points, boxes, a dense mask prompt).
 
 ``top-k`` places foreground points on the highest peaks of a saliency map, the way the paper turns
 Grad-CAM maxima into clicks for Segment Anything. ``components`` places one point on each salient region
 (connected component of the thresholded map) instead of each peak, and ``pos-neg`` adds background clicks
-on the least salient pixels to ``top-k``'s foreground ones.
+on the least salient pixels to ``top-k``'s foreground ones. ``boxes`` gives one box per salient region
+(with ``points: true`` also each region's peak as a point), and ``dense`` the map itself as a mask prompt
+in logits, the form Segment Anything's ``mask_input`` takes.
 """
 
 from __future__ import annotations
@@ -169,6 +171,74 @@ class Components:
         return _prompts(picked, [1] * len(picked))
 
 
+def _regions(saliency: np.ndarray, threshold: float):
+    """The 8-connected components of the min-max scaled map ``>= threshold``: (scaled map, label image,
+    count, pixel count per region)."""
+    from scipy import ndimage
+
+    scaled = _unit_map(saliency)
+    labels, count = ndimage.label(scaled >= threshold, structure=np.ones((3, 3), dtype=bool))
+    return scaled, labels, count, np.bincount(labels.ravel(), minlength=count + 1)[1:]
+
+
+class Boxes:
+    """One box per salient region: the bounding boxes of the connected components of the thresholded map.
+
+    ``__call__(saliency) -> Prompts``: ``saliency`` float (H, W), min-max scaled per map (a constant map
+    becomes zeros, and gives no region). Regions are the 8-connected components of ``scaled >= threshold``,
+    taken largest first (pixel count; ties: raster order of their first pixel), at most ``k``. Each gives
+    the box (x0, y0, x1, y1) round its pixels, pixel edges included (a one-pixel region at column c, row r
+    is (c, r, c + 1, r + 1)). With ``points``, also each region's most salient pixel (ties: the first in
+    raster order) as a foreground point: boxes and points together, for segmenters that take both.
+
+    Returns ``Prompts`` with float32 (M, 4) boxes, 0 <= M <= k, and points as ``points`` says (else none)."""
+
+    def __init__(self, *, threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
+                 k: Annotated[int, Field(ge=1)] = 3, points: bool = False):
+        self.threshold = threshold
+        self.k = k
+        self.points = points
+
+    @property
+    def prompt_kinds(self) -> tuple[str, ...]:
+        return ("points", "boxes") if self.points else ("boxes",)
+
+    def __call__(self, saliency: np.ndarray) -> Prompts:
+        from scipy import ndimage
+
+        scaled, labels, count, sizes = _regions(saliency, self.threshold)
+        order = np.lexsort((np.arange(count), -sizes))[: self.k]
+        slices = ndimage.find_objects(labels)
+        boxes = [(slices[r][1].start, slices[r][0].start, slices[r][1].stop, slices[r][0].stop) for r in order]
+        peaks = []
+        if self.points:
+            for r in order:
+                inside = np.where(labels == r + 1, scaled, -1.0)
+                peaks.append(np.unravel_index(int(np.argmax(inside)), inside.shape))
+        prompts = _prompts(peaks, [1] * len(peaks))
+        return Prompts(prompts.points, prompts.labels, np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+
+
+class Dense:
+    """The saliency map itself as a dense mask prompt: ``gain * (scaled - threshold)``, logits at image
+    size (positive where the min-max scaled map is at least ``threshold``), the scale of Segment Anything's
+    own low-resolution mask logits, which its ``mask_input`` takes (the segmenter resizes them to its own
+    frame). A constant map gives ``-gain * threshold`` everywhere: nothing is marked foreground.
+
+    Returns ``Prompts`` with no points and ``dense`` float32 (H, W)."""
+
+    prompt_kinds = ("dense",)
+
+    def __init__(self, *, threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
+                 gain: Annotated[float, Field(gt=0.0)] = 20.0):
+        self.threshold = threshold
+        self.gain = gain
+
+    def __call__(self, saliency: np.ndarray) -> Prompts:
+        logits = (self.gain * (_unit_map(saliency) - self.threshold)).astype(np.float32)
+        return Prompts(np.zeros((0, 2), np.float32), np.zeros(0, np.int64), dense=logits)
+
+
 class PosNeg:
     """``top-k``'s foreground points plus background points on the least salient pixels.
 
@@ -240,3 +310,5 @@ def register_seeders(register):
     register("top-k", TopK)
     register("components", Components)
     register("pos-neg", PosNeg)
+    register("boxes", Boxes)
+    register("dense", Dense)

@@ -1,8 +1,9 @@
-"""Point-prompted segmenters: the random walker, marker watershed, GrabCut, Segment Anything (SAM), and
+"""Prompted segmenters: the random walker, marker watershed, GrabCut, Segment Anything (SAM), and
 ``cam-threshold``, the thresholded saliency map itself: the floor every segmenter must beat.
 
-The classical segmenters turn prompts into a marker image (``seed_markers``) and grow the foreground
-marker over the image; SAM takes the points directly.
+The classical segmenters take points and boxes (``prompt_kinds``): they turn prompts into a marker image
+(``seed_markers``) and grow the foreground marker over the image. SAM takes points, boxes and a dense mask
+prompt directly; ``cam-threshold`` ignores the prompts, so it takes every kind.
 
 Optional contract: a segmenter class with ``uses_saliency = True`` is called as
 ``segment(image, prompts, *, saliency)``, with ``saliency`` a list of float32 (H, W) maps in [0, 1], one
@@ -40,16 +41,22 @@ SAM_CHECKPOINT_URLS = {
 def seed_markers(shape: tuple[int, int], prompts: Prompts, *, seed_radius: int, border: int) -> np.ndarray:
     """The marker image of one prompt set: int32 (H, W) of ``UNLABELLED``, ``FOREGROUND``, ``BACKGROUND``.
 
-    Foreground: discs of radius ``seed_radius`` around the positive points. Background: the same discs
-    around the negative points when there are any; otherwise the image border, a ring ``border``
+    Foreground: discs of radius ``seed_radius`` around the positive points and the centres of the boxes.
+    Background: where there are boxes, every pixel more than ``border`` pixels outside all of them (a box
+    says its object is inside it), and the discs around the negative points; without boxes, the discs
+    around the negative points when there are any, otherwise the image border, a ring ``border``
     pixels wide, minus every pixel within ``seed_radius + border`` of a positive point. That gap keeps
     at least ``border`` unlabelled pixels between the two labels, so a region that touches the image
     edge (common for land cover) is not cut off right at its seed. Where discs overlap, foreground
     wins: a click on the object is explicit, a background assumption is not. Points are rounded to
     the nearest pixel and clipped to the image. Where no background pixel is left (a tiny image), the
     segmenters return an all-True mask: every pixel is reached by the foreground alone."""
-    foreground = _discs(shape, prompts.positive, seed_radius)
-    if len(prompts.negative):
+    boxes = prompts.boxes if prompts.boxes is not None else np.zeros((0, 4), np.float32)
+    centres = np.column_stack([(boxes[:, 0] + boxes[:, 2]) / 2 - 0.5, (boxes[:, 1] + boxes[:, 3]) / 2 - 0.5])
+    foreground = _discs(shape, np.concatenate([prompts.positive, centres]), seed_radius)
+    if len(boxes):
+        background = ~_inside_boxes(shape, boxes, border) | _discs(shape, prompts.negative, seed_radius)
+    elif len(prompts.negative):
         background = _discs(shape, prompts.negative, seed_radius)
     else:
         background = _border_ring(shape, border) & ~_discs(shape, prompts.positive, seed_radius + border)
@@ -71,6 +78,16 @@ def _discs(shape: tuple[int, int], points: np.ndarray, radius: int) -> np.ndarra
     return mask
 
 
+def _inside_boxes(shape: tuple[int, int], boxes: np.ndarray, margin: int) -> np.ndarray:
+    """Bool mask of the pixels inside any box (x0, y0, x1, y1, pixel edges) grown by ``margin`` pixels."""
+    inside = np.zeros(shape, dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        rows = slice(max(int(np.floor(y0)) - margin, 0), min(int(np.ceil(y1)) + margin, shape[0]))
+        cols = slice(max(int(np.floor(x0)) - margin, 0), min(int(np.ceil(x1)) + margin, shape[1]))
+        inside[rows, cols] = True
+    return inside
+
+
 def _border_ring(shape: tuple[int, int], width: int) -> np.ndarray:
     ring = np.ones(shape, dtype=bool)
     ring[width:-width, width:-width] = False
@@ -85,10 +102,12 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 
 class _MarkerSegmenter:
-    """Shared ``segment`` loop of the marker-based segmenters.
+    """Shared ``segment`` loop of the marker-based segmenters, which take points and boxes.
 
     Subclasses implement ``_prepare(image)`` (per-image work, done once per call) and
     ``_foreground(prepared, markers) -> bool (H, W)`` for markers holding both labels."""
+
+    prompt_kinds = ("points", "boxes")
 
     def segment(self, image: np.ndarray, prompts: Sequence[Prompts]) -> list[np.ndarray]:
         image = _check_image(image)
@@ -96,7 +115,7 @@ class _MarkerSegmenter:
         prepared = None
         masks = []
         for prompt_set in prompts:
-            if not len(prompt_set.positive):
+            if not len(prompt_set.positive) and "boxes" not in prompt_set.kinds:
                 masks.append(np.zeros(shape, dtype=bool))
                 continue
             markers = seed_markers(shape, prompt_set, seed_radius=self.seed_radius, border=self.border)
@@ -123,7 +142,7 @@ class RandomWalkerSegmenter(_MarkerSegmenter):
     mask per prompt set, True where a random walk from the pixel most likely first reaches a
     foreground marker (markers as in ``seed_markers``). Edge weights use all three colour channels;
     ``beta`` is the diffusion penalty of ``skimage.segmentation.random_walker`` (larger = walks stop
-    harder at colour edges). A prompt set without positive points gives an all-False mask. On a
+    harder at colour edges). A prompt set without positive points or boxes gives an all-False mask. On a
     constant image (no edges to follow, e.g. a no-data tile) each pixel takes its nearest marker."""
 
     def __init__(
@@ -169,7 +188,7 @@ class WatershedSegmenter(_MarkerSegmenter):
     mask per prompt set, True on the basin flooded from the foreground markers (markers as in
     ``seed_markers``). The relief is the root-sum-square of the Sobel gradient magnitudes of the R, G
     and B channels, so an edge between colours of equal brightness still counts; it is computed once
-    per call. ``compactness`` > 0 gives the more regular compact watershed. A prompt set without
+    per call. ``compactness`` > 0 gives the more regular compact watershed. A prompt set without boxes or
     positive points gives an all-False mask."""
 
     def __init__(
@@ -205,7 +224,7 @@ class GrabCutSegmenter(_MarkerSegmenter):
     background markers of ``seed_markers`` (discs of ``seed_radius`` around the points; without negative
     points, the border ring ``border`` pixels wide). ``iterations``: GrabCut's colour-model / graph-cut
     rounds. OpenCV's random generator is reseeded before each call, so results are deterministic. A
-    prompt set without positive points gives an all-False mask."""
+    prompt set without positive points or boxes gives an all-False mask."""
 
     def __init__(
         self,
@@ -245,6 +264,7 @@ class CamThreshold:
     pixel) ``>= threshold``, so it equals the explanation's own fixed-threshold binarisation."""
 
     uses_saliency = True
+    prompt_kinds = ("points", "boxes", "dense")  # it reads none of them
 
     def __init__(self, *, threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5):
         self.threshold = threshold
@@ -272,20 +292,24 @@ class CamThreshold:
 
 
 class SamSegmenter:
-    """Segment Anything (Kirillov et al. 2023) prompted with the points.
+    """Segment Anything (Kirillov et al. 2023) prompted with points, boxes and a dense mask prompt.
 
     ``segment(image, prompts) -> list[np.ndarray]``: ``image`` uint8 (H, W, 3) RGB; one bool (H, W)
     mask per prompt set. The image embedding is computed once per call and shared by all prompt sets;
-    each set's points (positive and negative) go to ``SamPredictor.predict``. With ``multimask``
-    "best", "largest" or "union" SAM returns three candidate masks and the one with the highest
-    predicted IoU, the one with the most pixels, or their union is kept; "single" asks SAM for one
-    mask. A prompt set without positive points gives an all-False mask.
+    each set's prompts go to ``SamPredictor.predict``: its points (positive and negative), its dense map
+    (image-size logits, resized into SAM's 256 × 256 low-resolution frame as SAM's own resize and padding
+    place the image; the padding gets the map's minimum) as ``mask_input``, and its boxes one at a time,
+    each with the points inside it (every point where there is no box), the masks of a set's boxes
+    united. With ``multimask`` "best", "largest" or "union" SAM returns three candidate masks and the one
+    with the highest predicted IoU, the one with the most pixels, or their union is kept; "single" asks
+    SAM for one mask. A prompt set without positive points, boxes or a dense map gives an all-False mask.
 
     ``checkpoint``: path to the official weights of ``model_type`` (see ``SAM_CHECKPOINT_URLS``). The
     model is loaded on the first ``segment`` call, on ``device`` ("auto": CUDA when available, else
     CPU), and kept; it is not pickled with the segmenter, so each worker process loads its own."""
 
     path_params = ("checkpoint",)  # a relative path in a grid is read from the grid file's folder
+    prompt_kinds = ("points", "boxes", "dense")
 
     def __init__(
         self,
@@ -311,13 +335,14 @@ class SamSegmenter:
 
     def segment_with_scores(self, image: np.ndarray, prompts: Sequence[Prompts]) -> tuple[list[np.ndarray], list[float]]:
         """``segment``'s masks and, per mask, SAM's predicted IoU clipped to [0, 1] (the mean of the
-        candidates' for "union"; NaN for a prompt set without positive points, whose mask is empty)."""
+        candidates' for "union", and of the boxes' for several boxes; NaN for an empty prompt set, whose
+        mask is empty)."""
         image = np.ascontiguousarray(_check_image(image))
         prompts = list(prompts)
         shape = image.shape[:2]
         masks = [np.zeros(shape, dtype=bool) for _ in prompts]
         scores = [float("nan")] * len(prompts)
-        if not any(len(prompt_set.positive) for prompt_set in prompts):
+        if all(prompt_set.empty for prompt_set in prompts):
             return masks, scores
 
         from segment_anything import SamPredictor
@@ -325,15 +350,42 @@ class SamSegmenter:
         predictor = SamPredictor(self._loaded_model())
         predictor.set_image(image)
         for i, prompt_set in enumerate(prompts):
-            if not len(prompt_set.positive):
+            if prompt_set.empty:
                 continue
-            candidates, predicted_iou, _ = predictor.predict(
-                point_coords=prompt_set.points,
-                point_labels=prompt_set.labels,
-                multimask_output=self.multimask != "single",
-            )
-            masks[i], scores[i] = self._choose(np.asarray(candidates, dtype=bool), np.asarray(predicted_iou))
+            mask_input = None if prompt_set.dense is None else self._low_resolution(predictor, prompt_set.dense)
+            boxes = prompt_set.boxes if "boxes" in prompt_set.kinds else [None]
+            found = []
+            for box in boxes:
+                inside = np.ones(len(prompt_set.labels), dtype=bool) if box is None else (
+                    (prompt_set.points[:, 0] >= box[0]) & (prompt_set.points[:, 0] < box[2])
+                    & (prompt_set.points[:, 1] >= box[1]) & (prompt_set.points[:, 1] < box[3]))
+                candidates, predicted_iou, _ = predictor.predict(
+                    point_coords=prompt_set.points[inside] if inside.any() else None,
+                    point_labels=prompt_set.labels[inside] if inside.any() else None,
+                    box=None if box is None else np.asarray(box, dtype=np.float32),
+                    mask_input=mask_input,
+                    multimask_output=self.multimask != "single",
+                )
+                found.append(self._choose(np.asarray(candidates, dtype=bool), np.asarray(predicted_iou)))
+            masks[i] = np.logical_or.reduce([mask for mask, _ in found])
+            scores[i] = float(np.mean([score for _, score in found]))
         return masks, scores
+
+    @staticmethod
+    def _low_resolution(predictor, dense: np.ndarray) -> np.ndarray:
+        """float32 (1, 256, 256): image-size logits ``dense`` (H, W) where SAM's low-resolution mask frame
+        holds the image (resized so its longer side fills the frame, then padded right and below)."""
+        import torch
+
+        side = predictor.model.prompt_encoder.mask_input_size[0]
+        height, width = dense.shape
+        scale = side / max(height, width)
+        inner = (int(height * scale + 0.5), int(width * scale + 0.5))
+        resized = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(dense))[None, None], inner,
+                                                  mode="bilinear", align_corners=False)[0, 0]
+        frame = torch.full((1, side, side), float(dense.min()))
+        frame[0, : inner[0], : inner[1]] = resized
+        return frame.numpy()
 
     def _choose(self, candidates: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, float]:
         """One (H, W) mask from SAM's (C, H, W) candidates by the ``multimask`` policy, and its score."""

@@ -313,9 +313,9 @@ def test_the_conformance_checks_use_the_run_validators(monkeypatch):
     calls = []
     original = contracts.validate_prompt_sets  # what the seeds stage calls
 
-    def spy(prompt_sets, maps):
+    def spy(prompt_sets, maps, kinds=None):
         calls.append(maps.shape)
-        return original(prompt_sets, maps)
+        return original(prompt_sets, maps, kinds)
 
     monkeypatch.setattr(contracts, "validate_prompt_sets", spy)
     with pytest.raises(AssertionError, match="outside the 40×32 image"):

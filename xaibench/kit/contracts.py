@@ -47,21 +47,53 @@ class Sample:
     group: str | None = None
 
 
+# The kinds of prompt a seeder gives and a segmenter takes (Segment Anything takes all three)
+PROMPT_KINDS = ("points", "boxes", "dense")
+
+
 @dataclasses.dataclass(frozen=True)
 class Prompts:
-    """Point prompts for a segmenter, in image pixel coordinates.
+    """Prompts for a segmenter, in image pixel coordinates: points, boxes and a dense map, each optional.
 
     ``points``: float32 (N, 2) as (x, y) = (column, row), 0 <= x < W, 0 <= y < H.
-    ``labels``: int64 (N,), 1 for a foreground point and 0 for a background point."""
+    ``labels``: int64 (N,), 1 for a foreground point and 0 for a background point.
+    ``boxes``: float32 (M, 4) as (x0, y0, x1, y1), 0 <= x0 <= x1 <= W, 0 <= y0 <= y1 <= H (pixel edges:
+    a box round pixel column c alone spans c to c + 1), each round one object; or None.
+    ``dense``: float32 (H, W), a mask prompt at image size in logits (positive: foreground, as Segment
+    Anything's ``mask_input``; 0 undecided), or None.
+    ``kinds``: the kinds present (``PROMPT_KINDS``): points where there is at least one, boxes where
+    there is at least one, dense where given."""
 
     points: np.ndarray
     labels: np.ndarray
+    boxes: np.ndarray | None = None
+    dense: np.ndarray | None = None
 
     def __post_init__(self):
         if self.points.ndim != 2 or self.points.shape[1] != 2:
             raise ValueError(f"points must have shape (N, 2), got {self.points.shape}")
         if self.labels.shape != (self.points.shape[0],):
             raise ValueError(f"labels must have shape ({self.points.shape[0]},), got {self.labels.shape}")
+        if self.boxes is not None and (self.boxes.ndim != 2 or self.boxes.shape[1] != 4):
+            raise ValueError(f"boxes must have shape (M, 4), got {self.boxes.shape}")
+        if self.dense is not None and self.dense.ndim != 2:
+            raise ValueError(f"dense must be one (H, W) map, got shape {self.dense.shape}")
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        found = set()
+        if len(self.labels):
+            found.add("points")
+        if self.boxes is not None and len(self.boxes):
+            found.add("boxes")
+        if self.dense is not None:
+            found.add("dense")
+        return frozenset(found)
+
+    @property
+    def empty(self) -> bool:
+        """Whether nothing marks an object: no foreground point, no box and no dense map."""
+        return not len(self.positive) and "boxes" not in self.kinds and self.dense is None
 
     @property
     def positive(self) -> np.ndarray:
@@ -336,27 +368,32 @@ class Explainer(Protocol):
 
 
 class Seeder(Protocol):
-    """Kind ``seeders``: turns one saliency map into point prompts.
+    """Kind ``seeders``: turns one saliency map into prompts.
 
     ``__call__(saliency) -> Prompts``: ``saliency`` float32 (H, W) in [0, 1] at image size; returns
     ``Prompts`` in that image's pixel coordinates, (x, y) = (column, row), float32, inside the image,
-    labels 0 or 1. Foreground points mark salient places: the most salient of them lies on a pixel at
-    least as salient as the map's mean. Deterministic for a given map.
+    labels 0 or 1; boxes inside the image; a dense map of the image's size, finite. Foreground points mark
+    salient places: the most salient of them lies on a pixel at least as salient as the map's mean.
+    Deterministic for a given map.
 
-    Optional: ``check()``."""
+    Optional: ``prompt_kinds`` (class attribute, default ``("points",)``): the kinds of prompt it gives
+    (``PROMPT_KINDS``); it gives no other, and a grid pairs it only with segmenters that take them all.
+    ``check()``."""
 
     def __call__(self, saliency: np.ndarray) -> Prompts: ...
 
 
 class Segmenter(Protocol):
-    """Kind ``segmenters``: point-prompted segmentation.
+    """Kind ``segmenters``: prompted segmentation.
 
     ``segment(image, prompts) -> list[np.ndarray]``: ``image`` uint8 (H, W, 3), the dataset's colour
     composite (``Bands.composite``; an RGB dataset's image as it is); ``prompts`` a
     sequence of ``Prompts`` for that image; returns one bool (H, W) mask per prompt set. Expensive
     per-image work (e.g. an image embedding) is done once per call and shared by all prompt sets.
 
-    Optional: ``uses_saliency`` (default False): when True, ``segment`` (and ``segment_with_scores``) is
+    Optional: ``prompt_kinds`` (class attribute, default ``("points",)``): the kinds of prompt it takes
+    (``PROMPT_KINDS``); a grid pairing it with a seeder that gives another kind is refused before the run.
+    ``uses_saliency`` (default False): when True, ``segment`` (and ``segment_with_scores``) is
     also given ``saliency``, one float32 (H, W) map in [0, 1] per prompt set. ``segment_with_scores(image,
     prompts) -> (masks, scores)``: the same masks and one confidence per mask, a float in [0, 1] (SAM's
     predicted IoU) or NaN; acceptance rules of the annotation loop can use it. ``check()``."""
@@ -410,8 +447,8 @@ OPTIONAL: dict[str, dict[str, object]] = {
     "backbones": {"pretrained": True, "bands": False, "path_params": (), "check": None, "activation_layout": None},
     "ensembles": {"reduces_to": None, "mixing_parameter": None, "check": None},
     "explainers": {"uses_ground_truth": False, "layouts": False, "bands": False, "check": None},
-    "seeders": {"check": None},
-    "segmenters": {"uses_saliency": False, "segment_with_scores": None, "path_params": (), "check": None},
+    "seeders": {"prompt_kinds": ("points",), "check": None},
+    "segmenters": {"prompt_kinds": ("points",), "uses_saliency": False, "segment_with_scores": None, "path_params": (), "check": None},
     "acceptors": {"check": None},
     "executors": {"close": None, "check": None, "check_folder": None, "submit": None, "next_result": None,
                   "slots": None},
@@ -631,6 +668,26 @@ def validate_maps(maps, batch: int, height: int, width: int) -> None:
                                 f"per-image min-max)")
 
 
+def _box_and_dense_problem(prompts, height: int, width: int) -> str | None:
+    """What is wrong with the boxes or the dense map of ``prompts`` for an image of ``height`` × ``width``."""
+    boxes, dense = prompts.boxes, prompts.dense
+    if boxes is not None:
+        if not isinstance(boxes, np.ndarray) or boxes.dtype != np.float32:
+            return f"gave boxes {_describe(boxes)}; boxes are float32 (M, 4), (x0, y0, x1, y1)"
+        inside = np.isfinite(boxes).all(axis=1) & (boxes[:, 0] >= 0) & (boxes[:, 1] >= 0) \
+            & (boxes[:, 2] <= width) & (boxes[:, 3] <= height) & (boxes[:, 0] <= boxes[:, 2]) & (boxes[:, 1] <= boxes[:, 3])
+        if not inside.all():
+            x0, y0, x1, y1 = boxes[np.flatnonzero(~inside)[0]]
+            return (f"gave the box ({x0:g}, {y0:g}, {x1:g}, {y1:g}); boxes are (x0, y0, x1, y1) with 0 <= x0 <= x1 <= "
+                    f"{width} and 0 <= y0 <= y1 <= {height}")
+    if dense is not None:
+        if not isinstance(dense, np.ndarray) or dense.dtype != np.float32 or dense.shape != (height, width):
+            return f"gave a dense prompt {_describe(dense)}; it is float32 ({height}, {width}), the image's size"
+        if not np.isfinite(dense).all():
+            return "gave a dense prompt holding NaN or inf; it is finite logits"
+    return None
+
+
 def validate_prompts(prompts, saliency: np.ndarray) -> None:
     """A seeder's output for ``saliency`` (H, W): ``Prompts`` with float32 points (x, y) inside the image,
     int64 labels in {0, 1}, and the most salient foreground point on a pixel at least as salient as the
@@ -638,10 +695,11 @@ def validate_prompts(prompts, saliency: np.ndarray) -> None:
     validate_prompt_sets([prompts], np.asarray(saliency)[None])
 
 
-def validate_prompt_sets(prompt_sets: list, maps: np.ndarray) -> None:
+def validate_prompt_sets(prompt_sets: list, maps: np.ndarray, kinds=None) -> None:
     """``validate_prompts`` for a seeder's outputs on ``maps`` (M, H, W) at once (one set per map), in a
-    few array operations for the whole lot. The ``ContractViolation`` raised has ``index``: the map whose
-    prompts broke the contract first."""
+    few array operations for the whole lot; ``kinds``, where given, the prompt kinds the seeder declares
+    (no set may hold another). The ``ContractViolation`` raised has ``index``: the map whose prompts broke
+    the contract first."""
     def violation(index, message):
         error = ContractViolation(message)
         error.index = index
@@ -655,6 +713,13 @@ def validate_prompt_sets(prompt_sets: list, maps: np.ndarray) -> None:
             raise violation(i, f"gave points {_describe(prompts.points)}; points are float32 (N, 2)")
         if not isinstance(prompts.labels, np.ndarray) or prompts.labels.dtype != np.int64:
             raise violation(i, f"gave labels {_describe(prompts.labels)}; labels are int64 (N,)")
+        problem = _box_and_dense_problem(prompts, height, width)
+        if problem:
+            raise violation(i, problem)
+        if kinds is not None and not prompts.kinds <= set(kinds):
+            extra = sorted(prompts.kinds - set(kinds))
+            raise violation(i, f"gave {' and '.join(extra)} prompts but declares prompt_kinds {tuple(kinds)}; declare "
+                               f"every kind it gives (a grid pairs it only with segmenters that take them)")
     counts = np.array([len(p.labels) for p in prompt_sets], dtype=np.int64)
     if not counts.sum():
         return

@@ -199,20 +199,45 @@ def accepted(accept: dict) -> PackedMasks:
 
 def pack_prompts(prompts: list[Prompts]) -> dict[str, np.ndarray]:
     """A ``seeds`` artifact's arrays: per explained image its points (padded with NaN) and labels (padded
-    with -1), as many columns as the longest prompt set has points; ``prompts_at`` reads one back."""
+    with -1), as many columns as the longest prompt set has points; where any set has boxes, ``boxes``
+    (padded with NaN rows) and ``has_boxes``; where any has a dense map, ``dense`` (zeros where none) and
+    ``has_dense``. ``prompts_at`` reads one back."""
     width = max([len(p.labels) for p in prompts], default=0)
     points = np.full((len(prompts), width, 2), np.nan, dtype=np.float32)
     labels = np.full((len(prompts), width), -1, dtype=np.int8)
     for i, p in enumerate(prompts):
         points[i, : len(p.labels)] = p.points
         labels[i, : len(p.labels)] = p.labels
-    return {"points": points, "labels": labels}
+    out = {"points": points, "labels": labels}
+    has_boxes = np.array([p.boxes is not None for p in prompts], dtype=bool)
+    if has_boxes.any():
+        boxes = np.full((len(prompts), max(len(p.boxes) for p in prompts if p.boxes is not None), 4), np.nan,
+                        dtype=np.float32)
+        for i, p in enumerate(prompts):
+            if p.boxes is not None:
+                boxes[i, : len(p.boxes)] = p.boxes
+        out.update(boxes=boxes, has_boxes=has_boxes)
+    has_dense = np.array([p.dense is not None for p in prompts], dtype=bool)
+    if has_dense.any():
+        shape = next(p.dense.shape for p in prompts if p.dense is not None)
+        dense = np.zeros((len(prompts), *shape), dtype=np.float32)
+        for i, p in enumerate(prompts):
+            if p.dense is not None:
+                dense[i] = p.dense
+        out.update(dense=dense, has_dense=has_dense)
+    return out
 
 
 def prompts_at(seeds: dict, row: int) -> Prompts:
     """The prompt set a ``seeds`` artifact holds for its ``row``-th explained image, padding dropped."""
     keep = seeds["labels"][row] >= 0
-    return Prompts(seeds["points"][row][keep], seeds["labels"][row][keep].astype(np.int64))
+    boxes = dense = None
+    if "boxes" in seeds and seeds["has_boxes"][row]:
+        found = seeds["boxes"][row]
+        boxes = found[np.isfinite(found).all(axis=1)]
+    if "dense" in seeds and seeds["has_dense"][row]:
+        dense = np.asarray(seeds["dense"][row], dtype=np.float32)
+    return Prompts(seeds["points"][row][keep], seeds["labels"][row][keep].astype(np.int64), boxes, dense)
 
 
 def map_chunks(explained: dict, size: int = CHUNK) -> Iterator[tuple[slice, np.ndarray]]:

@@ -489,6 +489,8 @@ def parse_grid(text: str, path: str = "<grid>", *, registry) -> Grid:
                 problems.append(f"{source.where(base + ('name',))}: {_readable_loc(base)}: {exc}")
         problems += _sweep_repeats(spec, kind, base, source, registry)
     problems += _entry_repeats(checks, source, registry)
+    if not problems:
+        problems += _prompt_fit(grid, source, registry)
     if grid.published is not None:
         published = (folder / grid.published).resolve()
         if not published.is_file():
@@ -499,6 +501,37 @@ def parse_grid(text: str, path: str = "<grid>", *, registry) -> Grid:
         unique = list(dict.fromkeys(problems))
         raise GridError("invalid grid:\n  " + "\n  ".join(unique))
     return grid
+
+
+def _prompt_kinds(kind: str, choice: Choice, registry) -> tuple[str, ...]:
+    """The prompt kinds a seeder gives or a segmenter takes, read off the component built from ``choice``
+    (a kind may depend on its parameters); the contract's default where it does not say."""
+    component = registry.create(kind, choice.name, **choice.params)
+    return tuple(capability(component, "prompt_kinds", kind))
+
+
+def _prompt_fit(grid: Grid, source: _Source, registry) -> list[str]:
+    """A problem for every seeder and segmenter of the grid that are paired (every seeder prompts every
+    segmenter) where the seeder gives a kind of prompt the segmenter does not take: never silently ignored."""
+    problems = []
+    segmenters = [(j, choice, _prompt_kinds("segmenters", choice, registry))
+                  for j, spec in enumerate(grid.segmenters) for choice in spec.choices()]
+    for i, spec in enumerate(grid.seeders):
+        for choice in spec.choices():
+            gives = _prompt_kinds("seeders", choice, registry)
+            for j, segmenter, takes in segmenters:
+                missing = [k for k in gives if k not in takes]
+                if missing:
+                    able = [name for name in registry.names("segmenters") if set(missing) <= set(
+                        kinds if isinstance(kinds := getattr(registry.get("segmenters", name).factory, "prompt_kinds",
+                                                             OPTIONAL["segmenters"]["prompt_kinds"]), tuple) else ())]
+                    problems.append(
+                        f"{source.where(('seeders', i))}: seeders[{i}]: seeder {choice.label} gives {' and '.join(missing)} "
+                        f"prompts, which segmenter {segmenter.label} (segmenters[{j}]) does not take (it takes "
+                        f"{', '.join(takes)}); pair them with segmenters that take {' and '.join(missing)} "
+                        f"({', '.join(able) or 'none is installed'}), or give this segmenter another seeder in a grid of "
+                        f"its own")
+    return problems
 
 
 def _resolve_paths(spec: ComponentSpec, kind: str, registry, folder: Path) -> None:

@@ -495,6 +495,7 @@ class StageRunner:
         explained = self.artifacts.load("explain", spec.explain)
         ids = self.artifacts.data(spec.data, spec.split)["ids"][explained["index"]]
         seeder = self.component("seeders", spec.seeder)
+        kinds = capability(seeder, "prompt_kinds", "seeders")
         prompts = []
         for rows, maps in map_chunks(explained):
             found = []
@@ -502,7 +503,7 @@ class StageRunner:
                 with self.calling("seeders", spec.seeder, given=f"the map of {spec.split} image {str(image_id)!r}"):
                     found.append(seeder(saliency))
             try:
-                validate_prompt_sets(found, maps)  # a few array operations per chunk: cheap beside seeding
+                validate_prompt_sets(found, maps, kinds)  # a few array operations per chunk: cheap beside seeding
             except ContractViolation as exc:
                 image = str(ids[rows.start + exc.index])
                 with self.calling("seeders", spec.seeder, given=f"the map of {spec.split} image {image!r}"):

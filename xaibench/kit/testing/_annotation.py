@@ -15,8 +15,13 @@ from xaibench.kit.testing._inputs import HEIGHT, WIDTH, _bump_map, _smooth_map, 
 
 def check_seeder(seeder, *, name: str | None = None) -> None:
     """``seeder(saliency)``: ``Prompts`` with float32 (N, 2) points (x, y) inside the image and int64 labels
-    in {0, 1}; at least one positive point on a map with a peak; deterministic; the map unmodified."""
+    in {0, 1}, boxes inside the image, a dense map of its size, and no kind of prompt it does not declare
+    (``prompt_kinds``); at least one prompt marking an object on a map with a peak; deterministic; the map
+    unmodified."""
     label = _label("seeders", seeder, name)
+    kinds = contracts.capability(seeder, "prompt_kinds", "seeders")
+    _expect(isinstance(kinds, tuple) and kinds and set(kinds) <= set(contracts.PROMPT_KINDS), label,
+            f"prompt_kinds is {kinds!r}", f"declare a tuple of the kinds it gives, from {contracts.PROMPT_KINDS}")
     maps = {"a smooth map": _smooth_map(), "a single bump": _bump_map(),
             "a constant map": np.full((HEIGHT, WIDTH), 0.5, np.float32), "an all-zero map": np.zeros((HEIGHT, WIDTH),
                                                                                                        np.float32)}
@@ -24,15 +29,21 @@ def check_seeder(seeder, *, name: str | None = None) -> None:
         before = saliency.copy()
         call = f"seeder(saliency) with {what}, float32 ({HEIGHT}, {WIDTH})"
         found = _call(label, call, seeder, saliency)
-        _valid(label, call, contracts.validate_prompts, found, saliency)
-        points, labels = found.points, found.labels
+        _valid(label, call, contracts.validate_prompt_sets, [found], saliency[None], kinds)
         if what in ("a smooth map", "a single bump"):
-            _expect(len(found.positive) >= 1, label, f"{call} gave no foreground point",
-                    "return at least one positive point where the map has a peak")
+            _expect(not found.empty, label, f"{call} gave no prompt marking an object",
+                    "return at least one positive point, box or dense map where the map has a peak")
         again = _call(label, call, seeder, saliency)
-        _expect(np.array_equal(again.points, points) and np.array_equal(again.labels, labels), label,
-                f"{call} differs between two calls", "make seeding deterministic for a given map")
+        _expect(_same_prompts(again, found), label, f"{call} differs between two calls",
+                "make seeding deterministic for a given map")
         _expect(np.array_equal(saliency, before), label, f"{call} modified the map", "never write into the map")
+
+
+def _same_prompts(a: Prompts, b: Prompts) -> bool:
+    same = [np.array_equal(a.points, b.points), np.array_equal(a.labels, b.labels)]
+    for x, y in ((a.boxes, b.boxes), (a.dense, b.dense)):
+        same.append((x is None) == (y is None) and (x is None or np.array_equal(x, y)))
+    return all(same)
 
 
 # -- segmenters --------------------------------------------------------------------------------------------
@@ -44,22 +55,41 @@ def _prompts(points, labels) -> Prompts:
 
 def check_segmenter(segmenter, *, name: str | None = None) -> None:
     """``segment(image, prompts[, saliency=...])``: one bool (H, W) mask per prompt set (none for none),
-    deterministic, inputs unmodified; ``uses_saliency`` segmenters also get one map per prompt set."""
+    deterministic, inputs unmodified; ``uses_saliency`` segmenters also get one map per prompt set. The
+    prompt sets hold points; a segmenter that declares ``prompt_kinds`` with boxes or dense also gets a
+    set of boxes, a dense map, and both with points."""
     label = _label("segmenters", segmenter, name)
+    kinds = contracts.capability(segmenter, "prompt_kinds", "segmenters")
+    _expect(isinstance(kinds, tuple) and kinds and set(kinds) <= set(contracts.PROMPT_KINDS), label,
+            f"prompt_kinds is {kinds!r}", f"declare a tuple of the kinds it takes, from {contracts.PROMPT_KINDS}")
     uses_saliency = getattr(segmenter, "uses_saliency", False)
     _expect(isinstance(uses_saliency, bool), label, f"uses_saliency is {uses_saliency!r}",
             "set the class attribute uses_saliency = True or False")
     image = _uint8_image()
     prompt_sets = [_prompts([[22, 14], [3, 3]], [1, 0]), _prompts([[20, 12]], [1]), _prompts([], [])]
+    shown = ["positive+negative", "positive", "empty prompts"]
+    box = np.array([[13, 7, 33, 23]], np.float32)  # round the red rectangle
+    dense = np.full((HEIGHT, WIDTH), -8.0, np.float32)
+    dense[8:22, 14:32] = 8.0
+    if "boxes" in kinds:
+        prompt_sets.append(Prompts(np.zeros((0, 2), np.float32), np.zeros(0, np.int64), box))
+        shown.append("a box")
+    if "dense" in kinds:
+        prompt_sets.append(Prompts(np.zeros((0, 2), np.float32), np.zeros(0, np.int64), dense=dense))
+        shown.append("a dense map")
+    if {"points", "boxes"} <= set(kinds):
+        prompt_sets.append(Prompts(np.array([[22, 14]], np.float32), np.ones(1, np.int64), box))
+        shown.append("a box with a point")
+    n = len(prompt_sets)
     saliency = [_bump_map() for _ in prompt_sets]
     before = image.copy(), [(p.points.copy(), p.labels.copy()) for p in prompt_sets], [s.copy() for s in saliency]
     extra = {"saliency": saliency} if uses_saliency else {}
-    call = (f"segment(image uint8 ({HEIGHT}, {WIDTH}, 3), [positive+negative, positive, empty prompts]"
-            + (", saliency=[3 maps])" if uses_saliency else ")"))
+    call = (f"segment(image uint8 ({HEIGHT}, {WIDTH}, 3), [{', '.join(shown)}]"
+            + (f", saliency=[{n} maps])" if uses_saliency else ")"))
     masks = _call(label, call, segmenter.segment, image, prompt_sets, **extra)
     _expect(isinstance(masks, list), label, f"{call} returned {type(masks).__name__}",
             "return a list with one mask per prompt set")
-    _valid(label, call, contracts.validate_segmentation, masks, 3, HEIGHT, WIDTH)
+    _valid(label, call, contracts.validate_segmentation, masks, n, HEIGHT, WIDTH)
     again = _call(label, call, segmenter.segment, image, prompt_sets, **extra)
     _expect(all(np.array_equal(a, b) for a, b in zip(masks, again)), label, f"{call} differs between calls",
             "make segmentation deterministic (seed any randomness)")
@@ -72,11 +102,11 @@ def check_segmenter(segmenter, *, name: str | None = None) -> None:
     if hasattr(segmenter, "segment_with_scores"):
         scored = _call(label, call.replace("segment(", "segment_with_scores(", 1), segmenter.segment_with_scores,
                        image, prompt_sets, **extra)
-        _expect(isinstance(scored, tuple) and len(scored) == 2 and len(scored[0]) == 3
+        _expect(isinstance(scored, tuple) and len(scored) == 2 and len(scored[0]) == n
                 and all(np.array_equal(a, b) for a, b in zip(masks, scored[0])), label,
                 "segment_with_scores did not return (the masks of segment, one score per mask)",
                 "return (masks, scores) with the same masks as segment() and a float score per mask")
-        _valid(label, "segment_with_scores(...)", contracts.validate_segmentation, scored[0], 3, HEIGHT, WIDTH,
+        _valid(label, "segment_with_scores(...)", contracts.validate_segmentation, scored[0], n, HEIGHT, WIDTH,
                scored[1])
         _expect(all(isinstance(v, (float, np.floating)) for v in scored[1]), label,
                 f"segment_with_scores gave scores {scored[1]!r}",
