@@ -156,7 +156,8 @@ def test_explanation_scores_means_and_excluded_counts():
                                          metrics.sweep_per_image(maps, truth))
     assert set(scores) == {f"{name}{suffix}" for name in [
         "jaccard", "dice", "jaccard_otsu", "jaccard_top20", "sweep_mean", "sweep_best", "roc_auc",
-        "average_precision", "pointing_game", "relevance_mass", "relevance_rank"] for suffix in ("", "_excluded")}
+        "average_precision", "pointing_game", "relevance_mass", "relevance_rank", "max_box_acc"]
+        for suffix in ("", "_excluded")}
     assert all(scores[k] == 1 for k in scores if k.endswith("_excluded"))
     # Image 1 is the oracle (1 everywhere); image 2 ranks the corner low: RAMP >= 0.5 is values 8..15.
     assert scores["jaccard"] == pytest.approx((1 + 0) / 2)

@@ -220,7 +220,7 @@ def test_latex_is_table_one_and_compiles(run, tmp_path, capsys):
     assert r"$\alpha = 0.5$ &" in tex and r"$\alpha = 0.8$ &" in tex and "\nBaseline & " in tex
     assert r"{\footnotesize [" in tex  # each mean's CI on the line below
     assert "_" not in tex.replace(r"\_", "")  # every underscore of a label is escaped
-    assert tex.count(r"\begin{table}") == 3  # accuracy, Jaccard and segmentation IoU
+    assert tex.count(r"\begin{table}") == 4  # accuracy, Jaccard, MaxBoxAccV2 and segmentation IoU
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex is not installed")
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,

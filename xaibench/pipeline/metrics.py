@@ -12,9 +12,15 @@ Rules, for every per-image metric here:
   tie, the rank metrics (pointing game, relevance rank, top-k intersection) count the expected hits of a
   random pick among the tied pixels, so a constant map scores the chance level |G| / (H W); binarising to
   exactly k pixels (``binarise_top_percent``) takes the tied pixels in raster order.
+- ``max_box_acc`` (MaxBoxAccV2) is the one explanation metric whose per-image score depends on the set of
+  images: its threshold per IoU level is chosen over them, so a set is scored whole (``explanation_set``
+  takes it chunk by chunk).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -303,6 +309,145 @@ def boundary_f1(pred: np.ndarray, truth: np.ndarray, tolerance: float = 2) -> np
     return scores
 
 
+# -- boxes (MaxBoxAccV2) ----------------------------------------------------------------------------------
+
+# The box IoU levels δ of MaxBoxAccV2 (Choe et al., "Evaluating Weakly Supervised Object Localization Methods
+# Right", CVPR 2020): its score is the mean over δ of the best share of images with a box of IoU >= δ.
+BOX_IOU_LEVELS = (0.3, 0.5, 0.7)
+# Pixels of the thresholded planes labelled at once (their labels take 4 bytes each), so a chunk of large
+# maps at every threshold of the sweep is not in memory together.
+_BOX_PIXELS = 1 << 22
+# Component and ground-truth box pairs compared at once.
+_BOX_PAIRS = 1 << 22
+
+
+def component_boxes(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bounding box of every 8-connected component of each plane of a bool (S, H, W) stack.
+
+    Returns ``(plane, boxes)``: int64 (n,), the plane of each component, ascending; int64 (n, 4), its box
+    as inclusive pixel coordinates ``(row0, col0, row1, col1)``."""
+    from scipy import ndimage
+
+    planes = np.asarray(planes, dtype=bool)
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True  # 8-connected within a plane, never across planes
+    labels, count = ndimage.label(planes, structure=structure)
+    # Each row of a plane is runs of one component each: a component's box spans its runs.
+    starts, ends = planes.copy(), planes.copy()
+    starts[..., 1:] &= ~planes[..., :-1]
+    ends[..., :-1] &= ~planes[..., 1:]
+    starts, ends = np.flatnonzero(starts), np.flatnonzero(ends)  # in raster order: the i-th run's ends
+    height, width = planes.shape[1:]
+    plane, within = np.divmod(starts, height * width)
+    row, first = np.divmod(within, width)
+    last = ends % width
+    run_label = labels.reshape(-1)[starts] - 1
+    boxes = np.empty((count, 4), dtype=np.int64)
+    boxes[:, :2] = np.iinfo(np.int64).max
+    boxes[:, 2:] = -1
+    np.minimum.at(boxes[:, 0], run_label, row)
+    np.minimum.at(boxes[:, 1], run_label, first)
+    np.maximum.at(boxes[:, 2], run_label, row)
+    np.maximum.at(boxes[:, 3], run_label, last)
+    of_plane = np.empty(count, dtype=np.int64)
+    of_plane[run_label] = plane  # every run of a component is in its plane
+    order = np.argsort(of_plane, kind="stable")
+    return of_plane[order], boxes[order]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes ``(row0, col0, row1, col1)`` in inclusive pixel coordinates, broadcast over ``(..., 4)``:
+    a box covers ``(row1 - row0 + 1) * (col1 - col0 + 1)`` pixels (wsolevaluation's ``calculate_multiple_iou``).
+    float64."""
+    a, b = np.asarray(a), np.asarray(b)
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    rows = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
+    cols = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
+    inter = rows * cols
+    return inter / (area_a + area_b - inter)
+
+
+def box_iou_sweep(maps: np.ndarray, masks: np.ndarray, thresholds: np.ndarray = DEFAULT_SWEEP) -> np.ndarray:
+    """float64 (N, T): each image's best box IoU at each threshold τ, as MaxBoxAccV2 scores a map.
+
+    The ground-truth boxes are those of the mask's 8-connected components (one per crown); the predicted
+    boxes those of every 8-connected component of the normalised map >= τ. An image's IoU at τ is the
+    largest ``box_iou`` of any predicted box with any ground-truth box; 0 where nothing reaches τ (a
+    constant map: always). NaN rows for empty masks. Computed on chunks of images and stacked, it is the
+    whole set's."""
+    maps, masks = _pair(maps, masks)
+    normalised = normalise(maps)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    count, height, width = maps.shape
+    out = np.zeros((count, len(thresholds)))
+    truth_plane, truth_boxes = component_boxes(masks)
+    truth_count = np.bincount(truth_plane, minlength=count)
+    step = max(1, _BOX_PIXELS // max(1, len(thresholds) * height * width))
+    for start in range(0, count if len(thresholds) else 0, step):
+        stop = min(count, start + step)
+        # each image's ground-truth boxes, padded to the most any image of the chunk has
+        most = int(truth_count[start:stop].max(initial=0))
+        if not most:
+            continue
+        valid = np.arange(most)[None, :] < truth_count[start:stop, None]
+        slots = np.searchsorted(truth_plane, np.arange(start, stop))[:, None] + np.arange(most)[None, :]
+        padded = truth_boxes[np.where(valid, slots, 0)]
+        above = normalised[start:stop, None] >= thresholds[None, :, None, None]
+        plane, boxes = component_boxes(above.reshape(-1, height, width))
+        image, at = np.divmod(plane, len(thresholds))
+        best = np.empty(len(boxes))
+        block = max(1, _BOX_PAIRS // most)
+        for lo in range(0, len(boxes), block):
+            rows = image[lo:lo + block]
+            ious = box_iou(boxes[lo:lo + block, None, :], padded[rows])
+            best[lo:lo + block] = np.where(valid[rows], ious, 0.0).max(axis=1)
+        np.maximum.at(out, (start + image, at), best)
+    out[truth_count == 0] = np.nan
+    return out
+
+
+def box_accuracy_curves(box_sweep: np.ndarray) -> np.ndarray:
+    """float64 (D, T): BoxAcc(τ, δ) for each level δ of ``BOX_IOU_LEVELS`` and threshold τ of the sweep, the
+    share of the images with a mask (finite rows of ``box_iou_sweep``) whose box IoU at τ is at least δ;
+    NaN where no image has a mask."""
+    box_sweep = np.asarray(box_sweep, dtype=np.float64)
+    scored = box_sweep[np.isfinite(box_sweep).all(axis=1)]
+    if not len(scored):
+        return np.full((len(BOX_IOU_LEVELS), box_sweep.shape[1]), np.nan)
+    return np.stack([(scored >= level).mean(axis=0) for level in BOX_IOU_LEVELS])
+
+
+def box_thresholds(box_sweep: np.ndarray) -> np.ndarray:
+    """int64 (D,): for each level δ of ``BOX_IOU_LEVELS``, the position in the sweep of the threshold with the
+    highest BoxAcc (``box_accuracy_curves``) over these images, ties to the first (the lower τ); -1 where
+    no image has a mask."""
+    curves = box_accuracy_curves(box_sweep)
+    if not curves.shape[1] or not np.isfinite(curves).any():
+        return np.full(len(BOX_IOU_LEVELS), -1, dtype=np.int64)
+    return np.argmax(curves, axis=1).astype(np.int64)
+
+
+def box_accuracy(box_sweep: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """float64 (N,): per image, the share of the levels δ of ``BOX_IOU_LEVELS`` whose box IoU at the threshold
+    ``chosen[δ]`` (a position in the sweep) is at least δ; its mean over images is the mean over δ of BoxAcc
+    at those thresholds. NaN for an empty mask, and for every image where a position is -1 (nothing
+    chosen)."""
+    box_sweep = np.asarray(box_sweep, dtype=np.float64)
+    chosen = np.asarray(chosen, dtype=np.int64)
+    if (chosen < 0).any():
+        return np.full(len(box_sweep), np.nan)
+    hits = np.stack([box_sweep[:, at] >= level for at, level in zip(chosen, BOX_IOU_LEVELS)], axis=1)
+    return np.where(np.isfinite(box_sweep).all(axis=1), hits.mean(axis=1), np.nan)
+
+
+def max_box_accuracy(box_sweep: np.ndarray) -> np.ndarray:
+    """float64 (N,): ``box_accuracy`` at the thresholds chosen on these images themselves (``box_thresholds``);
+    its mean over the images is MaxBoxAccV2, the optimistic score of the paper (the threshold of each level
+    is chosen on the images it scores)."""
+    return box_accuracy(box_sweep, box_thresholds(box_sweep))
+
+
 # -- summaries -------------------------------------------------------------------------------------------
 
 
@@ -313,13 +458,29 @@ def summary(scores: dict[str, np.ndarray]) -> dict[str, float]:
     return out
 
 
-def explanation_per_image(maps: np.ndarray, masks: np.ndarray, *, threshold: float) -> dict[str, np.ndarray]:
-    """Per-image scores (N,) of every image-level explanation metric; NaN where undefined.
+@dataclasses.dataclass(frozen=True)
+class Sweeps:
+    """Each image's score at each threshold of ``DEFAULT_SWEEP``, float64 (N, T) with NaN rows for empty
+    masks: ``jaccard``, the IoU of the binarised map (``sweep_per_image``); ``box``, the best box IoU
+    (``box_iou_sweep``)."""
 
-    Keys: ``jaccard`` and ``dice`` (binarised at ``threshold``), ``jaccard_otsu``, ``jaccard_top20`` (top
-    20 % of pixels), ``roc_auc``, ``average_precision``, ``pointing_game``, ``relevance_mass``,
-    ``relevance_rank``."""
-    maps, masks = _pair(maps, masks)
+    jaccard: np.ndarray
+    box: np.ndarray
+
+    @classmethod
+    def of(cls, maps: np.ndarray, masks: np.ndarray) -> "Sweeps":
+        return cls(sweep_per_image(maps, masks), box_iou_sweep(maps, masks))
+
+    @classmethod
+    def concatenate(cls, parts: list["Sweeps"]) -> "Sweeps":
+        """The sweeps of the images of ``parts`` in order (none: zero rows)."""
+        empty = np.zeros((0, len(DEFAULT_SWEEP)))
+        return cls(np.concatenate([empty, *(p.jaccard for p in parts)]),
+                   np.concatenate([empty, *(p.box for p in parts)]))
+
+
+def _image_level(maps: np.ndarray, masks: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """The explanation metrics each image has on its own (every one but ``max_box_acc``)."""
     fixed = binarise(maps, threshold)
     return {
         "jaccard": iou(fixed, masks),
@@ -332,6 +493,36 @@ def explanation_per_image(maps: np.ndarray, masks: np.ndarray, *, threshold: flo
         "relevance_mass": relevance_mass(maps, masks),
         "relevance_rank": relevance_rank(maps, masks),
     }
+
+
+def explanation_set(chunks: Iterable[tuple[np.ndarray, np.ndarray]], *, threshold: float
+                    ) -> tuple[dict[str, np.ndarray], Sweeps]:
+    """Per-image scores (N,) of every explanation metric over a set of images given as ``(maps, masks)``
+    chunks whose concatenation is the set (so its maps need not be in memory together), and its ``Sweeps``.
+
+    The scores are ``explanation_per_image``'s; ``max_box_acc``, whose thresholds are chosen over the set,
+    is computed from the whole set's box sweep, never chunk by chunk."""
+    parts, sweeps = [], []
+    for maps, masks in chunks:
+        maps, masks = _pair(maps, masks)
+        parts.append(_image_level(maps, masks, threshold))
+        sweeps.append(Sweeps.of(maps, masks))
+    if not parts:
+        parts = [_image_level(np.zeros((0, 1, 1)), np.zeros((0, 1, 1), bool), threshold)]
+    scores = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    swept = Sweeps.concatenate(sweeps)
+    scores["max_box_acc"] = max_box_accuracy(swept.box)
+    return scores, swept
+
+
+def explanation_per_image(maps: np.ndarray, masks: np.ndarray, *, threshold: float) -> dict[str, np.ndarray]:
+    """Per-image scores (N,) of every explanation metric; NaN where undefined.
+
+    Keys: ``jaccard`` and ``dice`` (binarised at ``threshold``), ``jaccard_otsu``, ``jaccard_top20`` (top
+    20 % of pixels), ``roc_auc``, ``average_precision``, ``pointing_game``, ``relevance_mass``,
+    ``relevance_rank``, and ``max_box_acc`` (``max_box_accuracy``: its thresholds are chosen over these N
+    images, so a set scored in chunks goes through ``explanation_set``)."""
+    return explanation_set([(maps, masks)], threshold=threshold)[0]
 
 
 def explanation_summary(per_image: dict[str, np.ndarray], sweep: np.ndarray) -> dict[str, float]:

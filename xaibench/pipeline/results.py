@@ -278,9 +278,10 @@ def summarise(df: pd.DataFrame, files: dict[str, Path]) -> pd.DataFrame:
         if "selection" in group and group["selection"].notna().any():
             row["selection"] = NO_VAL if (group["selection"] == NO_VAL).any() else "val"
             row["alpha_star"] = " / ".join(f"{a:g}" for a in group["alpha_star"] if not pd.isna(a))
-        if "tau_star" in group and pd.to_numeric(group["tau_star"], errors="coerce").notna().any():
-            row["tau_star"] = " / ".join(f"{t:g}" for t in pd.to_numeric(group["tau_star"], errors="coerce")
-                                         if not pd.isna(t))
+        for column in schema.CHOSEN_THRESHOLDS:  # each seed's threshold chosen on validation
+            if column in group and pd.to_numeric(group[column], errors="coerce").notna().any():
+                row[column] = " / ".join(f"{t:g}" for t in pd.to_numeric(group[column], errors="coerce")
+                                       if not pd.isna(t))
         for entry in summarised:
             metric = entry.name
             matrix = _matrix(per_image, group["cell_id"], entry.key)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+from xaibench.pipeline.metrics import BOX_IOU_LEVELS
+
 # Families, in the order the summary lists their metrics.
 FAMILIES = ("accuracy", "explanation", "segmentation", "faithfulness", "sanity")
 # The reference explainers every explanation is read against (they need no model), and the one a lift is
@@ -28,8 +30,8 @@ class Metric:
     come from (default: the name). ``chance``: the explainers whose maps give its chance level, each a
     column ``<explainer>_<name>``, with ``lift_<name>`` (the metric minus the ``random`` map's, in the
     better direction). ``table_one``: it has a Table-I layout (masks as columns, α as rows) in
-    ``leaderboard.md``; ``latex``: also in the LaTeX document (``xaibench leaderboard --format latex``), under
-    ``caption``."""
+    ``leaderboard.md``; ``latex``: it has one in the LaTeX document (``xaibench leaderboard --format latex``),
+    under ``caption``."""
 
     name: str
     family: str
@@ -71,6 +73,8 @@ METRICS: tuple[Metric, ...] = (
     _explanation("dice"), _explanation("jaccard_otsu"), _explanation("jaccard_top20"), _explanation("roc_auc"),
     _explanation("average_precision"), _explanation("pointing_game"), _explanation("relevance_mass"),
     _explanation("relevance_rank"),
+    _explanation("max_box_acc", title="MaxBoxAccV2 (τ per IoU level chosen on test)", latex=True,
+                 caption="MaxBoxAccV2 (threshold per IoU level chosen on test)"),
     Metric("seg_iou", "segmentation", title="Segmentation IoU", table_one=True, latex=True,
            caption="Segmentation IoU"),
     Metric("seg_dice", "segmentation"), Metric("seg_boundary_f1", "segmentation"),
@@ -84,13 +88,24 @@ METRICS: tuple[Metric, ...] = (
 # in tables: it is shown after the fixed-threshold Jaccard).
 JACCARD_VAL_TAU = Metric("jaccard_val_tau", "explanation", title="Explanation Jaccard at τ* chosen on validation",
                          table_one=True)
+# MaxBoxAccV2 with the threshold of each IoU level chosen on the validation split (``max_box_acc`` chooses
+# it on the test images it scores, as the paper does).
+MAX_BOX_ACC_VAL_TAU = Metric("max_box_acc_val_tau", "explanation",
+                             title="MaxBoxAccV2 at τ per IoU level chosen on validation")
+# The metrics at thresholds chosen on validation (a cell without a val split has none of them).
+VALIDATED = (JACCARD_VAL_TAU, MAX_BOX_ACC_VAL_TAU)
+# The thresholds chosen on validation that a cell records: τ* for the Jaccard and, per IoU level δ of
+# MaxBoxAccV2, ``box_tau_star_<100 δ>``.
+BOX_TAU_COLUMNS = tuple(f"box_tau_star_{round(100 * level)}" for level in BOX_IOU_LEVELS)
+CHOSEN_THRESHOLDS = ("tau_star", *BOX_TAU_COLUMNS)
 # The columns of leaderboard.csv beside the families' metrics and chance columns (counts, the worst group's
-# and validation accuracy, the threshold sweep, τ* and the Jaccard at τ*), each with the family whose
-# metrics it follows ("": right after accuracy).
+# and validation accuracy, the threshold sweep, the thresholds chosen on validation and the metrics at
+# them), each with the family whose metrics it follows ("": right after accuracy).
 EXTRA_COLUMNS = {
     "n_test": "", "majority_share": "", "worst_group_accuracy": "", "n_groups": "", "val_accuracy": "", "n_val": "",
     "sweep_mean": "explanation", "sweep_best": "explanation", "tau_star": "explanation",
-    "jaccard_val_tau": "explanation", "jaccard_n": "explanation", "jaccard_excluded": "explanation",
+    "jaccard_val_tau": "explanation", **{column: "explanation" for column in BOX_TAU_COLUMNS},
+    "max_box_acc_val_tau": "explanation", "jaccard_n": "explanation", "jaccard_excluded": "explanation",
     "faithfulness_n": "faithfulness", "sanity_n": "sanity", "seg_n": "segmentation",
     "seg_iou_excluded": "segmentation",
 }
@@ -134,9 +149,9 @@ def names(name: str) -> list[str]:
 
 
 def get(name: str) -> Metric:
-    """The metric of a column: a metric, ``jaccard_val_tau``, or a chance or lift column (scaled like its
+    """The metric of a column: a metric, one of ``VALIDATED``, or a chance or lift column (scaled like its
     metric; a lift is always better when higher)."""
-    for metric in (*METRICS, JACCARD_VAL_TAU):
+    for metric in (*METRICS, *VALIDATED):
         if metric.name == name:
             return metric
         if name in metric.chance_columns():
@@ -172,14 +187,20 @@ def columns() -> list[str]:
 
 def summarised() -> list[Metric]:
     """What the summary gives a mean over seeds, an interval and a spread, in its column order: each
-    family's metrics, then the chance and lift columns, then ``jaccard_val_tau``."""
+    family's metrics, then the chance and lift columns, then the ``VALIDATED`` metrics."""
     ordered = [m for name in FAMILIES for m in family(name)]
-    return ordered + [get(column) for column in chance_columns()] + [JACCARD_VAL_TAU]
+    return ordered + [get(column) for column in chance_columns()] + list(VALIDATED)
 
 
 def table_one(name: str) -> list[Metric]:
     """The metrics of a family with a Table-I layout in ``leaderboard.md``, in order."""
-    return [m for m in (*family(name), JACCARD_VAL_TAU) if m.family == name and m.table_one]
+    return [m for m in (*family(name), *VALIDATED) if m.family == name and m.table_one]
+
+
+def detail(name: str) -> list[str]:
+    """The columns of a family's table of all its metrics in ``leaderboard.md``: its metrics, then those at
+    thresholds chosen on validation that have no Table-I layout of their own."""
+    return names(name) + [m.name for m in VALIDATED if m.family == name and not m.table_one]
 
 
 def latex_tables(name: str) -> list[Metric]:

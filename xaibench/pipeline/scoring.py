@@ -21,7 +21,7 @@ from xaibench.pipeline.store import Store, file_digest, save_arrays
 from xaibench.pipeline.training import to_tensor
 
 # Bump when scoring changes, so cells scored by an older xaibench are scored again.
-SCORING_VERSION = 2
+SCORING_VERSION = 3
 
 
 
@@ -77,7 +77,7 @@ def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_thr
         if ("explanation scores", cp.explain) not in memo.loaded:  # shared by every cell of this explanation
             memo.loaded[("explanation scores", cp.explain)] = explanation_scores(explained, test["references"],
                                                                               cam_threshold)
-        scores, means, sweep = memo.loaded[("explanation scores", cp.explain)]
+        scores, means, sweeps = memo.loaded[("explanation scores", cp.explain)]
         out.update(means)
         out["jaccard_n"] = int(np.isfinite(scores["jaccard"]).sum())
         per_image.update(explained_index=explained["index"], **scores)
@@ -88,9 +88,17 @@ def score_cell(cp: CellPlan, artifacts: Artifacts, memo: Memo, registry, cam_thr
             per_image[f"lift_{metric.name}"] = metric.lift(scores[metric.name], lift_over)
             out.update({c: metrics.mean_excluding_nan(per_image[c])[0] for c in metric.chance_columns()})
         if cp.explain_val:
-            tau, at_tau = validation_threshold(memo("explain", cp.explain_val), artifacts.data(cp.data, "val"), sweep)
+            chosen = ("validation", cp.explain_val, cp.explain)  # shared by every cell of these explanations
+            if chosen not in memo.loaded:
+                val_explained, val = memo("explain", cp.explain_val), artifacts.data(cp.data, "val")
+                memo.loaded[chosen] = (validation_threshold(val_explained, val, sweeps.jaccard),
+                                       validation_box_thresholds(val_explained, val, sweeps.box))
+            (tau, at_tau), (box_taus, at_box_taus) = memo.loaded[chosen]
             out.update(tau_star=tau, jaccard_val_tau=metrics.mean_excluding_nan(at_tau)[0])
             per_image["jaccard_val_tau"] = at_tau
+            out.update(zip(schema.BOX_TAU_COLUMNS, box_taus.tolist()))
+            out["max_box_acc_val_tau"] = metrics.mean_excluding_nan(at_box_taus)[0]
+            per_image["max_box_acc_val_tau"] = at_box_taus
     if cp.faithfulness:
         found = memo("faithfulness", cp.faithfulness)
         out["faithfulness_n"] = int(len(found["index"]))
@@ -127,20 +135,13 @@ def _concatenate(chunks: list[dict], names) -> dict[str, np.ndarray]:
     return {name: np.concatenate([c[name] for c in chunks]) if chunks else np.zeros(0) for name in names}
 
 
-def explanation_scores(explained: dict, references, cam_threshold: float) -> tuple[dict, dict, np.ndarray]:
-    """``(per-image scores, means, sweep)`` of every explanation metric for an explain artifact, chunk by
-    chunk (``references``: the split's reference rows; ``sweep``: ``metrics.sweep_per_image``)."""
+def explanation_scores(explained: dict, references, cam_threshold: float) -> tuple[dict, dict, metrics.Sweeps]:
+    """``(per-image scores, means, sweeps)`` of every explanation metric for an explain artifact, chunk by
+    chunk (``references``: the split's reference rows; ``sweeps``: ``metrics.Sweeps`` of its images)."""
     index = explained["index"]
-    per_image, sweeps = [], []
-    for rows, chunk in map_chunks(explained):
-        truth = references[index[rows]]
-        per_image.append(metrics.explanation_per_image(chunk, truth, threshold=cam_threshold))
-        sweeps.append(metrics.sweep_per_image(chunk, truth))
-    names = list(per_image[0]) if per_image else list(metrics.explanation_per_image(
-        np.zeros((0, 1, 1), np.float32), np.zeros((0, 1, 1), bool), threshold=cam_threshold))
-    scores = _concatenate(per_image, names)
-    sweep = np.concatenate(sweeps) if sweeps else np.zeros((0, len(metrics.DEFAULT_SWEEP)))
-    return scores, metrics.explanation_summary(scores, sweep), sweep
+    chunks = ((maps, references[index[rows]]) for rows, maps in map_chunks(explained))
+    scores, sweeps = metrics.explanation_set(chunks, threshold=cam_threshold)
+    return scores, metrics.explanation_summary(scores, sweeps.jaccard), sweeps
 
 
 def validation_threshold(val_explained: dict, val: dict, test_sweep: np.ndarray) -> tuple[float, np.ndarray]:
@@ -157,26 +158,40 @@ def validation_threshold(val_explained: dict, val: dict, test_sweep: np.ndarray)
     return float(metrics.DEFAULT_SWEEP[best]), test_sweep[:, best]
 
 
+def validation_box_thresholds(val_explained: dict, val: dict, test_box_sweep: np.ndarray
+                              ) -> tuple[np.ndarray, np.ndarray]:
+    """``(τ per IoU level, test MaxBoxAccV2 per image at them)``: for each level δ of ``metrics.BOX_IOU_LEVELS``
+    the threshold of ``metrics.DEFAULT_SWEEP`` with the highest BoxAcc over the val images (ties to the
+    lower threshold; only val maps and val masks are read), and ``metrics.box_accuracy`` of the test images
+    (``test_box_sweep``: ``metrics.box_iou_sweep``) at them. NaN (and a NaN array) where the val split has
+    no image with a non-empty mask."""
+    index = val_explained["index"]
+    sweeps = [metrics.box_iou_sweep(maps, val["references"][index[rows]]) for rows, maps in map_chunks(val_explained)]
+    chosen = metrics.box_thresholds(np.concatenate(sweeps) if sweeps else np.zeros((0, len(metrics.DEFAULT_SWEEP))))
+    taus = np.where(chosen >= 0, metrics.DEFAULT_SWEEP[np.maximum(chosen, 0)], np.nan)
+    return taus, metrics.box_accuracy(test_box_sweep, chosen)
+
+
 def chance_scores(data: str, index: np.ndarray, test: dict, memo: Memo, registry, cam_threshold: float) -> dict:
     """Per-image scores of the ``random`` and ``centre`` explainers (``schema.CHANCE_EXPLAINERS``) on the test images
     ``index``: ``{"random_<metric>", "centre_<metric>"}``, worked out once per data set and images."""
     key = ("chance", data, index.tobytes())
     if key not in memo.loaded:
-        references = test["references"]
         found: dict[str, list] = {}
         for name in schema.CHANCE_EXPLAINERS:
             explainer = registry.create("explainers", name)
-            chunks = []
-            for start in range(0, len(index), CHUNK):
-                rows = index[start:start + CHUNK]
-                images = to_tensor(test["images"][rows])
-                maps = explainer.explain(None, images, None, target_layers=[])
-                chunks.append(metrics.explanation_per_image(np.asarray(maps, dtype=np.float32), references[rows],
-                                                            threshold=cam_threshold))
-            merged = _concatenate(chunks, schema.names("explanation"))
+            merged, _ = metrics.explanation_set(_model_free_maps(explainer, test, index), threshold=cam_threshold)
             found.update({f"{name}_{metric}": merged[metric] for metric in schema.names("explanation")})
         memo.loaded[key] = found
     return memo.loaded[key]
+
+
+def _model_free_maps(explainer, test: dict, index: np.ndarray):
+    """``(float32 maps, masks)`` of a model-free explainer on the test images ``index``, ``CHUNK`` at a time."""
+    for start in range(0, len(index), CHUNK):
+        rows = index[start:start + CHUNK]
+        maps = explainer.explain(None, to_tensor(test["images"][rows]), None, target_layers=[])
+        yield np.asarray(maps, dtype=np.float32), test["references"][rows]
 
 
 def score_cells(plan: Plan, store: Store, artifacts: Artifacts, registry, failed: dict[str, Failure],
