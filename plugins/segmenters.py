@@ -1,8 +1,8 @@
 """Prompted segmenters: the random walker, marker watershed, GrabCut, Segment Anything (SAM), and
 ``cam-threshold``, the thresholded saliency map itself: the floor every segmenter must beat.
 
-The classical segmenters take points and boxes (``prompt_kinds``): they turn prompts into a marker image
-(``seed_markers``) and grow the foreground marker over the image. SAM takes points, boxes and a dense mask
+The classical segmenters take points, boxes and dense prompts (``prompt_kinds``): they turn prompts into a
+marker image (``seed_markers``) and grow the foreground marker over the image. SAM takes points, boxes and a dense mask
 prompt directly; ``cam-threshold`` ignores the prompts, so it takes every kind.
 
 Optional contract: a segmenter class with ``uses_saliency = True`` is called as
@@ -41,10 +41,11 @@ SAM_CHECKPOINT_URLS = {
 def seed_markers(shape: tuple[int, int], prompts: Prompts, *, seed_radius: int, border: int) -> np.ndarray:
     """The marker image of one prompt set: int32 (H, W) of ``UNLABELLED``, ``FOREGROUND``, ``BACKGROUND``.
 
-    Foreground: discs of radius ``seed_radius`` around the positive points and the centres of the boxes.
-    Background: where there are boxes, every pixel more than ``border`` pixels outside all of them (a box
-    says its object is inside it), and the discs around the negative points; without boxes, the discs
-    around the negative points when there are any, otherwise the image border, a ring ``border``
+    Foreground: discs of radius ``seed_radius`` around the positive points and the centres of the boxes,
+    and the pixels where a dense prompt is positive. Background: the discs around the negative points;
+    where there are boxes, every pixel more than ``border`` pixels outside all of them (a box says its
+    object is inside it); where there is a dense prompt, its negative pixels more than ``border`` pixels
+    from its positive ones. With none of these, the image border, a ring ``border``
     pixels wide, minus every pixel within ``seed_radius + border`` of a positive point. That gap keeps
     at least ``border`` unlabelled pixels between the two labels, so a region that touches the image
     edge (common for land cover) is not cut off right at its seed. Where discs overlap, foreground
@@ -54,11 +55,17 @@ def seed_markers(shape: tuple[int, int], prompts: Prompts, *, seed_radius: int, 
     boxes = prompts.boxes if prompts.boxes is not None else np.zeros((0, 4), np.float32)
     centres = np.column_stack([(boxes[:, 0] + boxes[:, 2]) / 2 - 0.5, (boxes[:, 1] + boxes[:, 3]) / 2 - 0.5])
     foreground = _discs(shape, np.concatenate([prompts.positive, centres]), seed_radius)
+    background = _discs(shape, prompts.negative, seed_radius)
     if len(boxes):
-        background = ~_inside_boxes(shape, boxes, border) | _discs(shape, prompts.negative, seed_radius)
-    elif len(prompts.negative):
-        background = _discs(shape, prompts.negative, seed_radius)
-    else:
+        background |= ~_inside_boxes(shape, boxes, border)
+    if prompts.dense is not None:
+        from scipy import ndimage
+
+        positive = prompts.dense > 0
+        foreground |= positive
+        near = ndimage.binary_dilation(positive, iterations=border) if positive.any() else positive
+        background |= (prompts.dense < 0) & ~near
+    if not len(boxes) and not len(prompts.negative) and prompts.dense is None:
         background = _border_ring(shape, border) & ~_discs(shape, prompts.positive, seed_radius + border)
     markers = np.full(shape, UNLABELLED, dtype=np.int32)
     markers[background] = BACKGROUND
@@ -102,12 +109,12 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 
 class _MarkerSegmenter:
-    """Shared ``segment`` loop of the marker-based segmenters, which take points and boxes.
+    """Shared ``segment`` loop of the marker-based segmenters, which take points, boxes and dense prompts.
 
     Subclasses implement ``_prepare(image)`` (per-image work, done once per call) and
     ``_foreground(prepared, markers) -> bool (H, W)`` for markers holding both labels."""
 
-    prompt_kinds = ("points", "boxes")
+    prompt_kinds = ("points", "boxes", "dense")
 
     def segment(self, image: np.ndarray, prompts: Sequence[Prompts]) -> list[np.ndarray]:
         image = _check_image(image)
@@ -115,10 +122,13 @@ class _MarkerSegmenter:
         prepared = None
         masks = []
         for prompt_set in prompts:
-            if not len(prompt_set.positive) and "boxes" not in prompt_set.kinds:
+            if prompt_set.empty:
                 masks.append(np.zeros(shape, dtype=bool))
                 continue
             markers = seed_markers(shape, prompt_set, seed_radius=self.seed_radius, border=self.border)
+            if not (markers == FOREGROUND).any():  # a dense prompt that marks nothing
+                masks.append(np.zeros(shape, dtype=bool))
+                continue
             if not (markers == BACKGROUND).any():
                 # Nothing marks the background, so every pixel is reached only by the foreground.
                 masks.append(np.ones(shape, dtype=bool))
@@ -136,14 +146,15 @@ class _MarkerSegmenter:
 
 
 class RandomWalkerSegmenter(_MarkerSegmenter):
-    """Random-walker segmentation (Grady 2006) seeded by point prompts.
+    """Random-walker segmentation (Grady 2006) seeded by prompts.
 
     ``segment(image, prompts) -> list[np.ndarray]``: ``image`` uint8 (H, W, 3) RGB; one bool (H, W)
     mask per prompt set, True where a random walk from the pixel most likely first reaches a
     foreground marker (markers as in ``seed_markers``). Edge weights use all three colour channels;
     ``beta`` is the diffusion penalty of ``skimage.segmentation.random_walker`` (larger = walks stop
-    harder at colour edges). A prompt set without positive points or boxes gives an all-False mask. On a
-    constant image (no edges to follow, e.g. a no-data tile) each pixel takes its nearest marker."""
+    harder at colour edges). A prompt set marking no foreground (no positive point, box or positive dense
+    pixel) gives an all-False mask. On a constant image (no edges to follow, e.g. a no-data tile) each
+    pixel takes its nearest marker."""
 
     def __init__(
         self,
@@ -182,14 +193,14 @@ def _nearest_marker(markers: np.ndarray) -> np.ndarray:
 
 
 class WatershedSegmenter(_MarkerSegmenter):
-    """Marker-controlled watershed on the colour gradient, seeded by point prompts.
+    """Marker-controlled watershed on the colour gradient, seeded by prompts.
 
     ``segment(image, prompts) -> list[np.ndarray]``: ``image`` uint8 (H, W, 3) RGB; one bool (H, W)
     mask per prompt set, True on the basin flooded from the foreground markers (markers as in
     ``seed_markers``). The relief is the root-sum-square of the Sobel gradient magnitudes of the R, G
     and B channels, so an edge between colours of equal brightness still counts; it is computed once
-    per call. ``compactness`` > 0 gives the more regular compact watershed. A prompt set without boxes or
-    positive points gives an all-False mask."""
+    per call. ``compactness`` > 0 gives the more regular compact watershed. A prompt set marking no
+    foreground (no positive point, box or positive dense pixel) gives an all-False mask."""
 
     def __init__(
         self,
@@ -216,7 +227,7 @@ class WatershedSegmenter(_MarkerSegmenter):
 
 
 class GrabCutSegmenter(_MarkerSegmenter):
-    """GrabCut (Rother et al. 2004, OpenCV's ``cv2.grabCut``) initialised from point prompts.
+    """GrabCut (Rother et al. 2004, OpenCV's ``cv2.grabCut``) initialised from prompts.
 
     ``segment(image, prompts) -> list[np.ndarray]``: ``image`` uint8 (H, W, 3) RGB; one bool (H, W) mask
     per prompt set, True where GrabCut ends with (probable) foreground. The initial mask is probable
@@ -224,7 +235,8 @@ class GrabCutSegmenter(_MarkerSegmenter):
     background markers of ``seed_markers`` (discs of ``seed_radius`` around the points; without negative
     points, the border ring ``border`` pixels wide). ``iterations``: GrabCut's colour-model / graph-cut
     rounds. OpenCV's random generator is reseeded before each call, so results are deterministic. A
-    prompt set without positive points or boxes gives an all-False mask."""
+    prompt set marking no foreground (no positive point, box or positive dense pixel) gives an all-False
+    mask."""
 
     def __init__(
         self,

@@ -101,32 +101,33 @@ def grid(seeders, segmenters):
     return GRID.replace("SEEDERS", seeders).replace("SEGMENTERS", segmenters)
 
 
-def test_a_seeder_giving_prompts_a_segmenter_does_not_take_is_refused_naming_both(registry):
+class Discs:
+    """A third-party segmenter that takes points only (it declares no prompt_kinds)."""
+
+    def segment(self, image, prompts):
+        return [np.zeros(image.shape[:2], bool) for _ in prompts]
+
+
+class DiscsPlugin:
+    @hookimpl
+    def register_segmenters(self, register):
+        register("discs", Discs)
+
+
+def test_a_seeder_giving_prompts_a_segmenter_does_not_take_is_refused_naming_both(registry, add_plugin):
+    add_plugin(DiscsPlugin(), name="discs-plugin")
     with pytest.raises(GridError) as error:
-        parse_grid(grid("[top-k, dense]", "[random-walker, cam-threshold]"), "g.yaml", registry=registry)
+        parse_grid(grid("[top-k, dense]", "[random-walker, discs]"), "g.yaml", registry=registry)
     message = str(error.value)
-    assert "seeders[1]: seeder dense gives dense prompts, which segmenter random-walker (segmenters[0]) does not " \
-           "take (it takes points, boxes)" in message
-    assert message.count("does not take") == 1  # cam-threshold takes dense maps; top-k's points go everywhere
+    assert "seeders[1]: seeder dense gives dense prompts, which segmenter discs (segmenters[1]) does not " \
+           "take (it takes points)" in message
+    assert message.count("does not take") == 1  # random-walker takes dense maps; top-k's points go everywhere
     with pytest.raises(GridError, match="seeder boxes\\(points=True\\) gives boxes prompts, which segmenter discs "
                                         "\\(segmenters\\[0\\]\\) does not take \\(it takes points\\); pair them "
                                         "with segmenters that take boxes \\(cam-threshold, grabcut, random-walker, sam, "
                                         "watershed\\)"):
-        class Discs:
-            def segment(self, image, prompts):
-                return [np.zeros(image.shape[:2], bool) for _ in prompts]
-
-        class Plugin:
-            @hookimpl
-            def register_segmenters(self, register):
-                register("discs", Discs)
-
-        registry.add_plugin(Plugin(), name="discs-plugin")
-        try:
-            parse_grid(grid("[{name: boxes, points: true}]", "[discs]"), "g.yaml", registry=registry)
-        finally:
-            registry.remove_plugin("discs-plugin")
-    for seeders, segmenters in (("[boxes, {name: boxes, points: true}]", "[random-walker, watershed, grabcut]"),
+        parse_grid(grid("[{name: boxes, points: true}]", "[discs]"), "g.yaml", registry=registry)
+    for seeders, segmenters in (("[dense, boxes, {name: boxes, points: true}]", "[random-walker, watershed, grabcut]"),
                                 ("[dense, boxes, top-k]", "[sam, cam-threshold]")):
         parse_grid(grid(seeders, segmenters), "g.yaml", registry=registry)
 
@@ -142,13 +143,19 @@ def square_image():
 
 
 @pytest.mark.parametrize("name", ["random-walker", "watershed", "grabcut"])
-def test_a_box_round_an_object_segments_it_with_the_marker_segmenters(name, square_image):
+def test_a_box_or_a_dense_map_round_an_object_segments_it_with_the_marker_segmenters(name, square_image):
     segmenter = get_registry().create("segmenters", name)
-    (mask,) = segmenter.segment(square_image, [box_prompts([14, 8, 36, 26])])
     truth = np.zeros((40, 48), bool)
     truth[10:24, 16:34] = True
-    assert (mask & truth).sum() / (mask | truth).sum() > 0.8
-    assert not mask[:, :12].any() and not mask[30:].any()  # far outside the box is background
+    dense = np.full((40, 48), -5.0, np.float32)
+    dense[11:23, 17:33] = 5.0  # the object but its edge pixels: the segmenter grows it to the object's edges
+    nothing = Prompts(*NONE, dense=np.full((40, 48), -5.0, np.float32))
+    box, grown, empty = segmenter.segment(square_image, [box_prompts([14, 8, 36, 26]), Prompts(*NONE, dense=dense),
+                                                         nothing])
+    for mask in (box, grown):
+        assert (mask & truth).sum() / (mask | truth).sum() > 0.8
+    assert not box[:, :12].any() and not box[30:].any()  # far outside the box is background
+    assert grown.sum() > (dense > 0).sum() and not empty.any()
 
 
 def tiny_sam():
