@@ -185,7 +185,7 @@ class Boxes:
     """One box per salient region: the bounding boxes of the connected components of the thresholded map.
 
     ``__call__(saliency) -> Prompts``: ``saliency`` float (H, W), min-max scaled per map (a constant map
-    becomes zeros, and gives no region). Regions are the 8-connected components of ``scaled >= threshold``,
+    becomes zeros, and gives no region unless ``threshold`` is 0: then the whole image is one). Regions are the 8-connected components of ``scaled >= threshold``,
     taken largest first (pixel count; ties: raster order of their first pixel), at most ``k``. Each gives
     the box (x0, y0, x1, y1) round its pixels, pixel edges included (a one-pixel region at column c, row r
     is (c, r, c + 1, r + 1)). With ``points``, also each region's most salient pixel (ties: the first in
@@ -221,7 +221,7 @@ class Boxes:
 
 class Dense:
     """The saliency map itself as a dense mask prompt: ``gain * (scaled - threshold)``, logits at image
-    size (positive where the min-max scaled map is at least ``threshold``), the scale of Segment Anything's
+    size (positive where the min-max scaled map is above ``threshold``, 0 at it: undecided), the scale of Segment Anything's
     own low-resolution mask logits, which its ``mask_input`` takes (the segmenter resizes them to its own
     frame). A constant map gives ``-gain * threshold`` everywhere: nothing is marked foreground.
 

@@ -303,6 +303,14 @@ class CamThreshold:
 # -- Segment Anything -------------------------------------------------------------------------------
 
 
+def _pixel_corners(box: np.ndarray) -> np.ndarray:
+    """A box in pixel edges (x0, y0, x1, y1; a one-pixel box at column c is (c, ., c + 1, .)) as SAM reads
+    boxes: the first and last pixels' indices (it shifts each corner to its pixel's centre)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return np.array([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], dtype=np.float32)
+
+
+
 class SamSegmenter:
     """Segment Anything (Kirillov et al. 2023) prompted with points, boxes and a dense mask prompt.
 
@@ -310,11 +318,13 @@ class SamSegmenter:
     mask per prompt set. The image embedding is computed once per call and shared by all prompt sets;
     each set's prompts go to ``SamPredictor.predict``: its points (positive and negative), its dense map
     (image-size logits, resized into SAM's 256 × 256 low-resolution frame as SAM's own resize and padding
-    place the image; the padding gets the map's minimum) as ``mask_input``, and its boxes one at a time,
-    each with the points inside it (every point where there is no box), the masks of a set's boxes
-    united. With ``multimask`` "best", "largest" or "union" SAM returns three candidate masks and the one
+    place the image; the padding gets the map's minimum) as ``mask_input``, and its boxes one at a time
+    (their pixel edges as the first and last pixels' indices, the corners SAM reads), each with the points
+    inside it (every point where there is no box), the masks of a set's boxes united. A dense map alone is a
+    weak prompt for SAM (it was trained to refine its own masks with it): give points or boxes beside it. With ``multimask`` "best", "largest" or "union" SAM returns three candidate masks and the one
     with the highest predicted IoU, the one with the most pixels, or their union is kept; "single" asks
-    SAM for one mask. A prompt set without positive points, boxes or a dense map gives an all-False mask.
+    SAM for one mask. A prompt set marking no foreground (no positive point, box or positive dense logit)
+    gives an all-False mask.
 
     ``checkpoint``: path to the official weights of ``model_type`` (see ``SAM_CHECKPOINT_URLS``). The
     model is loaded on the first ``segment`` call, on ``device`` ("auto": CUDA when available, else
@@ -374,7 +384,7 @@ class SamSegmenter:
                 candidates, predicted_iou, _ = predictor.predict(
                     point_coords=prompt_set.points[inside] if inside.any() else None,
                     point_labels=prompt_set.labels[inside] if inside.any() else None,
-                    box=None if box is None else np.asarray(box, dtype=np.float32),
+                    box=None if box is None else _pixel_corners(box),
                     mask_input=mask_input,
                     multimask_output=self.multimask != "single",
                 )

@@ -127,6 +127,21 @@ def test_a_seeder_giving_prompts_a_segmenter_does_not_take_is_refused_naming_bot
                                         "with segmenters that take boxes \\(cam-threshold, grabcut, random-walker, sam, "
                                         "watershed\\)"):
         parse_grid(grid("[{name: boxes, points: true}]", "[discs]"), "g.yaml", registry=registry)
+    class Muddled:
+        prompt_kinds = "points"  # a string, not a tuple of kinds
+
+        def __call__(self, saliency):
+            return Prompts(*NONE)
+
+    class MuddledPlugin:
+        @hookimpl
+        def register_seeders(self, register):
+            register("muddled", Muddled)
+
+    add_plugin(MuddledPlugin(), name="muddled-plugin")
+    with pytest.raises(GridError, match="seeders\\[0\\]: seeder muddled declares prompt_kinds 'points'; declare a "
+                                        "tuple of the kinds of prompt it gives"):
+        parse_grid(grid("[muddled]", "[random-walker]"), "g.yaml", registry=registry)
     for seeders, segmenters in (("[dense, boxes, {name: boxes, points: true}]", "[random-walker, watershed, grabcut]"),
                                 ("[dense, boxes, top-k]", "[sam, cam-threshold]")):
         parse_grid(grid(seeders, segmenters), "g.yaml", registry=registry)
@@ -192,14 +207,15 @@ def test_sam_takes_each_box_with_the_points_inside_it_and_unites_their_masks(squ
     (mask,), (score,) = sam.segment_with_scores(square_image, [prompt_set])
     first, second = sam.given
     scale = torch.tensor([64 / 48, 53 / 40])  # the tiny SAM resizes the 40 x 48 image to 53 x 64
-    torch.testing.assert_close(first["boxes"].reshape(2, 2), torch.tensor([[14, 8], [36, 26]]) * scale)
+    # pixel edges (14, 8, 36, 26) reach SAM as the first and last pixels' indices, the corners it reads
+    torch.testing.assert_close(first["boxes"].reshape(2, 2), torch.tensor([[14, 8], [35, 25]]) * scale)
     torch.testing.assert_close(first["points"][0], torch.tensor([[[20, 12]]]) * scale)  # only the point inside
     torch.testing.assert_close(second["points"][0], torch.tensor([[[5, 35]]]) * scale)
     predictor = SamPredictor(tiny_sam())
     predictor.set_image(square_image)
     expected = [predictor.predict(np.array([p], np.float32), np.ones(1), box=np.array(b, np.float32),
-                                  multimask_output=False) for p, b in (([20, 12], [14, 8, 36, 26]),
-                                                                       ([5, 35], [0, 28, 10, 40]))]
+                                  multimask_output=False) for p, b in (([20, 12], [14, 8, 35, 25]),
+                                                                       ([5, 35], [0, 28, 9, 39]))]
     np.testing.assert_array_equal(mask, expected[0][0][0] | expected[1][0][0])
     assert score == pytest.approx(np.mean([np.clip(e[1][0], 0, 1) for e in expected]))
 
@@ -226,7 +242,9 @@ def test_sam_takes_a_dense_map_in_its_low_resolution_frame(square_image):
 
 def test_an_empty_prompt_set_costs_sam_no_encoding(square_image):
     sam = TinySam()
-    masks = sam.segment(square_image, [Prompts(*NONE), box_prompts()])
+    nothing = Prompts(*NONE, dense=np.full((40, 48), -3.0, np.float32))  # a dense map marking no foreground
+    assert nothing.empty and not Prompts(*NONE, dense=np.full((40, 48), 0.5, np.float32)).empty
+    masks = sam.segment(square_image, [Prompts(*NONE), box_prompts(), nothing])
     assert not any(mask.any() for mask in masks) and sam._model is None
 
 

@@ -92,8 +92,10 @@ class Prompts:
 
     @property
     def empty(self) -> bool:
-        """Whether nothing marks an object: no foreground point, no box and no dense map."""
-        return not len(self.positive) and "boxes" not in self.kinds and self.dense is None
+        """Whether nothing marks an object: no foreground point, no box, and no dense map with a positive
+        (foreground) logit."""
+        return not len(self.positive) and "boxes" not in self.kinds and not (self.dense is not None
+                                                                            and bool((self.dense > 0).any()))
 
     @property
     def positive(self) -> np.ndarray:

@@ -27,7 +27,7 @@ import yaml
 from pydantic import Field
 
 from xaibench.errors import ComponentParamsError, GridError, UserError
-from xaibench.kit.contracts import OPTIONAL, capability
+from xaibench.kit.contracts import OPTIONAL, PROMPT_KINDS, capability
 from xaibench.pipeline.records import component_label
 
 MAX_SEED = 2**32 - 1
@@ -503,28 +503,54 @@ def parse_grid(text: str, path: str = "<grid>", *, registry) -> Grid:
     return grid
 
 
-def _prompt_kinds(kind: str, choice: Choice, registry) -> tuple[str, ...]:
-    """The prompt kinds a seeder gives or a segmenter takes, read off the component built from ``choice``
-    (a kind may depend on its parameters); the contract's default where it does not say."""
-    component = registry.create(kind, choice.name, **choice.params)
-    return tuple(capability(component, "prompt_kinds", kind))
+def _prompt_kinds(kind: str, name: str, params: dict | None, registry) -> tuple[str, ...]:
+    """The prompt kinds a seeder gives or a segmenter takes: its class's ``prompt_kinds`` where that is a
+    tuple, else (a property: kinds that depend on the parameters) those of the component built from
+    ``params`` (None: not built, no kinds known). ``UserError`` where they are not a tuple of
+    ``PROMPT_KINDS`` or the component cannot be built."""
+    factory = registry.get(kind, name).factory
+    kinds = getattr(factory, "prompt_kinds", OPTIONAL[kind]["prompt_kinds"])
+    if not isinstance(kinds, tuple):
+        if params is None:
+            return ()
+        try:
+            kinds = capability(registry.create(kind, name, **params), "prompt_kinds", kind)
+        except Exception as exc:  # a plugin's constructor: say whose, in one line
+            raise UserError(f"{kind[:-1]} {name} could not be built to read its prompt_kinds ({type(exc).__name__}: "
+                            f"{exc})") from None
+    if not isinstance(kinds, tuple) or not kinds or not set(kinds) <= set(PROMPT_KINDS):
+        raise UserError(f"{kind[:-1]} {name} declares prompt_kinds {kinds!r}; declare a tuple of the kinds of prompt "
+                        f"it {'gives' if kind == 'seeders' else 'takes'}, from {PROMPT_KINDS}")
+    return kinds
 
 
 def _prompt_fit(grid: Grid, source: _Source, registry) -> list[str]:
     """A problem for every seeder and segmenter of the grid that are paired (every seeder prompts every
     segmenter) where the seeder gives a kind of prompt the segmenter does not take: never silently ignored."""
     problems = []
-    segmenters = [(j, choice, _prompt_kinds("segmenters", choice, registry))
+
+    def kinds_of(kind, index, choice):
+        try:
+            return _prompt_kinds(kind, choice.name, choice.params, registry)
+        except UserError as exc:
+            problems.append(f"{source.where((kind, index))}: {kind}[{index}]: {exc}")
+            return None
+
+    segmenters = [(j, choice, kinds_of("segmenters", j, choice))
                   for j, spec in enumerate(grid.segmenters) for choice in spec.choices()]
     for i, spec in enumerate(grid.seeders):
         for choice in spec.choices():
-            gives = _prompt_kinds("seeders", choice, registry)
+            gives = kinds_of("seeders", i, choice)
             for j, segmenter, takes in segmenters:
-                missing = [k for k in gives if k not in takes]
+                missing = [k for k in gives or () if takes is not None and k not in takes]
                 if missing:
-                    able = [name for name in registry.names("segmenters") if set(missing) <= set(
-                        kinds if isinstance(kinds := getattr(registry.get("segmenters", name).factory, "prompt_kinds",
-                                                             OPTIONAL["segmenters"]["prompt_kinds"]), tuple) else ())]
+                    able = []
+                    for name in registry.names("segmenters"):
+                        try:
+                            if set(missing) <= set(_prompt_kinds("segmenters", name, None, registry)):
+                                able.append(name)
+                        except UserError:
+                            continue
                     problems.append(
                         f"{source.where(('seeders', i))}: seeders[{i}]: seeder {choice.label} gives {' and '.join(missing)} "
                         f"prompts, which segmenter {segmenter.label} (segmenters[{j}]) does not take (it takes "

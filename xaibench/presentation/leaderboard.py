@@ -378,7 +378,7 @@ NOTE = ("Values are means over seeds with a 95% bootstrap CI over test images in
         "ensemble; McNemar's exact test pools each seed's paired predictions against that seed's baseline. "
         f"α* (val) is the mixing weight chosen per seed on validation accuracy (ties to the larger α), τ* the "
         f"CAM threshold chosen on validation Jaccard; test is never read to choose. max_box_acc is MaxBoxAccV2 "
-        f"as published (its threshold per IoU level chosen on the test images it scores), max_box_acc_val_tau "
+        f"as the paper reports it (its threshold per IoU level chosen on the test images it scores), max_box_acc_val_tau "
         f"the same with them chosen on validation. Chance rows are the random and centre maps on the same test "
         f"images; {BELOW_CHANCE} marks a value no better than the random map's (its lift, metric − random's in "
         f"the metric's better direction, is at most 0).")

@@ -82,7 +82,9 @@ def check_segmenter(segmenter, *, name: str | None = None) -> None:
         shown.append("a box with a point")
     n = len(prompt_sets)
     saliency = [_bump_map() for _ in prompt_sets]
-    before = image.copy(), [(p.points.copy(), p.labels.copy()) for p in prompt_sets], [s.copy() for s in saliency]
+    before = image.copy(), [Prompts(p.points.copy(), p.labels.copy(), None if p.boxes is None else p.boxes.copy(),
+                                    None if p.dense is None else p.dense.copy()) for p in prompt_sets], \
+        [s.copy() for s in saliency]
     extra = {"saliency": saliency} if uses_saliency else {}
     call = (f"segment(image uint8 ({HEIGHT}, {WIDTH}, 3), [{', '.join(shown)}]"
             + (f", saliency=[{n} maps])" if uses_saliency else ")"))
@@ -95,8 +97,7 @@ def check_segmenter(segmenter, *, name: str | None = None) -> None:
             "make segmentation deterministic (seed any randomness)")
     empty = _call(label, "segment(image, [])", segmenter.segment, image, [], **({"saliency": []} if extra else {}))
     _expect(list(empty) == [], label, f"segment(image, []) returned {empty!r}", "return [] for no prompt sets")
-    _expect(np.array_equal(image, before[0]) and all(np.array_equal(p.points, a) and np.array_equal(p.labels, b)
-                                                     for p, (a, b) in zip(prompt_sets, before[1]))
+    _expect(np.array_equal(image, before[0]) and all(_same_prompts(p, kept) for p, kept in zip(prompt_sets, before[1]))
             and all(np.array_equal(s, b) for s, b in zip(saliency, before[2])), label,
             f"{call} modified its inputs", "never write into the image, the prompts or the maps")
     if hasattr(segmenter, "segment_with_scores"):
