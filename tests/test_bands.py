@@ -255,12 +255,12 @@ KNOWN_ANSWER = """\
 name: known-answer
 seeds: [0]
 datasets:
-  - {name: synthetic, bands: rgbn, hide_in_rgb: true, spurious: 0.0, n_train: 96, n_val: 0, n_test: 64, image_size: 40}
-  - {name: synthetic, bands: rgb, hide_in_rgb: true, spurious: 0.0, n_train: 96, n_val: 0, n_test: 64, image_size: 40}
-backbones: [{name: resnet18, target_layer: layer3}]
+  - {name: synthetic, bands: rgbn, hide_in_rgb: true, spurious: 0.0, n_train: 96, n_val: 0, n_test: 128, image_size: 40}
+  - {name: synthetic, bands: rgb, hide_in_rgb: true, spurious: 0.0, n_train: 96, n_val: 0, n_test: 128, image_size: 40}
+backbones: [{name: timm, params: {name: test_resnet}}]
 masks: []
 explainers: [gradcam]
-train: {epochs: 8, batch_size: 16, lr: 0.001}
+train: {epochs: 8, batch_size: 16, lr: 0.003}
 protocol: {faithfulness_steps: 0}
 """
 
@@ -270,10 +270,10 @@ seeds: [0]
 datasets:
   - {name: folder, root: geotiffs, image_size: 40, scale: [0, 10000]}
   - {name: folder, root: geotiffs, image_size: 40, scale: [0, 10000], bands: [1, 2, 3]}
-backbones: [{name: resnet18, target_layer: layer3}]
+backbones: [{name: timm, params: {name: test_resnet}}]
 masks: []
 explainers: [gradcam]
-train: {epochs: 5, batch_size: 16, lr: 0.001}
+train: {epochs: 12, batch_size: 16, lr: 0.003}
 protocol: {faithfulness_steps: 0}
 """
 
@@ -320,7 +320,7 @@ def test_crowns_only_in_near_infrared_are_learnt_from_four_bands_and_not_from_th
     assert four["accuracy"] >= 0.85, four.to_dict()
     assert abs(three["accuracy"] - 0.5) <= 0.15, three.to_dict()
     # Grad-CAM of the four-band model finds crowns that are visible in near-infrared only
-    assert four["jaccard"] > four["random_jaccard"] + 0.05, four.to_dict()
+    assert four["jaccard"] > 1.5 * four["random_jaccard"], four.to_dict()
 
 
 def test_a_16_bit_geotiff_folder_whose_class_shows_in_band_4_alone_is_learnt_from_its_four_bands(registry, write_grid,
@@ -332,7 +332,7 @@ def test_a_16_bit_geotiff_folder_whose_class_shows_in_band_4_alone_is_learnt_fro
     four, three = four_and_three(pd.read_csv(out / "leaderboard.csv"), "bands=[1, 2, 3]")
     assert four["accuracy"] >= 0.85, four.to_dict()
     assert abs(three["accuracy"] - 0.5) <= 0.15, three.to_dict()
-    assert four["jaccard"] > four["random_jaccard"] + 0.05, four.to_dict()
+    assert four["jaccard"] > 1.5 * four["random_jaccard"], four.to_dict()
 
 
 def test_data_info_and_audit_report_per_band_statistics(registry, capsys, tmp_path):
