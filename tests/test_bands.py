@@ -3,6 +3,7 @@ explainers get all of them, segmenters and figures get the colour composite, and
 RGB fails its cells on other bands rather than being given three of them."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -306,33 +307,29 @@ def write_nir_geotiffs(root, n_train=32, n_test=24, size=40):
                     dst.descriptions = NAMES
 
 
-def four_and_three(table: pd.DataFrame, three: str):
-    """The rows of the four-band and of the three-band dataset of a two-dataset run."""
+def assert_learnt_from_four_bands_only(grid: Path, out: Path, three: str) -> None:
+    """Run ``grid``, two datasets of the same images, and hold its four-band model to learning the task (with
+    Grad-CAM on the crowns) and its three-band one (the dataset whose label holds ``three``) to chance."""
+    assert main(["run", "--grid", str(grid), "--out", str(out), "--quiet"]) == 0
+    table = pd.read_csv(out / "leaderboard.csv")
     rows = {three in dataset: row for dataset, row in ((r["dataset"], r) for _, r in table.iterrows())}
     assert len(table) == 2 and set(table["status"]) == {"done"} and set(rows) == {True, False}
-    return rows[False], rows[True]
+    four, three_bands = rows[False], rows[True]
+    assert four["accuracy"] >= 0.85, four.to_dict()
+    assert abs(three_bands["accuracy"] - 0.5) <= 0.15, three_bands.to_dict()
+    # Grad-CAM of the four-band model finds crowns that are visible in near-infrared only
+    assert four["jaccard"] > 1.5 * four["random_jaccard"], four.to_dict()
 
 
 def test_crowns_only_in_near_infrared_are_learnt_from_four_bands_and_not_from_three(registry, write_grid, tmp_path):
-    out = tmp_path / "run"
-    assert main(["run", "--grid", str(write_grid(KNOWN_ANSWER)), "--out", str(out), "--quiet"]) == 0
-    four, three = four_and_three(pd.read_csv(out / "leaderboard.csv"), "bands=rgb,")
-    assert four["accuracy"] >= 0.85, four.to_dict()
-    assert abs(three["accuracy"] - 0.5) <= 0.15, three.to_dict()
-    # Grad-CAM of the four-band model finds crowns that are visible in near-infrared only
-    assert four["jaccard"] > 1.5 * four["random_jaccard"], four.to_dict()
+    assert_learnt_from_four_bands_only(write_grid(KNOWN_ANSWER), tmp_path / "run", "bands=rgb,")
 
 
 def test_a_16_bit_geotiff_folder_whose_class_shows_in_band_4_alone_is_learnt_from_its_four_bands(registry, write_grid,
                                                                                                  tmp_path):
     pytest.importorskip("rasterio")
     write_nir_geotiffs(tmp_path / "geotiffs")
-    out = tmp_path / "run"
-    assert main(["run", "--grid", str(write_grid(GEOTIFFS)), "--out", str(out), "--quiet"]) == 0
-    four, three = four_and_three(pd.read_csv(out / "leaderboard.csv"), "bands=[1, 2, 3]")
-    assert four["accuracy"] >= 0.85, four.to_dict()
-    assert abs(three["accuracy"] - 0.5) <= 0.15, three.to_dict()
-    assert four["jaccard"] > 1.5 * four["random_jaccard"], four.to_dict()
+    assert_learnt_from_four_bands_only(write_grid(GEOTIFFS), tmp_path / "run", "bands=[1, 2, 3]")
 
 
 def test_data_info_and_audit_report_per_band_statistics(registry, capsys, tmp_path):

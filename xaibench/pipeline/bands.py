@@ -37,8 +37,11 @@ def statistics(images, *, chunk: int = 16) -> dict[str, np.ndarray]:
         empty = np.full(channels, np.nan)
         return {name: empty.copy() for name in ("mean", "std", "median", "min", "max")}
     rows = chosen(shape[0])
-    blocks = lambda: (np.asarray(images[rows[i:i + chunk]]).reshape(-1, channels)  # noqa: E731
-                      for i in range(0, len(rows), chunk))
+
+    def blocks():  # the chosen images' pixels (n, C), a chunk of images at a time; read again for a float median
+        for i in range(0, len(rows), chunk):
+            yield np.asarray(images[rows[i:i + chunk]]).reshape(-1, channels)
+
     integer = np.dtype(images.dtype) == np.uint8
     bins = 256 if integer else FLOAT_BINS
     counts = np.zeros((channels, bins), np.int64)
