@@ -129,7 +129,7 @@ def sam_seeders_ratio(tmp: Path) -> dict:
 
     from xaibench import hookimpl
     from xaibench.kit.registry import Registry
-    from xaibench_plugins.segmenters import SamSegmenter
+    from xaibench_plugins.sam import SamSegmenter
 
     class TinySam(SamSegmenter):
         def check(self):

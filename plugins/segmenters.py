@@ -1,9 +1,10 @@
-"""Prompted segmenters: the random walker, marker watershed, GrabCut, Segment Anything (SAM), and
-``cam-threshold``, the thresholded saliency map itself: the floor every segmenter must beat.
+"""Prompted segmenters without learned weights: the random walker, marker watershed, GrabCut, and
+``cam-threshold``, the thresholded saliency map itself: the floor every segmenter must beat. (Segment
+Anything's families are in ``sam``.)
 
 The classical segmenters take points, boxes and dense prompts (``prompt_kinds``): they turn prompts into a
-marker image (``seed_markers``) and grow the foreground marker over the image. SAM takes points, boxes and a dense mask
-prompt directly; ``cam-threshold`` ignores the prompts, so it takes every kind.
+marker image (``seed_markers``) and grow the foreground marker over the image; ``cam-threshold`` ignores the
+prompts, so it takes every kind.
 
 Optional contract: a segmenter class with ``uses_saliency = True`` is called as
 ``segment(image, prompts, *, saliency)``, with ``saliency`` a list of float32 (H, W) maps in [0, 1], one
@@ -12,27 +13,17 @@ per prompt set (the map the prompts were seeded from).
 
 from __future__ import annotations
 
-import pickle
 import warnings
-from pathlib import Path
-from typing import Annotated, Literal, Sequence
+from typing import Annotated, Sequence
 
 import numpy as np
 from pydantic import Field
 
-from xaibench.errors import UserError
 from xaibench.kit.contracts import Prompts
 from xaibench.kit.hookspecs import hookimpl
 from xaibench.pipeline.metrics import binarise
-from xaibench.pipeline.training import resolve_device
 
 UNLABELLED, FOREGROUND, BACKGROUND = 0, 1, 2
-
-SAM_CHECKPOINT_URLS = {
-    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-}
 
 
 # -- markers ----------------------------------------------------------------------------------------
@@ -300,204 +291,9 @@ class CamThreshold:
         return masks
 
 
-# -- Segment Anything -------------------------------------------------------------------------------
-
-
-def _pixel_corners(box: np.ndarray) -> np.ndarray:
-    """A box in pixel edges (x0, y0, x1, y1; a one-pixel box at column c is (c, ., c + 1, .)) as SAM reads
-    boxes: the first and last pixels' indices (it shifts each corner to its pixel's centre)."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    return np.array([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], dtype=np.float32)
-
-
-
-class SamSegmenter:
-    """Segment Anything (Kirillov et al. 2023) prompted with points, boxes and a dense mask prompt.
-
-    ``segment(image, prompts) -> list[np.ndarray]``: ``image`` uint8 (H, W, 3) RGB; one bool (H, W)
-    mask per prompt set. The image embedding is computed once per call and shared by all prompt sets;
-    each set's prompts go to ``SamPredictor.predict``: its points (positive and negative), its dense map
-    (image-size logits, resized into SAM's 256 × 256 low-resolution frame as SAM's own resize and padding
-    place the image; the padding gets the map's minimum) as ``mask_input``, and its boxes one at a time
-    (their pixel edges as the first and last pixels' indices, the corners SAM reads), each with the points
-    inside it (every point where there is no box), the masks of a set's boxes united. A dense map alone is a
-    weak prompt for SAM (it was trained to refine its own masks with it): give points or boxes beside it. With ``multimask`` "best", "largest" or "union" SAM returns three candidate masks and the one
-    with the highest predicted IoU, the one with the most pixels, or their union is kept; "single" asks
-    SAM for one mask. A prompt set marking no foreground (no positive point, box or positive dense logit)
-    gives an all-False mask.
-
-    ``checkpoint``: path to the official weights of ``model_type`` (see ``SAM_CHECKPOINT_URLS``). The
-    model is loaded on the first ``segment`` call, on ``device`` ("auto": CUDA when available, else
-    CPU), and kept; it is not pickled with the segmenter, so each worker process loads its own."""
-
-    path_params = ("checkpoint",)  # a relative path in a grid is read from the grid file's folder
-    prompt_kinds = ("points", "boxes", "dense")
-
-    def __init__(
-        self,
-        *,
-        checkpoint: str | None = None,
-        model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b",
-        multimask: Literal["best", "largest", "union", "single"] = "best",
-        device: str = "auto",
-    ):
-        self.checkpoint = checkpoint
-        self.model_type = model_type
-        self.multimask = multimask
-        self.device = device
-        self._model = None
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_model"] = None
-        return state
-
-    def segment(self, image: np.ndarray, prompts: Sequence[Prompts]) -> list[np.ndarray]:
-        return self.segment_with_scores(image, prompts)[0]
-
-    def segment_with_scores(self, image: np.ndarray, prompts: Sequence[Prompts]) -> tuple[list[np.ndarray], list[float]]:
-        """``segment``'s masks and, per mask, SAM's predicted IoU clipped to [0, 1] (the mean of the
-        candidates' for "union", and of the boxes' for several boxes; NaN for an empty prompt set, whose
-        mask is empty)."""
-        image = np.ascontiguousarray(_check_image(image))
-        prompts = list(prompts)
-        shape = image.shape[:2]
-        masks = [np.zeros(shape, dtype=bool) for _ in prompts]
-        scores = [float("nan")] * len(prompts)
-        if all(prompt_set.empty for prompt_set in prompts):
-            return masks, scores
-
-        from segment_anything import SamPredictor
-
-        predictor = SamPredictor(self._loaded_model())
-        predictor.set_image(image)
-        for i, prompt_set in enumerate(prompts):
-            if prompt_set.empty:
-                continue
-            mask_input = None if prompt_set.dense is None else self._low_resolution(predictor, prompt_set.dense)
-            boxes = prompt_set.boxes if "boxes" in prompt_set.kinds else [None]
-            found = []
-            for box in boxes:
-                inside = np.ones(len(prompt_set.labels), dtype=bool) if box is None else (
-                    (prompt_set.points[:, 0] >= box[0]) & (prompt_set.points[:, 0] < box[2])
-                    & (prompt_set.points[:, 1] >= box[1]) & (prompt_set.points[:, 1] < box[3]))
-                candidates, predicted_iou, _ = predictor.predict(
-                    point_coords=prompt_set.points[inside] if inside.any() else None,
-                    point_labels=prompt_set.labels[inside] if inside.any() else None,
-                    box=None if box is None else _pixel_corners(box),
-                    mask_input=mask_input,
-                    multimask_output=self.multimask != "single",
-                )
-                found.append(self._choose(np.asarray(candidates, dtype=bool), np.asarray(predicted_iou)))
-            masks[i] = np.logical_or.reduce([mask for mask, _ in found])
-            scores[i] = float(np.mean([score for _, score in found]))
-        return masks, scores
-
-    @staticmethod
-    def _low_resolution(predictor, dense: np.ndarray) -> np.ndarray:
-        """float32 (1, 256, 256): image-size logits ``dense`` (H, W) where SAM's low-resolution mask frame
-        holds the image (resized so its longer side fills the frame, then padded right and below)."""
-        import torch
-
-        side = predictor.model.prompt_encoder.mask_input_size[0]
-        height, width = dense.shape
-        scale = side / max(height, width)
-        inner = (int(height * scale + 0.5), int(width * scale + 0.5))
-        resized = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(dense))[None, None], inner,
-                                                  mode="bilinear", align_corners=False)[0, 0]
-        frame = torch.full((1, side, side), float(dense.min()))
-        frame[0, : inner[0], : inner[1]] = resized
-        return frame.numpy()
-
-    def _choose(self, candidates: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, float]:
-        """One (H, W) mask from SAM's (C, H, W) candidates by the ``multimask`` policy, and its score."""
-        scores = np.clip(scores.astype(np.float64), 0.0, 1.0)
-        if self.multimask == "union":
-            return candidates.any(axis=0), float(scores.mean())
-        if self.multimask == "best":
-            pick = int(np.argmax(scores))
-        elif self.multimask == "largest":
-            pick = int(np.argmax(candidates.sum(axis=(1, 2))))
-        else:
-            pick = 0
-        return candidates[pick], float(scores[pick])
-
-    def _loaded_model(self):
-        if self._model is None:
-            model = self._build_model()
-            model.to(self._resolve_device())
-            model.eval()
-            self._model = model
-        return self._model
-
-    def _resolve_device(self) -> str:
-        return resolve_device(self.device, what="sam parameter device")
-
-    def check(self) -> Path:
-        """The checkpoint's path; a ``UserError`` saying where to get it if it is unset or missing.
-
-        Called before a run starts, so a missing checkpoint stops the run before anything is written."""
-        url = SAM_CHECKPOINT_URLS[self.model_type]
-        download = (
-            f"Download the official {self.model_type} weights from {url} (other sizes: "
-            f"{', '.join(u for t, u in SAM_CHECKPOINT_URLS.items() if t != self.model_type)}) and set "
-            f"the sam parameter 'checkpoint' to the file's path"
-        )
-        if self.checkpoint is None:
-            raise UserError(f"sam: parameter 'checkpoint' is not set. {download}.")
-        path = Path(self.checkpoint).expanduser()
-        if path.is_dir():
-            raise UserError(f"sam: checkpoint {str(path)!r} (parameter 'checkpoint') is a folder, not a file. "
-                            f"{download}.")
-        if not path.is_file():
-            raise UserError(
-                f"sam: checkpoint file {str(path)!r} (parameter 'checkpoint') does not exist. {download}."
-            )
-        self._check_file(path, download)
-        return path
-
-    def _check_file(self, path: Path, download: str) -> None:
-        """The checkpoint loads as tensors only (memory-mapped: cheap) and holds a SAM image encoder of
-        ``model_type``'s width; otherwise a ``UserError`` naming the file and what is wrong."""
-        import torch
-
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:  # truncated, garbage, not a torch file, or a pickle of code
-            raise UserError(f"sam: checkpoint {str(path)!r} cannot be read as tensors ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}); it is truncated, damaged or not a SAM "
-                            f"checkpoint. {download}.") from None
-        embed = state.get("image_encoder.patch_embed.proj.weight") if isinstance(state, dict) else None
-        if embed is None:
-            raise UserError(f"sam: checkpoint {str(path)!r} holds no SAM image encoder (no "
-                            f"'image_encoder.patch_embed.proj.weight'); it is not a SAM checkpoint. {download}.")
-        width = {"vit_b": 768, "vit_l": 1024, "vit_h": 1280}.get(self.model_type)
-        if width is not None and embed.shape[0] != width:
-            found = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}.get(int(embed.shape[0]), f"width {embed.shape[0]}")
-            raise UserError(f"sam: checkpoint {str(path)!r} is a {found} model, not model_type {self.model_type!r}; "
-                            f"set model_type to match it")
-
-    def _build_model(self):
-        """The SAM model of ``model_type`` with the weights in ``checkpoint`` (a ``torch.nn.Module``)."""
-        path = self.check()
-        url = SAM_CHECKPOINT_URLS[self.model_type]
-
-        from segment_anything import sam_model_registry
-
-        try:
-            return sam_model_registry[self.model_type](checkpoint=str(path))
-        except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
-            raise UserError(
-                f"sam: checkpoint {str(path)!r} could not be loaded as model_type {self.model_type!r}: "
-                f"{type(exc).__name__}: {exc}. Check that 'model_type' matches the checkpoint; the "
-                f"official {self.model_type} checkpoint is {url}"
-            ) from None
-
-
 @hookimpl
 def register_segmenters(register):
     register("random-walker", RandomWalkerSegmenter)
     register("watershed", WatershedSegmenter)
-    register("sam", SamSegmenter)
     register("grabcut", GrabCutSegmenter)
     register("cam-threshold", CamThreshold)

@@ -1,8 +1,8 @@
 """Every registered component of every kind against ``xaibench.kit.testing``'s conformance checks, and those
 checks against components that break the contract (each must be caught, with a message saying what to fix).
 
-Built-ins run with small parameters (tiny inputs, 32-pixel images). ``sam`` runs with a tiny randomly
-initialised SAM; datasets that need data on disk are skipped unless their ``check()`` passes."""
+Built-ins run with small parameters (tiny inputs, 32-pixel images). ``sam``, ``sam-hq`` and ``sam2`` run with
+tiny randomly initialised models; datasets that need data on disk are skipped unless their ``check()`` passes."""
 
 from __future__ import annotations
 
@@ -65,6 +65,11 @@ def test_every_registered_component_keeps_its_contract(kind, name):
     params = SMALL.get((kind, name), {})
     if (kind, name) == ("segmenters", "sam"):
         testing.check_segmenter(tiny_sam_segmenter(INSTALLED.get(kind, name).factory), name="segmenter 'sam' (tiny)")
+        return
+    if (kind, name) in {("segmenters", "sam-hq"), ("segmenters", "sam2")}:
+        from tests.sam_models import TinySam2, TinySamHq
+
+        testing.check_segmenter(TinySamHq() if name == "sam-hq" else TinySam2(), name=f"segmenter {name!r} (tiny)")
         return
     if (kind, name) == ("explainers", "attention-rollout"):  # token models only: a tiny timm ViT
         net = tiny_vit()

@@ -239,8 +239,8 @@ def test_an_unusable_weights_file_is_one_error_line_naming_it(run, tmp_path, kin
     ("truncated", "cannot be read as tensors"),
     ("garbage", "cannot be read as tensors"),
     ("pickle-of-code", "cannot be read as tensors"),
-    ("foreign", "holds no SAM image encoder"),
-    ("wrong-size", "is a vit_l model, not model_type 'vit_b'"),
+    ("foreign", "holds no Segment Anything image encoder"),
+    ("wrong-size", "is a SAM vit_l model, not a SAM vit_b model (model_type 'vit_b'); set model_type to 'vit_l'"),
 ])
 def test_an_unusable_sam_checkpoint_is_one_error_line_naming_it(run, tmp_path, kind, problem):
     import torch

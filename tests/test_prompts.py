@@ -16,7 +16,7 @@ from xaibench.kit.contracts import Prompts, validate_prompt_sets
 from xaibench.kit.registry import get_registry
 from xaibench.pipeline.artifacts import pack_prompts, prompts_at
 from xaibench.pipeline.grid import parse_grid
-from xaibench_plugins.segmenters import SamSegmenter
+from xaibench_plugins.sam import SamSegmenter
 
 NONE = np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
 
@@ -124,7 +124,7 @@ def test_a_seeder_giving_prompts_a_segmenter_does_not_take_is_refused_naming_bot
     assert message.count("does not take") == 1  # random-walker takes dense maps; top-k's points go everywhere
     with pytest.raises(GridError, match="seeder boxes\\(points=True\\) gives boxes prompts, which segmenter discs "
                                         "\\(segmenters\\[0\\]\\) does not take \\(it takes points\\); pair them "
-                                        "with segmenters that take boxes \\(cam-threshold, grabcut, random-walker, sam, "
+                                        "with segmenters that take boxes \\(cam-threshold, grabcut, random-walker, sam, sam-hq, sam2, "
                                         "watershed\\)"):
         parse_grid(grid("[{name: boxes, points: true}]", "[discs]"), "g.yaml", registry=registry)
     class Muddled:
