@@ -214,6 +214,31 @@ def test_sam_hq_embeds_once_keeps_sams_frame_and_passes_hq_token_only(image):
     assert frame.shape == (1, 1, 16, 16) and (frame[0, 0, 8:] == frame.min()).all() and frame[0, 0, :8].max() > 0
 
 
+@pytest.mark.parametrize("make", [TinySam2, TinySamHq], ids=["sam2", "sam-hq"])
+def test_a_dense_map_goes_back_to_the_frame_cell_the_models_own_output_came_from(make):
+    """A smooth blob of logits in the model's low-resolution frame, taken to image size by the package's own
+    post-processing (how its predicted masks reach the image) and brought back by ``_low_resolution``, is
+    where it was: the frame's geometry (SAM 2 stretched, SAM padded) is the package's, not assumed."""
+    segmenter = make()
+    model = segmenter._loaded_model()
+    side = segmenter._mask_frame()
+    rows, cols = np.mgrid[:side, :side]
+    blob = 16 * np.exp(-((rows - 0.22 * side) ** 2 + (cols - 0.6 * side) ** 2) / (2 * (side / 8) ** 2)) - 8
+    frame = torch.from_numpy(blob.astype(np.float32))[None, None]
+    height, width = 48, 96
+    if make is TinySam2:
+        dense = segmenter._predictor(model)._transforms.postprocess_masks(frame, (height, width))
+        inside = np.s_[:, :]
+    else:
+        from segment_anything_hq.utils.transforms import ResizeLongestSide
+
+        resized = ResizeLongestSide.get_preprocess_shape(height, width, model.image_encoder.img_size)
+        dense = model.postprocess_masks(frame, resized, (height, width))
+        inside = np.s_[: side * height // width, :]  # below the image, the frame holds padding
+    back = segmenter._low_resolution(dense[0, 0].numpy())[0]
+    assert np.abs(back[inside] - blob[inside]).max() < 1.6  # a tenth of the blob's height: resampling only
+
+
 # -- through xaibench run, with the official architectures --------------------------------------------------------
 
 
