@@ -281,3 +281,20 @@ def test_the_segment_anything_lines_shipped_in_the_prompts_grid_are_valid(regist
                        ("sam2", "sam2.1_hiera_tiny.pt")):
         assert f"{name}: checkpoint file {str(tmp_path / 'path' / 'to' / file)!r} (parameter 'checkpoint') " \
                f"does not exist" in err, err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", ["sam-hq", "sam2"])
+def test_sam_hq_and_sam2_on_cuda_give_the_cpus_masks(family, checkpoints, image):
+    """The smallest official architectures on CUDA and on the CPU, from one checkpoint: the same masks up to
+    pixels on a mask's edge (float rounding), and the same predicted IoU to 1e-3."""
+    hq, sam2 = checkpoints
+    make = (lambda device: SamHqSegmenter(checkpoint=str(hq), model_type="vit_tiny", device=device)) \
+        if family == "sam-hq" else (lambda device: Sam2Segmenter(checkpoint=str(sam2), device=device))
+    cpu_masks, cpu_scores = make("cpu").segment_with_scores(image, prompt_sets())
+    cuda_masks, cuda_scores = make("cuda").segment_with_scores(image, prompt_sets())
+    for on_cpu, on_cuda in zip(cpu_masks, cuda_masks):
+        union = (on_cpu | on_cuda).sum()
+        assert union == 0 or (on_cpu & on_cuda).sum() / union > 0.99
+    np.testing.assert_allclose(cuda_scores, cpu_scores, atol=1e-3)
