@@ -13,9 +13,10 @@ import importlib.util
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Annotated, Literal, Sequence
 
 import numpy as np
+from pydantic import BeforeValidator
 
 from xaibench.errors import UserError
 from xaibench.kit.contracts import Prompts
@@ -412,6 +413,11 @@ class SamHqSegmenter(SamSegmenter):
         return predictor.predict(**prompts, hq_token_only=self.hq_token_only)
 
 
+def _version_text(value):
+    """SAM 2's version as text: YAML reads ``version: 2.1`` as a number."""
+    return f"{value:.1f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
 class Sam2Segmenter(_SegmentAnything):
     """SAM 2 (Ravi et al. 2024) on single images, from the ``sam2`` package: prompted like ``sam`` (points,
     boxes, a dense mask, the same ``multimask`` policies). SAM 2 stretches the image to its square input,
@@ -430,7 +436,7 @@ class Sam2Segmenter(_SegmentAnything):
         *,
         checkpoint: str | None = None,
         model: Literal["hiera_tiny", "hiera_small", "hiera_base_plus", "hiera_large"] = "hiera_tiny",
-        version: Literal["2.1", "2.0"] = "2.1",
+        version: Annotated[Literal["2.1", "2.0"], BeforeValidator(_version_text)] = "2.1",
         multimask: Literal["best", "largest", "union", "single"] = "best",
         device: str = "auto",
     ):

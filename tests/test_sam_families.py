@@ -113,7 +113,7 @@ def test_a_checkpoint_of_another_family_or_size_is_one_error_line_before_the_run
 @pytest.mark.parametrize("segmenter, message", [
     ("{name: sam2}", "sam2: parameter 'checkpoint' is not set. Download the official SAM 2.1 hiera_tiny weights "
                      "from https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt"),
-    ("{name: sam2, version: '2.0', model: hiera_large}",
+    ("{name: sam2, version: 2.0, model: hiera_large}",  # YAML reads 2.0 as a number
      "Download the official SAM 2.0 hiera_large weights from "
      "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_large.pt"),
     ("{name: sam-hq, model_type: vit_tiny}", "Download the official HQ-SAM vit_tiny weights from "
