@@ -114,19 +114,30 @@ def fit(
         first, losses = _resume(checkpoint, model, opt, generator, device)
         if progress is not None:
             progress(first * n)
+    # The host reads nothing from the device within an epoch (no synchronisation per batch): the epoch's
+    # loss sum and its first non-finite step (with that loss and whether the logits were finite) stay on
+    # the device and are read once, at the epoch's end. On CUDA the batches go through pinned memory.
+    pinned = torch.device(device).type == "cuda"
+
+    def put(tensor):
+        return (tensor.pin_memory() if pinned else tensor).to(device, non_blocking=True)
+
     start = last_save = time.perf_counter()
     for epoch in range(first, epochs):
         order = torch.randperm(n, generator=generator)
-        epoch_loss = 0.0
+        epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
+        first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        bad_loss = torch.zeros((), device=device)
+        bad_logits = torch.zeros((), dtype=torch.bool, device=device)
         for step in range(steps_per_epoch):
             index = order[step * batch_size : (step + 1) * batch_size]
             rows = samples[index.numpy()]
-            x = to_tensor(images[rows]).to(device, non_blocking=True)
-            y = torch.from_numpy(labels[rows]).to(device, non_blocking=True)
-            fg = torch.from_numpy(np.asarray(foreground[rows], dtype=bool))[:, None].to(device) \
+            x = put(to_tensor(images[rows]))
+            y = put(torch.from_numpy(labels[rows]))
+            fg = put(torch.from_numpy(np.asarray(foreground[rows], dtype=bool))[:, None]) \
                 if foreground is not None else None
             if augment:
-                codes = torch.randint(0, 8, (len(index),), generator=generator).to(device)
+                codes = put(torch.randint(0, 8, (len(index),), generator=generator))
                 x = _dihedral(x, codes)
                 fg = _dihedral(fg, codes) if fg is not None else None
             try:
@@ -135,11 +146,10 @@ def fit(
                 with autocast:
                     logits = model(x.contiguous(memory_format=memory_format))
                 loss = torch.nn.functional.cross_entropy(logits.float(), y)
-                if not torch.isfinite(loss):
-                    cause = ("the model gave non-finite logits (NaN or inf); if the model is sound, "
-                             if not torch.isfinite(logits).all() else "")
-                    raise StageError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
-                                     f"{cause}lower the learning rate")
+                new_bad = (first_bad < 0) & ~torch.isfinite(loss)
+                first_bad = torch.where(new_bad, step, first_bad)
+                bad_loss = torch.where(new_bad, loss.detach(), bad_loss)
+                bad_logits = torch.where(new_bad, ~torch.isfinite(logits.detach()).all(), bad_logits)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -152,10 +162,15 @@ def fit(
                     f"{steps_per_epoch} with batch_size {batch_size} ({type(exc).__name__}: {detail}); "
                     "lower batch_size in the grid's train/finetune section, or the dataset's image_size"
                 ) from exc
-            epoch_loss += loss.item() * len(index)
+            epoch_loss += loss.detach().double() * len(index)
             if progress is not None:
                 progress(len(index))
-        losses.append(epoch_loss / n)
+        bad_step = int(first_bad)  # the epoch's one read from the device
+        if bad_step >= 0:
+            cause = "the model gave non-finite logits (NaN or inf); if the model is sound, " if bool(bad_logits) else ""
+            raise StageError(f"training loss became {float(bad_loss)} at epoch {epoch + 1}, step {bad_step + 1}: "
+                             f"{cause}lower the learning rate")
+        losses.append(float(epoch_loss) / n)
         if (checkpoint is not None and checkpoint_every and (epoch + 1) % checkpoint_every == 0 and epoch + 1 < epochs
                 and time.perf_counter() - last_save >= checkpoint_seconds):
             _save_checkpoint(checkpoint, model, opt, generator, epoch + 1, losses)
@@ -232,9 +247,10 @@ def predict_logits(model, images: np.ndarray, *, batch_size: int, device: str) -
     import torch
 
     model.to(device).eval()
+    pinned = torch.device(device).type == "cuda"
     out = []
-    with torch.no_grad():
+    with torch.no_grad():  # the logits stay on the device until the last batch: no synchronisation per batch
         for start in range(0, len(images), batch_size):
-            x = to_tensor(images[start : start + batch_size]).to(device)
-            out.append(model(x).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+            x = to_tensor(images[start : start + batch_size])
+            out.append(model((x.pin_memory() if pinned else x).to(device, non_blocking=True)).float())
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), dtype=np.float32)
