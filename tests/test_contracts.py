@@ -32,8 +32,8 @@ protocol: {faithfulness_steps: 0}
 """
 
 
-def grid(datasets="{name: blobs, n: 12}", backbones="resnet18", masks="", ensembles="", explainers="", seeders="",
-         segmenters=""):
+def grid(datasets="{name: blobs, n: 12}", backbones="{name: timm, params: {name: test_resnet}}", masks="", ensembles="",
+         explainers="", seeders="", segmenters=""):
     text = GRID
     for key, value in (("DATASETS", datasets), ("BACKBONES", backbones), ("MASKS", masks), ("ENSEMBLES", ensembles),
                        ("EXPLAINERS", explainers), ("SEEDERS", seeders), ("SEGMENTERS", segmenters)):

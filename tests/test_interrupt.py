@@ -26,6 +26,14 @@ def _command(grid, out):
     return [sys.executable, "-m", "xaibench.commands.cli", "run", "--grid", str(grid), "--out", str(out), "--quiet"]
 
 
+def _run_here(grid, out):
+    """The uninterrupted reference run, in this process: the same results as a run of its own (the
+    executor tests compare bytes across processes too), without another start-up of torch."""
+    from xaibench.commands.cli import main
+
+    assert main(_command(grid, out)[3:]) == 0
+
+
 def _kill_after(grid, out, stages, limit=120):
     process = subprocess.Popen(_command(grid, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + limit
@@ -38,10 +46,10 @@ def _kill_after(grid, out, stages, limit=120):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_gives_identical_results_and_redoes_nothing(write_grid, tmp_path):
+def test_sigkill_then_resume_gives_identical_results_and_redoes_nothing(registry, write_grid, tmp_path):
     grid = write_grid(GRID)
     reference = tmp_path / "reference"
-    subprocess.run(_command(grid, reference), check=True, capture_output=True)
+    _run_here(grid, reference)
 
     out = tmp_path / "interrupted"
     finished = 0
@@ -56,22 +64,24 @@ def test_sigkill_then_resume_gives_identical_results_and_redoes_nothing(write_gr
     assert (out / "leaderboard.csv").read_bytes() == (reference / "leaderboard.csv").read_bytes()
 
 
+# a tiny network, and epochs enough (about 0.2 s each here) that a kill after the first checkpoint lands
+# mid-training
 TRAINING_GRID = """\
 name: long-training
 seeds: [0]
 datasets: [{name: synthetic, n_train: 96, n_val: 0, n_test: 16, image_size: 32}]
-backbones: [resnet18]
-train: {epochs: 5, batch_size: 16, checkpoint_seconds: 0}
+backbones: [{name: timm, params: {name: test_resnet}}]
+train: {epochs: 8, batch_size: 16, checkpoint_seconds: 0}
 """
 
 
 @pytest.mark.slow
-def test_a_training_killed_mid_way_resumes_from_its_last_epoch_and_ends_identical(write_grid, tmp_path):
+def test_a_training_killed_mid_way_resumes_from_its_last_epoch_and_ends_identical(registry, write_grid, tmp_path):
     import json
 
     grid = write_grid(TRAINING_GRID)
     reference = tmp_path / "reference"
-    subprocess.run(_command(grid, reference), check=True, capture_output=True)
+    _run_here(grid, reference)
 
     out = tmp_path / "interrupted"
     process = subprocess.Popen(_command(grid, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -94,7 +104,7 @@ def test_a_training_killed_mid_way_resumes_from_its_last_epoch_and_ends_identica
 
 @pytest.mark.slow
 def test_ctrl_c_stops_removes_the_lock_keeps_the_epoch_and_says_how_to_resume(write_grid, tmp_path):
-    grid = write_grid(TRAINING_GRID.replace("epochs: 5", "epochs: 50"))
+    grid = write_grid(TRAINING_GRID.replace("epochs: 8", "epochs: 50"))
     out = tmp_path / "run"
     command = [sys.executable, "-c", "from xaibench.commands.cli import entry; entry()", *_command(grid, out)[3:]]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -9,11 +9,12 @@ import pytest
 from xaibench import hookimpl
 from xaibench.commands.cli import main
 
+# timm's tiny test_resnet: the loop, not the architecture, is under test
 GRID = """\
 name: tiny-loop
 seeds: {seeds}
 datasets: [{{name: blobs, n: 12}}]
-backbones: [{{name: resnet18, weights: none}}]
+backbones: [{{name: timm, params: {{name: test_resnet}}}}]
 masks: [white]
 ensembles: [{{name: logit-mix, alpha: 0.5}}]
 explainers: [gradcam]

@@ -9,6 +9,7 @@ import pytest
 from xaibench import hookimpl
 from xaibench.commands.cli import main
 
+# timm's tiny test_resnet: these tests are about the pipeline, and resnet18 (its own tests) costs more
 GRID = """\
 name: tiny
 seeds: [0]
@@ -18,7 +19,7 @@ datasets:
     n_val: 0
     n_test: 16
     image_size: 32
-backbones: [resnet18]
+backbones: [{name: timm, params: {name: test_resnet}}]
 masks: [white, blur]
 ensembles:
   - name: logit-mix
@@ -101,7 +102,7 @@ def test_tiny_run_writes_results_and_a_rerun_trains_nothing(run_grid, capsys):
 
     assert first["figures"] == ["figures/fig1_masks_synthetic.png",
                                 "figures/fig2_synthetic_gradcam_top-k_random-walker.png",
-                                "figures/accuracy_vs_alpha_synthetic_resnet18.png"]
+                                "figures/accuracy_vs_alpha_synthetic_timm_name_test_resnet.png"]
     with Image.open(run_grid.out / first["figures"][0]) as fig1:  # raw + 2 masks; 3 annotated tiles
         assert fig1.size == (round(2.2 * 3 * 100), round(2.2 * 3 * 100))
     with Image.open(run_grid.out / first["figures"][1]) as fig2:  # baseline + 2 masks; 4 test tiles
