@@ -31,7 +31,7 @@ NOT_ON_THIS_MACHINE = re.compile(
     r"^(dataset \S+: (the \S+ dataset is not at .* run `xaibench data fetch"
     r"|\S+ root .* does not exist; run: xaibench data prepare)"
     r"|dataset folder\(.*\): the folder dataset root .* does not exist; point root at a folder"
-    r"|segmenter sam\S*: sam: checkpoint file .* does not exist\. Download "
+    r"|segmenter sam\S*: sam(-hq|2)?: checkpoint file .* does not exist\. Download "
     r"|not fetched by a dry run: .* a real run downloads )")
 
 # Shell commands in the README that are not xaibench's, each with why a test does not run it.
