@@ -115,6 +115,23 @@ def test_figures_have_keys_and_shell_safe_names(tmp_path, monkeypatch):
     assert names("fig2_synthetic_top-k(k=3)_sam(checkpoint=a b)").name == "fig2_synthetic_top-k_k_3_sam_checkpoint_a_b.png"
 
 
+def test_fig2_draws_box_prompts_on_their_pixels_and_keys_them(tmp_path, monkeypatch):
+    from matplotlib.patches import Rectangle
+
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, legend=False: saved.append(fig) or path)
+    panel = OverlayPanel(0, "baseline", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.float32),
+                         np.zeros((0, 2)), np.zeros(0, np.int64), None, np.zeros((8, 8), bool),
+                         np.array([[2, 1, 5, 3]], np.float32))  # columns 2-4, rows 1-2
+    figures.fig2_overlays(Overlays("synthetic", ["gradcam", "boxes"], ["gradcam", "boxes"], ["baseline"], [panel]),
+                          tmp_path / "f.png")
+    fig = saved[-1]
+    (box,) = [patch for patch in fig.axes[0].patches if isinstance(patch, Rectangle)]
+    assert box.get_xy() == (1.5, 0.5) and (box.get_width(), box.get_height()) == (3, 2)  # pixel edges, as drawn
+    assert "prompt box" in [t.get_text() for t in fig.legends[0].get_texts()]
+    assert fig.get_figwidth() >= 3 * 2.4  # one column still leaves room for the title, key and colour bar
+
+
 def test_a_rerun_from_the_run_folders_copy_of_a_grid_finds_the_same_files(registry, tmp_path, monkeypatch):
     from xaibench.pipeline.engine import copy_grid
 

@@ -104,7 +104,8 @@ def overlays(plan: Plan, artifacts: Artifacts, *, n_images: int = 4) -> list[Ove
                     panels.append(OverlayPanel(
                         row, column, bands.composite(test["images"][i]), explained["maps"][row].astype(np.float32),
                         prompts.points, prompts.labels,
-                        segmented[row] if segmented is not None else None, test["references"][i]))
+                        segmented[row] if segmented is not None else None, test["references"][i],
+                        prompts.boxes if prompts.boxes is not None else np.zeros((0, 4), np.float32)))
             if panels:
                 out.append(Overlays(chain_cells[0].cell.dataset.name, [c.label for c in chain if c],
                                     [c.name for c in chain if c], list(columns), panels))

@@ -168,6 +168,7 @@ class OverlayPanel:
     labels: np.ndarray  # (N,) 1 foreground, 0 background
     prediction: np.ndarray | None  # bool (H, W)
     truth: np.ndarray  # bool (H, W)
+    boxes: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 4), np.float32))  # (M, 4) pixel edges
 
 
 @dataclasses.dataclass

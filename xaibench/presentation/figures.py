@@ -40,12 +40,12 @@ def short(label: str, width: int = 70) -> str:
     return "\n".join(textwrap.wrap(text, width, break_on_hyphens=False)) or text
 
 
-def _save(fig, path: Path, legend: bool = False) -> Path:
+def _save(fig, path: Path, legend: bool = False, top: float = 0.9) -> Path:
     """Write ``fig`` as PNG; ``legend``: leave room below for a figure legend (and a colour bar, which
-    tight_layout cannot place, so the layout is set by hand)."""
+    tight_layout cannot place, so the layout is set by hand) and above ``top`` for the title."""
     plt = _pyplot()
     if legend:
-        fig.subplots_adjust(left=0.02, right=0.86, top=0.9, bottom=0.08, wspace=0.05, hspace=0.12)
+        fig.subplots_adjust(left=0.02, right=0.86, top=top, bottom=0.08, wspace=0.05, hspace=0.12)
     else:
         fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,9 +91,12 @@ def fig1_masks(examples: MaskExamples, path: Path) -> Path:
 
 def fig2_overlays(overlays: Overlays, path: Path) -> Path:
     plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
     columns = overlays.columns
     rows = max(p.row for p in overlays.panels) + 1
-    fig, axes = plt.subplots(rows, len(columns), figsize=(2.4 * len(columns), 2.4 * rows), squeeze=False)
+    # at least three panels wide, so one or two columns still leave room for the title, key and colour bar
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2.4 * max(len(columns), 3), 2.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -111,15 +114,23 @@ def fig2_overlays(overlays: Overlays, path: Path) -> Path:
             ax.scatter(pos[:, 0], pos[:, 1], marker="*", s=120, c="lime", edgecolors="black", linewidths=0.5)
             if len(neg):
                 ax.scatter(neg[:, 0], neg[:, 1], marker="x", s=50, c="red")
+        for x0, y0, x1, y1 in panel.boxes:  # pixel edges; imshow puts pixel c's centre at c
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="magenta",
+                                   linewidth=1.2, linestyle="--"))
         if panel.row == 0:
             ax.set_title(short(panel.column, 28), fontsize=8)
-    fig.suptitle(short(f"{overlays.dataset} · {' → '.join(overlays.chain)}", 90), fontsize=9)
-    _legend_and_colour_bar(fig, axes, plt)
-    return _save(fig, path, legend=True)
+    title = short(f"{overlays.dataset} · {' → '.join(overlays.chain)}", 90)
+    fig.suptitle(title, fontsize=9)
+    _legend_and_colour_bar(fig, axes, plt, boxes=any(len(panel.boxes) for panel in overlays.panels),
+                           centred=len(columns) < 3)
+    # each further title line (0.16 in at 9 pt) moves the panels down, clear of their column titles
+    return _save(fig, path, legend=True, top=0.9 - 0.16 * title.count("\n") / fig.get_figheight())
 
 
-def _legend_and_colour_bar(fig, axes, plt) -> None:
-    """Fig. 2's key: what the stars, crosses and contours are, and the saliency colour scale."""
+def _legend_and_colour_bar(fig, axes, plt, *, boxes: bool = False, centred: bool = False) -> None:
+    """Fig. 2's key: what the stars, crosses, boxes (where there are box prompts) and contours are, and the
+    saliency colour scale. ``centred``: the panels stay centred in their space (a figure padded out to
+    three panels' width) instead of moving up to the colour bar."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.lines import Line2D
@@ -129,9 +140,11 @@ def _legend_and_colour_bar(fig, axes, plt) -> None:
                Line2D([], [], marker="x", linestyle="", markersize=7, color="red", label="negative point"),
                Line2D([], [], color="yellow", label="predicted mask"),
                Line2D([], [], color="cyan", label="ground truth")]
-    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    if boxes:
+        handles.insert(2, Line2D([], [], color="magenta", linestyle="--", label="prompt box"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes.ravel().tolist(), fraction=0.025,
-                       pad=0.02)
+                       pad=0.02, **({"panchor": False} if centred else {}))
     bar.set_label("saliency (min-max normalised)", fontsize=8)
 
 
