@@ -95,7 +95,7 @@ def test_a_model_whose_interval_reaches_the_majority_share_is_at_chance(tmp_path
 
 def test_figures_have_keys_and_shell_safe_names(tmp_path, monkeypatch):
     saved = []
-    monkeypatch.setattr(figures, "_save", lambda fig, path, legend=False: saved.append(fig) or path)
+    monkeypatch.setattr(figures, "_save", lambda fig, path, **layout: saved.append(fig) or path)
     panel = OverlayPanel(0, "logit-mix(alpha=0.8) white", np.zeros((8, 8, 3), np.uint8),
                          np.random.default_rng(0).random((8, 8)).astype(np.float32), np.array([[2.0, 3.0]]),
                          np.array([1]), np.eye(8, dtype=bool), np.eye(8, dtype=bool))
@@ -119,7 +119,7 @@ def test_fig2_draws_box_prompts_on_their_pixels_and_keys_them(tmp_path, monkeypa
     from matplotlib.patches import Rectangle
 
     saved = []
-    monkeypatch.setattr(figures, "_save", lambda fig, path, legend=False: saved.append(fig) or path)
+    monkeypatch.setattr(figures, "_save", lambda fig, path, **layout: saved.append(fig) or path)
     panel = OverlayPanel(0, "baseline", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.float32),
                          np.zeros((0, 2)), np.zeros(0, np.int64), None, np.zeros((8, 8), bool),
                          np.array([[2, 1, 5, 3]], np.float32))  # columns 2-4, rows 1-2
