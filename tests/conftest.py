@@ -25,6 +25,21 @@ def seeded_random_state():
         yield
 
 
+@pytest.fixture(scope="session")
+def tiny_reference(tmp_path_factory):
+    """The folder of one local, uninterrupted run of ``test_run.GRID`` (the installed plugins), made once:
+    the reference the executor and interrupt tests compare their leaderboards with, byte for byte."""
+    from test_run import GRID
+
+    from xaibench.commands.cli import main
+
+    folder = tmp_path_factory.mktemp("tiny-reference")
+    grid = folder / "grid.yaml"
+    grid.write_text(GRID)
+    assert main(["run", "--grid", str(grid), "--out", str(folder / "run"), "--quiet"]) == 0
+    return folder / "run"
+
+
 @pytest.fixture
 def registry(monkeypatch):
     """A fresh registry of the installed plugins, also used by the CLI for the duration of the test."""

@@ -30,9 +30,8 @@ def test_every_part_runs_at_smoke_size_and_writes_its_numbers(gpu, tmp_path, reg
         assert part in saved and "error" not in saved[part], (part, saved.get(part))
     assert saved["environment"]["device"] == "cpu"
     assert saved["cuda_tests"]["skipped"] == "no CUDA device"
-    for mode in ("fp32", "fp32_channels_last"):
-        row = saved["training"][mode]
-        assert row["xaibench_images_per_s"] > 0 and row["plain_images_per_s"] > 0 and row["xaibench_over_plain"] > 0
+    row = saved["training"]["fp32_channels_last"]  # the one mode of a smoke run
+    assert row["xaibench_images_per_s"] > 0 and row["plain_images_per_s"] > 0 and row["xaibench_over_plain"] > 0
     assert saved["cam"]["gradcam_over_forward"] > 0 and saved["sam"]["embeddings_per_s"] > 0
     assert saved["quickstart"]["exit_code"] == 0  # planned only (--dry-run) at smoke size
     for task in ("paper_binary", "paper_multiclass"):

@@ -46,10 +46,9 @@ def _kill_after(grid, out, stages, limit=120):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_gives_identical_results_and_redoes_nothing(registry, write_grid, tmp_path):
+def test_sigkill_then_resume_gives_identical_results_and_redoes_nothing(tiny_reference, write_grid, tmp_path):
     grid = write_grid(GRID)
-    reference = tmp_path / "reference"
-    _run_here(grid, reference)
+    reference = tiny_reference
 
     out = tmp_path / "interrupted"
     finished = 0
