@@ -22,6 +22,7 @@ from xaibench.errors import UserError
 from xaibench.kit.contracts import Prompts
 from xaibench.kit.hookspecs import hookimpl
 from xaibench.pipeline.training import resolve_device
+from xaibench_plugins.segmenters import _check_image
 
 SAM_CHECKPOINT_URLS = {
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
@@ -96,13 +97,6 @@ def _pixel_corners(box: np.ndarray) -> np.ndarray:
     return np.array([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], dtype=np.float32)
 
 
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
-    return np.ascontiguousarray(image)
-
-
 # -- the shared segmenter ---------------------------------------------------------------------------------
 
 
@@ -136,7 +130,7 @@ class _SegmentAnything:
         """``segment``'s masks and, per mask, the model's predicted IoU clipped to [0, 1] (the mean of the
         candidates' for "union", and of the boxes' for several boxes; NaN for an empty prompt set, whose
         mask is empty)."""
-        image = _check_image(image)
+        image = np.ascontiguousarray(_check_image(image))
         prompts = list(prompts)
         shape = image.shape[:2]
         masks = [np.zeros(shape, dtype=bool) for _ in prompts]
@@ -225,6 +219,10 @@ class _SegmentAnything:
         """The checkpoint's path, once it is found to hold this segmenter's model; otherwise a ``UserError``
         naming the file, what it is, and where to get the right one. Called before a run starts, so a bad
         checkpoint stops the run before anything is written."""
+        return self._checked()[0]
+
+    def _checked(self):
+        """``check``'s path and the checkpoint's contents it read (memory-mapped)."""
         if self.package is not None and importlib.util.find_spec(self.package[0]) is None:
             raise UserError(f"{self.name}: needs the package {self.package[1]!r}, which is not installed: "
                             f"pip install 'xaibench[sam]'")
@@ -237,8 +235,9 @@ class _SegmentAnything:
         if not path.is_file():
             raise UserError(f"{self.name}: checkpoint file {str(path)!r} (parameter 'checkpoint') does not exist. "
                             f"{self._download()}.")
-        self._check_file(path, self._read(path))
-        return path
+        state = self._read(path)
+        self._check_file(path, state)
+        return path, state
 
     def _read(self, path: Path):
         """The checkpoint's contents as tensors only (memory-mapped: cheap), or a ``UserError``."""
@@ -278,8 +277,7 @@ class _SegmentAnything:
     def _build_model(self):
         """The model with the checkpoint's weights, loaded strictly: a parameter missing or left over is a
         ``UserError`` (a partly loaded model would segment with random weights)."""
-        path = self.check()
-        state = self._read(path)
+        path, state = self._checked()  # the checkpoint read once, for its check and its weights
         state = state["model"] if isinstance(state.get("model"), dict) else state
         model = self._architecture()
         try:
