@@ -17,6 +17,7 @@ def ensemble_model(raw, masked, rule):
             super().__init__()
             self.raw = raw
             self.masked = masked
+            self.rule = rule
 
         def forward(self, images):
             return rule(self.raw(images), self.masked(images))

@@ -4,6 +4,7 @@ for what each stage is and how it is keyed, ``xaibench.pipeline.artifacts`` for 
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import dataclasses
 import shutil
@@ -16,15 +17,16 @@ import numpy as np
 
 from xaibench.errors import ComponentError, ContractViolation, StageError, UserError, out_of_space
 from xaibench.kit.contracts import (Bands, apply_ensemble, band_arguments, capability, validate_annotation,
-                                    validate_bands, validate_classes, validate_layers, validate_layout,
-                                    validate_logits, validate_maps, validate_masked, validate_model,
-                                    validate_prompt_sets, validate_sample, validate_segmentation)
+                                    validate_bands, validate_classes, validate_layers, validate_layout, validate_logits,
+                                    validate_maps, validate_masked, validate_model, validate_prompt_sets,
+                                    validate_sample, validate_segmentation)
 from xaibench.kit.models import ensemble_model, layer_name, load_weights, save_weights
 from xaibench.kit.registry import get_registry
 from xaibench.pipeline import faithfulness, sanity, schema
 from xaibench.pipeline.artifacts import (CHUNK, SPLITS, ArrayFolderWriter, Artifacts, map_chunks, pack_prompts,
                                          prompts_at, segmentations)
 from xaibench.pipeline.grid import Choice
+from xaibench.pipeline.memo import Memo, digest
 from xaibench.pipeline.plan import (AcceptSpec, DataSpec, ExplainSpec, FaithfulnessSpec, FinetuneSpec, LogitsSpec,
                                     MixedModel, SanitySpec, SeedsSpec, SegmentSpec, Stage, TrainSpec)
 from xaibench.pipeline.records import StageResult
@@ -42,6 +44,25 @@ def build_untrained(backbone, num_classes: int, bands: Bands):
     return backbone.build(num_classes, **extra)
 
 
+def weightless_copy(template):
+    """A copy of the module ``template`` whose parameters and persistent buffers (everything its
+    ``state_dict`` holds) are allocated but not copied, for a state dict to fill; everything else (the
+    structure, non-persistent buffers) is deep-copied. Tied parameters stay tied. A module with hooks is
+    refused (``TypeError``): a hook's closure would still point into the template."""
+    import torch
+
+    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    if any(getattr(module, name, None) for module in template.modules() for name in hooks):
+        raise TypeError("a module with hooks is built afresh, not copied")
+    memo = {}
+    for tensor in template.state_dict(keep_vars=True).values():
+        if id(tensor) not in memo:
+            empty = torch.empty_like(tensor)
+            memo[id(tensor)] = torch.nn.Parameter(empty, tensor.requires_grad) \
+                if isinstance(tensor, torch.nn.Parameter) else empty
+    return copy.deepcopy(template, memo)
+
+
 class StageRunner:
     """Runs one stage: reads its inputs from the cache, writes its artifact atomically, returns a
     ``StageResult``; it never writes to the SQLite store."""
@@ -54,6 +75,12 @@ class StageRunner:
         self._stage: str | None = None  # the key of the stage running, for its breadcrumb
         self._crumbs: list[str] = []  # the components being called, innermost last
         self._written = ""
+        # Built untrained models by (backbone, classes, data), copied for each load instead of built again:
+        # building initialises every weight at random only for the stage's weights to replace them.
+        self._templates: dict = {}
+        self._segmentations = Memo()  # segmenter calls by their inputs, across this process's stages
+        self._logits_memo = Memo(64 << 20)  # networks' logits on the chance maps' perturbed images
+        self._imputed = Memo()  # ROAD's imputations of the chance maps
 
     def __getstate__(self):
         """Sent to worker processes without the registry (rebuilt there from installed entry points)."""
@@ -157,10 +184,29 @@ class StageRunner:
         bands = self.artifacts.bands(data)
         with self.calling("backbones", backbone_choice, given=f"build({num_classes}, pretrained=False)"), \
                 torch.random.fork_rng():
-            model = build_untrained(backbone, num_classes, bands)
-            validate_model(model)
+            model = self._untrained(backbone, backbone_choice, num_classes, data, bands)
             load_weights(model, self.path("train", key))
         return backbone, model.to(self.device).eval()
+
+    def _untrained(self, backbone, choice: Choice, num_classes: int, data: str, bands: Bands):
+        """A validated untrained model of ``backbone``: a weightless copy of the one built first for the same
+        choice, classes and data (built afresh where the model cannot be deep-copied)."""
+        key = (choice, num_classes, data)
+        template = self._templates.get(key)
+        if template is not None:
+            with contextlib.suppress(Exception):
+                return weightless_copy(template)
+        model = build_untrained(backbone, num_classes, bands)
+        validate_model(model)
+        if key not in self._templates:
+            try:
+                copied = weightless_copy(model)
+            except Exception:  # noqa: BLE001 - a module deepcopy cannot handle: build it each time
+                self._templates[key] = None
+            else:
+                self._templates[key] = model
+                return copied
+        return model
 
     # -- running -------------------------------------------------------------------------------------
     def __call__(self, stage: Stage) -> StageResult:
@@ -435,12 +481,20 @@ class StageRunner:
     def _run_faithfulness(self, stage: Stage):
         """Deletion, insertion and ROAD (``xaibench.pipeline.faithfulness``) of the explanation's maps and, as their
         chance level, of the ``random`` explainer's maps of the same images, each with the true class as
-        target (the class the maps explain)."""
+        target (the class the maps explain). The random maps' perturbed images, and each network's logits on
+        them, are the same in every stage measuring the same images: they are remembered for the process's
+        next such stage (``faithfulness.Probe``, ``faithfulness.RoadImages``)."""
         import torch
 
         spec: FaithfulnessSpec = stage.spec
         explained, test, chosen, index = self._measured(spec)
         model, _ = self._explained_model(spec, len(test["classes"]))
+        ref = spec.model
+        if isinstance(ref, MixedModel):
+            probe = faithfulness.Probe([(ref.raw, model.raw), (ref.masked, model.masked)], model.rule,
+                                       batch_size=spec.batch_size, memo=self._logits_memo)
+        else:
+            probe = faithfulness.Probe([(ref.key, model)], batch_size=spec.batch_size, memo=self._logits_memo)
         chance = self.registry.create("explainers", "random")
         out = {f"{prefix}{name}": np.full(len(index), np.nan) for prefix in ("", "random_")
                for name in schema.names("faithfulness")}
@@ -449,11 +503,14 @@ class StageRunner:
             images = to_tensor(test["images"][index[rows]]).to(self.device)
             targets = torch.from_numpy(test["labels"][index[rows]]).to(self.device)
             maps = np.asarray(explained["maps"][chosen[rows]], dtype=np.float32)
+            random_maps = chance.explain(None, images, targets, target_layers=[])
+            batch = digest("faithfulness", spec.data, index[rows], spec.batch_size)  # these images, in this batch
             with self.calling("backbones", spec.backbone, given=f"{len(images)} perturbed test images"):
-                reference = faithfulness.references(model, images, targets, batch_size=spec.batch_size)
-                for prefix, saliency in (("", maps), ("random_", chance.explain(None, images, targets, target_layers=[]))):
-                    found = faithfulness.scores(model, images, saliency, targets, steps=spec.steps, seed=start,
-                                                batch_size=spec.batch_size, reference=reference)
+                reference = faithfulness.references(probe, images, targets, shared=batch)
+                chance_maps = digest(batch, random_maps)
+                for prefix, saliency, shared in (("", maps, None), ("random_", random_maps, chance_maps)):
+                    found = faithfulness.scores(probe, images, saliency, targets, steps=spec.steps, seed=start,
+                                                reference=reference, shared=shared, memo=self._imputed)
                     for name, values in found.items():
                         out[f"{prefix}{name}"][rows] = values
         save_arrays(self.path("faithfulness", stage.key), index=index, position=chosen, **out)
@@ -534,15 +591,28 @@ class StageRunner:
             given = f"{spec.split} image {str(test['ids'][i])!r} with {len(prompts)} prompt set(s)"
             with self.calling("segmenters", spec.segmenter, given=given):
                 image = bands.composite(test["images"][i])
+            # Another stage of this process may have asked the same already (see ``xaibench.pipeline.memo``).
+            call = digest(spec.segmenter.json, image, [(p.points, p.labels, p.boxes, p.dense) for p in prompts],
+                          extra.get("saliency", [None])[0], scored is not None)
+            remembered = self._segmentations.get(call)
+            if remembered is not None:
+                masks[:, row], confidence = remembered
+                if confidence is not None:
+                    scores[:, row] = confidence
+                continue
+            with self.calling("segmenters", spec.segmenter, given=given):
+                confidence = None
                 if scored is not None:
                     out, confidence = scored(image, prompts, **extra)
                     validate_segmentation(out, len(prompts), height, width, confidence)
-                    scores[:, row] = np.asarray(confidence, dtype=np.float32)
+                    confidence = np.asarray(confidence, dtype=np.float32)
+                    scores[:, row] = confidence
                 else:
                     out = segmenter.segment(image, prompts, **extra)
                     validate_segmentation(out, len(prompts), height, width)
             for j, mask in enumerate(out):
                 masks[j, row] = np.packbits(mask, axis=-1)
+            self._segmentations.put(call, masks[:, row], confidence)
         save_arrays(self.path("segment", stage.key), masks=masks, width=np.int64(width), scores=scores)
         return {"n": int(len(index)), "seeders": len(seeds)}
 
