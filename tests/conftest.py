@@ -7,6 +7,9 @@ import xaibench.kit.registry as registry_module
 from xaibench import hookimpl
 from xaibench.kit.contracts import Sample
 from xaibench.kit.registry import Registry
+from xaibench.pipeline import calibration
+
+TIMED = calibration.calibrate  # the real timing of a dry run (``timed_dry_runs``)
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +26,20 @@ def seeded_random_state():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         yield
+
+
+@pytest.fixture(autouse=True)
+def untimed_dry_runs(monkeypatch):
+    """Dry runs give their cost estimate in forward-pass units only: timing a pass starts torch in a child
+    process, seconds per dry run. The tests of the timing itself request ``timed_dry_runs``."""
+    monkeypatch.setattr(calibration, "calibrate",
+                        lambda request, **kwargs: calibration.Calibration(None, "not timed in the test suite"))
+
+
+@pytest.fixture
+def timed_dry_runs(monkeypatch):
+    """Dry runs time a forward pass in a child process, as outside the tests."""
+    monkeypatch.setattr(calibration, "calibrate", TIMED)
 
 
 @pytest.fixture(scope="session")

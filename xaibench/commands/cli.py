@@ -50,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a grid of experiments (resumes a finished or interrupted run)")
     run.add_argument("--grid", required=True, help="grid YAML file, e.g. grids/quickstart.yaml")
     run.add_argument("--out", help="run directory (default: runs/<grid file name>)")
-    run.add_argument("--dry-run", action="store_true", help="print what would run (cells, stages, trainings), write "
-                                                            "nothing")
+    run.add_argument("--dry-run", action="store_true", help="print what would run (cells, stages, trainings) and an "
+                                                            "estimate of each stage kind's cost, write nothing")
     run.add_argument("--verbose", action="store_true", help="with --dry-run, also list every cell")
     _common_run_options(run)
 

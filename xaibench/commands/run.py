@@ -20,14 +20,16 @@ from xaibench import machine
 from xaibench.commands.outputs import Outputs
 from xaibench.kit.files import atomic_write_text
 from xaibench.kit.registry import get_registry
-from xaibench.pipeline import exhibits, results
+from xaibench.pipeline import calibration, exhibits, results
 from xaibench.pipeline.engine import RunFolder, apply_executor_override, echo_warning, execute
-from xaibench.pipeline.grid import all_choices
+from xaibench.pipeline.estimate import Estimate, estimate_plan, split_sizes
+from xaibench.pipeline.grid import Grid, all_choices
 from xaibench.pipeline.plan import TRAINING_KINDS, Plan, not_fetched_lines, plan_run
 from xaibench.pipeline.records import CellRow, Failure, Status, failure_table
 from xaibench.pipeline.scoring import score_cells, scores_key
 from xaibench.pipeline.stages import peak_memory, reset_peak_memory
 from xaibench.presentation import figures, leaderboard, report
+from xaibench.text import MISSING, text_table
 
 
 def plan_grid(grid_path, registry=None, *, keep_cells: bool = True, fetch: bool = True):
@@ -63,6 +65,75 @@ def describe_plan(grid, plan: Plan, *, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
+def estimate_dry_run(grid: Grid, plan: Plan, registry) -> tuple[Estimate, calibration.Calibration]:
+    """The plan's cost by stage kind and, where it can be timed here, the rates that turn it into seconds."""
+    estimate = estimate_plan(plan, registry)
+    request = calibration.request_for(grid, registry, faithfulness_planned=plan.count("faithfulness") > 0)
+    timed = calibration.calibrate(request) if isinstance(request, calibration.Request) else \
+        calibration.Calibration(None, request)
+    return estimate, timed
+
+
+# Above this share of the estimated cost, the dry run says how to make faithfulness cheaper.
+FAITHFULNESS_HINT_SHARE = 0.5
+
+
+def describe_estimate(estimate: Estimate, timed: calibration.Calibration, grid: Grid, registry) -> list[str]:
+    """The dry run's cost table: per stage kind its stages, forward-pass equivalents, other work, estimated
+    seconds and share of the total, most costly first; the notes on what was not counted; and a hint when
+    faithfulness is most of the cost."""
+    rates = timed.rates
+    passes = [k for k in estimate.kinds if k.work.passes or k.work.solves]
+    calls = [k for k in estimate.kinds if not (k.work.passes or k.work.solves)]
+
+    def cost(kind):
+        return kind.seconds(rates) if rates is not None else kind.work.passes
+
+    passes.sort(key=lambda k: cost(k) or 0, reverse=True)
+    total = sum(cost(k) or 0 for k in passes)
+    share = {k.kind: (cost(k) or 0) / total for k in passes} if total else {}
+    rows = []
+    for k in passes + calls:
+        count = f"{k.work.passes:,}" if k.work.passes or not k.unknown else ""
+        if k.unknown:
+            count += f"{' + ' if count else ''}{k.unknown} unknown"
+        other = f"{k.work.solves:,} ROAD solves" if k.work.solves else (
+            f"{k.work.calls:,} {k.call_unit}" if k.work.calls else "")
+        seconds = k.seconds(rates)
+        rows.append([k.kind, f"{k.stages:,}", count or "0", other, MISSING if seconds is None else f"{seconds:,.0f}",
+                     f"{share[k.kind]:.0%}" if k.kind in share else MISSING])
+    if rates is not None:
+        solve = f", 1 ROAD solve = {rates.solve_s * 1000:.1f} ms" if rates.solve_s is not None else ""
+        head = (f"estimated cost (an estimate from stage counts, not a measurement): ~{total:,.0f} s{_longer(total)} "
+                f"of work on {rates.device} at 1 pass = {rates.pass_s * 1000:.2f} ms{solve} ({rates.timed_on}, "
+                f"untrained)")
+    else:
+        head = (f"estimated cost (an estimate from stage counts, in forward-pass equivalents only, shares of the "
+                f"passes; not timed: {timed.problem})")
+    table = text_table(["stage", "stages", "passes", "other", "est. s", "share"], rows)
+    lines = [head] + ["  " + line for line in table]
+    sizes = {split_sizes(d, registry).image_size for d in all_choices(grid.datasets)}
+    if rates is not None and (len(all_choices(grid.backbones)) > 1 or len(sizes) > 1):
+        lines.append("  note: the grid's other backbones and image sizes are counted at this one's rate")
+    if timed.busy:
+        lines.append(f"  note: {timed.busy}")
+    lines += [f"  note: {note}" for note in estimate.notes]
+    protocol = grid.protocol
+    if share.get("faithfulness", 0) > FAITHFULNESS_HINT_SHARE:
+        lines.append(f"  hint: faithfulness is {share['faithfulness']:.0%} of this estimate; in the grid's protocol, "
+                     f"faithfulness_images (now {protocol.faithfulness_images or 'all'}, images per explanation) and "
+                     f"faithfulness_steps (now {protocol.faithfulness_steps}) cut it about in proportion, and "
+                     f"faithfulness_steps: 0 measures none")
+    return lines
+
+
+def _longer(seconds: float) -> str:
+    """`` (~N min)`` or `` (~N.N h)`` for a duration long enough to read better so, else nothing."""
+    if seconds >= 3600:
+        return f" (~{seconds / 3600:.1f} h)"
+    return f" (~{seconds / 60:.0f} min)" if seconds >= 120 else ""
+
+
 def failure_summary(plan: Plan, rows: list[CellRow], failed: dict[str, Failure]) -> list[dict]:
     """Each distinct failure behind the failed cells (stage, component, message) with how many cells it
     failed, most first."""
@@ -73,8 +144,9 @@ def failure_summary(plan: Plan, rows: list[CellRow], failed: dict[str, Failure])
 @dataclasses.dataclass(frozen=True)
 class RunResult:
     """What ``run`` returns. ``info``: the run's summary, as written to ``run.json`` (a dry run's: cells and
-    trainings planned). ``cells``, ``summary`` and ``published``: the frames the tables were drawn from
-    (None for a dry run), so the command prints its tables without scoring the run a second time."""
+    trainings planned, and the cost estimate). ``cells``, ``summary`` and ``published``: the frames the
+    tables were drawn from (None for a dry run), so the command prints its tables without scoring the run a
+    second time."""
 
     info: dict
     cells: pd.DataFrame | None = None
@@ -88,14 +160,19 @@ def run(grid_path, out_dir, *, dry_run: bool = False, retry_failed: bool = False
     """Run a grid into ``out_dir``; returns its ``RunResult`` (its summary is also ``out_dir/run.json``).
 
     Every user error (bad grid, unknown component, missing files) is raised before anything is written.
-    ``dry_run`` plans and prints a summary (every cell with ``verbose``) and writes nothing."""
+    ``dry_run`` plans and prints a summary (every cell with ``verbose``) and the cost estimate
+    (``describe_estimate``), and writes nothing; its result's ``info["estimate"]`` holds the estimate's
+    numbers (``Estimate.as_dict``, and ``not_timed``: why it has no seconds, or empty)."""
     started = time.perf_counter()
     registry = registry or get_registry()
     grid, plan = plan_grid(grid_path, registry, keep_cells=not dry_run or verbose, fetch=not dry_run)
     apply_executor_override(grid, executor_override, registry)
     if dry_run:
         echo(describe_plan(grid, plan, verbose=verbose))
-        return RunResult({"cells": plan.n_cells, "trainings": plan.count(*TRAINING_KINDS), "dry_run": True})
+        estimate, timed = estimate_dry_run(grid, plan, registry)
+        echo("\n".join(describe_estimate(estimate, timed, grid, registry)))
+        return RunResult({"cells": plan.n_cells, "trainings": plan.count(*TRAINING_KINDS), "dry_run": True,
+                          "estimate": {**estimate.as_dict(timed.rates), "not_timed": timed.problem}})
     with RunFolder(out_dir, grid_path, grid, registry, progress=progress, rebuild_store=rebuild_store) as folder:
         # Segment stages last: a seeder whose seeds failed is left out of its group's shared segment stage.
         before = execute({k: s for k, s in plan.stages.items() if s.kind != "segment"}, folder,

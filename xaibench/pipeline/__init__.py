@@ -5,5 +5,6 @@ folder: store, lock, executor) running ``stages`` (each stage kind's work, writi
 ``training``) → ``scoring`` (cells and loop rounds, with ``metrics``, ``faithfulness``, ``sanity`` and
 ``stats``; every metric declared in ``schema``), ``results`` (cell rows read back as frames and
 summarised over seeds) and ``exhibits`` (what figures show). ``records`` holds the typed rows passed
-between them and to the presentation.
+between them and to the presentation. A dry run's cost estimate: ``estimate`` counts a plan's work by stage
+kind, ``calibration`` times its units on this machine.
 """

@@ -156,8 +156,9 @@ class Protocol(pydantic.BaseModel):
     reported beside it). ``faithfulness_steps``: the steps of the deletion and insertion curves and of
     ROAD's percentiles (``xaibench.pipeline.faithfulness``); 0 measures no faithfulness. ``faithfulness_images``:
     measure faithfulness on at most this many of the explained test images, evenly spaced among them
-    (0: all); each costs about 4 × steps forward passes and 4 × (steps − 1) ROAD imputations (its own
-    map's and the random map's), about 120 times its Grad-CAM at 10 steps on a CPU. ``sanity``: the
+    (0: all); each costs 2 + 8 × (steps − 1) forward passes (twice that for an ensemble) and 4 × (steps − 1)
+    ROAD imputations (its own map's and the random map's; ``xaibench.pipeline.estimate``), about 120 times
+    its Grad-CAM at 10 steps on a CPU. ``sanity``: the
     model-parameter randomisation test (``xaibench.pipeline.sanity``): each explainer's maps again with the
     network re-initialised from the target layer on, compared with its maps of the trained model (Spearman,
     SSIM), on at most ``sanity_images`` of the explained test images (0: all), evenly spaced; it costs one
