@@ -171,16 +171,21 @@ def sam_seeders_ratio(tmp: Path) -> dict:
         shutil.copytree(tmp / "sam-warm", out)
         _, summary = _run(grid.replace("SEEDERS", seeders), out, registry)
         assert summary["trainings_run"] == 0
-        timings[count] = _stage_seconds(out, "segment")
+        timings[count] = _stage_seconds(out, "segment", besides=tmp / "sam-warm")
     return {"sam_seeders_ratio": timings[3] / timings[1], "sam_1_seeder_s": timings[1], "sam_3_seeders_s": timings[3]}
 
 
-def _stage_seconds(out: Path, kind: str) -> float:
-    """Seconds the run's stages of ``kind`` took, as recorded in its store (excludes figures and report)."""
+def _stage_seconds(out: Path, kind: str, besides: Path | None = None) -> float:
+    """Seconds the run's stages of ``kind`` took, as recorded in its store (excludes figures and report);
+    ``besides``: the folder ``out`` was copied from, whose stages (recorded there too) are left out."""
     import sqlite3
 
-    with sqlite3.connect(out / "store.sqlite") as db:
-        return db.execute("SELECT SUM(seconds) FROM stages WHERE kind = ? AND status = 'done'", (kind,)).fetchone()[0]
+    def done(folder):
+        with sqlite3.connect(folder / "store.sqlite") as db:
+            return dict(db.execute("SELECT key, seconds FROM stages WHERE kind = ? AND status = 'done'", (kind,)))
+
+    earlier = done(besides) if besides is not None else {}
+    return sum(seconds for key, seconds in done(out).items() if key not in earlier)
 
 
 def quickstart(tmp: Path) -> dict:
