@@ -392,6 +392,8 @@ class Segmenter(Protocol):
     composite (``Bands.composite``; an RGB dataset's image as it is); ``prompts`` a
     sequence of ``Prompts`` for that image; returns one bool (H, W) mask per prompt set. Expensive
     per-image work (e.g. an image embedding) is done once per call and shared by all prompt sets.
+    Deterministic: a call with the same image and prompts (and saliency) as one made earlier in the
+    process is answered from memory, without calling it.
 
     Optional: ``prompt_kinds`` (class attribute, default ``("points",)``): the kinds of prompt it takes
     (``PROMPT_KINDS``); a grid pairing it with a seeder that gives another kind is refused before the run.
