@@ -128,10 +128,14 @@ def test_a_four_band_run_keeps_every_band_and_refuses_rgb_only_components(plugin
     # the segmenter was given the colour composite of each explained test image, as uint8
     test = NirBlobs().split("test")
     explained = [s for s in test if s.mask is not None]
-    assert len(Composites.seen) == 2 * len(explained)  # baseline and median cells
-    for image, sample in zip(Composites.seen, explained):
+    composites = [np.rint(sample.image[..., [2, 1, 0]] * 255).astype(np.uint8) for sample in explained]
+    # the first segment stage is called for every explained image; the second (baseline and median cells)
+    # only where its prompts differ from the first's (a repeated call is answered from memory)
+    assert len(explained) <= len(Composites.seen) <= 2 * len(explained)
+    for image, composite in zip(Composites.seen, composites):
         assert image.dtype == np.uint8 and image.shape == (32, 32, 3)
-        assert np.array_equal(image, np.rint(sample.image[..., [2, 1, 0]] * 255).astype(np.uint8))
+        assert np.array_equal(image, composite)
+    assert all(any(np.array_equal(image, c) for c in composites) for image in Composites.seen[len(explained):])
 
     run = json.loads((out / "run.json").read_text())
     from PIL import Image
