@@ -31,7 +31,7 @@ from xaibench.pipeline.plan import (AcceptSpec, DataSpec, ExplainSpec, Faithfuln
                                     MixedModel, SanitySpec, SeedsSpec, SegmentSpec, Stage, TrainSpec)
 from xaibench.pipeline.records import StageResult
 from xaibench.pipeline.store import file_digest, save_arrays
-from xaibench.pipeline.training import fit, predict_logits, resolve_device, to_tensor
+from xaibench.pipeline.training import fit, predict_logits, resolve_device, to_device, to_tensor
 
 
 def build_untrained(backbone, num_classes: int, bands: Bands):
@@ -455,7 +455,7 @@ class StageRunner:
             batch = spec.batch_size
             for start in self.bar_range(stage, len(index), batch):
                 chunk = index[start : start + batch]
-                images = to_tensor(test["images"][chunk]).to(self.device)
+                images = to_device(to_tensor(test["images"][chunk]), self.device)
                 targets = torch.from_numpy(test["labels"][chunk]).to(self.device)
                 gt = test["references"][chunk] if uses_ground_truth else None
                 given = f"{len(chunk)} {spec.split} images from {str(test['ids'][chunk[0]])!r}"
@@ -500,7 +500,7 @@ class StageRunner:
                for name in schema.names("faithfulness")}
         for start in self.bar_range(stage, len(index), spec.batch_size):
             rows = slice(start, start + spec.batch_size)
-            images = to_tensor(test["images"][index[rows]]).to(self.device)
+            images = to_device(to_tensor(test["images"][index[rows]]), self.device)
             targets = torch.from_numpy(test["labels"][index[rows]]).to(self.device)
             maps = np.asarray(explained["maps"][chosen[rows]], dtype=np.float32)
             random_maps = chance.explain(None, images, targets, target_layers=[])
@@ -535,7 +535,7 @@ class StageRunner:
         for start in self.bar_range(stage, len(index), spec.batch_size):
             rows = slice(start, start + spec.batch_size)
             chunk = index[rows]
-            images = to_tensor(test["images"][chunk]).to(self.device)
+            images = to_device(to_tensor(test["images"][chunk]), self.device)
             targets = torch.from_numpy(test["labels"][chunk]).to(self.device)
             gt = test["references"][chunk] if uses_ground_truth else None
             with self.calling("explainers", spec.explainer, given=f"{len(chunk)} test images, top layers re-initialised"):

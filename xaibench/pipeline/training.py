@@ -29,6 +29,16 @@ def to_tensor(images: np.ndarray):
     return tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor.float()
 
 
+def to_device(tensor, device: str):
+    """``tensor`` on ``device``; to a GPU through pinned memory and without waiting for the copy (it overlaps
+    the work queued before it, and nothing on the host waits for it)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def resolve_device(device: str, *, what: str = "device") -> str:
     """``auto`` → ``cuda`` when available, else ``cpu``; a CUDA device on a machine without CUDA is a
     ``UserError`` naming ``what`` (the parameter that asked for it)."""
@@ -116,12 +126,8 @@ def fit(
             progress(first * n)
     # The host reads nothing from the device within an epoch (no synchronisation per batch): the epoch's
     # loss sum and its first non-finite step (with that loss and whether the logits were finite) stay on
-    # the device and are read once, at the epoch's end. On CUDA the batches go through pinned memory.
-    pinned = torch.device(device).type == "cuda"
-
-    def put(tensor):
-        return (tensor.pin_memory() if pinned else tensor).to(device, non_blocking=True)
-
+    # the device and are read once, at the epoch's end. On CUDA the batches go through pinned memory
+    # (``to_device``).
     start = last_save = time.perf_counter()
     for epoch in range(first, epochs):
         order = torch.randperm(n, generator=generator)
@@ -132,12 +138,12 @@ def fit(
         for step in range(steps_per_epoch):
             index = order[step * batch_size : (step + 1) * batch_size]
             rows = samples[index.numpy()]
-            x = put(to_tensor(images[rows]))
-            y = put(torch.from_numpy(labels[rows]))
-            fg = put(torch.from_numpy(np.asarray(foreground[rows], dtype=bool))[:, None]) \
+            x = to_device(to_tensor(images[rows]), device)
+            y = to_device(torch.from_numpy(labels[rows]), device)
+            fg = to_device(torch.from_numpy(np.asarray(foreground[rows], dtype=bool))[:, None], device) \
                 if foreground is not None else None
             if augment:
-                codes = put(torch.randint(0, 8, (len(index),), generator=generator))
+                codes = to_device(torch.randint(0, 8, (len(index),), generator=generator), device)
                 x = _dihedral(x, codes)
                 fg = _dihedral(fg, codes) if fg is not None else None
             try:
@@ -247,10 +253,8 @@ def predict_logits(model, images: np.ndarray, *, batch_size: int, device: str) -
     import torch
 
     model.to(device).eval()
-    pinned = torch.device(device).type == "cuda"
     out = []
     with torch.no_grad():  # the logits stay on the device until the last batch: no synchronisation per batch
         for start in range(0, len(images), batch_size):
-            x = to_tensor(images[start : start + batch_size])
-            out.append(model((x.pin_memory() if pinned else x).to(device, non_blocking=True)).float())
+            out.append(model(to_device(to_tensor(images[start : start + batch_size]), device)).float())
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), dtype=np.float32)
